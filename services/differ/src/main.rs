@@ -1,0 +1,34 @@
+//! usersync-differ: records directory pages, then decides per user what the PBX needs.
+
+mod plan;
+mod reconcile;
+
+use std::sync::Arc;
+
+use usersync_bus::{Bus, ConsumeOptions};
+use usersync_contract::topology::Stage;
+use usersync_runtime::{amqp_url, database_url, init_tracing, serve_metrics, shutdown_signal};
+use usersync_store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    serve_metrics().await?;
+    let store = Store::connect(&database_url(), 8).await?;
+    let bus = Bus::connect(&amqp_url(), "usersync-differ").await?;
+    let differ = Arc::new(reconcile::Differ {
+        store,
+        bus: bus.clone(),
+    });
+    let options = ConsumeOptions {
+        prefetch: 8,
+        max_attempts: 8,
+    };
+    tokio::select! {
+        result = bus.consume(Stage::Differ, options, move |incoming| {
+            let differ = Arc::clone(&differ);
+            async move { differ.handle(incoming).await }
+        }) => result,
+        () = shutdown_signal() => Ok(()),
+    }
+}

@@ -1,0 +1,177 @@
+//! The differ's handler: record pages; at the end of a round decide every user,
+//! store the verdicts and hand the changes to the applier.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use usersync_bus::{Bus, Failure, Incoming};
+use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage};
+use usersync_core::Mode;
+use usersync_store::{RunState, Store};
+use uuid::Uuid;
+
+use crate::plan::{plan_user, PlanContext};
+
+/// Users decided and stored per transaction.
+const PLAN_BATCH: i64 = 500;
+/// Changes per message to the applier.
+const CHANGE_BATCH: i64 = 100;
+
+pub struct Differ {
+    pub store: Store,
+    pub bus: Bus,
+}
+
+impl Differ {
+    pub async fn handle(&self, incoming: Incoming<DirectoryPage>) -> Result<(), Failure> {
+        match &incoming.message {
+            DirectoryPage::Users {
+                run_id,
+                tenant_id,
+                page,
+                users,
+            } => {
+                self.store
+                    .record_users_page(*run_id, tenant_id, *page, users)
+                    .await?;
+                Ok(())
+            }
+            DirectoryPage::Members {
+                run_id,
+                page,
+                member_ids,
+                ..
+            } => {
+                self.store.record_members_page(*run_id, *page, member_ids).await?;
+                Ok(())
+            }
+            DirectoryPage::RoundComplete {
+                run_id,
+                tenant_id,
+                pages,
+                full_round,
+                scoped,
+                delta_link,
+            } => {
+                let recorded = self.store.pages_recorded(*run_id).await?;
+                if recorded < i64::from(*pages) {
+                    let reason = format!("{recorded} of {pages} pages recorded so far");
+                    if incoming.is_last_attempt() {
+                        self.store
+                            .fail_run(*run_id, &format!("the round could not be recorded: {reason}"))
+                            .await?;
+                        return Err(Failure::reject(reason));
+                    }
+                    return Err(Failure::Retry {
+                        reason,
+                        after: Some(Duration::from_secs(1)),
+                    });
+                }
+                let round = Round {
+                    run_id: *run_id,
+                    tenant_id,
+                    full_round: *full_round,
+                    scoped: *scoped,
+                    delta_link,
+                };
+                self.complete_round(&round).await.map_err(Failure::from)
+            }
+        }
+    }
+
+    async fn complete_round(&self, round: &Round<'_>) -> anyhow::Result<()> {
+        let Some(run) = self.store.run(round.run_id).await? else {
+            anyhow::bail!("run {} is not recorded", round.run_id);
+        };
+        match RunState::parse(&run.state) {
+            Some(RunState::Fetching | RunState::Differing) => self.plan(round).await?,
+            // A redelivered end of round: the plan is stored, only publishing may be missing.
+            Some(RunState::Applying) => {}
+            _ => return Ok(()),
+        }
+        self.publish_changes(round).await
+    }
+
+    async fn plan(&self, round: &Round<'_>) -> anyhow::Result<()> {
+        self.store
+            .set_run_state(round.run_id, RunState::Differing)
+            .await?;
+        let tenant = self.store.require_tenant(round.tenant_id, None).await?;
+        if round.full_round {
+            let gone = self
+                .store
+                .mark_unseen_removed(round.tenant_id, round.run_id)
+                .await?;
+            if gone > 0 {
+                tracing::info!(
+                    tenant_id = round.tenant_id,
+                    gone,
+                    "users not returned by the full round are removed"
+                );
+            }
+        }
+        let context = PlanContext {
+            tenant: &tenant.config,
+            scoped: round.scoped,
+            now: Utc::now(),
+        };
+        let mut after = String::new();
+        loop {
+            let rows = self
+                .store
+                .reconcile_rows(round.tenant_id, round.run_id, &after, PLAN_BATCH)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.object_id.clone();
+            let planned: Vec<_> = rows.iter().map(|row| plan_user(row, &context)).collect();
+            self.store
+                .save_plan(round.run_id, round.tenant_id, &planned)
+                .await?;
+        }
+        let paused = tenant.config.mode == Mode::Pause;
+        if let Some(event) = self
+            .store
+            .complete_planning(round.run_id, round.tenant_id, round.delta_link, paused)
+            .await?
+        {
+            self.bus
+                .send(Stage::Notifier, &event, &event.message_id())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the run's pending changes to the applier in batches.
+    async fn publish_changes(&self, round: &Round<'_>) -> anyhow::Result<()> {
+        let mut after = String::new();
+        let mut batch = 0u32;
+        loop {
+            let changes = self
+                .store
+                .pending_changes(round.run_id, &after, CHANGE_BATCH)
+                .await?;
+            let Some(last) = changes.last() else { break };
+            after = last.object_id.clone();
+            let message = ChangeBatch {
+                run_id: round.run_id,
+                tenant_id: round.tenant_id.to_owned(),
+                batch,
+                changes,
+            };
+            self.bus
+                .send(Stage::Applier, &message, &message.message_id())
+                .await?;
+            batch += 1;
+        }
+        tracing::info!(tenant_id = round.tenant_id, run_id = %round.run_id, batches = batch, "changes handed to the applier");
+        Ok(())
+    }
+}
+
+struct Round<'a> {
+    run_id: Uuid,
+    tenant_id: &'a str,
+    full_round: bool,
+    scoped: bool,
+    delta_link: &'a str,
+}

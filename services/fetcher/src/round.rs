@@ -1,0 +1,253 @@
+//! One round: resolve the filter groups, page their members and the users
+//! delta, publish every page with confirms, then the end of the round.
+
+use usersync_bus::{Bus, Failure, Incoming};
+use usersync_contract::{topology::Stage, DirectoryPage, Event, ResyncRequest, RunCounts};
+use usersync_core::TenantConfig;
+use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
+use usersync_store::{RunStart, RunState, SecretKey, Store};
+use uuid::Uuid;
+
+/// Properties read for every user, mapped or not, so fields can be discovered
+/// before any mapping exists.
+const STANDARD_PROPERTIES: &[&str] = &[
+    "id",
+    "accountEnabled",
+    "displayName",
+    "givenName",
+    "surname",
+    "mailNickname",
+    "userPrincipalName",
+    "mail",
+    "businessPhones",
+    "mobilePhone",
+    "jobTitle",
+    "department",
+    "officeLocation",
+    "preferredLanguage",
+    "employeeId",
+    "onPremisesExtensionAttributes",
+];
+
+pub struct Fetcher {
+    pub store: Store,
+    pub bus: Bus,
+    pub graph: GraphClient,
+    pub key: SecretKey,
+}
+
+/// Why a round stopped short.
+enum RoundError {
+    /// The directory refused or failed: the run fails, with this reason for the operator.
+    Directory(String),
+    /// Our own infrastructure failed: try the request again.
+    Infrastructure(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RoundError {
+    fn from(err: anyhow::Error) -> Self {
+        RoundError::Infrastructure(err)
+    }
+}
+
+impl From<GraphError> for RoundError {
+    fn from(err: GraphError) -> Self {
+        RoundError::Directory(err.to_string())
+    }
+}
+
+impl Fetcher {
+    pub async fn handle(&self, incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
+        let request = &incoming.message;
+        let run_id = run_id_for(incoming.message_id.as_deref());
+        let Some(tenant) = self.store.tenant(&request.tenant_id, Some(&self.key)).await? else {
+            return Err(Failure::reject(format!(
+                "no tenant {:?}: create it with `usersync tenant apply FILE`",
+                request.tenant_id
+            )));
+        };
+        if request.full {
+            self.store.drop_delta_state(&request.tenant_id).await?;
+        }
+        let full_round = request.full || tenant.delta_link.is_none();
+        match self
+            .store
+            .start_run(run_id, &request.tenant_id, &request.trigger, full_round)
+            .await?
+        {
+            RunStart::Started | RunStart::Resumed => {}
+            RunStart::AlreadyFinished => return Ok(()),
+            RunStart::Coalesced(active) => {
+                tracing::info!(tenant_id = %request.tenant_id, %active, "a run is already in progress; request joined it");
+                return Ok(());
+            }
+        }
+        let delta_link = if request.full {
+            None
+        } else {
+            tenant.delta_link.clone()
+        };
+        let span = tracing::info_span!("round", tenant_id = %request.tenant_id, %run_id);
+        let _entered = span.enter();
+        match self.round(run_id, &tenant.config, delta_link).await {
+            Ok(()) => Ok(()),
+            Err(RoundError::Infrastructure(err)) => Err(err.into()),
+            Err(RoundError::Directory(reason)) => {
+                tracing::warn!(%reason, "run failed");
+                self.fail(run_id, &request.tenant_id, &reason).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn round(
+        &self,
+        run_id: Uuid,
+        tenant: &TenantConfig,
+        delta_link: Option<String>,
+    ) -> Result<(), RoundError> {
+        let credentials = Credentials {
+            tenant_id: tenant.provider_settings.tenant_id.clone(),
+            client_id: tenant.provider_settings.client_id.clone(),
+            client_secret: tenant.provider_settings.client_secret.clone(),
+        };
+        let mut pages = 0u32;
+        let groups = &tenant.provider_settings.user_filter.member_of;
+        let scoped = !groups.is_empty();
+        if scoped {
+            pages = self.publish_members(run_id, tenant, &credentials, pages).await?;
+        }
+        let start = self.graph.users_delta_start_url(&select_list(tenant));
+        let mut full_round = delta_link.is_none();
+        let mut url = delta_link.unwrap_or_else(|| start.clone());
+        let delta_link = loop {
+            let page = match self.graph.users_delta_page(&credentials, &url).await {
+                Err(GraphError::ResyncRequired { code, .. }) if !full_round => {
+                    tracing::warn!(%code, "delta state no longer valid: reading the whole directory");
+                    full_round = true;
+                    url = start.clone();
+                    continue;
+                }
+                other => other?,
+            };
+            self.send(&DirectoryPage::Users {
+                run_id,
+                tenant_id: tenant.id.clone(),
+                page: pages,
+                users: page.users,
+            })
+            .await?;
+            pages += 1;
+            match page.next {
+                PageLink::Next(next) => url = next,
+                PageLink::Delta(link) => break link,
+            }
+        };
+        self.send(&DirectoryPage::RoundComplete {
+            run_id,
+            tenant_id: tenant.id.clone(),
+            pages,
+            full_round,
+            scoped,
+            delta_link,
+        })
+        .await?;
+        self.store.set_run_state(run_id, RunState::Differing).await?;
+        tracing::info!(pages, full_round, "round published");
+        Ok(())
+    }
+
+    /// Publishes the transitive members of every filter group; returns the next page number.
+    async fn publish_members(
+        &self,
+        run_id: Uuid,
+        tenant: &TenantConfig,
+        credentials: &Credentials,
+        mut pages: u32,
+    ) -> Result<u32, RoundError> {
+        let names = &tenant.provider_settings.user_filter.member_of;
+        let resolved = self.graph.resolve_groups(credentials, names).await?;
+        if let Some(missing) = resolved.iter().find(|group| group.ids.is_empty()) {
+            return Err(RoundError::Directory(format!(
+                "no group named {:?} in the directory: check provider_settings.user_filter.memberOf (names are group display names)",
+                missing.name
+            )));
+        }
+        for group in &resolved {
+            if group.ids.len() > 1 {
+                tracing::warn!(group = %group.name, count = group.ids.len(), "several groups have this name: members of all of them are in scope");
+            }
+            for group_id in &group.ids {
+                let mut url = Some(self.graph.members_start_url(group_id));
+                while let Some(current) = url {
+                    let page = self.graph.members_page(credentials, &current).await?;
+                    self.send(&DirectoryPage::Members {
+                        run_id,
+                        tenant_id: tenant.id.clone(),
+                        page: pages,
+                        member_ids: page.user_ids,
+                    })
+                    .await?;
+                    pages += 1;
+                    url = page.next;
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    async fn send(&self, page: &DirectoryPage) -> anyhow::Result<()> {
+        self.bus.send(Stage::Differ, page, &page.message_id()).await
+    }
+
+    async fn fail(&self, run_id: Uuid, tenant_id: &str, reason: &str) -> anyhow::Result<()> {
+        if self.store.fail_run(run_id, reason).await? {
+            let event = Event::RunFinished {
+                tenant_id: tenant_id.to_owned(),
+                run_id,
+                outcome: RunState::Failed.as_str().to_owned(),
+                counts: RunCounts::default(),
+                error: Some(reason.to_owned()),
+                problems: Vec::new(),
+            };
+            self.bus
+                .send(Stage::Notifier, &event, &event.message_id())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The run id: the request's message id when it is a UUID (the CLI sends one),
+/// derived from it otherwise, so a redelivered request resumes the same run.
+fn run_id_for(message_id: Option<&str>) -> Uuid {
+    match message_id {
+        Some(id) => Uuid::parse_str(id).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, id.as_bytes())),
+        None => Uuid::new_v4(),
+    }
+}
+
+/// Standard properties plus every top-level property the mapping reads.
+fn select_list(tenant: &TenantConfig) -> Vec<String> {
+    let mut select: Vec<String> = STANDARD_PROPERTIES.iter().map(|p| (*p).to_owned()).collect();
+    for path in tenant.mapped_source_paths() {
+        let property = path.top_level_property().to_owned();
+        if !select.contains(&property) {
+            select.push(property);
+        }
+    }
+    select
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_follow_the_message_id() {
+        let uuid = Uuid::new_v4();
+        assert_eq!(run_id_for(Some(&uuid.to_string())), uuid);
+        assert_eq!(run_id_for(Some("abc")), run_id_for(Some("abc")));
+        assert_ne!(run_id_for(Some("abc")), run_id_for(Some("abd")));
+    }
+}

@@ -1,0 +1,48 @@
+//! usersync-notifier: the only service that sends mail.
+
+mod notify;
+
+use std::{path::PathBuf, sync::Arc};
+
+use usersync_bus::{Bus, ConsumeOptions};
+use usersync_contract::topology::Stage;
+use usersync_mail::{Language, MailConfig, Mailer, Templates};
+use usersync_runtime::{
+    amqp_url, database_url, env_opt, env_or, init_tracing, serve_metrics, shutdown_signal,
+};
+use usersync_store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    serve_metrics().await?;
+    // A broken template stops the service here, not at the first send.
+    let templates = Templates::load(env_opt("MAIL_TEMPLATE_DIR").map(PathBuf::from).as_deref())?;
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: env_or("SMTP_URL", "smtp://127.0.0.1:1025"),
+        from: env_or("MAIL_FROM", "Usersync <noreply@localhost>"),
+    })?;
+    let default_language = match env_or("MAIL_DEFAULT_LANGUAGE", "en").as_str() {
+        "sv" => Language::Sv,
+        _ => Language::En,
+    };
+    let store = Store::connect(&database_url(), 8).await?;
+    let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
+    let notifier = Arc::new(notify::Notifier {
+        store,
+        mailer,
+        templates,
+        default_language,
+    });
+    let options = ConsumeOptions {
+        prefetch: 16,
+        max_attempts: 8,
+    };
+    tokio::select! {
+        result = bus.consume(Stage::Notifier, options, move |incoming| {
+            let notifier = Arc::clone(&notifier);
+            async move { notifier.handle(incoming).await }
+        }) => result,
+        () = shutdown_signal() => Ok(()),
+    }
+}

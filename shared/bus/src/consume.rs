@@ -1,0 +1,236 @@
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable},
+};
+use usersync_contract::{topology::Stage, Message};
+
+use crate::{header_u32, properties, retry_tier, Bus, ATTEMPT_HEADER, REASON_HEADER};
+
+/// A decoded message with what its consumer needs to know about its delivery.
+#[derive(Debug)]
+pub struct Incoming<M> {
+    pub message: M,
+    pub message_id: Option<String>,
+    /// 1 on the first try.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+impl<M> Incoming<M> {
+    /// When this try fails too, the message goes to the dead-letter queue.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// Why a handler did not finish a message.
+#[derive(Debug)]
+pub enum Failure {
+    /// Try again later (after `after` when the other side said how long).
+    Retry { reason: String, after: Option<Duration> },
+    /// Never going to work: park it in the dead-letter queue.
+    Reject { reason: String },
+}
+
+impl Failure {
+    pub fn retry(reason: impl std::fmt::Display) -> Failure {
+        Failure::Retry {
+            reason: reason.to_string(),
+            after: None,
+        }
+    }
+
+    pub fn reject(reason: impl std::fmt::Display) -> Failure {
+        Failure::Reject {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    /// Infrastructure errors (database, broker) are worth another try.
+    fn from(err: anyhow::Error) -> Failure {
+        Failure::retry(format!("{err:#}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumeOptions {
+    /// Messages handled at once by this replica.
+    pub prefetch: u16,
+    pub max_attempts: u32,
+}
+
+impl Default for ConsumeOptions {
+    fn default() -> Self {
+        ConsumeOptions {
+            prefetch: 16,
+            max_attempts: 6,
+        }
+    }
+}
+
+impl Bus {
+    /// Consumes a stage's work queue until the connection ends. Each message is
+    /// handled in its own task; it is acknowledged only after the handler
+    /// succeeded, or after it was moved to a retry queue or the DLQ.
+    pub async fn consume<M, H, Fut>(
+        &self,
+        stage: Stage,
+        options: ConsumeOptions,
+        handler: H,
+    ) -> anyhow::Result<()>
+    where
+        M: Message + Send + 'static,
+        H: Fn(Incoming<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+    {
+        let channel = self.channel().await?;
+        channel
+            .basic_qos(options.prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let queue = stage.queue();
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("usersync-{}-{}", stage.name(), uuid::Uuid::new_v4()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue}"))?;
+        tracing::info!(%queue, prefetch = options.prefetch, "consuming");
+        let handler = Arc::new(handler);
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery.with_context(|| format!("receiving from {queue}"))?;
+            let bus = self.clone();
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                if let Err(err) = bus.handle(stage, options, delivery, handler).await {
+                    tracing::error!(error = %format!("{err:#}"), "could not settle a message; it will be redelivered");
+                }
+            });
+        }
+        anyhow::bail!("the broker closed the consumer of {queue}")
+    }
+
+    async fn handle<M, H, Fut>(
+        &self,
+        stage: Stage,
+        options: ConsumeOptions,
+        delivery: Delivery,
+        handler: Arc<H>,
+    ) -> anyhow::Result<()>
+    where
+        M: Message + Send + 'static,
+        H: Fn(Incoming<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+    {
+        let attempt = header_u32(delivery.properties.headers(), ATTEMPT_HEADER).unwrap_or(1);
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
+        let outcome = match serde_json::from_slice::<M>(&delivery.data) {
+            Err(err) => Err(Failure::reject(format!("not a valid {} message: {err}", M::TYPE))),
+            Ok(message) => {
+                let incoming = Incoming {
+                    message,
+                    message_id,
+                    attempt,
+                    max_attempts: options.max_attempts,
+                };
+                // A panicking handler must not leave the message unsettled.
+                match tokio::spawn(handler(incoming)).await {
+                    Ok(result) => result,
+                    Err(panic) => Err(Failure::reject(format!("the handler panicked: {panic}"))),
+                }
+            }
+        };
+        let label = match &outcome {
+            Ok(()) => "ok",
+            Err(Failure::Retry { .. }) if attempt < options.max_attempts => "retried",
+            Err(_) => "dead_lettered",
+        };
+        metrics::counter!("usersync_messages_total", "stage" => stage.name(), "outcome" => label)
+            .increment(1);
+        match outcome {
+            Ok(()) => {}
+            Err(Failure::Retry { reason, after }) if attempt < options.max_attempts => {
+                let wanted = after.unwrap_or_else(|| backoff(attempt));
+                let tier = retry_tier(wanted);
+                tracing::warn!(stage = stage.name(), attempt, delay_s = tier, %reason, "will retry");
+                self.republish(&delivery, &stage.retry_queue(tier), attempt + 1, None)
+                    .await?;
+            }
+            Err(Failure::Retry { reason, .. }) | Err(Failure::Reject { reason }) => {
+                tracing::error!(stage = stage.name(), attempt, %reason, "moved to the dead-letter queue");
+                self.republish(&delivery, &stage.dead_letter_queue(), attempt, Some(&reason))
+                    .await?;
+            }
+        }
+        delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .context("acknowledging")?;
+        Ok(())
+    }
+
+    /// Copies a delivery to another queue (through the default exchange) with
+    /// its attempt count and, for the DLQ, the reason.
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        queue: &str,
+        attempt: u32,
+        reason: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+        if let Some(reason) = reason {
+            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+        }
+        let kind = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default();
+        let id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        let result = self
+            .publish_raw("", queue, &delivery.data, properties(&kind, &id, headers))
+            .await;
+        if result.is_err() {
+            // Leave it to the broker: it comes back and is tried again.
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+        result
+    }
+}
+
+/// Delay before the next try when the other side did not say: grows with the attempt.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(match attempt {
+        0 | 1 => 1,
+        2 => 5,
+        3 | 4 => 30,
+        _ => 300,
+    })
+}

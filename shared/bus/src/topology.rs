@@ -1,0 +1,124 @@
+use anyhow::Context;
+use lapin::{
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+    Channel, ExchangeKind,
+};
+use usersync_contract::topology::{
+    Stage, PIPELINE_EXCHANGE, RESYNC_EXCHANGE, RESYNC_ROUTING_KEYS, RETRY_DELAYS_SECS,
+};
+
+/// How often a work message may be delivered before the broker parks it in the
+/// stage's DLQ (a consumer that crashes on it every time).
+const DELIVERY_LIMIT: i64 = 10;
+
+/// Declares exchanges, queues and bindings. Safe to run from every replica at every start.
+pub(crate) async fn declare(channel: &Channel) -> anyhow::Result<()> {
+    for exchange in [RESYNC_EXCHANGE, PIPELINE_EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Direct,
+                durable_exchange(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring exchange {exchange}"))?;
+    }
+    for stage in Stage::ALL {
+        declare_stage(channel, stage).await?;
+    }
+    for key in RESYNC_ROUTING_KEYS {
+        bind(channel, &Stage::Fetcher.queue(), RESYNC_EXCHANGE, key).await?;
+    }
+    Ok(())
+}
+
+async fn declare_stage(channel: &Channel, stage: Stage) -> anyhow::Result<()> {
+    let work = stage.queue();
+    let dlq = stage.dead_letter_queue();
+
+    let mut work_args = quorum();
+    work_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    work_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(PIPELINE_EXCHANGE.into()),
+    );
+    work_args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.clone().into()),
+    );
+    declare_queue(channel, &work, work_args).await?;
+    bind(channel, &work, PIPELINE_EXCHANGE, &work).await?;
+
+    declare_queue(channel, &dlq, quorum()).await?;
+    bind(channel, &dlq, PIPELINE_EXCHANGE, &dlq).await?;
+
+    // Retry tiers: a message waits out the queue's TTL, then dead-letters back to the work queue.
+    for delay in RETRY_DELAYS_SECS {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::from(delay) * 1000),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(PIPELINE_EXCHANGE.into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(work.clone().into()),
+        );
+        declare_queue(channel, &stage.retry_queue(delay), args).await?;
+    }
+    Ok(())
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
+}
+
+async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> anyhow::Result<()> {
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+        .await
+        .with_context(|| format!("declaring queue {name}"))?;
+    Ok(())
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> anyhow::Result<()> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("binding {queue} to {exchange}/{key}"))
+}
+
+pub(crate) async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("inspecting queue {queue}"))?;
+    Ok(declared.message_count())
+}

@@ -1,0 +1,197 @@
+//! The Graph client: tokens, delta pages, groups and members.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use url::Url;
+
+use crate::pages::{Collection, DirectoryObject};
+use crate::retry::{self, transport_error, AttemptError, RetryHook};
+use crate::token::{self, TokenCache, TokenKey};
+use crate::{
+    response, urls, Credentials, DeltaPage, GraphConfig, GraphError, MembersPage, ResolvedGroup, RetryEvent,
+};
+
+/// A hung connection must not stall a tenant's run forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client of Microsoft Graph and the Entra ID token endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct GraphClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: GraphConfig,
+    tokens: TokenCache,
+    retry_hook: Option<RetryHook>,
+}
+
+/// Whether a request needs Graph's advanced query mode (`$count` on members).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    Default,
+    Eventual,
+}
+
+impl GraphClient {
+    pub fn new(config: GraphConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// Like [`GraphClient::new`], and calls `hook` before every retry wait, e.g. to
+    /// count throttling in a metric.
+    pub fn with_retry_hook(config: GraphConfig, hook: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
+        Self::build(config, Some(Arc::new(hook)))
+    }
+
+    fn build(config: GraphConfig, retry_hook: Option<RetryHook>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("usersync-graph/", env!("CARGO_PKG_VERSION")))
+            .build()
+            // Only fails if the TLS backend cannot initialise: nothing can work then.
+            .expect("HTTP client with the built-in rustls configuration");
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                config,
+                tokens: TokenCache::default(),
+                retry_hook,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &GraphConfig {
+        &self.inner.config
+    }
+
+    /// Client-credentials token, cached per (tenant_id, client_id, secret
+    /// fingerprint) until 5 minutes before expiry.
+    pub async fn token(&self, creds: &Credentials) -> Result<String, GraphError> {
+        let key = TokenKey::of(creds);
+        if let Some(token) = self.inner.tokens.get(&key) {
+            return Ok(token);
+        }
+        let login_base_url = &self.inner.config.login_base_url;
+        let grant = self
+            .with_retries(|| token::request_token(&self.inner.http, login_base_url, creds))
+            .await?;
+        tracing::debug!(tenant_id = %creds.tenant_id, "fetched a Graph access token");
+        self.inner.tokens.put(key, &grant);
+        Ok(grant.access_token.expose_secret().to_string())
+    }
+
+    /// First URL of a full users delta round; always selects `id` and `accountEnabled`.
+    pub fn users_delta_start_url(&self, select: &[String]) -> String {
+        urls::users_delta_start(&self.inner.config.graph_base_url, select)
+    }
+
+    /// One page of a delta round, from a next or delta link exactly as given.
+    pub async fn users_delta_page(&self, creds: &Credentials, url: &str) -> Result<DeltaPage, GraphError> {
+        let page: Collection<Value> = self.get(creds, url, Consistency::Default).await?;
+        DeltaPage::try_from(page)
+    }
+
+    /// The ids of the groups carrying each display name, one entry per name.
+    pub async fn resolve_groups(
+        &self,
+        creds: &Credentials,
+        names: &[String],
+    ) -> Result<Vec<ResolvedGroup>, GraphError> {
+        let mut resolved = Vec::with_capacity(names.len());
+        for name in names {
+            let ids = self.group_ids_named(creds, name).await?;
+            if ids.is_empty() {
+                tracing::info!(group = %name, "no Entra ID group has this display name");
+            }
+            resolved.push(ResolvedGroup {
+                name: name.clone(),
+                ids,
+            });
+        }
+        Ok(resolved)
+    }
+
+    async fn group_ids_named(&self, creds: &Credentials, name: &str) -> Result<Vec<String>, GraphError> {
+        let mut ids = Vec::new();
+        let mut link = Some(urls::group_by_name(&self.inner.config.graph_base_url, name));
+        while let Some(url) = link {
+            let page: Collection<DirectoryObject> = self.get(creds, &url, Consistency::Default).await?;
+            ids.extend(page.value.into_iter().map(|group| group.id));
+            link = page.next_link;
+        }
+        Ok(ids)
+    }
+
+    /// First page URL of a group's transitive user members.
+    pub fn members_start_url(&self, group_id: &str) -> String {
+        urls::members_start(&self.inner.config.graph_base_url, group_id)
+    }
+
+    /// One page of a group's transitive user members.
+    pub async fn members_page(&self, creds: &Credentials, url: &str) -> Result<MembersPage, GraphError> {
+        let page: Collection<DirectoryObject> = self.get(creds, url, Consistency::Eventual).await?;
+        Ok(MembersPage::from(page))
+    }
+
+    /// GET with retries; a 401 means the token went stale early, so it is dropped
+    /// and the request tried once more with a fresh one.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        creds: &Credentials,
+        link: &str,
+        consistency: Consistency,
+    ) -> Result<T, GraphError> {
+        let url = urls::trusted_link(&self.inner.config.graph_base_url, link)?;
+        let attempt = || self.get_once(creds, &url, consistency);
+        match self.with_retries(attempt).await {
+            Err(GraphError::Http { status: 401, .. }) => {
+                tracing::info!(tenant_id = %creds.tenant_id, "Graph rejected the access token; fetching a new one");
+                self.inner.tokens.forget(&TokenKey::of(creds));
+                self.with_retries(attempt).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn get_once<T: DeserializeOwned>(
+        &self,
+        creds: &Credentials,
+        url: &Url,
+        consistency: Consistency,
+    ) -> Result<T, AttemptError> {
+        let token = self.token(creds).await?;
+        let mut request = self.inner.http.get(url.clone()).bearer_auth(token);
+        if consistency == Consistency::Eventual {
+            request = request.header("ConsistencyLevel", "eventual");
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        response::read(url, response).await
+    }
+
+    async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, GraphError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AttemptError>>,
+    {
+        let hook = self.inner.retry_hook.as_ref();
+        retry::with_retries(&self.inner.config.retry, hook, attempt).await
+    }
+}
+
+impl fmt::Debug for GraphClient {
+    /// Shows the configuration only: never cached tokens.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,170 @@
+//! Turning Graph answers into pages or classified errors.
+
+use reqwest::header::{HeaderMap, LOCATION};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use url::Url;
+
+use crate::retry::{is_transient_status, retry_after, transport_error, AttemptError, Transient};
+use crate::{urls, GraphError};
+
+/// Error codes (case-insensitive) with which Graph declares a delta token unusable.
+const RESYNC_CODES: [&str; 3] = ["syncStateNotFound", "syncStateInvalid", "resyncRequired"];
+const CONSENT_MISSING_CODE: &str = "Authorization_RequestDenied";
+
+/// Graph's error body: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Reads a response: a success body as `T`, anything else as a classified failure.
+pub(crate) async fn read<T: DeserializeOwned>(
+    request_url: &Url,
+    response: reqwest::Response,
+) -> Result<T, AttemptError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(transport_error)?;
+    if !status.is_success() {
+        return Err(failure(request_url, status, &headers, &body));
+    }
+    serde_json::from_slice(&body).map_err(|error| {
+        AttemptError::Stop(GraphError::InvalidResponse {
+            reason: format!("HTTP {status} body is not the documented shape: {error}"),
+        })
+    })
+}
+
+fn failure(request_url: &Url, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> AttemptError {
+    let detail = serde_json::from_slice::<ErrorBody>(body)
+        .unwrap_or_default()
+        .error;
+    if is_transient_status(status) {
+        return AttemptError::Retry(Transient {
+            status: Some(status.as_u16()),
+            reason: format!("HTTP {status} {}", detail.code).trim_end().to_string(),
+            retry_after: retry_after(headers),
+        });
+    }
+    AttemptError::Stop(final_error(request_url, status, headers, detail))
+}
+
+fn final_error(
+    request_url: &Url,
+    status: StatusCode,
+    headers: &HeaderMap,
+    detail: ErrorDetail,
+) -> GraphError {
+    let is_resync_code = RESYNC_CODES
+        .iter()
+        .any(|code| code.eq_ignore_ascii_case(&detail.code));
+    match status {
+        StatusCode::GONE => GraphError::ResyncRequired {
+            code: non_empty_or(detail.code, "Gone"),
+            restart_url: headers
+                .get(LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|location| urls::resolve_location(request_url, location)),
+        },
+        StatusCode::BAD_REQUEST if is_resync_code => GraphError::ResyncRequired {
+            code: detail.code,
+            restart_url: None,
+        },
+        StatusCode::FORBIDDEN if detail.code.eq_ignore_ascii_case(CONSENT_MISSING_CODE) => {
+            GraphError::ConsentMissing {
+                message: detail.message,
+            }
+        }
+        _ => GraphError::Http {
+            status: status.as_u16(),
+            code: detail.code,
+            message: detail.message,
+        },
+    }
+}
+
+fn non_empty_or(code: String, fallback: &str) -> String {
+    if code.is_empty() {
+        fallback.to_string()
+    } else {
+        code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn request_url() -> Url {
+        Url::parse("https://graph.microsoft.com/v1.0/users/delta?$deltatoken=abc").expect("url")
+    }
+
+    fn classify(status: u16, headers: &HeaderMap, body: &str) -> AttemptError {
+        let status = StatusCode::from_u16(status).expect("status");
+        failure(&request_url(), status, headers, body.as_bytes())
+    }
+
+    #[test]
+    fn gone_without_body_still_asks_for_a_resync() {
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, HeaderValue::from_static("/v1.0/users/delta"));
+        let AttemptError::Stop(GraphError::ResyncRequired { code, restart_url }) =
+            classify(410, &headers, "")
+        else {
+            panic!("expected ResyncRequired");
+        };
+        assert_eq!(code, "Gone");
+        assert_eq!(
+            restart_url.as_deref(),
+            Some("https://graph.microsoft.com/v1.0/users/delta")
+        );
+    }
+
+    #[test]
+    fn resync_codes_match_case_insensitively() {
+        let body = r#"{"error":{"code":"SyncStateInvalid","message":"x"}}"#;
+        assert!(matches!(
+            classify(400, &HeaderMap::new(), body),
+            AttemptError::Stop(GraphError::ResyncRequired { .. })
+        ));
+    }
+
+    #[test]
+    fn other_bad_requests_keep_code_and_message() {
+        let body = r#"{"error":{"code":"Request_BadRequest","message":"Invalid filter"}}"#;
+        let AttemptError::Stop(GraphError::Http {
+            status,
+            code,
+            message,
+        }) = classify(400, &HeaderMap::new(), body)
+        else {
+            panic!("expected Http");
+        };
+        assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (400, "Request_BadRequest", "Invalid filter")
+        );
+    }
+
+    #[test]
+    fn server_errors_are_transient() {
+        for status in [429, 500, 502, 503, 504] {
+            assert!(matches!(
+                classify(status, &HeaderMap::new(), "not json"),
+                AttemptError::Retry(_)
+            ));
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Retrying transient failures (throttling, outages, broken connections) with backon.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use crate::GraphError;
+
+/// How long and how often a failing request is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first one included.
+    pub max_attempts: usize,
+    /// First backoff wait when the server names none.
+    pub min_delay: Duration,
+    /// Longest computed backoff wait (a server's `Retry-After` is honoured as given).
+    pub max_delay: Duration,
+    /// A long outage ends with an error instead of spinning forever.
+    pub max_total_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            max_total_wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One wait before a retry, handed to the retry hook (e.g. to count it in a metric).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryEvent {
+    /// HTTP status of the failed attempt; `None` for a transport error.
+    pub status: Option<u16>,
+    /// How long the client waits before the next attempt.
+    pub wait: Duration,
+    /// Number of the attempt that failed (1 = the first).
+    pub attempt: usize,
+    pub reason: String,
+}
+
+/// Called before every retry wait.
+pub type RetryHook = Arc<dyn Fn(&RetryEvent) + Send + Sync>;
+
+/// A failure that is worth another attempt.
+#[derive(Debug)]
+pub(crate) struct Transient {
+    pub status: Option<u16>,
+    pub reason: String,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// Outcome of one failed attempt.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    Retry(Transient),
+    Stop(GraphError),
+}
+
+impl From<GraphError> for AttemptError {
+    fn from(error: GraphError) -> Self {
+        Self::Stop(error)
+    }
+}
+
+/// Statuses Graph and Entra ID use for throttling and passing outages.
+pub(crate) fn is_transient_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
+/// A transport error: connection refused or reset, timeout, truncated body.
+pub(crate) fn transport_error(error: reqwest::Error) -> AttemptError {
+    let error = error.without_url();
+    if error.is_builder() {
+        return AttemptError::Stop(GraphError::InvalidLink {
+            reason: describe(&error),
+        });
+    }
+    AttemptError::Retry(Transient {
+        status: None,
+        reason: describe(&error),
+        retry_after: None,
+    })
+}
+
+/// The error and its causes, without the URL (links carry long delta tokens).
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Parses `Retry-After`: seconds (possibly fractional, e.g. `2.128`) or an HTTP-date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).ok();
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let until = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(until.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the policy gives up.
+pub(crate) async fn with_retries<T, F, Fut>(
+    policy: &RetryPolicy,
+    hook: Option<&RetryHook>,
+    attempt: F,
+) -> Result<T, GraphError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AttemptError>>,
+{
+    let mut waited = Duration::ZERO;
+    let mut retries = 0;
+    let outcome = attempt
+        .retry(backoff(policy))
+        .sleep(tokio::time::sleep)
+        .when(|error| matches!(error, AttemptError::Retry(_)))
+        .adjust(|error, computed| next_wait(policy, error, computed, &mut waited))
+        .notify(|error, wait| {
+            retries += 1;
+            report_retry(hook, error, wait, retries);
+        })
+        .await;
+    outcome.map_err(|error| match error {
+        AttemptError::Stop(error) => error,
+        AttemptError::Retry(last) => GraphError::Unavailable {
+            attempts: retries + 1,
+            last: last.reason,
+        },
+    })
+}
+
+fn backoff(policy: &RetryPolicy) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_max_times(policy.max_attempts.saturating_sub(1))
+        .with_jitter()
+}
+
+/// The wait before the next attempt, or `None` to give up. `computed` is backon's
+/// jittered backoff; it is `None` once the attempts are used up.
+fn next_wait(
+    policy: &RetryPolicy,
+    error: &AttemptError,
+    computed: Option<Duration>,
+    waited: &mut Duration,
+) -> Option<Duration> {
+    let AttemptError::Retry(transient) = error else {
+        return None;
+    };
+    let computed = computed?;
+    // Jitter may push backon's value past max_delay; the server's own figure is kept as is.
+    let wait = transient
+        .retry_after
+        .unwrap_or_else(|| computed.min(policy.max_delay));
+    let total = waited.checked_add(wait)?;
+    if total > policy.max_total_wait {
+        return None;
+    }
+    *waited = total;
+    Some(wait)
+}
+
+fn report_retry(hook: Option<&RetryHook>, error: &AttemptError, wait: Duration, attempt: usize) {
+    let AttemptError::Retry(transient) = error else {
+        return;
+    };
+    tracing::warn!(
+        status = transient.status,
+        wait_ms = wait.as_millis() as u64,
+        attempt,
+        reason = %transient.reason,
+        "Graph request failed; retrying after a wait"
+    );
+    if let Some(hook) = hook {
+        hook(&RetryEvent {
+            status: transient.status,
+            wait,
+            attempt,
+            reason: transient.reason.clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers_with_retry_after(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).expect("header"));
+        headers
+    }
+
+    fn throttled(retry_after: Option<Duration>) -> AttemptError {
+        AttemptError::Retry(Transient {
+            status: Some(429),
+            reason: "HTTP 429".into(),
+            retry_after,
+        })
+    }
+
+    #[test]
+    fn retry_after_accepts_fractional_seconds() {
+        let parsed = retry_after(&headers_with_retry_after("2.128"));
+        assert_eq!(parsed, Some(Duration::from_millis(2128)));
+    }
+
+    #[test]
+    fn retry_after_accepts_an_http_date() {
+        let later = chrono::Utc::now() + chrono::TimeDelta::seconds(30);
+        let value = later.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let parsed = retry_after(&headers_with_retry_after(&value)).expect("parsed");
+        assert!(parsed > Duration::from_secs(25) && parsed <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retry_after_in_the_past_means_now_and_garbage_means_none() {
+        let past = retry_after(&headers_with_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"));
+        assert_eq!(past, Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers_with_retry_after("-3")), None);
+        assert_eq!(retry_after(&headers_with_retry_after("soon")), None);
+    }
+
+    #[test]
+    fn server_wait_is_honoured_exactly_even_above_max_delay() {
+        let policy = RetryPolicy::default();
+        let mut waited = Duration::ZERO;
+        let wait = next_wait(
+            &policy,
+            &throttled(Some(Duration::from_secs(90))),
+            Some(Duration::from_secs(1)),
+            &mut waited,
+        );
+        assert_eq!(wait, Some(Duration::from_secs(90)));
+        assert_eq!(waited, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn computed_wait_is_capped_at_max_delay() {
+        let policy = RetryPolicy::default();
+        let mut waited = Duration::ZERO;
+        let wait = next_wait(
+            &policy,
+            &throttled(None),
+            Some(Duration::from_secs(100)),
+            &mut waited,
+        );
+        assert_eq!(wait, Some(policy.max_delay));
+    }
+
+    #[test]
+    fn gives_up_when_the_total_wait_would_be_passed() {
+        let policy = RetryPolicy::default();
+        let mut waited = Duration::from_secs(590);
+        let wait = next_wait(
+            &policy,
+            &throttled(Some(Duration::from_secs(11))),
+            Some(Duration::from_secs(1)),
+            &mut waited,
+        );
+        assert_eq!(wait, None);
+    }
+
+    #[test]
+    fn gives_up_when_attempts_are_used_up() {
+        let policy = RetryPolicy::default();
+        let mut waited = Duration::ZERO;
+        let wait = next_wait(&policy, &throttled(Some(Duration::ZERO)), None, &mut waited);
+        assert_eq!(wait, None);
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the client against tiny local servers that answer the way
+//! Microsoft documents Entra ID and Graph to answer.
+
+mod delta;
+mod groups;
+mod retries;
+mod support;
+mod token;

@@ -1,0 +1,9 @@
+//! Mail for usersync: the built-in (overridable) templates and an SMTP sender.
+
+mod error;
+mod mailer;
+mod templates;
+
+pub use error::MailError;
+pub use mailer::{MailConfig, Mailer, OutgoingMail};
+pub use templates::{Language, MailKind, Rendered, Templates};

@@ -1,0 +1,232 @@
+//! Sending through a real SMTP server (Debian's `python3-aiosmtpd`) when the
+//! machine has one, and the error classes of a failed send.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use usersync_mail::{MailConfig, MailError, Mailer, OutgoingMail};
+
+const PYTHON: &str = "/usr/bin/python3";
+const FROM: &str = "Usersync <noreply@localhost>";
+
+/// Stops the SMTP server this test started, even when an assertion fails.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn aiosmtpd_available() -> bool {
+    Command::new(PYTHON)
+        .args(["-c", "import aiosmtpd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it yields a value or the deadline passes.
+fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_aiosmtpd(port: u16, maildir: &Path) -> ServerProcess {
+    let child = Command::new(PYTHON)
+        .args(["-m", "aiosmtpd", "-n", "-l"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = ServerProcess(child);
+    wait_for("the SMTP server to listen", Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    server
+}
+
+fn delivered_files(maildir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(maildir.join("new")) {
+        Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The unfolded value of a header in a raw message, if present.
+fn header(raw: &str, name: &str) -> Option<String> {
+    let head = raw.split("\r\n\r\n").next().unwrap_or(raw);
+    let head = head.split("\n\n").next().unwrap_or(head);
+    let mut lines = head.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if key.eq_ignore_ascii_case(name) {
+            let mut value = value.trim().to_string();
+            while let Some(next) = lines.peek().filter(|l| l.starts_with([' ', '\t'])) {
+                value.push(' ');
+                value.push_str(next.trim());
+                lines.next();
+            }
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The Subject as Python's mail parser decodes it: an independent RFC 2047 check.
+fn decoded_subject(message_file: &Path) -> String {
+    let script = "import sys, email.header as h, email; \
+        m = email.message_from_file(open(sys.argv[1], encoding='ascii')); \
+        sys.stdout.write(str(h.make_header(h.decode_header(m['Subject']))))";
+    let output = Command::new(PYTHON)
+        .args(["-c", script])
+        .arg(message_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn welcome_mail(to: &str) -> OutgoingMail {
+    OutgoingMail {
+        message_id: "created:acme:u1".into(),
+        to: to.into(),
+        subject: "Välkommen".into(),
+        text: "Hej Åsa!\n\nDitt nummer är +46812345678.\n".into(),
+        html: "<p>Hej Åsa!</p>".into(),
+    }
+}
+
+#[tokio::test]
+async fn sends_a_complete_message_to_a_real_smtp_server() {
+    if !aiosmtpd_available() {
+        eprintln!("skipping: python3-aiosmtpd is not installed (apt-get install -y python3-aiosmtpd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("Maildir");
+    let port = free_port();
+    let _server = start_aiosmtpd(port, &maildir);
+
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: format!("smtp://127.0.0.1:{port}"),
+        from: FROM.into(),
+    })
+    .unwrap();
+    mailer
+        .send(&welcome_mail("Åsa Öberg <asa@acme.example>"))
+        .await
+        .unwrap();
+
+    let file = wait_for("the message in Maildir/new", Duration::from_secs(10), || {
+        delivered_files(&maildir).pop()
+    });
+    let raw = std::fs::read_to_string(&file).unwrap();
+
+    let subject = header(&raw, "Subject").expect("Subject header");
+    assert!(subject.is_ascii(), "subject must be encoded: {subject}");
+    assert!(subject.to_ascii_lowercase().starts_with("=?utf-8?"), "{subject}");
+    assert!(subject.ends_with("?="), "{subject}");
+    assert_eq!(decoded_subject(&file), "Välkommen");
+    assert_eq!(header(&raw, "From").as_deref(), Some(FROM));
+    assert_eq!(
+        header(&raw, "Message-ID").as_deref(),
+        Some("<created:acme:u1@usersync>")
+    );
+    assert!(
+        header(&raw, "Date").is_some_and(|date| date.contains(':')),
+        "{raw}"
+    );
+    let content_type = header(&raw, "Content-Type").expect("Content-Type header");
+    assert!(
+        content_type.starts_with("multipart/alternative"),
+        "{content_type}"
+    );
+    assert!(raw.contains("text/plain"), "{raw}");
+    assert!(raw.contains("text/html"), "{raw}");
+    assert_eq!(delivered_files(&maildir).len(), 1);
+}
+
+#[tokio::test]
+async fn closed_port_is_a_temporary_failure() {
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: format!("smtp://127.0.0.1:{}", free_port()),
+        from: FROM.into(),
+    })
+    .unwrap();
+    let err = mailer.send(&welcome_mail("asa@acme.example")).await.unwrap_err();
+    assert!(matches!(err, MailError::Temporary(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn invalid_recipient_is_a_permanent_failure() {
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: format!("smtp://127.0.0.1:{}", free_port()),
+        from: FROM.into(),
+    })
+    .unwrap();
+    let err = mailer.send(&welcome_mail("not an address")).await.unwrap_err();
+    assert!(matches!(err, MailError::Permanent(_)), "{err:?}");
+}
+
+#[test]
+fn creating_outside_a_runtime_is_a_config_error() {
+    let outside = Mailer::new(&MailConfig {
+        smtp_url: "smtp://127.0.0.1:25".into(),
+        from: FROM.into(),
+    });
+    assert!(matches!(outside, Err(MailError::Config(_))));
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_up_front() {
+    let bad_url = Mailer::new(&MailConfig {
+        smtp_url: "gopher://mail.example".into(),
+        from: FROM.into(),
+    });
+    assert!(matches!(bad_url, Err(MailError::Config(_))));
+    let bad_from = Mailer::new(&MailConfig {
+        smtp_url: "smtp://127.0.0.1:25".into(),
+        from: "nobody".into(),
+    });
+    assert!(matches!(bad_from, Err(MailError::Config(_))));
+}
+
+#[tokio::test]
+async fn debug_output_hides_smtp_credentials() {
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: "smtps://user:hunter2@mail.example:465".into(),
+        from: FROM.into(),
+    })
+    .unwrap();
+    let printed = format!("{mailer:?}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(printed.contains("noreply@localhost"));
+}

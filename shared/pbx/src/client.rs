@@ -1,0 +1,288 @@
+//! HTTP client for the PBX user API. One call, one request: no retries here.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+
+use crate::error::{PbxError, PbxErrorKind};
+use crate::model::{Items, NewUser, Number, PbxUser, Template, UserFilter, UsersPage};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The contract's bounds for `limit`; asking outside them would earn a 400.
+const PAGE_LIMIT_RANGE: (u32, u32) = (1, 1000);
+
+/// Everything but RFC 3986 "unreserved" characters is escaped in path
+/// segments and query values, so ids can never change the URL's shape.
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Client for one PBX base URL and token. Cheap to clone.
+#[derive(Clone)]
+pub struct PbxClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    token: SecretString,
+}
+
+impl fmt::Debug for PbxClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PbxClient")
+            .field("base_url", &self.inner.base_url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl PbxClient {
+    /// A client with its own connection pool and the standard timeouts.
+    pub fn new(base_url: &str, token: &str) -> Result<Self, PbxError> {
+        check_base_url(base_url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|err| PbxError::from_reqwest(&err))?;
+        Ok(Self::with_http(http, base_url, token))
+    }
+
+    /// A client on a shared `reqwest::Client`, so tenants share one pool.
+    pub fn with_http(http: reqwest::Client, base_url: &str, token: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url: base_url.trim_end_matches('/').to_string(),
+                token: SecretString::from(token),
+            }),
+        }
+    }
+
+    pub async fn list_templates(&self, company: &str) -> Result<Vec<Template>, PbxError> {
+        let url = self.company_url(company, &["templates"], &[])?;
+        let items: Items<Template> = self.call(Method::GET, &url, |r| r).await?;
+        Ok(items.items)
+    }
+
+    pub async fn list_numbers(&self, company: &str) -> Result<Vec<Number>, PbxError> {
+        let url = self.company_url(company, &["numbers"], &[])?;
+        let items: Items<Number> = self.call(Method::GET, &url, |r| r).await?;
+        Ok(items.items)
+    }
+
+    /// Creates a user. Repeating the call with the same `idempotency_key` and
+    /// body returns the first answer and creates nothing new.
+    pub async fn create_user(
+        &self,
+        company: &str,
+        user: &NewUser,
+        idempotency_key: &str,
+    ) -> Result<PbxUser, PbxError> {
+        let url = self.company_url(company, &["users"], &[])?;
+        self.call(Method::POST, &url, |r| {
+            r.header("Idempotency-Key", idempotency_key).json(user)
+        })
+        .await
+    }
+
+    /// Changes the given fields. With `if_match`, a stale version fails with
+    /// [`PbxErrorKind::Stale`] instead of overwriting a newer change.
+    pub async fn update_user(
+        &self,
+        company: &str,
+        id: &str,
+        patch: &serde_json::Value,
+        if_match: Option<i64>,
+    ) -> Result<PbxUser, PbxError> {
+        let url = self.company_url(company, &["users", id], &[])?;
+        self.call(Method::PATCH, &url, |r| {
+            let r = r.json(patch);
+            match if_match {
+                Some(version) => r.header(reqwest::header::IF_MATCH, version.to_string()),
+                None => r,
+            }
+        })
+        .await
+    }
+
+    /// 404 counts as done: Ok(false) when it was already gone, Ok(true) when deleted now.
+    pub async fn delete_user(&self, company: &str, id: &str) -> Result<bool, PbxError> {
+        let url = self.company_url(company, &["users", id], &[])?;
+        let response = self.send(Method::DELETE, &url, |r| r).await?;
+        match response.status() {
+            status if status.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(error_from(response).await),
+        }
+    }
+
+    /// The user, or None when the PBX does not know the id.
+    pub async fn get_user(&self, company: &str, id: &str) -> Result<Option<PbxUser>, PbxError> {
+        let url = self.company_url(company, &["users", id], &[])?;
+        let response = self.send(Method::GET, &url, |r| r).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        decode(response).await.map(Some)
+    }
+
+    /// Users matching a unique key (normally zero or one), across all pages.
+    pub async fn find_users(&self, company: &str, filter: UserFilter) -> Result<Vec<PbxUser>, PbxError> {
+        let (key, value) = filter.query_pair();
+        let limit = PAGE_LIMIT_RANGE.1.to_string();
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut query = vec![(key, value), ("limit", limit.as_str())];
+            if let Some(cursor) = &cursor {
+                query.push(("cursor", cursor));
+            }
+            let url = self.company_url(company, &["users"], &query)?;
+            let page: UsersPage = self.call(Method::GET, &url, |r| r).await?;
+            found.extend(page.items);
+            match page.next_cursor {
+                // A cursor that does not move would loop forever.
+                Some(next) if cursor.as_deref() != Some(next.as_str()) => cursor = Some(next),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// One page of users; pass the previous page's `next_cursor` to go on.
+    /// `limit` is kept within the contract's 1–1000.
+    pub async fn list_users_page(
+        &self,
+        company: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<UsersPage, PbxError> {
+        let limit = limit.clamp(PAGE_LIMIT_RANGE.0, PAGE_LIMIT_RANGE.1).to_string();
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor));
+        }
+        let url = self.company_url(company, &["users"], &query)?;
+        self.call(Method::GET, &url, |r| r).await
+    }
+
+    /// Sends a request and decodes a success body; any other status is an error.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, PbxError> {
+        let response = self.send(method, url, build).await?;
+        decode(response).await
+    }
+
+    /// Sends one authenticated request; only failures to get an answer are errors here.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, PbxError> {
+        let request = self
+            .inner
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(self.inner.token.expose_secret());
+        let started = Instant::now();
+        let result = build(request).send().await;
+        let elapsed_ms = started.elapsed().as_millis();
+        match result {
+            Ok(response) => {
+                tracing::debug!(%method, url, status = response.status().as_u16(), elapsed_ms, "PBX call");
+                Ok(response)
+            }
+            Err(err) => {
+                let err = PbxError::from_reqwest(&err);
+                tracing::debug!(%method, url, elapsed_ms, error = %err, "PBX call failed");
+                Err(err)
+            }
+        }
+    }
+
+    /// `{base}/v1/companies/{company}/{segments…}?{query}`, every piece escaped.
+    fn company_url(
+        &self,
+        company: &str,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<String, PbxError> {
+        let mut url = format!("{}/v1/companies/{}", self.inner.base_url, segment(company)?);
+        for part in segments {
+            url.push('/');
+            url.push_str(&segment(part)?);
+        }
+        for (index, (key, value)) in query.iter().enumerate() {
+            url.push(if index == 0 { '?' } else { '&' });
+            url.push_str(key);
+            url.push('=');
+            url.extend(utf8_percent_encode(value, URL_COMPONENT));
+        }
+        Ok(url)
+    }
+}
+
+/// One escaped path segment. Empty and dot segments are refused: URL
+/// normalisation would otherwise turn them into a different resource.
+fn segment(raw: &str) -> Result<String, PbxError> {
+    if matches!(raw, "" | "." | "..") {
+        return Err(PbxError::without_status(
+            PbxErrorKind::BadRequest,
+            format!("refusing to use {raw:?} as a company or user id"),
+        ));
+    }
+    Ok(utf8_percent_encode(raw, URL_COMPONENT).to_string())
+}
+
+fn check_base_url(base_url: &str) -> Result<(), PbxError> {
+    let parsed = reqwest::Url::parse(base_url).map_err(|err| {
+        PbxError::without_status(
+            PbxErrorKind::Unexpected,
+            format!("invalid PBX base URL {base_url:?}: {err}"),
+        )
+    })?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(()),
+        other => Err(PbxError::without_status(
+            PbxErrorKind::Unexpected,
+            format!("PBX base URL must be http or https, not {other}"),
+        )),
+    }
+}
+
+/// Decodes a success body, or turns any other answer into its error.
+async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, PbxError> {
+    if !response.status().is_success() {
+        return Err(error_from(response).await);
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| PbxError::from_reqwest(&err))?;
+    serde_json::from_slice(&body).map_err(|err| {
+        PbxError::without_status(PbxErrorKind::Transport, format!("undecodable PBX answer: {err}"))
+    })
+}
+
+async fn error_from(response: Response) -> PbxError {
+    let status = response.status();
+    let headers = response.headers().clone();
+    // A body we cannot read still leaves the status to classify by.
+    let body = response.text().await.unwrap_or_default();
+    PbxError::from_response(status, &headers, &body)
+}

@@ -1,0 +1,13 @@
+//! Client of the PBX ("Infinity") user REST API.
+//!
+//! Each method is exactly one HTTP request. Failures are classified in
+//! [`PbxError`] so callers can decide whether to retry, re-read, adopt or
+//! report; this crate never retries on its own.
+
+mod client;
+mod error;
+mod model;
+
+pub use client::PbxClient;
+pub use error::{PbxError, PbxErrorKind};
+pub use model::{NewUser, Number, PbxUser, Template, UserFilter, UsersPage};

@@ -1,0 +1,101 @@
+//! What every service binary needs around its loop: configuration from the
+//! environment, logging, the metrics and health endpoint, and shutdown.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::{routing::get, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/usersync";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A variable from the environment, or its documented default.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// A variable that has no default.
+pub fn env_opt(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+pub fn database_url() -> String {
+    env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
+}
+
+pub fn amqp_url() -> String {
+    env_or("AMQP_URL", DEFAULT_AMQP_URL)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); JSON lines when
+/// `USERSYNC_LOG_FORMAT=json`.
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if env_or("USERSYNC_LOG_FORMAT", "text") == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Serves Prometheus text at `/metrics` and `200 ok` at `/healthz` on
+/// `METRICS_ADDR`, when that is set. The recorder is installed either way, so
+/// metrics calls are cheap no-ops only when nothing reads them.
+pub async fn serve_metrics() -> anyhow::Result<()> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let Some(addr) = env_opt("METRICS_ADDR") else {
+        return Ok(());
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("METRICS_ADDR={addr:?} is not an address such as 127.0.0.1:9100"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, metrics_router(handle)).await {
+            tracing::error!(error = %err, "metrics server stopped");
+        }
+    });
+    Ok(())
+}
+
+fn metrics_router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| std::future::ready("ok")))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,128 @@
+use std::str::FromStr;
+
+use anyhow::{anyhow, Context};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{error::SqlState, NoTls};
+
+use crate::Result;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Arbitrary constant that names the migration lock among advisory locks.
+const MIGRATION_LOCK: i64 = 0x7573_6572_7379_6e63; // "usersync"
+
+/// The connection pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: Pool,
+}
+
+impl Store {
+    /// Connects, creating the database if it is absent, and runs migrations.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Store> {
+        let config = tokio_postgres::Config::from_str(url)
+            .with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact(url)))?;
+        create_database_if_absent(&config).await?;
+        migrate(&config).await?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .context("building the PostgreSQL pool")?;
+        Ok(Store { pool })
+    }
+
+    pub async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .context("taking a PostgreSQL connection from the pool")
+    }
+}
+
+async fn create_database_if_absent(config: &tokio_postgres::Config) -> Result<()> {
+    let name = config
+        .get_dbname()
+        .ok_or_else(|| anyhow!("DATABASE_URL names no database"))?
+        .to_owned();
+    match connect(config).await {
+        Ok(_) => return Ok(()),
+        Err(err) if err.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
+        Err(err) => return Err(anyhow!(err).context(format!("connecting to PostgreSQL database {name}"))),
+    }
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let client = connect(&admin)
+        .await
+        .context("connecting to the postgres database to create the usersync database")?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        Ok(()) => {
+            tracing::info!(database = %name, "created the database");
+            Ok(())
+        }
+        // Another replica created it first.
+        Err(err) if err.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(err) => Err(anyhow!(err).context(format!("creating database {name}"))),
+    }
+}
+
+async fn migrate(config: &tokio_postgres::Config) -> Result<()> {
+    let mut client = connect(config)
+        .await
+        .context("connecting to PostgreSQL to migrate")?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("taking the migration lock")?;
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("releasing the migration lock")?;
+    let report = report.context("running database migrations")?;
+    for migration in report.applied_migrations() {
+        tracing::info!(migration = %migration, "applied migration");
+    }
+    Ok(())
+}
+
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((credentials, rest)) => match credentials.rsplit_once(':') {
+            Some((user, _)) if user.contains("//") => format!("{user}:****@{rest}"),
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(super::redact("postgres://u:pw@h/db"), "postgres://u:****@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

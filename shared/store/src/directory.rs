@@ -1,0 +1,233 @@
+//! The directory side: what Graph said about each user, recorded page by page.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio_postgres::types::Json;
+use usersync_core::SyncedFields;
+use uuid::Uuid;
+
+use crate::{Result, Store, SyncRow};
+
+/// One user as the differ needs it to decide: source, scope facts and sync state.
+#[derive(Debug, Clone)]
+pub struct ReconcileRow {
+    pub object_id: String,
+    pub source: Value,
+    pub removed: bool,
+    /// Listed as a member of a filter group in this run.
+    pub member: bool,
+    pub sync: Option<SyncRow>,
+}
+
+/// What one page says about one user, duplicates within the page folded in order.
+#[derive(Default)]
+struct PageEntry {
+    removed: bool,
+    attributes: Map<String, Value>,
+}
+
+/// Folds a page: a later entry for the same id wins, attributes merge (absent
+/// keeps, explicit null clears), and `@odata`/`@removed` annotations are dropped.
+fn fold_page(users: &[Value]) -> BTreeMap<String, PageEntry> {
+    let mut entries: BTreeMap<String, PageEntry> = BTreeMap::new();
+    for user in users {
+        let Some(object) = user.as_object() else { continue };
+        let Some(id) = object.get("id").and_then(Value::as_str) else {
+            continue;
+        };
+        let entry = entries.entry(id.to_owned()).or_default();
+        if object.contains_key("@removed") {
+            entry.removed = true;
+            continue;
+        }
+        entry.removed = false;
+        for (key, value) in object {
+            if !key.starts_with('@') && !key.contains("@odata") && key != "id" {
+                entry.attributes.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    entries
+}
+
+impl Store {
+    /// Records one page of users. A page already recorded for this run is skipped,
+    /// so a redelivered page changes nothing twice.
+    pub async fn record_users_page(
+        &self,
+        run_id: Uuid,
+        tenant_id: &str,
+        page: u32,
+        users: &[Value],
+    ) -> Result<()> {
+        let entries = fold_page(users);
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut removed = Vec::with_capacity(entries.len());
+        let mut sources = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            ids.push(id);
+            removed.push(entry.removed);
+            sources.push(Json(Value::Object(entry.attributes)));
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if !claim_page(&tx, run_id, page).await? {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_run, updated_at)
+             SELECT $1, u.id, u.source, u.removed, $2, now()
+             FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
+             ON CONFLICT (tenant_id, object_id) DO UPDATE
+               SET source = d.source || EXCLUDED.source,
+                   removed = EXCLUDED.removed,
+                   seen_run = EXCLUDED.seen_run,
+                   updated_at = now()",
+            &[&tenant_id, &run_id, &ids, &sources, &removed],
+        )
+        .await
+        .context("recording a page of users")?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records one page of filter-group members.
+    pub async fn record_members_page(&self, run_id: Uuid, page: u32, member_ids: &[String]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if !claim_page(&tx, run_id, page).await? {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO run_members (run_id, object_id)
+             SELECT $1, id FROM unnest($2::text[]) AS id
+             ON CONFLICT DO NOTHING",
+            &[&run_id, &member_ids],
+        )
+        .await
+        .context("recording a page of group members")?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn pages_recorded(&self, run_id: Uuid) -> Result<i64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT count(*) FROM run_pages WHERE run_id = $1", &[&run_id])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// After a full round: every user the round did not return is gone.
+    pub async fn mark_unseen_removed(&self, tenant_id: &str, run_id: Uuid) -> Result<u64> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE directory_users SET removed = true, updated_at = now()
+                 WHERE tenant_id = $1 AND NOT removed AND seen_run IS DISTINCT FROM $2",
+                &[&tenant_id, &run_id],
+            )
+            .await
+            .context("marking users the full round did not return as removed")
+    }
+
+    /// A keyset page of the tenant's users, ordered by object id, after `after`.
+    pub async fn reconcile_rows(
+        &self,
+        tenant_id: &str,
+        run_id: Uuid,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<ReconcileRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
+                        s.state, s.desired, s.desired_version, s.pbx_id, s.applied,
+                        s.applied_version, s.pending_delete_at
+                 FROM directory_users d
+                 LEFT JOIN run_members m ON m.run_id = $2 AND m.object_id = d.object_id
+                 LEFT JOIN sync_users s ON s.tenant_id = d.tenant_id AND s.object_id = d.object_id
+                 WHERE d.tenant_id = $1 AND d.object_id > $3
+                 ORDER BY d.object_id
+                 LIMIT $4",
+                &[&tenant_id, &run_id, &after, &limit],
+            )
+            .await
+            .context("loading users to reconcile")?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let Json(source): Json<Value> = row.get("source");
+                let state: Option<String> = row.get("state");
+                ReconcileRow {
+                    object_id: row.get("object_id"),
+                    source,
+                    removed: row.get("removed"),
+                    member: row.get("member"),
+                    sync: state.map(|state| SyncRow {
+                        state,
+                        desired: row
+                            .get::<_, Option<Json<SyncedFields>>>("desired")
+                            .map(|Json(fields)| fields),
+                        desired_version: row.get("desired_version"),
+                        pbx_id: row.get("pbx_id"),
+                        applied: row
+                            .get::<_, Option<Json<SyncedFields>>>("applied")
+                            .map(|Json(fields)| fields),
+                        applied_version: row.get("applied_version"),
+                        pending_delete_at: row.get::<_, Option<DateTime<Utc>>>("pending_delete_at"),
+                    }),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Marks a page as recorded; false when it already was.
+async fn claim_page(tx: &deadpool_postgres::Transaction<'_>, run_id: Uuid, page: u32) -> Result<bool> {
+    let page = i32::try_from(page).context("page number out of range")?;
+    let inserted = tx
+        .execute(
+            "INSERT INTO run_pages (run_id, page) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&run_id, &page],
+        )
+        .await
+        .context("recording the page")?;
+    Ok(inserted == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::fold_page;
+
+    #[test]
+    fn later_entries_win_and_annotations_are_dropped() {
+        let page = [
+            json!({"id": "a", "givenName": "Anna", "surname": "Berg", "@odata.type": "#microsoft.graph.user"}),
+            json!({"id": "a", "surname": null}),
+            json!({"id": "b", "@removed": {"reason": "changed"}}),
+        ];
+        let folded = fold_page(&page);
+        let a = &folded["a"];
+        assert!(!a.removed);
+        assert_eq!(a.attributes["givenName"], "Anna");
+        assert!(a.attributes["surname"].is_null());
+        assert!(!a.attributes.contains_key("@odata.type"));
+        assert!(folded["b"].removed);
+    }
+
+    #[test]
+    fn a_restored_user_after_its_removal_is_present() {
+        let page = [
+            json!({"id": "a", "@removed": {"reason": "changed"}}),
+            json!({"id": "a", "givenName": "Anna"}),
+        ];
+        assert!(!fold_page(&page)["a"].removed);
+    }
+}

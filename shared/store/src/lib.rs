@@ -1,0 +1,22 @@
+//! PostgreSQL: the pool, the migrations, and every query the services make.
+//!
+//! The database is created when absent and migrated at start under an advisory
+//! lock, so replicas starting together do not race.
+
+mod crypto;
+mod db;
+mod directory;
+mod mails;
+mod runs;
+mod sync_users;
+mod tenants;
+
+pub use crypto::{SecretKey, SecretKeyError};
+pub use db::Store;
+pub use directory::ReconcileRow;
+pub use runs::{RunRow, RunStart, RunState};
+pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, SyncRow};
+pub use tenants::{StoredTenant, TenantSummary};
+
+/// Errors from the store. Database errors keep their cause for the logs.
+pub type Result<T> = std::result::Result<T, anyhow::Error>;

@@ -1,0 +1,216 @@
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use usersync_contract::RunCounts;
+use uuid::Uuid;
+
+use crate::{Result, Store};
+
+/// Where a run is. The last four are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Fetching,
+    Differing,
+    Applying,
+    Succeeded,
+    /// Finished, but some users failed.
+    Partial,
+    Failed,
+    /// The tenant is paused: nothing was changed.
+    Paused,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Fetching => "fetching",
+            RunState::Differing => "differing",
+            RunState::Applying => "applying",
+            RunState::Succeeded => "succeeded",
+            RunState::Partial => "partial",
+            RunState::Failed => "failed",
+            RunState::Paused => "paused",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunState> {
+        [
+            RunState::Fetching,
+            RunState::Differing,
+            RunState::Applying,
+            RunState::Succeeded,
+            RunState::Partial,
+            RunState::Failed,
+            RunState::Paused,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Partial | RunState::Failed | RunState::Paused
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub trigger: String,
+    pub full_round: bool,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub counts: RunCounts,
+    pub changes_pending: i32,
+    pub error: Option<String>,
+}
+
+impl RunRow {
+    fn from_row(row: &Row) -> RunRow {
+        RunRow {
+            id: row.get("id"),
+            tenant_id: row.get("tenant_id"),
+            trigger: row.get("trigger"),
+            full_round: row.get("full_round"),
+            state: row.get("state"),
+            started_at: row.get("started_at"),
+            finished_at: row.get("finished_at"),
+            counts: RunCounts {
+                created: row.get::<_, i32>("created").into(),
+                updated: row.get::<_, i32>("updated").into(),
+                deleted: row.get::<_, i32>("deleted").into(),
+                skipped: row.get::<_, i32>("skipped").into(),
+                failed: row.get::<_, i32>("failed").into(),
+            },
+            changes_pending: row.get("changes_pending"),
+            error: row.get("error"),
+        }
+    }
+}
+
+const RUN_COLUMNS: &str = "id, tenant_id, trigger, full_round, state, started_at, finished_at,
+    created, updated, deleted, skipped, failed, changes_pending, error";
+
+/// What asking for a run led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run was recorded.
+    Started,
+    /// This run was started before (a redelivered request) and has not finished: go on with it.
+    Resumed,
+    /// This run already finished: nothing to do.
+    AlreadyFinished,
+    /// Another run of the tenant is in progress; this request joins it.
+    Coalesced(Uuid),
+}
+
+/// A run that has shown no sign of life for this long no longer blocks new ones.
+const STALE_RUN: &str = "2 hours";
+
+impl Store {
+    /// Records the start of a run, unless the tenant already has one in progress.
+    pub async fn start_run(
+        &self,
+        run_id: Uuid,
+        tenant_id: &str,
+        trigger: &str,
+        full_round: bool,
+    ) -> Result<RunStart> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Serialises run starts of one tenant.
+        tx.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&tenant_id])
+            .await
+            .context("locking the tenant")?;
+        if let Some(row) = tx
+            .query_opt("SELECT finished_at FROM runs WHERE id = $1", &[&run_id])
+            .await?
+        {
+            let finished: Option<DateTime<Utc>> = row.get(0);
+            return Ok(if finished.is_some() {
+                RunStart::AlreadyFinished
+            } else {
+                RunStart::Resumed
+            });
+        }
+        let active = tx
+            .query_opt(
+                &format!(
+                    "SELECT id FROM runs WHERE tenant_id = $1 AND finished_at IS NULL
+                       AND started_at > now() - interval '{STALE_RUN}'
+                     ORDER BY started_at DESC LIMIT 1"
+                ),
+                &[&tenant_id],
+            )
+            .await?;
+        if let Some(row) = active {
+            return Ok(RunStart::Coalesced(row.get(0)));
+        }
+        tx.execute(
+            "INSERT INTO runs (id, tenant_id, trigger, full_round, state) VALUES ($1, $2, $3, $4, 'fetching')",
+            &[&run_id, &tenant_id, &trigger, &full_round],
+        )
+        .await
+        .context("recording the run")?;
+        tx.commit().await?;
+        Ok(RunStart::Started)
+    }
+
+    /// Moves a run to a non-final state.
+    pub async fn set_run_state(&self, run_id: Uuid, state: RunState) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE runs SET state = $2 WHERE id = $1 AND finished_at IS NULL",
+                &[&run_id, &state.as_str()],
+            )
+            .await
+            .context("updating the run state")?;
+        Ok(())
+    }
+
+    /// Ends a run as failed with a reason. Returns false when it had already ended.
+    pub async fn fail_run(&self, run_id: Uuid, error: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE runs SET state = 'failed', error = $2, finished_at = now()
+                 WHERE id = $1 AND finished_at IS NULL",
+                &[&run_id, &error],
+            )
+            .await
+            .context("recording the run's failure")?;
+        Ok(changed == 1)
+    }
+
+    pub async fn run(&self, run_id: Uuid) -> Result<Option<RunRow>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
+                &[&run_id],
+            )
+            .await
+            .context("loading the run")?;
+        Ok(row.as_ref().map(RunRow::from_row))
+    }
+
+    /// The tenant's runs, newest first.
+    pub async fn runs(&self, tenant_id: &str, limit: i64) -> Result<Vec<RunRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 ORDER BY started_at DESC LIMIT $2"
+                ),
+                &[&tenant_id, &limit],
+            )
+            .await
+            .context("listing runs")?;
+        Ok(rows.iter().map(RunRow::from_row).collect())
+    }
+}

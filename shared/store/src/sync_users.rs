@@ -1,0 +1,432 @@
+//! The sync side: desired and applied state per user, what each run planned,
+//! and how each planned change ended.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::types::Json;
+use usersync_contract::{Change, Event, RunCounts, UserProblem};
+use usersync_core::{Problem, SyncedFields};
+use uuid::Uuid;
+
+use crate::{Result, RunState, Store};
+
+/// A user's sync state as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncRow {
+    pub state: String,
+    pub desired: Option<SyncedFields>,
+    pub desired_version: i64,
+    pub pbx_id: Option<String>,
+    pub applied: Option<SyncedFields>,
+    pub applied_version: i64,
+    pub pending_delete_at: Option<DateTime<Utc>>,
+}
+
+/// A user locked for writing, with what the welcome mail needs from the directory.
+#[derive(Debug, Clone)]
+pub struct LockedUser {
+    pub sync: SyncRow,
+    /// The outcome of this user's change in the run (`pending` until done).
+    pub outcome: String,
+    pub mail: Option<String>,
+    pub language: Option<String>,
+}
+
+/// The differ's verdict on one user in one run, to store.
+#[derive(Debug, Clone)]
+pub struct PlannedUser {
+    pub object_id: String,
+    pub state: &'static str,
+    pub desired: Option<SyncedFields>,
+    pub desired_version: i64,
+    pub problems: Vec<Problem>,
+    pub pending_delete_at: Option<DateTime<Utc>>,
+    pub change: Option<Change>,
+}
+
+/// How a change ended, as the applier records it.
+#[derive(Debug, Clone)]
+pub enum ChangeRecord {
+    Created {
+        pbx_id: String,
+        fields: SyncedFields,
+    },
+    Updated {
+        fields: SyncedFields,
+    },
+    Deleted,
+    /// A newer desired state exists; a later change carries it.
+    Superseded,
+    Failed {
+        reason: String,
+    },
+}
+
+impl ChangeRecord {
+    fn outcome(&self) -> &'static str {
+        match self {
+            ChangeRecord::Created { .. } => "created",
+            ChangeRecord::Updated { .. } => "updated",
+            ChangeRecord::Deleted => "deleted",
+            ChangeRecord::Superseded => "superseded",
+            ChangeRecord::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Most user problems one digest carries; the rest are counted, not listed.
+const MAX_PROBLEMS_IN_EVENT: i64 = 200;
+
+impl Store {
+    /// Stores the differ's verdicts for a batch of users, with the run's planned
+    /// changes and skips, in one transaction.
+    pub async fn save_plan(&self, run_id: Uuid, tenant_id: &str, planned: &[PlannedUser]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let ids: Vec<&str> = planned.iter().map(|p| p.object_id.as_str()).collect();
+        let states: Vec<&str> = planned.iter().map(|p| p.state).collect();
+        let desired: Vec<Option<Json<&SyncedFields>>> =
+            planned.iter().map(|p| p.desired.as_ref().map(Json)).collect();
+        let versions: Vec<i64> = planned.iter().map(|p| p.desired_version).collect();
+        let problems: Vec<Json<&Vec<Problem>>> = planned.iter().map(|p| Json(&p.problems)).collect();
+        let pending: Vec<Option<DateTime<Utc>>> = planned.iter().map(|p| p.pending_delete_at).collect();
+        tx.execute(
+            "INSERT INTO sync_users AS s (tenant_id, object_id, state, desired, desired_version,
+                                          problems, pending_delete_at, updated_at)
+             SELECT $1, u.id, u.state, u.desired, u.version, u.problems, u.pending, now()
+             FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::jsonb[], $7::timestamptz[])
+                  AS u(id, state, desired, version, problems, pending)
+             ON CONFLICT (tenant_id, object_id) DO UPDATE
+               SET state = EXCLUDED.state, desired = EXCLUDED.desired,
+                   desired_version = EXCLUDED.desired_version, problems = EXCLUDED.problems,
+                   pending_delete_at = EXCLUDED.pending_delete_at, updated_at = now()",
+            &[
+                &tenant_id, &ids, &states, &desired, &versions, &problems, &pending,
+            ],
+        )
+        .await
+        .context("storing desired state")?;
+
+        let changes: Vec<&Change> = planned.iter().filter_map(|p| p.change.as_ref()).collect();
+        let change_ids: Vec<&str> = changes.iter().map(|c| c.object_id.as_str()).collect();
+        let change_versions: Vec<i64> = changes.iter().map(|c| c.desired_version).collect();
+        let actions: Vec<Json<&usersync_core::Action>> = changes.iter().map(|c| Json(&c.action)).collect();
+        tx.execute(
+            "INSERT INTO run_changes (run_id, object_id, desired_version, action)
+             SELECT $1, c.id, c.version, c.action
+             FROM unnest($2::text[], $3::int8[], $4::jsonb[]) AS c(id, version, action)
+             ON CONFLICT DO NOTHING",
+            &[&run_id, &change_ids, &change_versions, &actions],
+        )
+        .await
+        .context("storing planned changes")?;
+
+        let skipped: Vec<&PlannedUser> = planned.iter().filter(|p| !p.problems.is_empty()).collect();
+        let skip_ids: Vec<&str> = skipped.iter().map(|p| p.object_id.as_str()).collect();
+        let skip_problems: Vec<Json<&Vec<Problem>>> = skipped.iter().map(|p| Json(&p.problems)).collect();
+        tx.execute(
+            "INSERT INTO run_skips (run_id, object_id, problems)
+             SELECT $1, s.id, s.problems FROM unnest($2::text[], $3::jsonb[]) AS s(id, problems)
+             ON CONFLICT DO NOTHING",
+            &[&run_id, &skip_ids, &skip_problems],
+        )
+        .await
+        .context("storing skipped users")?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The run's planned changes still waiting for the applier, in pages by object id.
+    pub async fn pending_changes(&self, run_id: Uuid, after: &str, limit: i64) -> Result<Vec<Change>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT object_id, desired_version, action FROM run_changes
+                 WHERE run_id = $1 AND outcome = 'pending' AND object_id > $2
+                 ORDER BY object_id LIMIT $3",
+                &[&run_id, &after, &limit],
+            )
+            .await
+            .context("loading pending changes")?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let Json(action) = row.get("action");
+                Change {
+                    object_id: row.get("object_id"),
+                    desired_version: row.get("desired_version"),
+                    action,
+                }
+            })
+            .collect())
+    }
+
+    /// Ends the differ's part of a run: the delta link moves on, and the run
+    /// waits for `changes` changes (or finishes at once when there are none).
+    /// Returns the finish event when the run ended here.
+    pub async fn complete_planning(
+        &self,
+        run_id: Uuid,
+        tenant_id: &str,
+        delta_link: &str,
+        paused: bool,
+    ) -> Result<Option<Event>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                "SELECT state, (SELECT count(*) FROM run_changes WHERE run_id = $1 AND outcome = 'pending') AS pending,
+                        (SELECT count(*) FROM run_skips WHERE run_id = $1) AS skipped
+                 FROM runs WHERE id = $1 FOR UPDATE",
+                &[&run_id],
+            )
+            .await
+            .context("loading the run")?;
+        let state: String = row.get("state");
+        if state != RunState::Differing.as_str() && state != RunState::Fetching.as_str() {
+            return Ok(None);
+        }
+        let pending = i32::try_from(row.get::<_, i64>("pending")).unwrap_or(i32::MAX);
+        let skipped = i32::try_from(row.get::<_, i64>("skipped")).unwrap_or(i32::MAX);
+        tx.execute(
+            "UPDATE tenants SET delta_link = $2 WHERE id = $1",
+            &[&tenant_id, &delta_link],
+        )
+        .await
+        .context("moving the delta state")?;
+        tx.execute(
+            "UPDATE runs SET state = 'applying', changes_pending = $2, skipped = $3 WHERE id = $1",
+            &[&run_id, &pending, &skipped],
+        )
+        .await?;
+        let event = if pending == 0 {
+            let final_state = if paused {
+                RunState::Paused
+            } else {
+                RunState::Succeeded
+            };
+            Some(finish_run(&tx, run_id, final_state).await?)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// The user's sync row, locked until the returned transaction ends, with the
+    /// outcome its change in this run already has. Serialises every write to one
+    /// user across applier replicas.
+    pub async fn lock_user(
+        tx: &deadpool_postgres::Transaction<'_>,
+        run_id: Uuid,
+        tenant_id: &str,
+        object_id: &str,
+    ) -> Result<Option<LockedUser>> {
+        let row = tx
+            .query_opt(
+                "SELECT s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version,
+                        s.pending_delete_at, c.outcome,
+                        d.source->>'mail' AS mail, d.source->>'preferredLanguage' AS language
+                 FROM sync_users s
+                 JOIN run_changes c ON c.run_id = $1 AND c.object_id = s.object_id
+                 LEFT JOIN directory_users d ON d.tenant_id = s.tenant_id AND d.object_id = s.object_id
+                 WHERE s.tenant_id = $2 AND s.object_id = $3
+                 FOR UPDATE OF s",
+                &[&run_id, &tenant_id, &object_id],
+            )
+            .await
+            .context("locking the user")?;
+        Ok(row.map(|row| {
+            let sync = SyncRow {
+                state: row.get("state"),
+                desired: row
+                    .get::<_, Option<Json<SyncedFields>>>("desired")
+                    .map(|Json(f)| f),
+                desired_version: row.get("desired_version"),
+                pbx_id: row.get("pbx_id"),
+                applied: row
+                    .get::<_, Option<Json<SyncedFields>>>("applied")
+                    .map(|Json(f)| f),
+                applied_version: row.get("applied_version"),
+                pending_delete_at: row.get("pending_delete_at"),
+            };
+            LockedUser {
+                sync,
+                outcome: row.get("outcome"),
+                mail: row.get("mail"),
+                language: row.get("language"),
+            }
+        }))
+    }
+
+    /// Records how a change ended; when it was the run's last, ends the run and
+    /// returns its finish event (publish it before committing).
+    pub async fn record_change(
+        tx: &deadpool_postgres::Transaction<'_>,
+        run_id: Uuid,
+        tenant_id: &str,
+        object_id: &str,
+        desired_version: i64,
+        record: &ChangeRecord,
+    ) -> Result<Option<Event>> {
+        match record {
+            ChangeRecord::Created { pbx_id, fields } => {
+                tx.execute(
+                    "UPDATE sync_users SET pbx_id = $3, applied = $4, applied_version = $5,
+                            state = 'active', updated_at = now()
+                     WHERE tenant_id = $1 AND object_id = $2",
+                    &[&tenant_id, &object_id, pbx_id, &Json(fields), &desired_version],
+                )
+                .await?;
+            }
+            ChangeRecord::Updated { fields } => {
+                tx.execute(
+                    "UPDATE sync_users SET applied = $3, applied_version = $4, updated_at = now()
+                     WHERE tenant_id = $1 AND object_id = $2",
+                    &[&tenant_id, &object_id, &Json(fields), &desired_version],
+                )
+                .await?;
+            }
+            ChangeRecord::Deleted => {
+                tx.execute(
+                    "UPDATE sync_users SET pbx_id = NULL, applied = NULL, applied_version = $3,
+                            pending_delete_at = NULL, state = 'deleted', updated_at = now()
+                     WHERE tenant_id = $1 AND object_id = $2",
+                    &[&tenant_id, &object_id, &desired_version],
+                )
+                .await?;
+            }
+            ChangeRecord::Superseded | ChangeRecord::Failed { .. } => {}
+        }
+        let detail = match record {
+            ChangeRecord::Failed { reason } => Some(reason.as_str()),
+            _ => None,
+        };
+        let changed = tx
+            .execute(
+                "UPDATE run_changes SET outcome = $3, detail = $4
+                 WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'",
+                &[&run_id, &object_id, &record.outcome(), &detail],
+            )
+            .await
+            .context("recording the change's outcome")?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        let row = tx
+            .query_one(
+                "UPDATE runs SET changes_pending = changes_pending - 1 WHERE id = $1
+                 RETURNING changes_pending, state",
+                &[&run_id],
+            )
+            .await
+            .context("counting down the run's changes")?;
+        let pending: i32 = row.get(0);
+        let state: String = row.get(1);
+        if pending > 0 || state != RunState::Applying.as_str() {
+            return Ok(None);
+        }
+        Ok(Some(finish_run(tx, run_id, RunState::Succeeded).await?))
+    }
+}
+
+/// Counts the outcomes, ends the run (partial when a change failed) and builds its event.
+async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) -> Result<Event> {
+    let rows = client
+        .query(
+            "SELECT outcome, count(*) FROM run_changes WHERE run_id = $1 GROUP BY outcome",
+            &[&run_id],
+        )
+        .await?;
+    let mut counts = RunCounts::default();
+    for row in rows {
+        let outcome: String = row.get(0);
+        let count: i64 = row.get(1);
+        match outcome.as_str() {
+            "created" => counts.created = count,
+            "updated" => counts.updated = count,
+            "deleted" => counts.deleted = count,
+            "failed" => counts.failed = count,
+            _ => {}
+        }
+    }
+    let skipped = client
+        .query_one("SELECT count(*) FROM run_skips WHERE run_id = $1", &[&run_id])
+        .await?;
+    counts.skipped = skipped.get(0);
+    let state = if state == RunState::Succeeded && counts.failed > 0 {
+        RunState::Partial
+    } else {
+        state
+    };
+    let to_i32 = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    let row = client
+        .query_one(
+            "UPDATE runs SET state = $2, finished_at = now(), created = $3, updated = $4, deleted = $5,
+                    skipped = $6, failed = $7
+             WHERE id = $1 RETURNING tenant_id",
+            &[
+                &run_id,
+                &state.as_str(),
+                &to_i32(counts.created),
+                &to_i32(counts.updated),
+                &to_i32(counts.deleted),
+                &to_i32(counts.skipped),
+                &to_i32(counts.failed),
+            ],
+        )
+        .await?;
+    let tenant_id: String = row.get(0);
+    if state != RunState::Failed {
+        client
+            .execute(
+                "UPDATE tenants SET last_success_at = now() WHERE id = $1",
+                &[&tenant_id],
+            )
+            .await?;
+    }
+    let problems = run_problems(client, run_id).await?;
+    Ok(Event::RunFinished {
+        tenant_id,
+        run_id,
+        outcome: state.as_str().to_owned(),
+        counts,
+        error: None,
+        problems,
+    })
+}
+
+/// The users a run skipped or failed, named by their alias or mail where known.
+async fn run_problems(client: &impl GenericClient, run_id: Uuid) -> Result<Vec<UserProblem>> {
+    let rows = client
+        .query(
+            "SELECT p.object_id, p.outcome, p.problems,
+                    coalesce(d.source->>'mailNickname', d.source->>'userPrincipalName', p.object_id) AS name
+             FROM (SELECT object_id, 'skipped' AS outcome, problems FROM run_skips WHERE run_id = $1
+                   UNION ALL
+                   SELECT object_id, 'failed', jsonb_build_array(jsonb_build_object('field', 'pbx', 'message', detail))
+                   FROM run_changes WHERE run_id = $1 AND outcome = 'failed') p
+             JOIN runs r ON r.id = $1
+             LEFT JOIN directory_users d ON d.tenant_id = r.tenant_id AND d.object_id = p.object_id
+             ORDER BY p.outcome, name
+             LIMIT $2",
+            &[&run_id, &MAX_PROBLEMS_IN_EVENT],
+        )
+        .await
+        .context("listing the run's problems")?;
+    let mut problems = Vec::new();
+    for row in rows {
+        let Json(list): Json<Value> = row.get("problems");
+        let list: Vec<Problem> = serde_json::from_value(list).unwrap_or_default();
+        for problem in list {
+            problems.push(UserProblem {
+                user: row.get("name"),
+                outcome: row.get("outcome"),
+                problem,
+            });
+        }
+    }
+    Ok(problems)
+}

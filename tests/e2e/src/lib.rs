@@ -1,0 +1,368 @@
+//! The harness of the end-to-end tests: starts a whole usersync stack as
+//! separate processes, each test in its own database and RabbitMQ vhost.
+//!
+//! Needs PostgreSQL, RabbitMQ with the management plugin, Debian's
+//! `python3-aiosmtpd`, and the workspace binaries built (`cargo build --workspace --bins`);
+//! `scripts/test` provides all of them.
+
+use std::{
+    future::Future,
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const RABBITMQ_API: &str = "http://127.0.0.1:15672/api";
+pub const PBX_TOKEN: &str = "e2e-pbx-token";
+/// A fixed test key (32 bytes, base64).
+pub const SECRET_KEY: &str = "dXNlcnN5bmMtZTJlLXRlc3Qta2V5LTMyLWJ5dGVzISE=";
+pub const SERVICES: [&str; 4] = [
+    "usersync-fetcher",
+    "usersync-differ",
+    "usersync-applier",
+    "usersync-notifier",
+];
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Where the workspace's binaries are: next to the test binary's `deps` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A running simulator and its base URL.
+pub struct Sim {
+    pub url: String,
+    _child: Child,
+}
+
+impl Sim {
+    /// Starts a simulator on a free port and reads the address it prints.
+    async fn start(name: &str, args: &[&str], logs: &Path) -> Sim {
+        let log = std::fs::File::create(logs.join(format!("{name}.log"))).expect("a log file");
+        let mut child = Command::new(binary(name))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {name}: {err}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{name} printed no address within 30 s"))
+            .expect("reading the simulator's stdout")
+            .unwrap_or_else(|| panic!("{name} exited before listening"));
+        let url = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{name} printed {line:?}, expected `listening on URL`"))
+            .trim()
+            .to_owned();
+        Sim { url, _child: child }
+    }
+}
+
+/// A whole stack: simulators, SMTP server, the four services, own database and vhost.
+pub struct Stack {
+    pub name: String,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub vhost: String,
+    pub graph: Sim,
+    pub pbx: Sim,
+    pub smtp_port: u16,
+    pub maildir: PathBuf,
+    pub logs: PathBuf,
+    pub http: reqwest::Client,
+    services: Vec<Child>,
+    _smtp: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start(test: &str) -> Stack {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let name = format!("{test}_{suffix}");
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let logs = workspace_target().join("e2e-logs").join(&name);
+        std::fs::create_dir_all(&logs).expect("the log folder");
+        let http = reqwest::Client::new();
+        let vhost = format!("usersync-e2e-{name}");
+        create_vhost(&http, &vhost).await;
+        let maildir = tmp.path().join("Maildir");
+        let smtp_port = free_port();
+        let smtp = start_smtp(smtp_port, &maildir, &logs).await;
+        let graph = Sim::start("usersync-graph-sim", &[], &logs).await;
+        let pbx = Sim::start("usersync-pbx-sim", &["--token", PBX_TOKEN], &logs).await;
+        let mut stack = Stack {
+            database_url: format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}"),
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+            name,
+            vhost,
+            graph,
+            pbx,
+            smtp_port,
+            maildir,
+            logs,
+            http,
+            services: Vec::new(),
+            _smtp: smtp,
+            _tmp: tmp,
+        };
+        for service in SERVICES {
+            stack.start_service(service).await;
+        }
+        stack
+    }
+
+    /// The environment every usersync process of this stack gets.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("AMQP_URL", self.amqp_url.clone()),
+            ("GRAPH_BASE_URL", format!("{}/v1.0", self.graph.url)),
+            ("ENTRA_LOGIN_URL", self.graph.url.clone()),
+            ("PBX_API_URL", self.pbx.url.clone()),
+            ("PBX_API_TOKEN", PBX_TOKEN.to_owned()),
+            ("SMTP_URL", format!("smtp://127.0.0.1:{}", self.smtp_port)),
+            ("MAIL_FROM", "Usersync <noreply@usersync.test>".to_owned()),
+            ("USERSYNC_SECRET_KEY", SECRET_KEY.to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ]
+    }
+
+    /// Starts one more replica of a service and waits until it is healthy.
+    pub async fn start_service(&mut self, service: &str) {
+        let index = self.services.len();
+        let log =
+            std::fs::File::create(self.logs.join(format!("{service}-{index}.log"))).expect("a log file");
+        let metrics_port = free_port();
+        let child = Command::new(binary(service))
+            .envs(self.env())
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {service}: {err}"));
+        self.services.push(child);
+        let url = format!("http://127.0.0.1:{metrics_port}/healthz");
+        let http = self.http.clone();
+        let logs = self.logs.clone();
+        wait_for(
+            &format!("{service} to be healthy (logs in {})", logs.display()),
+            Duration::from_secs(60),
+            || {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Runs the operator CLI with this stack's environment; returns (success, stdout, stderr).
+    pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut command = Command::new(binary("usersync"));
+        command
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("running usersync");
+        if let Some(text) = stdin {
+            use tokio::io::AsyncWriteExt;
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(text.as_bytes()).await.expect("writing stdin");
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().await.expect("usersync output");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Runs the CLI and parses its JSON output; panics with stderr when it fails.
+    pub async fn cli_json(&self, args: &[&str]) -> Value {
+        let (ok, stdout, stderr) = self.cli(args, None).await;
+        assert!(ok, "usersync {args:?} failed: {stderr}");
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("usersync {args:?} printed no JSON ({err}): {stdout}"))
+    }
+
+    pub async fn graph_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        call(&self.http, method, &format!("{}{path}", self.graph.url), body).await
+    }
+
+    pub async fn pbx_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        call(&self.http, method, &format!("{}{path}", self.pbx.url), body).await
+    }
+
+    /// Every message the SMTP server has received, raw.
+    pub fn mails(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+            .collect()
+    }
+
+    /// Stops the processes and removes the database and vhost.
+    pub async fn stop(mut self) {
+        for child in &mut self.services {
+            let _ = child.kill().await;
+        }
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(POSTGRES_ADMIN_URL, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"usersync_e2e_{}\" WITH (FORCE)",
+                    self.name
+                ))
+                .await;
+        }
+        let _ = self
+            .http
+            .delete(format!("{RABBITMQ_API}/vhosts/{}", self.vhost))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await;
+    }
+}
+
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
+    let mut request = http.request(method.clone(), url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("{method} {url}: {err}"));
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{method} {url}: {status} {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+}
+
+fn workspace_target() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors().nth(3).expect("target/").to_path_buf()
+}
+
+async fn create_vhost(http: &reqwest::Client, vhost: &str) {
+    let put = |path: String, body: Value| {
+        http.put(format!("{RABBITMQ_API}{path}"))
+            .basic_auth("guest", Some("guest"))
+            .json(&body)
+            .send()
+    };
+    let response = put(format!("/vhosts/{vhost}"), json!({})).await.expect(
+        "the RabbitMQ management API on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
+    );
+    assert!(
+        response.status().is_success(),
+        "creating vhost {vhost}: {}",
+        response.status()
+    );
+    let response = put(
+        format!("/permissions/{vhost}/guest"),
+        json!({"configure": ".*", "write": ".*", "read": ".*"}),
+    )
+    .await
+    .expect("setting vhost permissions");
+    assert!(
+        response.status().is_success(),
+        "permissions on {vhost}: {}",
+        response.status()
+    );
+}
+
+/// Debian's aiosmtpd: a real SMTP server that stores what it receives in a Maildir.
+async fn start_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
+    let log = std::fs::File::create(logs.join("smtp.log")).expect("a log file");
+    let python = std::env::var("USERSYNC_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".to_owned());
+    let child = Command::new(&python)
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(maildir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("starting aiosmtpd with {python} (apt-get install python3-aiosmtpd): {err}")
+        });
+    wait_for(
+        "the SMTP server to listen",
+        Duration::from_secs(30),
+        || async move { TcpStream::connect(("127.0.0.1", port)).ok() },
+    )
+    .await;
+    child
+}

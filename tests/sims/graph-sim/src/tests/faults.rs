@@ -1,0 +1,109 @@
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::{tenant_body, tenant_path, TestSim, TENANT};
+
+const USERS: &str = "/v1.0/users/delta";
+
+async fn inject(sim: &TestSim, fault: Value) {
+    sim.ok(Method::POST, &tenant_path("/faults"), Some(fault)).await;
+}
+
+async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn each_fault_kind_is_served_once_in_order() {
+    let sim = TestSim::start().await;
+    sim.create_tenant(tenant_body(3, json!({}))).await;
+    let token = sim.token().await;
+
+    inject(
+        &sim,
+        json!({"kind": "throttle", "retry_after": "2.128", "count": 2, "path_prefix": USERS}),
+    )
+    .await;
+    inject(&sim, json!({"kind": "unavailable", "retry_after": "1"})).await;
+    inject(&sim, json!({"kind": "gateway_timeout"})).await;
+    inject(&sim, json!({"kind": "sync_state", "code": "syncStateNotFound"})).await;
+    inject(&sim, json!({"kind": "gone"})).await;
+    inject(&sim, json!({"kind": "drop"})).await;
+
+    // A request outside the throttle's prefix skips it and takes the next fault.
+    let groups = sim.graph(&token, "/v1.0/groups").await;
+    assert_eq!(groups.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(groups.headers()["retry-after"], "1");
+
+    for _ in 0..2 {
+        let throttled = sim.graph(&token, USERS).await;
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(throttled.headers()["retry-after"], "2.128");
+        assert_eq!(error_code(throttled).await, "TooManyRequests");
+    }
+    let timeout = sim.graph(&token, USERS).await;
+    assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(timeout.headers().get("retry-after").is_none());
+
+    let sync_state = sim.graph(&token, USERS).await;
+    assert_eq!(sync_state.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(sync_state).await, "syncStateNotFound");
+
+    let gone = sim.graph(&token, "/v1.0/users/delta?$deltatoken=whatever").await;
+    assert_eq!(gone.status(), StatusCode::GONE);
+    assert_eq!(
+        gone.headers()["location"],
+        format!("{}{USERS}", sim.base).as_str()
+    );
+
+    let dropped = sim
+        .http
+        .get(format!("{}{USERS}", sim.base))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    let error = dropped.expect_err("the connection closes without a response");
+    assert!(error.is_request(), "{error:?}");
+
+    assert_eq!(sim.graph(&token, USERS).await.status(), StatusCode::OK);
+
+    let stats = sim.ok(Method::GET, &tenant_path("/stats"), None).await;
+    assert_eq!(stats["faults_served"], 7);
+    assert_eq!(stats["requests"]["users_delta"], 7);
+    assert_eq!(stats["requests"]["groups"], 1);
+}
+
+#[tokio::test]
+async fn token_endpoint_faults_and_fault_validation() {
+    let sim = TestSim::start().await;
+    sim.create_tenant(tenant_body(0, json!({}))).await;
+    let prefix = format!("/{TENANT}/oauth2");
+    inject(
+        &sim,
+        json!({"kind": "throttle", "retry_after": null, "path_prefix": prefix}),
+    )
+    .await;
+    let form = [("grant_type", "client_credentials")];
+    let throttled = sim.token_response(TENANT, &form).await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(throttled.headers().get("retry-after").is_none());
+    sim.token().await;
+
+    let (status, _) = sim
+        .control(
+            Method::POST,
+            &tenant_path("/faults"),
+            Some(json!({"kind": "throttle", "retry_after": "soon"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = sim
+        .control(
+            Method::POST,
+            &tenant_path("/faults"),
+            Some(json!({"kind": "meteor"})),
+        )
+        .await;
+    assert!(status.is_client_error());
+}

@@ -1,0 +1,254 @@
+//! Faults injected into one company's /v1 traffic through the control API.
+
+use std::time::{Duration, Instant};
+
+use axum::http::Method;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Body of `POST /_sim/companies/{company}/faults`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultRequest {
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u64>,
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+    },
+    Drop {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+    },
+    DropBefore {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+    },
+    Latency {
+        ms: u64,
+    },
+    RateLimit {
+        per_second: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What the gate does with one request.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Handle the request; with `drop_after` the response is then thrown away
+    /// and the connection cut, so the client never learns the outcome.
+    Proceed { drop_after: bool },
+    /// Cut the connection without handling the request.
+    DropBefore,
+    /// Answer with this error without handling the request.
+    Reject(ApiError),
+}
+
+#[derive(Debug, Clone)]
+enum CountedAction {
+    Reject(ApiError),
+    DropAfter,
+    DropBefore,
+}
+
+#[derive(Debug)]
+struct CountedFault {
+    action: CountedAction,
+    remaining: u32,
+    method: Option<Method>,
+}
+
+#[derive(Debug)]
+struct RateLimit {
+    per_second: u32,
+    window_start: Instant,
+    used: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    counted: Vec<CountedFault>,
+    latency: Option<Duration>,
+    rate_limit: Option<RateLimit>,
+}
+
+impl Faults {
+    /// Adds a fault; errors describe a request the control API rejects.
+    pub fn add(&mut self, request: FaultRequest, now: Instant) -> Result<(), ApiError> {
+        match request {
+            FaultRequest::Status {
+                status,
+                retry_after,
+                count,
+                method,
+            } => {
+                let error = ApiError::injected(status, retry_after).ok_or_else(|| {
+                    ApiError::bad_field("status", "status must be one of 401, 429, 500, 502, 503, 504")
+                })?;
+                self.add_counted(CountedAction::Reject(error), count, method)
+            }
+            FaultRequest::Drop { count, method } => self.add_counted(CountedAction::DropAfter, count, method),
+            FaultRequest::DropBefore { count, method } => {
+                self.add_counted(CountedAction::DropBefore, count, method)
+            }
+            FaultRequest::Latency { ms } => {
+                self.latency = Some(Duration::from_millis(ms));
+                Ok(())
+            }
+            FaultRequest::RateLimit { per_second } => {
+                if per_second == 0 {
+                    return Err(ApiError::bad_field("per_second", "per_second must be >= 1"));
+                }
+                self.rate_limit = Some(RateLimit {
+                    per_second,
+                    window_start: now,
+                    used: 0,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn add_counted(
+        &mut self,
+        action: CountedAction,
+        count: u32,
+        method: Option<String>,
+    ) -> Result<(), ApiError> {
+        if count == 0 {
+            return Err(ApiError::bad_field("count", "count must be >= 1"));
+        }
+        let method = method
+            .map(|name| Method::from_bytes(name.to_ascii_uppercase().as_bytes()))
+            .transpose()
+            .map_err(|_| ApiError::bad_field("method", "method is not an HTTP method"))?;
+        self.counted.push(CountedFault {
+            action,
+            remaining: count,
+            method,
+        });
+        Ok(())
+    }
+
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency
+    }
+
+    /// Decides the fate of one request, consuming rate-limit budget and one
+    /// use of the oldest counted fault that matches its method.
+    pub fn judge(&mut self, method: &Method, now: Instant) -> Verdict {
+        if let Some(limit) = &mut self.rate_limit {
+            if let Some(retry_after) = limit.take(now) {
+                return Verdict::Reject(ApiError::rate_limited(Some(retry_after)));
+            }
+        }
+        let Some(position) = self
+            .counted
+            .iter()
+            .position(|fault| fault.method.as_ref().is_none_or(|m| m == method))
+        else {
+            return Verdict::Proceed { drop_after: false };
+        };
+        let fault = &mut self.counted[position];
+        fault.remaining -= 1;
+        let action = fault.action.clone();
+        if fault.remaining == 0 {
+            self.counted.remove(position);
+        }
+        match action {
+            CountedAction::Reject(error) => Verdict::Reject(error),
+            CountedAction::DropAfter => Verdict::Proceed { drop_after: true },
+            CountedAction::DropBefore => Verdict::DropBefore,
+        }
+    }
+}
+
+impl RateLimit {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// Counts a request in the current one-second window; `Some(seconds)` to
+    /// wait when the window's budget is spent.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Self::WINDOW {
+            self.window_start = now;
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            return None;
+        }
+        let left = Self::WINDOW.saturating_sub(elapsed);
+        Some(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_fault(count: u32, method: Option<&str>) -> FaultRequest {
+        FaultRequest::Status {
+            status: 503,
+            retry_after: None,
+            count,
+            method: method.map(str::to_owned),
+        }
+    }
+
+    fn is_proceed(verdict: &Verdict) -> bool {
+        matches!(verdict, Verdict::Proceed { drop_after: false })
+    }
+
+    #[test]
+    fn counted_fault_applies_only_to_its_method_and_runs_out() {
+        let now = Instant::now();
+        let mut faults = Faults::default();
+        faults.add(status_fault(2, Some("post")), now).expect("valid");
+        assert!(is_proceed(&faults.judge(&Method::GET, now)));
+        assert!(matches!(faults.judge(&Method::POST, now), Verdict::Reject(_)));
+        assert!(matches!(faults.judge(&Method::POST, now), Verdict::Reject(_)));
+        assert!(is_proceed(&faults.judge(&Method::POST, now)));
+    }
+
+    #[test]
+    fn rate_limit_resets_each_second() {
+        let start = Instant::now();
+        let mut faults = Faults::default();
+        faults
+            .add(FaultRequest::RateLimit { per_second: 2 }, start)
+            .expect("valid");
+        assert!(is_proceed(&faults.judge(&Method::GET, start)));
+        assert!(is_proceed(&faults.judge(&Method::GET, start)));
+        let Verdict::Reject(error) = faults.judge(&Method::GET, start) else {
+            panic!("third request in the window must be limited");
+        };
+        assert_eq!(error, ApiError::rate_limited(Some(1)));
+        let later = start + Duration::from_millis(1000);
+        assert!(is_proceed(&faults.judge(&Method::GET, later)));
+    }
+
+    #[test]
+    fn unsupported_status_is_refused() {
+        let mut faults = Faults::default();
+        let request = FaultRequest::Status {
+            status: 418,
+            retry_after: None,
+            count: 1,
+            method: None,
+        };
+        assert!(faults.add(request, Instant::now()).is_err());
+    }
+}
