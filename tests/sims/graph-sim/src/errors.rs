@@ -7,37 +7,60 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
+/// A Graph failure, rendered as
 /// `{"error":{"code","message","innerError":{"request-id","date"}}}`.
-pub fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let request_id = Uuid::new_v4().to_string();
-    let body = json!({
-        "error": {
-            "code": code,
-            "message": message,
-            "innerError": {
-                "request-id": request_id,
-                "date": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
-            }
+#[derive(Debug)]
+pub struct GraphError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    /// Where to restart (410 Gone).
+    location: Option<String>,
+}
+
+impl GraphError {
+    pub fn new(status: StatusCode, code: &str, message: &str) -> Self {
+        GraphError {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            location: None,
         }
-    });
-    let mut response = (status, Json(body)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("request-id", value);
     }
-    response
+
+    pub fn bad_request(code: &str, message: &str) -> Self {
+        GraphError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn with_location(mut self, location: &str) -> Self {
+        self.location = Some(location.to_owned());
+        self
+    }
 }
 
-/// A Graph error that also tells the client where to restart (410 Gone and friends).
-pub fn graph_error_with_location(status: StatusCode, code: &str, message: &str, location: &str) -> Response {
-    let mut response = graph_error(status, code, message);
-    if let Ok(value) = HeaderValue::from_str(location) {
-        response.headers_mut().insert(header::LOCATION, value);
+impl IntoResponse for GraphError {
+    fn into_response(self) -> Response {
+        let request_id = Uuid::new_v4().to_string();
+        let body = json!({
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "innerError": {
+                    "request-id": request_id,
+                    "date": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                }
+            }
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            headers.insert("request-id", value);
+        }
+        if let Some(value) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            headers.insert(header::LOCATION, value);
+        }
+        response
     }
-    response
-}
-
-pub fn bad_request(code: &str, message: &str) -> Response {
-    graph_error(StatusCode::BAD_REQUEST, code, message)
 }
 
 /// An Entra ID (AADSTS) token endpoint failure.

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::connection::KillSwitch;
-use crate::errors::{graph_error, graph_error_with_location};
+use crate::errors::GraphError;
 
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -89,42 +89,39 @@ impl FaultQueue {
 /// Builds the response for a fault. `restart_url` is where a `gone` fault
 /// sends the client (a fresh round without any token).
 pub fn fault_response(fault: &FaultSpec, restart_url: &str, connection: &KillSwitch) -> Response {
-    let mut response = match fault.kind {
-        FaultKind::Throttle => graph_error(
+    let error = match fault.kind {
+        FaultKind::Throttle => GraphError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
             "Too many requests, please retry later.",
         ),
-        FaultKind::Unavailable => graph_error(
+        FaultKind::Unavailable => GraphError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "serviceNotAvailable",
             "The service is temporarily unavailable.",
         ),
-        FaultKind::GatewayTimeout => graph_error(
+        FaultKind::GatewayTimeout => GraphError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "gatewayTimeout",
             "The gateway did not receive a timely response.",
         ),
         FaultKind::SyncState => {
             let code = fault.code.as_deref().unwrap_or("resyncRequired");
-            graph_error(
-                StatusCode::BAD_REQUEST,
-                code,
-                "The sync state cannot be used; start a new round.",
-            )
+            GraphError::bad_request(code, "The sync state cannot be used; start a new round.")
         }
-        FaultKind::Gone => graph_error_with_location(
+        FaultKind::Gone => GraphError::new(
             StatusCode::GONE,
             "resyncRequired",
             "Resync required. Restart from the URL in the Location header.",
-            restart_url,
-        ),
+        )
+        .with_location(restart_url),
         FaultKind::Drop => {
             // The connection fails its next write, so this body never leaves.
             connection.trip();
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
+    let mut response = error.into_response();
     if let Some(retry_after) = &fault.retry_after {
         if let Ok(value) = HeaderValue::from_str(retry_after) {
             response.headers_mut().insert(header::RETRY_AFTER, value);

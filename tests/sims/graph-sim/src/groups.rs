@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::errors::{bad_request, graph_error};
+use crate::errors::GraphError;
 use crate::odata::parse_eq_clause;
 use crate::rounds::{self, Link, Page};
 use crate::server::{lock, Sim, TenantHandle};
@@ -21,18 +20,15 @@ pub async fn list(
     State(sim): State<Arc<Sim>>,
     Extension(tenant): Extension<TenantHandle>,
     Query(query): Query<rounds::Query>,
-) -> Response {
+) -> Result<Page, GraphError> {
     let name = match query.get("$filter") {
         None => None,
-        Some(filter) => match parse_eq_clause(filter, "displayName") {
-            Some(name) => Some(name),
-            None => {
-                return bad_request(
-                    "Request_UnsupportedQuery",
-                    "Unsupported query: only displayName eq '…' is supported.",
-                )
-            }
-        },
+        Some(filter) => Some(parse_eq_clause(filter, "displayName").ok_or_else(|| {
+            GraphError::bad_request(
+                "Request_UnsupportedQuery",
+                "Unsupported query: only displayName eq '…' is supported.",
+            )
+        })?),
     };
     let tenant = lock(&tenant);
     let items = tenant
@@ -41,13 +37,12 @@ pub async fn list(
         .filter(|(_, group)| name.as_ref().is_none_or(|n| *n == group.name))
         .map(|(id, group)| json!({"id": id, "displayName": group.name}))
         .collect();
-    Page {
+    Ok(Page {
         context: format!("{}/v1.0/$metadata#groups", sim.base_url),
         items,
         link: None,
         count: None,
-    }
-    .into_response()
+    })
 }
 
 /// What a members nextLink carries.
@@ -64,19 +59,20 @@ pub async fn transitive_members(
     Path(group_id): Path<String>,
     headers: HeaderMap,
     Query(query): Query<rounds::Query>,
-) -> Response {
-    if let Err(response) = require_advanced_query(&headers, &query) {
-        return response;
-    }
+) -> Result<Page, GraphError> {
+    require_advanced_query(&headers, &query)?;
     let (select, after) = match query.get("$skiptoken") {
         Some(text) => match sync_token::decode::<MembersToken>(text) {
             Some(token) if token.group == group_id => (token.select, Some(token.after)),
-            _ => return bad_request("Request_BadRequest", "The skip token is not valid."),
+            _ => {
+                let message = "The skip token is not valid.";
+                return Err(GraphError::bad_request("Request_BadRequest", message));
+            }
         },
-        None => match rounds::parse_select(&query, is_user_property, DEFAULT_USER_SELECT, "user") {
-            Ok(select) => (select, None),
-            Err(response) => return response,
-        },
+        None => {
+            let select = rounds::parse_select(&query, is_user_property, DEFAULT_USER_SELECT, "user")?;
+            (select, None)
+        }
     };
     let tenant = lock(&tenant);
     let dir = &tenant.directory;
@@ -84,7 +80,8 @@ pub async fn transitive_members(
         let message = format!(
             "Resource '{group_id}' does not exist or one of its queried reference-property objects are not present."
         );
-        return graph_error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", &message);
+        let error = GraphError::new(StatusCode::NOT_FOUND, "Request_ResourceNotFound", &message);
+        return Err(error);
     }
     let size = tenant.settings.page_size.max(1);
     let mut ids = dir.transitive_users_page(&group_id, after.as_deref(), size + 1);
@@ -112,18 +109,17 @@ pub async fn transitive_members(
     };
     // Counting is O(members), so it happens once per listing, on its first page.
     let count = after.is_none().then(|| dir.transitive_user_count(&group_id));
-    Page {
+    Ok(Page {
         context: format!("{}/v1.0/$metadata#users", sim.base_url),
         items,
         link,
         count,
-    }
-    .into_response()
+    })
 }
 
 /// Casting transitive members to users is an advanced query: Graph wants
 /// `ConsistencyLevel: eventual` and `$count=true` together.
-fn require_advanced_query(headers: &HeaderMap, query: &rounds::Query) -> Result<(), Response> {
+fn require_advanced_query(headers: &HeaderMap, query: &rounds::Query) -> Result<(), GraphError> {
     let eventual = headers
         .get("ConsistencyLevel")
         .and_then(|v| v.to_str().ok())
@@ -132,7 +128,7 @@ fn require_advanced_query(headers: &HeaderMap, query: &rounds::Query) -> Result<
     if eventual && counted {
         Ok(())
     } else {
-        Err(bad_request(
+        Err(GraphError::bad_request(
             "Request_BadRequest",
             "This query is only supported with the 'ConsistencyLevel: eventual' header and $count=true.",
         ))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::directory::{Directory, GroupChange, MemberKind};
-use crate::errors::bad_request;
+use crate::errors::GraphError;
 use crate::rounds::{self, Endpoint, FreshOptions, Page, ResolvedRound, Round};
 use crate::server::{lock, Sim, TenantHandle};
 use crate::sync_token::{Resource, Step};
@@ -60,13 +60,13 @@ pub async fn handle(
     };
     match endpoint.resolve::<Position>(&tenant, &query, || fresh_options(&query)) {
         Ok(resolved) => build_page(&tenant, &endpoint, resolved).into_response(),
-        Err(response) => response,
+        Err(error) => error.into_response(),
     }
 }
 
-fn fresh_options(query: &rounds::Query) -> Result<FreshOptions, Response> {
+fn fresh_options(query: &rounds::Query) -> Result<FreshOptions, GraphError> {
     if query.contains_key("$filter") {
-        return Err(bad_request(
+        return Err(GraphError::bad_request(
             "Request_UnsupportedQuery",
             "Unsupported query: the simulator's groups delta takes no $filter.",
         ));

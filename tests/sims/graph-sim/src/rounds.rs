@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::errors::{bad_request, graph_error_with_location};
+use crate::errors::GraphError;
 use crate::seed::splitmix64;
 use crate::sync_token::{self, Resource, Step, SyncToken};
 use crate::tenant::{ExpiryStyle, Tenant, TokenProblem};
@@ -57,8 +57,8 @@ impl Endpoint<'_> {
         &self,
         tenant: &Tenant,
         query: &Query,
-        fresh: impl FnOnce() -> Result<FreshOptions, Response>,
-    ) -> Result<ResolvedRound<P>, Response> {
+        fresh: impl FnOnce() -> Result<FreshOptions, GraphError>,
+    ) -> Result<ResolvedRound<P>, GraphError> {
         let seq = tenant.directory.seq();
         let delta_token = query.get("$deltatoken").map(String::as_str);
         if delta_token == Some("latest") {
@@ -165,19 +165,19 @@ fn changes_from<P>(since: u64, until: u64) -> Round<P> {
     }
 }
 
-fn invalid_token() -> Response {
-    bad_request("syncStateInvalid", "The delta or skip token is not valid.")
+fn invalid_token() -> GraphError {
+    GraphError::bad_request("syncStateInvalid", "The delta or skip token is not valid.")
 }
 
-fn expired(style: ExpiryStyle, restart_url: &str) -> Response {
+fn expired(style: ExpiryStyle, restart_url: &str) -> GraphError {
     let message = "The sync state has expired; start a new round without a token.";
     match style {
         ExpiryStyle::Gone => {
-            graph_error_with_location(StatusCode::GONE, "resyncRequired", message, restart_url)
+            GraphError::new(StatusCode::GONE, "resyncRequired", message).with_location(restart_url)
         }
-        ExpiryStyle::SyncStateNotFound => bad_request("syncStateNotFound", message),
-        ExpiryStyle::SyncStateInvalid => bad_request("syncStateInvalid", message),
-        ExpiryStyle::ResyncRequired => bad_request("resyncRequired", message),
+        ExpiryStyle::SyncStateNotFound => GraphError::bad_request("syncStateNotFound", message),
+        ExpiryStyle::SyncStateInvalid => GraphError::bad_request("syncStateInvalid", message),
+        ExpiryStyle::ResyncRequired => GraphError::bad_request("resyncRequired", message),
     }
 }
 
@@ -196,7 +196,7 @@ pub fn parse_select(
     known: impl Fn(&str) -> bool,
     default: &[&str],
     type_name: &str,
-) -> Result<Vec<String>, Response> {
+) -> Result<Vec<String>, GraphError> {
     let Some(list) = query.get("$select") else {
         return Ok(default.iter().map(|name| (*name).to_owned()).collect());
     };
@@ -205,7 +205,7 @@ pub fn parse_select(
         if !known(name) {
             let message =
                 format!("Could not find a property named '{name}' on type 'microsoft.graph.{type_name}'.");
-            return Err(bad_request("Request_BadRequest", &message));
+            return Err(GraphError::bad_request("Request_BadRequest", &message));
         }
         if !names.iter().any(|n| n == name) {
             names.push(name.to_owned());

@@ -175,7 +175,7 @@ pub fn seeded_user(names: &NameTables, seed: u64, domain: &str, index: u64) -> P
     let nickname = format!("{first_ascii}.{last_ascii}{index}");
     let upn = format!("{nickname}@{domain}");
     let department = *pick(DEPARTMENTS, hash >> 8);
-    let language = if hash % 5 == 0 { "en-US" } else { "sv-SE" };
+    let language = if hash.is_multiple_of(5) { "en-US" } else { "sv-SE" };
     let cost_center = format!("CC-{:04}", (hash >> 40) % 10_000);
     let user = json!({
         "id": guid(seed, IdStream::User, index),
@@ -217,7 +217,7 @@ fn extension_attributes(department: &str, cost_center: &str, hash: u64) -> Value
     }
     attributes.insert("extensionAttribute1".into(), json!(cost_center));
     attributes.insert("extensionAttribute2".into(), json!(department));
-    if hash % 3 == 0 {
+    if hash.is_multiple_of(3) {
         attributes.insert("extensionAttribute5".into(), json!("PBX"));
     }
     Value::Object(attributes)

@@ -14,7 +14,7 @@ use base64::Engine;
 use tokio::net::TcpListener;
 
 use crate::connection::{KillSwitch, KillableListener};
-use crate::errors::graph_error;
+use crate::errors::GraphError;
 use crate::faults::fault_response;
 use crate::tenant::Tenant;
 use crate::{control, entra, groups, groups_delta, users_delta};
@@ -120,11 +120,12 @@ async fn graph_gate(
     next: Next,
 ) -> Response {
     let Some(tenant) = sim.tenant_for_bearer(request.headers()) else {
-        return graph_error(
+        return GraphError::new(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             "Access token is empty or invalid.",
-        );
+        )
+        .into_response();
     };
     let path = request.uri().path().to_owned();
     let (fault, consent_missing) = {
@@ -142,11 +143,12 @@ async fn graph_gate(
         return fault_response(&fault, &restart_url, &connection);
     }
     if consent_missing {
-        return graph_error(
+        return GraphError::new(
             StatusCode::FORBIDDEN,
             "Authorization_RequestDenied",
             "Insufficient privileges to complete the operation.",
-        );
+        )
+        .into_response();
     }
     request.extensions_mut().insert(tenant);
     next.run(request).await.into_response()

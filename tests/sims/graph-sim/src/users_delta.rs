@@ -9,7 +9,7 @@ use axum::Extension;
 use serde_json::Value;
 
 use crate::directory::{Directory, UserRecord, UserState};
-use crate::errors::bad_request;
+use crate::errors::GraphError;
 use crate::odata::parse_id_filter;
 use crate::rounds::{self, Endpoint, FreshOptions, Page, ResolvedRound, Round};
 use crate::server::{lock, Sim, TenantHandle};
@@ -33,16 +33,16 @@ pub async fn handle(
     };
     match endpoint.resolve::<Position>(&tenant, &query, || fresh_options(&query)) {
         Ok(resolved) => build_page(&tenant, &endpoint, resolved).into_response(),
-        Err(response) => response,
+        Err(error) => error.into_response(),
     }
 }
 
-fn fresh_options(query: &rounds::Query) -> Result<FreshOptions, Response> {
+fn fresh_options(query: &rounds::Query) -> Result<FreshOptions, GraphError> {
     let select = rounds::parse_select(query, is_user_property, DEFAULT_USER_SELECT, "user")?;
     let filter_ids = match query.get("$filter") {
         None => None,
         Some(filter) => Some(parse_id_filter(filter).ok_or_else(|| {
-            bad_request(
+            GraphError::bad_request(
                 "Request_UnsupportedQuery",
                 "Unsupported query: delta supports only up to 50 'id eq' clauses joined with 'or'.",
             )

@@ -164,7 +164,7 @@ async fn groups_delta_splits_large_groups_and_then_reports_membership_changes() 
     assert_eq!(merged.len(), 2);
 
     let leaver = guid(42, IdStream::User, 0);
-    let deleted = guid(42, IdStream::User, 1);
+    let deleted = guid(42, IdStream::User, 3);
     let joiner = guid(42, IdStream::User, 29);
     let members = tenant_path(&format!("/groups/{telephony}/members"));
     sim.ok(Method::DELETE, &format!("{members}/{leaver}"), None).await;

@@ -68,7 +68,7 @@ impl TestSim {
         }
     }
 
-    /// Calls the control API and returns status and JSON body (null if empty).
+    /// Calls the control API and returns status and body (JSON, else as a string).
     pub async fn control(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
@@ -77,11 +77,8 @@ impl TestSim {
         let response = request.send().await.unwrap();
         let status = response.status();
         let text = response.text().await.unwrap();
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        };
+        // Rejections by axum's extractors come as plain text.
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, json)
     }
 

@@ -39,9 +39,10 @@ async fn full_round_pages_every_user_then_hands_out_a_delta_link() {
         .map(|p| p["value"].as_array().unwrap().len())
         .collect();
     assert!(sizes.len() > 5, "{sizes:?}");
-    assert!(sizes.iter().all(|s| (20..=40).contains(s)), "{sizes:?}");
+    let (last, full_pages) = sizes.split_last().unwrap();
+    assert!(full_pages.iter().all(|s| (20..=40).contains(s)), "{sizes:?}");
     assert!(sizes.iter().any(|s| *s != sizes[0]), "page size never varies");
-    assert!(*sizes.last().unwrap() > 0, "the last page carries data");
+    assert!(*last > 0, "the last page carries data");
     assert!(round.delta_link.contains("$deltatoken="));
 
     let items = round.items();
