@@ -14,16 +14,35 @@ fn form<'a>(client_id: &'a str, secret: &'a str, grant: &'a str, scope: &'a str)
     ]
 }
 
-async fn expect_error(response: reqwest::Response, status: StatusCode, error: &str, code: u64) {
-    assert_eq!(response.status(), status);
+/// What a refused token request must answer.
+struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    code: u64,
+}
+
+fn bad_request(error: &'static str, code: u64) -> Refusal {
+    let status = StatusCode::BAD_REQUEST;
+    Refusal { status, error, code }
+}
+
+fn unauthorized(code: u64) -> Refusal {
+    let status = StatusCode::UNAUTHORIZED;
+    Refusal {
+        status,
+        error: "invalid_client",
+        code,
+    }
+}
+
+async fn expect_refusal(response: reqwest::Response, expected: Refusal) {
+    assert_eq!(response.status(), expected.status);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"], error, "{body}");
-    assert_eq!(body["error_codes"], json!([code]));
+    assert_eq!(body["error"], expected.error, "{body}");
+    assert_eq!(body["error_codes"], json!([expected.code]));
     let description = body["error_description"].as_str().unwrap();
-    assert!(
-        description.starts_with(&format!("AADSTS{code}: ")),
-        "{description}"
-    );
+    let prefix = format!("AADSTS{}: ", expected.code);
+    assert!(description.starts_with(&prefix), "{description}");
     assert!(description.contains("Trace ID: ") && description.contains("Correlation ID: "));
     for field in ["timestamp", "trace_id", "correlation_id"] {
         assert!(body[field].is_string(), "{field} missing");
@@ -35,59 +54,38 @@ async fn token_errors_carry_entra_codes() {
     let sim = TestSim::start().await;
     sim.create_tenant(tenant_body(0, json!({}))).await;
     let good = form(CLIENT_ID, SECRET, "client_credentials", SCOPE);
-    let cases: Vec<(&str, [(&str, &str); 4], StatusCode, &str, u64)> = vec![
-        (
-            "not-a-guid",
-            good,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            900023,
-        ),
-        (
-            "99999999-9999-9999-9999-999999999999",
-            good,
-            StatusCode::BAD_REQUEST,
-            "invalid_tenant",
-            90002,
-        ),
+    let unknown_tenant = "99999999-9999-9999-9999-999999999999";
+    let cases = [
+        ("not-a-guid", good, bad_request("invalid_request", 900023)),
+        (unknown_tenant, good, bad_request("invalid_tenant", 90002)),
         (
             TENANT,
             form("other-app", SECRET, "client_credentials", SCOPE),
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700016,
+            bad_request("unauthorized_client", 700016),
         ),
         (
             TENANT,
             form(CLIENT_ID, "wrong", "client_credentials", SCOPE),
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
+            unauthorized(7000215),
         ),
         (
             TENANT,
             form(CLIENT_ID, SECRET, "password", SCOPE),
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            70003,
+            bad_request("unsupported_grant_type", 70003),
         ),
         (
             TENANT,
             form(CLIENT_ID, SECRET, "client_credentials", "User.Read"),
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            1002012,
+            bad_request("invalid_scope", 1002012),
         ),
         (
             TENANT,
             form(CLIENT_ID, SECRET, "client_credentials", ""),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            900144,
+            bad_request("invalid_request", 900144),
         ),
     ];
-    for (tenant, form, status, error, code) in cases {
-        expect_error(sim.token_response(tenant, &form).await, status, error, code).await;
+    for (tenant, form, expected) in cases {
+        expect_refusal(sim.token_response(tenant, &form).await, expected).await;
     }
 
     sim.ok(
@@ -97,7 +95,7 @@ async fn token_errors_carry_entra_codes() {
     )
     .await;
     let expired = sim.token_response(TENANT, &good).await;
-    expect_error(expired, StatusCode::UNAUTHORIZED, "invalid_client", 7000222).await;
+    expect_refusal(expired, unauthorized(7000222)).await;
 
     let renewed = json!({"secret_expired": false, "client_secret": "fresh"});
     sim.ok(Method::PATCH, &tenant_path(""), Some(renewed)).await;

@@ -1,0 +1,5 @@
+//! End-to-end tests, one binary: each test runs a whole stack (see `usersync_e2e::Stack`).
+
+mod operator;
+mod pipeline;
+mod support;
