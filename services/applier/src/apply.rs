@@ -28,7 +28,7 @@ pub struct Applier {
 
 /// How one change went, before it is recorded.
 enum Written {
-    Done(ChangeRecord, Option<Event>),
+    Done(ChangeRecord, Option<Box<Event>>),
     /// Worth another try later (the PBX was busy or unreachable).
     Transient(PbxError),
 }
@@ -144,7 +144,7 @@ impl Applier {
         .await?;
         // Events go out before the commit: if the commit fails the change is
         // redone, and the events' deterministic ids keep the mails single.
-        for event in event.iter().chain(finished.iter()) {
+        for event in event.as_deref().into_iter().chain(finished.iter()) {
             self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
         }
         tx.commit().await.context("recording the change")?;
@@ -175,7 +175,7 @@ impl Applier {
                             pbx_id: created.id,
                             fields: fields.clone(),
                         },
-                        Some(event),
+                        Some(Box::new(event)),
                     )
                 })
             }

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use usersync_bus::{Bus, Failure, Incoming};
-use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage};
+use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage, PageBody};
 use usersync_core::Mode;
-use usersync_store::{RunState, Store};
-use uuid::Uuid;
+use usersync_store::{Round as StoreRound, RunState, Store};
 
 use crate::plan::{plan_user, PlanContext};
 
@@ -24,41 +23,37 @@ pub struct Differ {
 
 impl Differ {
     pub async fn handle(&self, incoming: Incoming<DirectoryPage>) -> Result<(), Failure> {
-        match &incoming.message {
-            DirectoryPage::Users {
-                run_id,
-                tenant_id,
-                page,
-                users,
-            } => {
+        let page = &incoming.message;
+        let round = StoreRound {
+            run_id: page.run_id,
+            round_id: page.round_id,
+        };
+        match &page.body {
+            PageBody::Users { page: number, users } => {
                 self.store
-                    .record_users_page(*run_id, tenant_id, *page, users)
+                    .record_users_page(round, &page.tenant_id, *number, users)
                     .await?;
                 Ok(())
             }
-            DirectoryPage::Members {
-                run_id,
-                page,
+            PageBody::Members {
+                page: number,
                 member_ids,
-                ..
             } => {
-                self.store.record_members_page(*run_id, *page, member_ids).await?;
+                self.store.record_members_page(round, *number, member_ids).await?;
                 Ok(())
             }
-            DirectoryPage::RoundComplete {
-                run_id,
-                tenant_id,
+            PageBody::RoundComplete {
                 pages,
                 full_round,
                 scoped,
                 delta_link,
             } => {
-                let recorded = self.store.pages_recorded(*run_id).await?;
+                let recorded = self.store.pages_recorded(round).await?;
                 if recorded < i64::from(*pages) {
                     let reason = format!("{recorded} of {pages} pages recorded so far");
                     if incoming.is_last_attempt() {
                         self.store
-                            .fail_run(*run_id, &format!("the round could not be recorded: {reason}"))
+                            .fail_run(page.run_id, &format!("the round could not be recorded: {reason}"))
                             .await?;
                         return Err(Failure::reject(reason));
                     }
@@ -68,8 +63,8 @@ impl Differ {
                     });
                 }
                 let round = Round {
-                    run_id: *run_id,
-                    tenant_id,
+                    ids: round,
+                    tenant_id: &page.tenant_id,
                     full_round: *full_round,
                     scoped: *scoped,
                     delta_link,
@@ -80,8 +75,8 @@ impl Differ {
     }
 
     async fn complete_round(&self, round: &Round<'_>) -> anyhow::Result<()> {
-        let Some(run) = self.store.run(round.run_id).await? else {
-            anyhow::bail!("run {} is not recorded", round.run_id);
+        let Some(run) = self.store.run(round.ids.run_id).await? else {
+            anyhow::bail!("run {} is not recorded", round.ids.run_id);
         };
         match RunState::parse(&run.state) {
             Some(RunState::Fetching | RunState::Differing) => self.plan(round).await?,
@@ -94,14 +89,11 @@ impl Differ {
 
     async fn plan(&self, round: &Round<'_>) -> anyhow::Result<()> {
         self.store
-            .set_run_state(round.run_id, RunState::Differing)
+            .set_run_state(round.ids.run_id, RunState::Differing)
             .await?;
         let tenant = self.store.require_tenant(round.tenant_id, None).await?;
         if round.full_round {
-            let gone = self
-                .store
-                .mark_unseen_removed(round.tenant_id, round.run_id)
-                .await?;
+            let gone = self.store.mark_unseen_removed(round.tenant_id, round.ids).await?;
             if gone > 0 {
                 tracing::info!(
                     tenant_id = round.tenant_id,
@@ -119,19 +111,19 @@ impl Differ {
         loop {
             let rows = self
                 .store
-                .reconcile_rows(round.tenant_id, round.run_id, &after, PLAN_BATCH)
+                .reconcile_rows(round.tenant_id, round.ids, &after, PLAN_BATCH)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.object_id.clone();
             let planned: Vec<_> = rows.iter().map(|row| plan_user(row, &context)).collect();
             self.store
-                .save_plan(round.run_id, round.tenant_id, &planned)
+                .save_plan(round.ids.run_id, round.tenant_id, &planned)
                 .await?;
         }
         let paused = tenant.config.mode == Mode::Pause;
         if let Some(event) = self
             .store
-            .complete_planning(round.run_id, round.tenant_id, round.delta_link, paused)
+            .complete_planning(round.ids.run_id, round.tenant_id, round.delta_link, paused)
             .await?
         {
             self.bus
@@ -148,12 +140,12 @@ impl Differ {
         loop {
             let changes = self
                 .store
-                .pending_changes(round.run_id, &after, CHANGE_BATCH)
+                .pending_changes(round.ids.run_id, &after, CHANGE_BATCH)
                 .await?;
             let Some(last) = changes.last() else { break };
             after = last.object_id.clone();
             let message = ChangeBatch {
-                run_id: round.run_id,
+                run_id: round.ids.run_id,
                 tenant_id: round.tenant_id.to_owned(),
                 batch,
                 changes,
@@ -163,13 +155,13 @@ impl Differ {
                 .await?;
             batch += 1;
         }
-        tracing::info!(tenant_id = round.tenant_id, run_id = %round.run_id, batches = batch, "changes handed to the applier");
+        tracing::info!(tenant_id = round.tenant_id, run_id = %round.ids.run_id, batches = batch, "changes handed to the applier");
         Ok(())
     }
 }
 
 struct Round<'a> {
-    run_id: Uuid,
+    ids: StoreRound,
     tenant_id: &'a str,
     full_round: bool,
     scoped: bool,

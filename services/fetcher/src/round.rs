@@ -2,7 +2,7 @@
 //! delta, publish every page with confirms, then the end of the round.
 
 use usersync_bus::{Bus, Failure, Incoming};
-use usersync_contract::{topology::Stage, DirectoryPage, Event, ResyncRequest, RunCounts};
+use usersync_contract::{topology::Stage, DirectoryPage, Event, PageBody, ResyncRequest, RunCounts};
 use usersync_core::TenantConfig;
 use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
 use usersync_store::{RunStart, RunState, SecretKey, Store};
@@ -106,6 +106,12 @@ impl Fetcher {
         tenant: &TenantConfig,
         delta_link: Option<String>,
     ) -> Result<(), RoundError> {
+        let round = RoundPublisher {
+            bus: &self.bus,
+            run_id,
+            round_id: Uuid::new_v4(),
+            tenant_id: &tenant.id,
+        };
         let credentials = Credentials {
             tenant_id: tenant.provider_settings.tenant_id.clone(),
             client_id: tenant.provider_settings.client_id.clone(),
@@ -115,7 +121,7 @@ impl Fetcher {
         let groups = &tenant.provider_settings.user_filter.member_of;
         let scoped = !groups.is_empty();
         if scoped {
-            pages = self.publish_members(run_id, tenant, &credentials, pages).await?;
+            pages = self.publish_members(&round, tenant, &credentials, pages).await?;
         }
         let start = self.graph.users_delta_start_url(&select_list(tenant));
         let mut full_round = delta_link.is_none();
@@ -130,28 +136,26 @@ impl Fetcher {
                 }
                 other => other?,
             };
-            self.send(&DirectoryPage::Users {
-                run_id,
-                tenant_id: tenant.id.clone(),
-                page: pages,
-                users: page.users,
-            })
-            .await?;
+            round
+                .send(PageBody::Users {
+                    page: pages,
+                    users: page.users,
+                })
+                .await?;
             pages += 1;
             match page.next {
                 PageLink::Next(next) => url = next,
                 PageLink::Delta(link) => break link,
             }
         };
-        self.send(&DirectoryPage::RoundComplete {
-            run_id,
-            tenant_id: tenant.id.clone(),
-            pages,
-            full_round,
-            scoped,
-            delta_link,
-        })
-        .await?;
+        round
+            .send(PageBody::RoundComplete {
+                pages,
+                full_round,
+                scoped,
+                delta_link,
+            })
+            .await?;
         self.store.set_run_state(run_id, RunState::Differing).await?;
         tracing::info!(pages, full_round, "round published");
         Ok(())
@@ -160,7 +164,7 @@ impl Fetcher {
     /// Publishes the transitive members of every filter group; returns the next page number.
     async fn publish_members(
         &self,
-        run_id: Uuid,
+        round: &RoundPublisher<'_>,
         tenant: &TenantConfig,
         credentials: &Credentials,
         mut pages: u32,
@@ -181,23 +185,18 @@ impl Fetcher {
                 let mut url = Some(self.graph.members_start_url(group_id));
                 while let Some(current) = url {
                     let page = self.graph.members_page(credentials, &current).await?;
-                    self.send(&DirectoryPage::Members {
-                        run_id,
-                        tenant_id: tenant.id.clone(),
-                        page: pages,
-                        member_ids: page.user_ids,
-                    })
-                    .await?;
+                    round
+                        .send(PageBody::Members {
+                            page: pages,
+                            member_ids: page.user_ids,
+                        })
+                        .await?;
                     pages += 1;
                     url = page.next;
                 }
             }
         }
         Ok(pages)
-    }
-
-    async fn send(&self, page: &DirectoryPage) -> anyhow::Result<()> {
-        self.bus.send(Stage::Differ, page, &page.message_id()).await
     }
 
     async fn fail(&self, run_id: Uuid, tenant_id: &str, reason: &str) -> anyhow::Result<()> {
@@ -215,6 +214,26 @@ impl Fetcher {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Publishes the pages of one round to the differ.
+struct RoundPublisher<'a> {
+    bus: &'a Bus,
+    run_id: Uuid,
+    round_id: Uuid,
+    tenant_id: &'a str,
+}
+
+impl RoundPublisher<'_> {
+    async fn send(&self, body: PageBody) -> anyhow::Result<()> {
+        let page = DirectoryPage {
+            run_id: self.run_id,
+            round_id: self.round_id,
+            tenant_id: self.tenant_id.to_owned(),
+            body,
+        };
+        self.bus.send(Stage::Differ, &page, &page.message_id()).await
     }
 }
 

@@ -40,26 +40,29 @@ impl Message for ResyncRequest {
 
 /// What the fetcher read from the directory, one page at a time, then the end of the round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryPage {
+    pub run_id: Uuid,
+    /// One pass of the fetcher over the directory. A fetcher that crashed and
+    /// resumed the run reads again in a new round, so pages of a half-read round
+    /// are never taken for pages of the new one.
+    pub round_id: Uuid,
+    pub tenant_id: String,
+    #[serde(flatten)]
+    pub body: PageBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum DirectoryPage {
+pub enum PageBody {
     /// Raw Graph user objects, `@removed` entries included.
     Users {
-        run_id: Uuid,
-        tenant_id: String,
         page: u32,
         users: Vec<serde_json::Value>,
     },
     /// Object ids of users who are (transitive) members of the tenant's filter groups.
-    Members {
-        run_id: Uuid,
-        tenant_id: String,
-        page: u32,
-        member_ids: Vec<String>,
-    },
+    Members { page: u32, member_ids: Vec<String> },
     /// Every page of the round has been published (and confirmed).
     RoundComplete {
-        run_id: Uuid,
-        tenant_id: String,
         /// How many `Users` and `Members` pages the round had.
         pages: u32,
         /// The round read the whole directory: users it did not return are gone.
@@ -72,29 +75,13 @@ pub enum DirectoryPage {
 }
 
 impl DirectoryPage {
-    pub fn run_id(&self) -> Uuid {
-        match self {
-            Self::Users { run_id, .. }
-            | Self::Members { run_id, .. }
-            | Self::RoundComplete { run_id, .. } => *run_id,
-        }
-    }
-
-    pub fn tenant_id(&self) -> &str {
-        match self {
-            Self::Users { tenant_id, .. }
-            | Self::Members { tenant_id, .. }
-            | Self::RoundComplete { tenant_id, .. } => tenant_id,
-        }
-    }
-
-    /// Deterministic id: the same page of the same run always has the same id.
+    /// Deterministic id: the same page of the same round always has the same id.
     pub fn message_id(&self) -> String {
-        match self {
-            Self::Users { run_id, page, .. } | Self::Members { run_id, page, .. } => {
-                format!("{run_id}:page:{page}")
+        match &self.body {
+            PageBody::Users { page, .. } | PageBody::Members { page, .. } => {
+                format!("{}:page:{page}", self.round_id)
             }
-            Self::RoundComplete { run_id, .. } => format!("{run_id}:complete"),
+            PageBody::RoundComplete { .. } => format!("{}:complete", self.round_id),
         }
     }
 }
@@ -224,20 +211,38 @@ mod tests {
 
     #[test]
     fn page_ids_are_deterministic_and_distinct() {
-        let run_id = Uuid::nil();
-        let users = DirectoryPage::Users {
-            run_id,
+        let page = |body| DirectoryPage {
+            run_id: Uuid::nil(),
+            round_id: Uuid::nil(),
             tenant_id: "t".into(),
+            body,
+        };
+        let users = page(PageBody::Users {
             page: 3,
             users: vec![],
-        };
-        let members = DirectoryPage::Members {
-            run_id,
-            tenant_id: "t".into(),
+        });
+        let members = page(PageBody::Members {
             page: 4,
             member_ids: vec![],
-        };
+        });
         assert_eq!(users.message_id(), users.clone().message_id());
         assert_ne!(users.message_id(), members.message_id());
+    }
+
+    #[test]
+    fn a_page_travels_as_flat_json() {
+        let page = DirectoryPage {
+            run_id: Uuid::nil(),
+            round_id: Uuid::nil(),
+            tenant_id: "t".into(),
+            body: PageBody::Members {
+                page: 0,
+                member_ids: vec!["a".into()],
+            },
+        };
+        let json = serde_json::to_value(&page).unwrap();
+        assert_eq!(json["kind"], "members");
+        assert_eq!(json["member_ids"][0], "a");
+        assert_eq!(serde_json::from_value::<DirectoryPage>(json).unwrap(), page);
     }
 }

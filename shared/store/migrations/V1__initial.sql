@@ -35,18 +35,21 @@ CREATE TABLE runs (
 CREATE INDEX runs_by_tenant ON runs (tenant_id, started_at DESC);
 CREATE INDEX runs_active ON runs (tenant_id) WHERE finished_at IS NULL;
 
--- Pages of a run the differ has recorded (so a round is complete only when all are).
-CREATE TABLE run_pages (
-    run_id   uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    page     integer NOT NULL,
-    PRIMARY KEY (run_id, page)
+-- Pages of a round (one pass of the fetcher) the differ has recorded, so a
+-- round is complete only when all are.
+CREATE TABLE round_pages (
+    run_id    uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    round_id  uuid NOT NULL,
+    page      integer NOT NULL,
+    PRIMARY KEY (round_id, page)
 );
 
--- Filter-group members seen in a run.
-CREATE TABLE run_members (
+-- Filter-group members seen in a round.
+CREATE TABLE round_members (
     run_id     uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    round_id   uuid NOT NULL,
     object_id  text NOT NULL,
-    PRIMARY KEY (run_id, object_id)
+    PRIMARY KEY (round_id, object_id)
 );
 
 -- What the directory says about each user: the merged Graph attributes.
@@ -55,7 +58,8 @@ CREATE TABLE directory_users (
     object_id        text NOT NULL,
     source           jsonb NOT NULL DEFAULT '{}',
     removed          boolean NOT NULL DEFAULT false,
-    seen_run         uuid,
+    -- The last round that returned this user.
+    seen_round       uuid,
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, object_id)
 );

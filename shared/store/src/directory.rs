@@ -17,9 +17,16 @@ pub struct ReconcileRow {
     pub object_id: String,
     pub source: Value,
     pub removed: bool,
-    /// Listed as a member of a filter group in this run.
+    /// Listed as a member of a filter group in this round.
     pub member: bool,
     pub sync: Option<SyncRow>,
+}
+
+/// One pass of the fetcher within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub run_id: Uuid,
+    pub round_id: Uuid,
 }
 
 /// What one page says about one user, duplicates within the page folded in order.
@@ -54,11 +61,11 @@ fn fold_page(users: &[Value]) -> BTreeMap<String, PageEntry> {
 }
 
 impl Store {
-    /// Records one page of users. A page already recorded for this run is skipped,
+    /// Records one page of users. A page already recorded for this round is skipped,
     /// so a redelivered page changes nothing twice.
     pub async fn record_users_page(
         &self,
-        run_id: Uuid,
+        round: Round,
         tenant_id: &str,
         page: u32,
         users: &[Value],
@@ -74,19 +81,19 @@ impl Store {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if !claim_page(&tx, run_id, page).await? {
+        if !claim_page(&tx, round, page).await? {
             return Ok(());
         }
         tx.execute(
-            "INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_run, updated_at)
+            "INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
              SELECT $1, u.id, u.source, u.removed, $2, now()
              FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
              ON CONFLICT (tenant_id, object_id) DO UPDATE
                SET source = d.source || EXCLUDED.source,
                    removed = EXCLUDED.removed,
-                   seen_run = EXCLUDED.seen_run,
+                   seen_round = EXCLUDED.seen_round,
                    updated_at = now()",
-            &[&tenant_id, &run_id, &ids, &sources, &removed],
+            &[&tenant_id, &round.round_id, &ids, &sources, &removed],
         )
         .await
         .context("recording a page of users")?;
@@ -95,17 +102,17 @@ impl Store {
     }
 
     /// Records one page of filter-group members.
-    pub async fn record_members_page(&self, run_id: Uuid, page: u32, member_ids: &[String]) -> Result<()> {
+    pub async fn record_members_page(&self, round: Round, page: u32, member_ids: &[String]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if !claim_page(&tx, run_id, page).await? {
+        if !claim_page(&tx, round, page).await? {
             return Ok(());
         }
         tx.execute(
-            "INSERT INTO run_members (run_id, object_id)
-             SELECT $1, id FROM unnest($2::text[]) AS id
+            "INSERT INTO round_members (run_id, round_id, object_id)
+             SELECT $1, $2, id FROM unnest($3::text[]) AS id
              ON CONFLICT DO NOTHING",
-            &[&run_id, &member_ids],
+            &[&round.run_id, &round.round_id, &member_ids],
         )
         .await
         .context("recording a page of group members")?;
@@ -113,22 +120,25 @@ impl Store {
         Ok(())
     }
 
-    pub async fn pages_recorded(&self, run_id: Uuid) -> Result<i64> {
+    pub async fn pages_recorded(&self, round: Round) -> Result<i64> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT count(*) FROM run_pages WHERE run_id = $1", &[&run_id])
+            .query_one(
+                "SELECT count(*) FROM round_pages WHERE round_id = $1",
+                &[&round.round_id],
+            )
             .await?;
         Ok(row.get(0))
     }
 
     /// After a full round: every user the round did not return is gone.
-    pub async fn mark_unseen_removed(&self, tenant_id: &str, run_id: Uuid) -> Result<u64> {
+    pub async fn mark_unseen_removed(&self, tenant_id: &str, round: Round) -> Result<u64> {
         let client = self.client().await?;
         client
             .execute(
                 "UPDATE directory_users SET removed = true, updated_at = now()
-                 WHERE tenant_id = $1 AND NOT removed AND seen_run IS DISTINCT FROM $2",
-                &[&tenant_id, &run_id],
+                 WHERE tenant_id = $1 AND NOT removed AND seen_round IS DISTINCT FROM $2",
+                &[&tenant_id, &round.round_id],
             )
             .await
             .context("marking users the full round did not return as removed")
@@ -138,7 +148,7 @@ impl Store {
     pub async fn reconcile_rows(
         &self,
         tenant_id: &str,
-        run_id: Uuid,
+        round: Round,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
@@ -149,12 +159,12 @@ impl Store {
                         s.state, s.desired, s.desired_version, s.pbx_id, s.applied,
                         s.applied_version, s.pending_delete_at
                  FROM directory_users d
-                 LEFT JOIN run_members m ON m.run_id = $2 AND m.object_id = d.object_id
+                 LEFT JOIN round_members m ON m.round_id = $2 AND m.object_id = d.object_id
                  LEFT JOIN sync_users s ON s.tenant_id = d.tenant_id AND s.object_id = d.object_id
                  WHERE d.tenant_id = $1 AND d.object_id > $3
                  ORDER BY d.object_id
                  LIMIT $4",
-                &[&tenant_id, &run_id, &after, &limit],
+                &[&tenant_id, &round.round_id, &after, &limit],
             )
             .await
             .context("loading users to reconcile")?;
@@ -188,12 +198,12 @@ impl Store {
 }
 
 /// Marks a page as recorded; false when it already was.
-async fn claim_page(tx: &deadpool_postgres::Transaction<'_>, run_id: Uuid, page: u32) -> Result<bool> {
+async fn claim_page(tx: &deadpool_postgres::Transaction<'_>, round: Round, page: u32) -> Result<bool> {
     let page = i32::try_from(page).context("page number out of range")?;
     let inserted = tx
         .execute(
-            "INSERT INTO run_pages (run_id, page) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&run_id, &page],
+            "INSERT INTO round_pages (run_id, round_id, page) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&round.run_id, &round.round_id, &page],
         )
         .await
         .context("recording the page")?;

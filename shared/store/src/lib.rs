@@ -13,7 +13,7 @@ mod tenants;
 
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
-pub use directory::ReconcileRow;
+pub use directory::{ReconcileRow, Round};
 pub use runs::{RunRow, RunStart, RunState};
 pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};

@@ -19,7 +19,7 @@ use crate::user_view::{is_user_property, project_full, DEFAULT_USER_SELECT};
 pub async fn list(
     State(sim): State<Arc<Sim>>,
     Extension(tenant): Extension<TenantHandle>,
-    Query(query): Query<rounds::Query>,
+    Query(query): Query<rounds::QueryParams>,
 ) -> Result<Page, GraphError> {
     let name = match query.get("$filter") {
         None => None,
@@ -58,7 +58,7 @@ pub async fn transitive_members(
     Extension(tenant): Extension<TenantHandle>,
     Path(group_id): Path<String>,
     headers: HeaderMap,
-    Query(query): Query<rounds::Query>,
+    Query(query): Query<rounds::QueryParams>,
 ) -> Result<Page, GraphError> {
     require_advanced_query(&headers, &query)?;
     let (select, after) = match query.get("$skiptoken") {
@@ -119,7 +119,7 @@ pub async fn transitive_members(
 
 /// Casting transitive members to users is an advanced query: Graph wants
 /// `ConsistencyLevel: eventual` and `$count=true` together.
-fn require_advanced_query(headers: &HeaderMap, query: &rounds::Query) -> Result<(), GraphError> {
+fn require_advanced_query(headers: &HeaderMap, query: &rounds::QueryParams) -> Result<(), GraphError> {
     let eventual = headers
         .get("ConsistencyLevel")
         .and_then(|v| v.to_str().ok())

@@ -50,7 +50,7 @@ impl Wanted {
 pub async fn handle(
     State(sim): State<Arc<Sim>>,
     Extension(tenant): Extension<TenantHandle>,
-    Query(query): Query<rounds::Query>,
+    Query(query): Query<rounds::QueryParams>,
 ) -> Response {
     let tenant = lock(&tenant);
     let endpoint = Endpoint {
@@ -64,7 +64,7 @@ pub async fn handle(
     }
 }
 
-fn fresh_options(query: &rounds::Query) -> Result<FreshOptions, GraphError> {
+fn fresh_options(query: &rounds::QueryParams) -> Result<FreshOptions, GraphError> {
     if query.contains_key("$filter") {
         return Err(GraphError::bad_request(
             "Request_UnsupportedQuery",

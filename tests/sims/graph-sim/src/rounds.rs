@@ -16,7 +16,8 @@ use crate::seed::splitmix64;
 use crate::sync_token::{self, Resource, Step, SyncToken};
 use crate::tenant::{ExpiryStyle, Tenant, TokenProblem};
 
-pub type Query = HashMap<String, String>;
+/// The raw query string options (`$select`, `$skiptoken`, …), percent-decoded.
+pub type QueryParams = HashMap<String, String>;
 
 /// The part of a round that a page continues.
 pub enum Round<P> {
@@ -56,7 +57,7 @@ impl Endpoint<'_> {
     pub fn resolve<P: DeserializeOwned + Default>(
         &self,
         tenant: &Tenant,
-        query: &Query,
+        query: &QueryParams,
         fresh: impl FnOnce() -> Result<FreshOptions, GraphError>,
     ) -> Result<ResolvedRound<P>, GraphError> {
         let seq = tenant.directory.seq();
@@ -192,7 +193,7 @@ pub fn varied_page_size(nominal: usize, page: u32, salt: u64) -> usize {
 
 /// Parses a `$select` list, checking every name with `known`.
 pub fn parse_select(
-    query: &Query,
+    query: &QueryParams,
     known: impl Fn(&str) -> bool,
     default: &[&str],
     type_name: &str,

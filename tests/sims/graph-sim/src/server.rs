@@ -151,5 +151,5 @@ async fn graph_gate(
         .into_response();
     }
     request.extensions_mut().insert(tenant);
-    next.run(request).await.into_response()
+    next.run(request).await
 }

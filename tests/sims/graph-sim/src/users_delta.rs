@@ -23,7 +23,7 @@ type Position = Option<String>;
 pub async fn handle(
     State(sim): State<Arc<Sim>>,
     Extension(tenant): Extension<TenantHandle>,
-    Query(query): Query<rounds::Query>,
+    Query(query): Query<rounds::QueryParams>,
 ) -> Response {
     let tenant = lock(&tenant);
     let endpoint = Endpoint {
@@ -37,7 +37,7 @@ pub async fn handle(
     }
 }
 
-fn fresh_options(query: &rounds::Query) -> Result<FreshOptions, GraphError> {
+fn fresh_options(query: &rounds::QueryParams) -> Result<FreshOptions, GraphError> {
     let select = rounds::parse_select(query, is_user_property, DEFAULT_USER_SELECT, "user")?;
     let filter_ids = match query.get("$filter") {
         None => None,

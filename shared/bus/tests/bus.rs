@@ -1,0 +1,548 @@
+//! The bus against a real RabbitMQ (amqp on 127.0.0.1:5672, management API on
+//! 127.0.0.1:15672, guest/guest). Every test runs in a vhost of its own that is
+//! deleted afterwards, so tests run in parallel and leave nothing behind.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
+    types::{AMQPValue, FieldTable},
+    BasicProperties, Channel, Connection, ConnectionProperties,
+};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use usersync_bus::{Bus, ConsumeOptions, Failure, Incoming, ATTEMPT_HEADER, REASON_HEADER};
+use usersync_contract::{
+    topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS},
+    Message, ResyncRequest,
+};
+
+const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
+const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
+/// Long enough for a pass through the 1-second retry tier on a busy machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Vhost per test
+// ---------------------------------------------------------------------------
+
+/// A vhost of one test, with the management API client to inspect it.
+#[derive(Clone)]
+struct Vhost {
+    name: String,
+    http: reqwest::Client,
+}
+
+impl Vhost {
+    async fn create() -> Vhost {
+        let vhost = Vhost {
+            name: format!("usersync-bus-test-{}", uuid::Uuid::new_v4().simple()),
+            http: reqwest::Client::new(),
+        };
+        vhost
+            .management_put(&format!("vhosts/{}", vhost.name), serde_json::json!({}))
+            .await;
+        vhost
+            .management_put(
+                &format!("permissions/{}/guest", vhost.name),
+                serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+            )
+            .await;
+        vhost
+    }
+
+    fn amqp_url(&self) -> String {
+        format!("{AMQP_BASE}/{}", self.name)
+    }
+
+    async fn management_put(&self, path: &str, body: Value) {
+        let response = self
+            .http
+            .put(format!("{MANAGEMENT_API}/{path}"))
+            .basic_auth("guest", Some("guest"))
+            .json(&body)
+            .send()
+            .await
+            .expect("the RabbitMQ management API on 127.0.0.1:15672");
+        assert!(
+            response.status().is_success(),
+            "PUT {path}: {}",
+            response.status()
+        );
+    }
+
+    async fn management_get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{MANAGEMENT_API}/{path}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("the RabbitMQ management API on 127.0.0.1:15672");
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("a JSON body")
+    }
+
+    /// Every queue of the vhost as the management API lists it.
+    async fn queues(&self) -> Vec<Value> {
+        match self.management_get(&format!("queues/{}", self.name)).await {
+            Value::Array(queues) => queues,
+            other => panic!("the queue list is not an array: {other}"),
+        }
+    }
+
+    /// How many acknowledgements the broker has counted for a queue. A counter
+    /// only grows, so a stale statistics sample can never claim an ack too early.
+    async fn acks_counted(&self, queue: &str) -> u64 {
+        let details = self
+            .management_get(&format!("queues/{}/{queue}", self.name))
+            .await;
+        details["message_stats"]["ack"].as_u64().unwrap_or(0)
+    }
+
+    async fn delete(&self) {
+        let response = self
+            .http
+            .delete(format!("{MANAGEMENT_API}/vhosts/{}", self.name))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("the RabbitMQ management API on 127.0.0.1:15672");
+        assert!(
+            response.status().is_success(),
+            "deleting vhost {}: {}",
+            self.name,
+            response.status()
+        );
+    }
+}
+
+/// Runs a test in a fresh vhost and deletes the vhost afterwards, also when the test fails.
+async fn in_fresh_vhost<F, Fut>(test: F)
+where
+    F: FnOnce(Vhost) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let vhost = Vhost::create().await;
+    let outcome = tokio::spawn(test(vhost.clone())).await;
+    vhost.delete().await;
+    if let Err(failure) = outcome {
+        std::panic::resume_unwind(failure.into_panic());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Polls `check` until it yields a value, failing the test after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a handler saw of one delivery.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    message: ResyncRequest,
+    message_id: Option<String>,
+    attempt: u32,
+}
+
+impl Seen {
+    fn of(incoming: &Incoming<ResyncRequest>) -> Seen {
+        Seen {
+            message: incoming.message.clone(),
+            message_id: incoming.message_id.clone(),
+            attempt: incoming.attempt,
+        }
+    }
+}
+
+/// Next delivery the handler reported, failing the test after [`DEADLINE`].
+async fn next_seen(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    tokio::time::timeout(DEADLINE, seen.recv())
+        .await
+        .expect("timed out waiting for the handler")
+        .expect("the handler is gone")
+}
+
+/// Consumes a stage in the background. The handler reports every delivery it
+/// sees, then answers with `decide(attempt)`.
+fn consume_in_background<D>(
+    bus: &Bus,
+    stage: Stage,
+    max_attempts: u32,
+    decide: D,
+) -> (tokio::task::JoinHandle<()>, mpsc::UnboundedReceiver<Seen>)
+where
+    D: Fn(u32) -> Result<(), Failure> + Send + Sync + 'static,
+{
+    let (report, seen) = mpsc::unbounded_channel();
+    let bus = bus.clone();
+    let options = ConsumeOptions {
+        prefetch: 4,
+        max_attempts,
+    };
+    let decide = std::sync::Arc::new(decide);
+    let consumer = tokio::spawn(async move {
+        let outcome = bus
+            .consume(stage, options, move |incoming: Incoming<ResyncRequest>| {
+                let report = report.clone();
+                let decide = std::sync::Arc::clone(&decide);
+                async move {
+                    let _ = report.send(Seen::of(&incoming));
+                    decide(incoming.attempt)
+                }
+            })
+            .await;
+        panic!("the consumer stopped: {outcome:?}");
+    });
+    (consumer, seen)
+}
+
+fn resync_request(tenant_id: &str, trigger: &str) -> ResyncRequest {
+    ResyncRequest {
+        tenant_id: tenant_id.to_owned(),
+        full: true,
+        trigger: trigger.to_owned(),
+    }
+}
+
+async fn open_channel(vhost: &Vhost) -> (Connection, Channel) {
+    let connection = Connection::connect(&vhost.amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connecting to RabbitMQ");
+    let channel = connection.create_channel().await.expect("opening a channel");
+    (connection, channel)
+}
+
+/// Takes (and acks) the next message of a queue, polling until one is there.
+async fn get_next(channel: &Channel, queue: &str) -> lapin::message::Delivery {
+    let delivery = eventually(&format!("a message on {queue}"), || async {
+        channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+            .map(|message| message.delivery)
+    })
+    .await;
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("acking a fetched message");
+    delivery
+}
+
+fn header<'a>(delivery: &'a lapin::message::Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery.properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_text(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match header(delivery, name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+fn header_number(delivery: &lapin::message::Delivery, name: &str) -> Option<i64> {
+    match *header(delivery, name)? {
+        AMQPValue::LongUInt(n) => Some(i64::from(n)),
+        AMQPValue::LongInt(n) => Some(i64::from(n)),
+        AMQPValue::LongLongInt(n) => Some(n),
+        AMQPValue::ShortUInt(n) => Some(i64::from(n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(n)),
+        _ => None,
+    }
+}
+
+fn message_id(delivery: &lapin::message::Delivery) -> Option<String> {
+    delivery.properties.message_id().as_ref().map(|id| id.to_string())
+}
+
+async fn assert_queue_empty(bus: &Bus, queue: &str) {
+    assert_eq!(
+        bus.queue_depth(queue).await.expect("queue depth"),
+        0,
+        "{queue} is not empty"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn declaring_the_topology_twice_gives_quorum_work_and_dead_letter_queues() {
+    in_fresh_vhost(|vhost| async move {
+        Bus::connect(&vhost.amqp_url(), "bus-test-first")
+            .await
+            .expect("first declaration");
+        Bus::connect(&vhost.amqp_url(), "bus-test-second")
+            .await
+            .expect("second declaration of the same topology");
+
+        let queues = vhost.queues().await;
+        let type_of = |name: &str| {
+            queues
+                .iter()
+                .find(|queue| queue["name"] == name)
+                .map(|queue| queue["type"].as_str().unwrap_or_default().to_owned())
+        };
+        let work_queues = [
+            "usersync.fetcher.requests",
+            "usersync.differ.pages",
+            "usersync.applier.changes",
+            "usersync.notifier.events",
+        ];
+        for (stage, work) in Stage::ALL.into_iter().zip(work_queues) {
+            assert_eq!(stage.queue(), work);
+            for quorum in [work.to_owned(), format!("usersync.{}.dlq", stage.name())] {
+                assert_eq!(type_of(&quorum).as_deref(), Some("quorum"), "queue {quorum}");
+            }
+            for delay in RETRY_DELAYS_SECS {
+                let retry = format!("usersync.{}.retry.{delay}s", stage.name());
+                assert!(type_of(&retry).is_some(), "retry tier {retry} is missing");
+            }
+        }
+        assert_eq!(queues.len(), Stage::ALL.len() * (2 + RETRY_DELAYS_SECS.len()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sent_message_is_handled_once_and_acked() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Fetcher, 6, |_| Ok(()));
+        let request = resync_request("acme", "manual");
+        bus.send(Stage::Fetcher, &request, "msg-once")
+            .await
+            .expect("send");
+
+        let first = next_seen(&mut seen).await;
+        assert_eq!(
+            first,
+            Seen {
+                message: request,
+                message_id: Some("msg-once".into()),
+                attempt: 1,
+            }
+        );
+        let work = Stage::Fetcher.queue();
+        eventually("the broker to count the ack", || async {
+            (vhost.acks_counted(&work).await >= 1).then_some(())
+        })
+        .await;
+        assert_queue_empty(&bus, &work).await;
+        assert!(seen.try_recv().is_err(), "the message was handled twice");
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_retried_message_comes_back_through_the_shortest_tier_and_then_succeeds() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Differ, 6, |attempt| {
+            if attempt == 1 {
+                Err(Failure::retry("the directory is busy"))
+            } else {
+                Ok(())
+            }
+        });
+        let request = resync_request("acme", "manual");
+        bus.send(Stage::Differ, &request, "msg-retry")
+            .await
+            .expect("send");
+
+        let first = next_seen(&mut seen).await;
+        let retried_at = Instant::now();
+        let second = next_seen(&mut seen).await;
+        assert_eq!((first.attempt, second.attempt), (1, 2));
+        assert_eq!(second.message, request);
+        assert_eq!(second.message_id.as_deref(), Some("msg-retry"));
+        // It waited out the 1-second tier rather than being requeued at once.
+        assert!(
+            retried_at.elapsed() >= Duration::from_millis(900),
+            "came back after {:?}",
+            retried_at.elapsed()
+        );
+
+        let work = Stage::Differ.queue();
+        eventually("both deliveries to be acked", || async {
+            (vhost.acks_counted(&work).await >= 2).then_some(())
+        })
+        .await;
+        assert_queue_empty(&bus, &work).await;
+        assert_queue_empty(&bus, &Stage::Differ.retry_queue(1)).await;
+        assert_queue_empty(&bus, &Stage::Differ.dead_letter_queue()).await;
+        assert!(seen.try_recv().is_err(), "a third delivery after success");
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_reason() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Applier, 2, |_| {
+            Err(Failure::retry("the PBX is down"))
+        });
+        let request = resync_request("acme", "manual");
+        bus.send(Stage::Applier, &request, "msg-doomed")
+            .await
+            .expect("send");
+
+        let attempts = [
+            next_seen(&mut seen).await.attempt,
+            next_seen(&mut seen).await.attempt,
+        ];
+        assert_eq!(attempts, [1, 2]);
+
+        let (_connection, channel) = open_channel(&vhost).await;
+        let parked = get_next(&channel, &Stage::Applier.dead_letter_queue()).await;
+        let reason = header_text(&parked, REASON_HEADER).expect("the reason header");
+        assert!(reason.contains("the PBX is down"), "reason: {reason}");
+        assert_eq!(header_number(&parked, ATTEMPT_HEADER), Some(2));
+        assert_eq!(message_id(&parked).as_deref(), Some("msg-doomed"));
+        let body: ResyncRequest = serde_json::from_slice(&parked.data).expect("the original body");
+        assert_eq!(body, request);
+
+        assert_queue_empty(&bus, &Stage::Applier.queue()).await;
+        assert!(seen.try_recv().is_err(), "handled again after the last attempt");
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rejected_message_goes_straight_to_the_dead_letter_queue() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Notifier, 6, |_| {
+            Err(Failure::reject("no such tenant"))
+        });
+        bus.send(
+            Stage::Notifier,
+            &resync_request("ghost", "manual"),
+            "msg-rejected",
+        )
+        .await
+        .expect("send");
+
+        assert_eq!(next_seen(&mut seen).await.attempt, 1);
+        let (_connection, channel) = open_channel(&vhost).await;
+        let parked = get_next(&channel, &Stage::Notifier.dead_letter_queue()).await;
+        assert_eq!(message_id(&parked).as_deref(), Some("msg-rejected"));
+        assert_eq!(header_number(&parked, ATTEMPT_HEADER), Some(1));
+        let reason = header_text(&parked, REASON_HEADER).expect("the reason header");
+        assert!(reason.contains("no such tenant"), "reason: {reason}");
+
+        assert_queue_empty(&bus, &Stage::Notifier.queue()).await;
+        assert!(seen.try_recv().is_err(), "a rejected message was retried");
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_undecodable_message_goes_straight_to_the_dead_letter_queue() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Fetcher, 6, |_| Ok(()));
+
+        let (_connection, channel) = open_channel(&vhost).await;
+        let garbage: &[u8] = b"{not json";
+        channel
+            .basic_publish(
+                PIPELINE_EXCHANGE.into(),
+                Stage::Fetcher.queue().as_str().into(),
+                BasicPublishOptions::default(),
+                garbage,
+                BasicProperties::default()
+                    .with_message_id("msg-garbage".into())
+                    .with_headers(FieldTable::default()),
+            )
+            .await
+            .expect("publishing garbage");
+
+        let parked = get_next(&channel, &Stage::Fetcher.dead_letter_queue()).await;
+        assert_eq!(parked.data, garbage);
+        assert_eq!(message_id(&parked).as_deref(), Some("msg-garbage"));
+        assert_eq!(header_number(&parked, ATTEMPT_HEADER), Some(1));
+        let reason = header_text(&parked, REASON_HEADER).expect("the reason header");
+        assert!(reason.contains(ResyncRequest::TYPE), "reason: {reason}");
+
+        assert_queue_empty(&bus, &Stage::Fetcher.queue()).await;
+        assert!(seen.try_recv().is_err(), "the handler saw an undecodable message");
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn resync_requests_reach_the_fetcher_queue_for_both_triggers() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let manual = resync_request("acme", "manual");
+        let scheduled = resync_request("globex", "scheduled");
+        bus.request_resync(&manual, "resync-manual")
+            .await
+            .expect("manual resync");
+        bus.request_resync(&scheduled, "resync-scheduled")
+            .await
+            .expect("scheduled resync");
+
+        let (_connection, channel) = open_channel(&vhost).await;
+        for (expected, id) in [(manual, "resync-manual"), (scheduled, "resync-scheduled")] {
+            let delivery = get_next(&channel, &Stage::Fetcher.queue()).await;
+            let request: ResyncRequest = serde_json::from_slice(&delivery.data).expect("a resync request");
+            assert_eq!(request, expected);
+            assert_eq!(message_id(&delivery).as_deref(), Some(id));
+            assert_eq!(
+                delivery
+                    .properties
+                    .kind()
+                    .as_ref()
+                    .map(|kind| kind.to_string())
+                    .as_deref(),
+                Some(ResyncRequest::TYPE)
+            );
+        }
+        assert_queue_empty(&bus, &Stage::Fetcher.queue()).await;
+    })
+    .await;
+}

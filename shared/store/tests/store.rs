@@ -1,0 +1,361 @@
+//! The store against a real PostgreSQL (postgres@127.0.0.1:5432, trust auth).
+//! Every test gets a database of its own, dropped afterwards, so tests run in
+//! parallel and leave nothing behind.
+
+use std::future::Future;
+
+use serde_json::{json, Value};
+use tokio_postgres::{types::Json, NoTls};
+use usersync_core::{parse_tenant_file, tenant::MASK, TenantConfig};
+use usersync_store::{Round, RunStart, SecretKey, Store};
+use uuid::Uuid;
+
+const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
+/// 32 bytes in base64: a key for tests only.
+const TEST_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const CLIENT_SECRET: &str = "plain-client-secret-7f3a";
+const PBX_TOKEN: &str = "plain-pbx-token-91c2";
+
+// ---------------------------------------------------------------------------
+// Database per test
+// ---------------------------------------------------------------------------
+
+/// Runs a test against a database name nobody uses yet and drops that database
+/// afterwards, also when the test fails.
+async fn in_fresh_database<F, Fut>(test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let name = format!("usersync_test_{}", Uuid::new_v4().simple());
+    let outcome = tokio::spawn(test(format!("{SERVER_URL}/{name}"))).await;
+    drop_database(&name).await;
+    if let Err(failure) = outcome {
+        std::panic::resume_unwind(failure.into_panic());
+    }
+}
+
+async fn drop_database(name: &str) {
+    let (admin, connection) = tokio_postgres::connect(&format!("{SERVER_URL}/postgres"), NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .expect("dropping the test database");
+}
+
+async fn connect_store(url: &str) -> Store {
+    Store::connect(url, 4).await.expect("connecting the store")
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+fn key() -> SecretKey {
+    SecretKey::from_base64(TEST_KEY).expect("a valid test key")
+}
+
+fn tenant(id: &str) -> TenantConfig {
+    let document = json!({
+        "id": id,
+        "name": "Acme AB",
+        "type": "ad_sync",
+        "mode": "user_sync",
+        "provider_settings": {
+            "tenant_id": "t-1",
+            "client_id": "c-1",
+            "client_secret": CLIENT_SECRET,
+            "user_filter": {"memberOf": ["Telephony"]}
+        },
+        "pbx_company_id": "acme",
+        "field_mapping": {
+            "alias": "mailNickname",
+            "first_name": "givenName",
+            "surname": "surname",
+            "pstn_fixed": "businessPhones[0]"
+        },
+        "pbx": {"api_url": "https://pbx.example", "api_token": PBX_TOKEN}
+    });
+    parse_tenant_file(&document.to_string()).expect("a valid tenant file")
+}
+
+async fn store_with_tenant(url: &str, tenant_id: &str) -> Store {
+    let store = connect_store(url).await;
+    store
+        .upsert_tenant(&tenant(tenant_id), &key())
+        .await
+        .expect("saving the tenant");
+    store
+}
+
+/// A directory user as recorded: its merged source and whether it is removed.
+async fn directory_user(store: &Store, tenant_id: &str, object_id: &str) -> Option<(Value, bool)> {
+    let client = store.client().await.expect("a connection");
+    let row = client
+        .query_opt(
+            "SELECT source, removed FROM directory_users WHERE tenant_id = $1 AND object_id = $2",
+            &[&tenant_id, &object_id],
+        )
+        .await
+        .expect("reading directory_users");
+    row.map(|row| {
+        let Json(source): Json<Value> = row.get("source");
+        (source, row.get("removed"))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn concurrent_connects_create_the_database_once_and_migrate_once() {
+    in_fresh_database(|url| async move {
+        let connects = (0..4).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::connect(&url, 2).await })
+        });
+        let mut stores = Vec::new();
+        for connect in connects {
+            let store = connect
+                .await
+                .expect("the connect task")
+                .unwrap_or_else(|err| panic!("a concurrent connect failed: {err:#}"));
+            stores.push(store);
+        }
+
+        let client = stores[0].client().await.expect("a connection");
+        let history: Vec<(i32, String)> = client
+            .query("SELECT version, name FROM refinery_schema_history ORDER BY version", &[])
+            .await
+            .expect("reading the migration history")
+            .iter()
+            .map(|row| (row.get("version"), row.get("name")))
+            .collect();
+        assert_eq!(history, migrations_on_disk());
+    })
+    .await;
+}
+
+/// (version, name) of every migration file, from names like `V1__initial.sql`.
+fn migrations_on_disk() -> Vec<(i32, String)> {
+    let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+    let mut migrations: Vec<(i32, String)> = std::fs::read_dir(directory)
+        .expect("the migrations directory")
+        .map(|entry| entry.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .filter_map(|file| {
+            let stem = file.strip_suffix(".sql")?.strip_prefix('V')?;
+            let (version, name) = stem.split_once("__")?;
+            Some((version.parse().ok()?, name.to_owned()))
+        })
+        .collect();
+    migrations.sort();
+    assert!(!migrations.is_empty(), "no migrations found in {directory}");
+    migrations
+}
+
+#[tokio::test]
+async fn tenant_secrets_are_encrypted_at_rest_and_masked_without_a_key() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let config = tenant("acme");
+        assert!(store.upsert_tenant(&config, &key()).await.expect("insert"), "new tenant");
+        assert!(!store.upsert_tenant(&config, &key()).await.expect("update"), "existing tenant");
+
+        let decrypted = store
+            .tenant("acme", Some(&key()))
+            .await
+            .expect("loading with the key")
+            .expect("the tenant exists");
+        assert_eq!(decrypted.config, config);
+        assert_eq!(decrypted.config.provider_settings.client_secret, CLIENT_SECRET);
+
+        let masked = store
+            .tenant("acme", None)
+            .await
+            .expect("loading without a key")
+            .expect("the tenant exists");
+        assert_eq!(masked.config.provider_settings.client_secret, MASK);
+        assert_eq!(masked.config.pbx.as_ref().map(|pbx| pbx.api_token.as_str()), Some(MASK));
+        assert_eq!(masked.config, config.masked());
+
+        let client = store.client().await.expect("a connection");
+        let row = client
+            .query_one(
+                "SELECT config::text AS config, client_secret_enc, pbx_token_enc FROM tenants WHERE id = 'acme'",
+                &[],
+            )
+            .await
+            .expect("reading the raw row");
+        let raw_config: String = row.get("config");
+        let client_secret_enc: String = row.get("client_secret_enc");
+        let pbx_token_enc: Option<String> = row.get("pbx_token_enc");
+        for secret in [CLIENT_SECRET, PBX_TOKEN] {
+            assert!(!raw_config.contains(secret), "config holds a secret: {raw_config}");
+            assert!(!client_secret_enc.contains(secret));
+        }
+        assert_ne!(client_secret_enc, CLIENT_SECRET);
+        let pbx_token_enc = pbx_token_enc.expect("the PBX token is stored");
+        assert!(!pbx_token_enc.contains(PBX_TOKEN));
+        assert_eq!(key().decrypt(&client_secret_enc).expect("decrypts"), CLIENT_SECRET);
+
+        assert!(store.tenant("nobody", Some(&key())).await.expect("loading").is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_has_one_run_at_a_time() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenant(&url, "acme").await;
+        let first = Uuid::new_v4();
+        let second = Uuid::new_v4();
+
+        let start = |run_id| {
+            let store = store.clone();
+            async move {
+                store
+                    .start_run(run_id, "acme", "manual", false)
+                    .await
+                    .expect("starting a run")
+            }
+        };
+        assert_eq!(start(first).await, RunStart::Started);
+        assert_eq!(start(second).await, RunStart::Coalesced(first));
+        assert_eq!(start(first).await, RunStart::Resumed);
+
+        assert!(store.fail_run(first, "the directory said no").await.expect("failing"));
+        assert!(!store.fail_run(first, "again").await.expect("failing twice"), "failed twice");
+        assert_eq!(start(first).await, RunStart::AlreadyFinished);
+
+        let run = store.run(first).await.expect("loading").expect("the run exists");
+        assert_eq!(run.state, "failed");
+        assert_eq!(run.error.as_deref(), Some("the directory said no"));
+        assert!(run.finished_at.is_some());
+
+        // The coalesced request never became a run; now that the tenant is idle it can.
+        assert!(store.run(second).await.expect("loading").is_none());
+        assert_eq!(start(second).await, RunStart::Started);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_pages_are_recorded_once_per_round_and_merge_attributes() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenant(&url, "acme").await;
+        let run_id = Uuid::new_v4();
+        store.start_run(run_id, "acme", "manual", true).await.expect("run");
+        let round = Round {
+            run_id,
+            round_id: Uuid::new_v4(),
+        };
+
+        let page_one = [
+            json!({"id": "u1", "givenName": "Anna", "surname": "Berg", "mail": "anna@acme.example"}),
+            json!({"id": "u2", "givenName": "Bo", "@odata.type": "#microsoft.graph.user"}),
+        ];
+        store
+            .record_users_page(round, "acme", 1, &page_one)
+            .await
+            .expect("page 1");
+        let anna_after_page_one = json!({"givenName": "Anna", "surname": "Berg", "mail": "anna@acme.example"});
+        assert_eq!(
+            directory_user(&store, "acme", "u1").await,
+            Some((anna_after_page_one.clone(), false))
+        );
+        assert_eq!(
+            directory_user(&store, "acme", "u2").await,
+            Some((json!({"givenName": "Bo"}), false))
+        );
+
+        // A redelivered page 1, even with other content, changes nothing.
+        let redelivered = [
+            json!({"id": "u1", "givenName": "Changed"}),
+            json!({"id": "u3", "givenName": "Cleo"}),
+        ];
+        store
+            .record_users_page(round, "acme", 1, &redelivered)
+            .await
+            .expect("page 1 again");
+        assert_eq!(
+            directory_user(&store, "acme", "u1").await,
+            Some((anna_after_page_one, false))
+        );
+        assert_eq!(directory_user(&store, "acme", "u3").await, None);
+
+        let page_two = [
+            json!({"id": "u1", "surname": null, "jobTitle": "CEO"}),
+            json!({"id": "u2", "@removed": {"reason": "deleted"}}),
+        ];
+        store
+            .record_users_page(round, "acme", 2, &page_two)
+            .await
+            .expect("page 2");
+        let (anna, anna_removed) = directory_user(&store, "acme", "u1").await.expect("u1");
+        assert!(!anna_removed);
+        assert_eq!(anna["givenName"], "Anna", "an absent attribute is kept");
+        assert_eq!(anna["mail"], "anna@acme.example", "an absent attribute is kept");
+        assert_eq!(anna["jobTitle"], "CEO");
+        assert!(
+            anna.get("surname").is_none_or(Value::is_null),
+            "an explicit null clears: {anna}"
+        );
+        let (bo, bo_removed) = directory_user(&store, "acme", "u2").await.expect("u2");
+        assert!(bo_removed, "@removed marks the user removed");
+        assert_eq!(bo, json!({"givenName": "Bo"}));
+
+        assert_eq!(store.pages_recorded(round).await.expect("pages"), 2);
+
+        // A resumed run reads again in a new round: its page 1 is a page of its own.
+        let next_round = Round {
+            run_id,
+            round_id: Uuid::new_v4(),
+        };
+        let page_one_again = [json!({"id": "u3", "givenName": "Cleo"})];
+        store
+            .record_users_page(next_round, "acme", 1, &page_one_again)
+            .await
+            .expect("page 1 of the next round");
+        assert_eq!(
+            directory_user(&store, "acme", "u3").await,
+            Some((json!({"givenName": "Cleo"}), false))
+        );
+        assert_eq!(store.pages_recorded(next_round).await.expect("pages"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sent_mail_is_recorded_once() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let id = "created:acme:pbx-17";
+        assert!(!store.mail_sent(id).await.expect("checking"));
+
+        store
+            .record_mail_sent(id, "acme", "anna@acme.example")
+            .await
+            .expect("recording");
+        store
+            .record_mail_sent(id, "acme", "someone-else@acme.example")
+            .await
+            .expect("recording again is harmless");
+        assert!(store.mail_sent(id).await.expect("checking"));
+        assert!(!store.mail_sent("created:acme:pbx-18").await.expect("checking"));
+
+        let client = store.client().await.expect("a connection");
+        let recipients: Vec<String> = client
+            .query("SELECT recipient FROM sent_mails WHERE id = $1", &[&id])
+            .await
+            .expect("reading sent_mails")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(recipients, ["anna@acme.example"]);
+    })
+    .await;
+}
