@@ -13,9 +13,10 @@ use usersync_store::{SecretKey, Store};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    serve_metrics().await?;
     let store = Store::connect(&database_url(), 16).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-applier").await?;
+    // Healthy only once the database and the broker are reachable.
+    serve_metrics().await?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))

@@ -13,9 +13,10 @@ use usersync_store::Store;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    serve_metrics().await?;
     let store = Store::connect(&database_url(), 8).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-differ").await?;
+    // Healthy only once the database and the broker are reachable.
+    serve_metrics().await?;
     let differ = Arc::new(reconcile::Differ {
         store,
         bus: bus.clone(),

@@ -13,10 +13,11 @@ use usersync_store::{SecretKey, Store};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    serve_metrics().await?;
     let key = SecretKey::from_env()?;
     let store = Store::connect(&database_url(), 8).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-fetcher").await?;
+    // Healthy only once the database and the broker are reachable.
+    serve_metrics().await?;
     let graph = GraphClient::new(GraphConfig {
         graph_base_url: env_or("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
         login_base_url: env_or("ENTRA_LOGIN_URL", "https://login.microsoftonline.com"),

@@ -15,7 +15,6 @@ use usersync_store::Store;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    serve_metrics().await?;
     // A broken template stops the service here, not at the first send.
     let templates = Templates::load(env_opt("MAIL_TEMPLATE_DIR").map(PathBuf::from).as_deref())?;
     let mailer = Mailer::new(&MailConfig {
@@ -28,6 +27,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = Store::connect(&database_url(), 8).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
+    // Healthy only once the database and the broker are reachable.
+    serve_metrics().await?;
     let notifier = Arc::new(notify::Notifier {
         store,
         mailer,

@@ -63,16 +63,32 @@ async fn create_database_if_absent(config: &tokio_postgres::Config) -> Result<()
     let client = connect(&admin)
         .await
         .context("connecting to the postgres database to create the usersync database")?;
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
-        Ok(()) => {
-            tracing::info!(database = %name, "created the database");
-            Ok(())
-        }
-        // Another replica created it first.
-        Err(err) if err.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
-        Err(err) => Err(anyhow!(err).context(format!("creating database {name}"))),
+    // Replicas starting together would race: CREATE DATABASE fails while
+    // another one copies the template. One at a time, and check again inside.
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("taking the database creation lock")?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .context("looking for the database")?
+        .is_some();
+    let created = if exists {
+        Ok(())
+    } else {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        client.batch_execute(&format!("CREATE DATABASE {quoted}")).await
+    };
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("releasing the database creation lock")?;
+    created.map_err(|err| anyhow!(err).context(format!("creating database {name}")))?;
+    if !exists {
+        tracing::info!(database = %name, "created the database");
     }
+    Ok(())
 }
 
 async fn migrate(config: &tokio_postgres::Config) -> Result<()> {

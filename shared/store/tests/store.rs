@@ -129,7 +129,10 @@ async fn concurrent_connects_create_the_database_once_and_migrate_once() {
 
         let client = stores[0].client().await.expect("a connection");
         let history: Vec<(i32, String)> = client
-            .query("SELECT version, name FROM refinery_schema_history ORDER BY version", &[])
+            .query(
+                "SELECT version, name FROM refinery_schema_history ORDER BY version",
+                &[],
+            )
             .await
             .expect("reading the migration history")
             .iter()
@@ -145,7 +148,13 @@ fn migrations_on_disk() -> Vec<(i32, String)> {
     let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
     let mut migrations: Vec<(i32, String)> = std::fs::read_dir(directory)
         .expect("the migrations directory")
-        .map(|entry| entry.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter_map(|file| {
             let stem = file.strip_suffix(".sql")?.strip_prefix('V')?;
             let (version, name) = stem.split_once("__")?;
@@ -227,8 +236,14 @@ async fn a_tenant_has_one_run_at_a_time() {
         assert_eq!(start(second).await, RunStart::Coalesced(first));
         assert_eq!(start(first).await, RunStart::Resumed);
 
-        assert!(store.fail_run(first, "the directory said no").await.expect("failing"));
-        assert!(!store.fail_run(first, "again").await.expect("failing twice"), "failed twice");
+        assert!(store
+            .fail_run(first, "the directory said no")
+            .await
+            .expect("failing"));
+        assert!(
+            !store.fail_run(first, "again").await.expect("failing twice"),
+            "failed twice"
+        );
         assert_eq!(start(first).await, RunStart::AlreadyFinished);
 
         let run = store.run(first).await.expect("loading").expect("the run exists");
@@ -248,7 +263,10 @@ async fn user_pages_are_recorded_once_per_round_and_merge_attributes() {
     in_fresh_database(|url| async move {
         let store = store_with_tenant(&url, "acme").await;
         let run_id = Uuid::new_v4();
-        store.start_run(run_id, "acme", "manual", true).await.expect("run");
+        store
+            .start_run(run_id, "acme", "manual", true)
+            .await
+            .expect("run");
         let round = Round {
             run_id,
             round_id: Uuid::new_v4(),
@@ -262,7 +280,8 @@ async fn user_pages_are_recorded_once_per_round_and_merge_attributes() {
             .record_users_page(round, "acme", 1, &page_one)
             .await
             .expect("page 1");
-        let anna_after_page_one = json!({"givenName": "Anna", "surname": "Berg", "mail": "anna@acme.example"});
+        let anna_after_page_one =
+            json!({"givenName": "Anna", "surname": "Berg", "mail": "anna@acme.example"});
         assert_eq!(
             directory_user(&store, "acme", "u1").await,
             Some((anna_after_page_one.clone(), false))
