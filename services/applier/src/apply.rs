@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context};
 use futures::{stream, StreamExt};
-use usersync_bus::{Bus, Failure, Incoming};
+use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
 use usersync_core::{Action, SyncedFields, TenantConfig};
 use usersync_pbx::{NewUser, PbxClient, PbxError};
@@ -33,8 +33,8 @@ enum Written {
     Transient(PbxError),
 }
 
-impl Applier {
-    pub async fn handle(&self, incoming: Incoming<ChangeBatch>) -> Result<(), Failure> {
+impl Handler<ChangeBatch> for Applier {
+    async fn handle(&self, incoming: Incoming<ChangeBatch>) -> Result<(), Failure> {
         let batch = &incoming.message;
         let tenant = self.tenant(&batch.tenant_id).await?;
         let pbx = self.pbx_for(&tenant).map_err(Failure::reject)?;
@@ -64,7 +64,9 @@ impl Applier {
             }),
         }
     }
+}
 
+impl Applier {
     async fn tenant(&self, tenant_id: &str) -> anyhow::Result<TenantConfig> {
         Ok(self
             .store

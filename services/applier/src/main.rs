@@ -2,7 +2,7 @@
 
 mod apply;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use usersync_bus::{Bus, ConsumeOptions};
@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
-    let applier = Arc::new(apply::Applier {
+    let applier = apply::Applier {
         store,
         bus: bus.clone(),
         http,
@@ -32,16 +32,11 @@ async fn main() -> anyhow::Result<()> {
         },
         // Only tenants with their own PBX token need the key.
         key: SecretKey::from_env().ok(),
-    });
+    };
     let options = ConsumeOptions {
         prefetch: 4,
         max_attempts: 6,
     };
-    tokio::select! {
-        result = bus.consume(Stage::Applier, options, move |incoming| {
-            let applier = Arc::clone(&applier);
-            async move { applier.handle(incoming).await }
-        }) => result,
-        () = shutdown_signal() => Ok(()),
-    }
+    bus.serve(Stage::Applier, options, applier, shutdown_signal())
+        .await
 }

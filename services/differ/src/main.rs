@@ -3,8 +3,6 @@
 mod plan;
 mod reconcile;
 
-use std::sync::Arc;
-
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_runtime::{amqp_url, database_url, init_tracing, serve_metrics, shutdown_signal};
@@ -17,19 +15,13 @@ async fn main() -> anyhow::Result<()> {
     let bus = Bus::connect(&amqp_url(), "usersync-differ").await?;
     // Healthy only once the database and the broker are reachable.
     serve_metrics().await?;
-    let differ = Arc::new(reconcile::Differ {
+    let differ = reconcile::Differ {
         store,
         bus: bus.clone(),
-    });
+    };
     let options = ConsumeOptions {
         prefetch: 8,
         max_attempts: 8,
     };
-    tokio::select! {
-        result = bus.consume(Stage::Differ, options, move |incoming| {
-            let differ = Arc::clone(&differ);
-            async move { differ.handle(incoming).await }
-        }) => result,
-        () = shutdown_signal() => Ok(()),
-    }
+    bus.serve(Stage::Differ, options, differ, shutdown_signal()).await
 }

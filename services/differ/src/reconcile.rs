@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use usersync_bus::{Bus, Failure, Incoming};
+use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage, PageBody};
 use usersync_core::Mode;
 use usersync_store::{Round as StoreRound, RunState, Store};
@@ -21,8 +21,8 @@ pub struct Differ {
     pub bus: Bus,
 }
 
-impl Differ {
-    pub async fn handle(&self, incoming: Incoming<DirectoryPage>) -> Result<(), Failure> {
+impl Handler<DirectoryPage> for Differ {
+    async fn handle(&self, incoming: Incoming<DirectoryPage>) -> Result<(), Failure> {
         let page = &incoming.message;
         let round = StoreRound {
             run_id: page.run_id,
@@ -73,7 +73,9 @@ impl Differ {
             }
         }
     }
+}
 
+impl Differ {
     async fn complete_round(&self, round: &Round<'_>) -> anyhow::Result<()> {
         let Some(run) = self.store.run(round.ids.run_id).await? else {
             anyhow::bail!("run {} is not recorded", round.ids.run_id);

@@ -2,8 +2,6 @@
 
 mod round;
 
-use std::sync::Arc;
-
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_graph::{GraphClient, GraphConfig, RetryPolicy};
@@ -23,22 +21,17 @@ async fn main() -> anyhow::Result<()> {
         login_base_url: env_or("ENTRA_LOGIN_URL", "https://login.microsoftonline.com"),
         retry: RetryPolicy::default(),
     });
-    let fetcher = Arc::new(round::Fetcher {
+    let fetcher = round::Fetcher {
         store,
         bus: bus.clone(),
         graph,
         key,
-    });
+    };
     // Rounds are long and mostly wait on Graph: several tenants at once per replica.
     let options = ConsumeOptions {
         prefetch: 8,
         max_attempts: 5,
     };
-    tokio::select! {
-        result = bus.consume(Stage::Fetcher, options, move |incoming| {
-            let fetcher = Arc::clone(&fetcher);
-            async move { fetcher.handle(incoming).await }
-        }) => result,
-        () = shutdown_signal() => Ok(()),
-    }
+    bus.serve(Stage::Fetcher, options, fetcher, shutdown_signal())
+        .await
 }

@@ -1,7 +1,7 @@
 //! One round: resolve the filter groups, page their members and the users
 //! delta, publish every page with confirms, then the end of the round.
 
-use usersync_bus::{Bus, Failure, Incoming};
+use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, DirectoryPage, Event, PageBody, ResyncRequest, RunCounts};
 use usersync_core::TenantConfig;
 use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
@@ -56,8 +56,8 @@ impl From<GraphError> for RoundError {
     }
 }
 
-impl Fetcher {
-    pub async fn handle(&self, incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
+impl Handler<ResyncRequest> for Fetcher {
+    async fn handle(&self, incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
         let request = &incoming.message;
         let run_id = run_id_for(incoming.message_id.as_deref());
         let Some(tenant) = self.store.tenant(&request.tenant_id, Some(&self.key)).await? else {
@@ -99,7 +99,9 @@ impl Fetcher {
             }
         }
     }
+}
 
+impl Fetcher {
     async fn round(
         &self,
         run_id: Uuid,

@@ -2,7 +2,7 @@
 
 mod notify;
 
-use std::{path::PathBuf, sync::Arc};
+use std::path::PathBuf;
 
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
@@ -29,21 +29,16 @@ async fn main() -> anyhow::Result<()> {
     let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
     // Healthy only once the database and the broker are reachable.
     serve_metrics().await?;
-    let notifier = Arc::new(notify::Notifier {
+    let notifier = notify::Notifier {
         store,
         mailer,
         templates,
         default_language,
-    });
+    };
     let options = ConsumeOptions {
         prefetch: 16,
         max_attempts: 8,
     };
-    tokio::select! {
-        result = bus.consume(Stage::Notifier, options, move |incoming| {
-            let notifier = Arc::clone(&notifier);
-            async move { notifier.handle(incoming).await }
-        }) => result,
-        () = shutdown_signal() => Ok(()),
-    }
+    bus.serve(Stage::Notifier, options, notifier, shutdown_signal())
+        .await
 }

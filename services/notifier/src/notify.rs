@@ -2,7 +2,7 @@
 //! tenant's level. Each mail has a deterministic id and is sent at most once.
 
 use serde_json::json;
-use usersync_bus::{Failure, Incoming};
+use usersync_bus::{Failure, Handler, Incoming};
 use usersync_contract::{Event, RunCounts};
 use usersync_core::{NotificationLevel, TenantConfig};
 use usersync_mail::{Language, MailError, MailKind, Mailer, OutgoingMail, Templates};
@@ -24,8 +24,8 @@ struct Planned<'a> {
     context: serde_json::Value,
 }
 
-impl Notifier {
-    pub async fn handle(&self, incoming: Incoming<Event>) -> Result<(), Failure> {
+impl Handler<Event> for Notifier {
+    async fn handle(&self, incoming: Incoming<Event>) -> Result<(), Failure> {
         let event = &incoming.message;
         let Some(tenant) = self.store.tenant(event.tenant_id(), None).await? else {
             tracing::warn!(
@@ -39,7 +39,9 @@ impl Notifier {
         }
         Ok(())
     }
+}
 
+impl Notifier {
     fn plan<'a>(&self, tenant: &'a TenantConfig, event: &'a Event) -> Vec<Planned<'a>> {
         match event {
             Event::UserCreated {

@@ -75,7 +75,36 @@ impl Default for ConsumeOptions {
     }
 }
 
+/// What a stage does with each message of its queue.
+pub trait Handler<M>: Send + Sync + 'static {
+    fn handle(&self, incoming: Incoming<M>) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
 impl Bus {
+    /// Runs a stage: consumes its work queue with `handler` until `shutdown`
+    /// resolves (in-flight messages are then redelivered) or the connection ends.
+    pub async fn serve<M, H>(
+        &self,
+        stage: Stage,
+        options: ConsumeOptions,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()>
+    where
+        M: Message + Send + 'static,
+        H: Handler<M>,
+    {
+        let handler = Arc::new(handler);
+        let consume = self.consume(stage, options, move |incoming| {
+            let handler = Arc::clone(&handler);
+            async move { handler.handle(incoming).await }
+        });
+        tokio::select! {
+            result = consume => result,
+            () = shutdown => Ok(()),
+        }
+    }
+
     /// Consumes a stage's work queue until the connection ends. Each message is
     /// handled in its own task; it is acknowledged only after the handler
     /// succeeded, or after it was moved to a retry queue or the DLQ.

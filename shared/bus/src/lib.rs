@@ -17,7 +17,7 @@ use usersync_contract::{
     Message, ResyncRequest,
 };
 
-pub use consume::{ConsumeOptions, Failure, Incoming};
+pub use consume::{ConsumeOptions, Failure, Handler, Incoming};
 
 /// Header carrying how many times a message has been tried.
 pub const ATTEMPT_HEADER: &str = "x-usersync-attempt";
@@ -122,7 +122,8 @@ impl Bus {
             .context("opening a channel")
     }
 
-    /// Messages waiting in a queue (passive declare).
+    /// Messages waiting for delivery in a queue (passive declare); messages
+    /// delivered but not yet acknowledged are not counted.
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
         topology::depth(&self.channel().await?, queue).await
     }

@@ -14,7 +14,7 @@ pub use alias::normalize_alias;
 pub use decide::{decide, Action, Applied, Decision, Policy, Scope, UserView};
 pub use mapping::SourcePath;
 pub use phone::normalize_phone;
-pub use problem::Problem;
+pub use problem::{error_chain, Problem};
 pub use tenant::{
     parse_tenant_file, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings, Schedule,
     TenantConfig, TenantType, UserFilter,

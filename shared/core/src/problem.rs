@@ -30,6 +30,19 @@ impl fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// An error and its causes on one line, `outer: cause: root cause`. Client
+/// errors (reqwest, lettre) put the useful part in their causes.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,14 +93,7 @@ pub(crate) fn transport_error(error: reqwest::Error) -> AttemptError {
 
 /// The error and its causes, without the URL (links carry long delta tokens).
 fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    usersync_core::error_chain(error)
 }
 
 /// Parses `Retry-After`: seconds (possibly fractional, e.g. `2.128`) or an HTTP-date.

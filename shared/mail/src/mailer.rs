@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::time::Duration;
+use usersync_core::error_chain;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -126,17 +127,6 @@ fn classify(err: &lettre::transport::smtp::Error) -> MailError {
     } else {
         MailError::Temporary(text)
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::types::Json;
-use usersync_core::SyncedFields;
 use uuid::Uuid;
 
 use crate::{Result, Store, SyncRow};
@@ -172,25 +170,13 @@ impl Store {
             .iter()
             .map(|row| {
                 let Json(source): Json<Value> = row.get("source");
-                let state: Option<String> = row.get("state");
+                let has_sync_row = row.get::<_, Option<String>>("state").is_some();
                 ReconcileRow {
                     object_id: row.get("object_id"),
                     source,
                     removed: row.get("removed"),
                     member: row.get("member"),
-                    sync: state.map(|state| SyncRow {
-                        state,
-                        desired: row
-                            .get::<_, Option<Json<SyncedFields>>>("desired")
-                            .map(|Json(fields)| fields),
-                        desired_version: row.get("desired_version"),
-                        pbx_id: row.get("pbx_id"),
-                        applied: row
-                            .get::<_, Option<Json<SyncedFields>>>("applied")
-                            .map(|Json(fields)| fields),
-                        applied_version: row.get("applied_version"),
-                        pending_delete_at: row.get::<_, Option<DateTime<Utc>>>("pending_delete_at"),
-                    }),
+                    sync: has_sync_row.then(|| SyncRow::from_row(row)),
                 }
             })
             .collect())

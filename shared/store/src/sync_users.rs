@@ -24,6 +24,25 @@ pub struct SyncRow {
     pub pending_delete_at: Option<DateTime<Utc>>,
 }
 
+impl SyncRow {
+    /// From a row that has the `sync_users` columns under their own names.
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> SyncRow {
+        SyncRow {
+            state: row.get("state"),
+            desired: row
+                .get::<_, Option<Json<SyncedFields>>>("desired")
+                .map(|Json(f)| f),
+            desired_version: row.get("desired_version"),
+            pbx_id: row.get("pbx_id"),
+            applied: row
+                .get::<_, Option<Json<SyncedFields>>>("applied")
+                .map(|Json(f)| f),
+            applied_version: row.get("applied_version"),
+            pending_delete_at: row.get("pending_delete_at"),
+        }
+    }
+}
+
 /// A user locked for writing, with what the welcome mail needs from the directory.
 #[derive(Debug, Clone)]
 pub struct LockedUser {
