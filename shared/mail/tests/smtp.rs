@@ -126,10 +126,10 @@ fn welcome_mail(to: &str) -> OutgoingMail {
 
 #[tokio::test]
 async fn sends_a_complete_message_to_a_real_smtp_server() {
-    if !aiosmtpd_available() {
-        eprintln!("skipping: python3-aiosmtpd is not installed (apt-get install -y python3-aiosmtpd)");
-        return;
-    }
+    assert!(
+        aiosmtpd_available(),
+        "python3-aiosmtpd is not installed: run scripts/services-up (or apt-get install -y python3-aiosmtpd)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let maildir = dir.path().join("Maildir");
     let port = free_port();
