@@ -117,7 +117,11 @@ impl Applier {
         if locked.outcome != "pending" {
             return Ok(None);
         }
-        let written = if locked.sync.desired_version != change.desired_version {
+        // Another run planned the same change and it is done, or the user has
+        // moved on since: either way this change has nothing left to write.
+        let stale = locked.sync.desired_version != change.desired_version
+            || locked.sync.applied_version >= change.desired_version;
+        let written = if stale {
             Written::Done(ChangeRecord::Superseded, None)
         } else {
             self.write(run_id, tenant, pbx, change, &locked).await

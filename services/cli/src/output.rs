@@ -117,6 +117,9 @@ pub fn status(lines: &[StatusLine], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&lines);
     }
+    if lines.is_empty() {
+        println!("no tenants yet: create one with `usersync tenant apply FILE`");
+    }
     for line in lines {
         println!("{} ({})", line.id, line.mode);
         println!("  last successful sync: {}", time(line.last_success_at));

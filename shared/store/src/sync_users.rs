@@ -76,7 +76,8 @@ pub enum ChangeRecord {
         fields: SyncedFields,
     },
     Deleted,
-    /// A newer desired state exists; a later change carries it.
+    /// Nothing left to write: a newer desired state exists (a later change
+    /// carries it), or this one was already applied through another run.
     Superseded,
     Failed {
         reason: String,
