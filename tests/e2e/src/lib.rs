@@ -258,29 +258,34 @@ impl Stack {
             .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
             .collect()
     }
+}
 
-    /// Stops the processes and removes the database and vhost.
-    pub async fn stop(mut self) {
+impl Drop for Stack {
+    /// Stops the processes and removes the vhost (quorum queues hold memory),
+    /// and the database unless the test failed: then it is kept for a look.
+    fn drop(&mut self) {
         for child in &mut self.services {
-            let _ = child.kill().await;
+            let _ = child.start_kill();
         }
-        if let Ok((client, connection)) =
-            tokio_postgres::connect(POSTGRES_ADMIN_URL, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(connection);
-            let _ = client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"usersync_e2e_{}\" WITH (FORCE)",
-                    self.name
-                ))
-                .await;
+        let _ = std::process::Command::new("curl")
+            .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
+            .arg(format!("{RABBITMQ_API}/vhosts/{}", self.vhost))
+            .status();
+        let database = format!("usersync_e2e_{}", self.name);
+        if std::thread::panicking() {
+            eprintln!(
+                "kept database {database} and logs in {} for inspection",
+                self.logs.display()
+            );
+            return;
         }
-        let _ = self
-            .http
-            .delete(format!("{RABBITMQ_API}/vhosts/{}", self.vhost))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await;
+        let _ = std::process::Command::new("psql")
+            .arg(POSTGRES_ADMIN_URL)
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
+            ])
+            .status();
     }
 }
 

@@ -51,7 +51,6 @@ async fn an_invalid_tenant_file_is_refused_whole_and_a_valid_one_is_shown_masked
     let (ok, _, stderr) = stack.cli(&["resync", "nobody"], None).await;
     assert!(!ok);
     assert!(stderr.contains("no tenant \"nobody\""), "{stderr}");
-    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,5 +88,4 @@ async fn a_wrong_client_secret_fails_the_run_with_what_to_do_and_mails_the_error
         report.contains("7000215"),
         "the report carries the reason: {report}"
     );
-    stack.stop().await;
 }

@@ -148,5 +148,4 @@ async fn a_filtered_tenant_syncs_and_then_follows_three_changes() {
         welcome.contains("Subject: =?utf-8?") || welcome.contains("Subject: =?UTF-8?"),
         "{welcome}"
     );
-    stack.stop().await;
 }
