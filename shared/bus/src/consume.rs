@@ -4,12 +4,16 @@ use anyhow::Context;
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
+use tokio_util::task::TaskTracker;
 use usersync_contract::{topology::Stage, Message};
 
 use crate::{header_u32, properties, retry_tier, Bus, ATTEMPT_HEADER, REASON_HEADER};
+
+/// How long a stopping service waits for the messages it is handling.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A decoded message with what its consumer needs to know about its delivery.
 #[derive(Debug)]
@@ -95,14 +99,11 @@ impl Bus {
         H: Handler<M>,
     {
         let handler = Arc::new(handler);
-        let consume = self.consume(stage, options, move |incoming| {
+        let handle = move |incoming| {
             let handler = Arc::clone(&handler);
             async move { handler.handle(incoming).await }
-        });
-        tokio::select! {
-            result = consume => result,
-            () = shutdown => Ok(()),
-        }
+        };
+        self.consume_until(stage, options, handle, shutdown).await
     }
 
     /// Consumes a stage's work queue until the connection ends. Each message is
@@ -113,6 +114,25 @@ impl Bus {
         stage: Stage,
         options: ConsumeOptions,
         handler: H,
+    ) -> anyhow::Result<()>
+    where
+        M: Message + Send + 'static,
+        H: Fn(Incoming<M>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Failure>> + Send + 'static,
+    {
+        self.consume_until(stage, options, handler, std::future::pending())
+            .await
+    }
+
+    /// Consumes until `shutdown` resolves, then stops taking deliveries and
+    /// lets the messages in hand finish (for [`DRAIN_TIMEOUT`] at most; what is
+    /// still unfinished then is redelivered after the process ends).
+    async fn consume_until<M, H, Fut>(
+        &self,
+        stage: Stage,
+        options: ConsumeOptions,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()>
     where
         M: Message + Send + 'static,
@@ -136,17 +156,34 @@ impl Bus {
             .with_context(|| format!("consuming {queue}"))?;
         tracing::info!(%queue, prefetch = options.prefetch, "consuming");
         let handler = Arc::new(handler);
-        while let Some(delivery) = consumer.next().await {
+        let in_hand = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            let delivery = tokio::select! {
+                delivery = consumer.next() => delivery,
+                () = &mut shutdown => break,
+            };
+            let Some(delivery) = delivery else {
+                anyhow::bail!("the broker closed the consumer of {queue}");
+            };
             let delivery = delivery.with_context(|| format!("receiving from {queue}"))?;
             let bus = self.clone();
             let handler = Arc::clone(&handler);
-            tokio::spawn(async move {
+            in_hand.spawn(async move {
                 if let Err(err) = bus.handle(stage, options, delivery, handler).await {
                     tracing::error!(error = %format!("{err:#}"), "could not settle a message; it will be redelivered");
                 }
             });
         }
-        anyhow::bail!("the broker closed the consumer of {queue}")
+        tracing::info!(%queue, in_hand = in_hand.len(), "shutting down: finishing the messages in hand");
+        let _ = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        in_hand.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, in_hand.wait()).await.is_err() {
+            tracing::warn!(%queue, "messages still in hand after {DRAIN_TIMEOUT:?}; they will be redelivered");
+        }
+        Ok(())
     }
 
     async fn handle<M, H, Fut>(

@@ -14,7 +14,7 @@ use lapin::{
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
-use usersync_bus::{Bus, ConsumeOptions, Failure, Incoming, ATTEMPT_HEADER, REASON_HEADER};
+use usersync_bus::{Bus, ConsumeOptions, Failure, Handler, Incoming, ATTEMPT_HEADER, REASON_HEADER};
 use usersync_contract::{
     topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS},
     Message, ResyncRequest,
@@ -543,6 +543,70 @@ async fn resync_requests_reach_the_fetcher_queue_for_both_triggers() {
             );
         }
         assert_queue_empty(&bus, &Stage::Fetcher.queue()).await;
+    })
+    .await;
+}
+
+/// Holds every message until told to let go, and says when it has one.
+struct Gate {
+    started: mpsc::UnboundedSender<()>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Handler<ResyncRequest> for Gate {
+    async fn handle(&self, _incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
+        let _ = self.started.send(());
+        self.release.notified().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_service_finishes_the_message_in_hand_before_it_returns() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
+            .await
+            .expect("connect");
+        let (started, mut has_one) = mpsc::unbounded_channel();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let gate = Gate {
+            started,
+            release: std::sync::Arc::clone(&release),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut serving = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                bus.serve(Stage::Fetcher, ConsumeOptions::default(), gate, shutdown)
+                    .await
+            })
+        };
+        bus.send(Stage::Fetcher, &resync_request("acme", "manual"), "msg-drain")
+            .await
+            .expect("send");
+        tokio::time::timeout(DEADLINE, has_one.recv())
+            .await
+            .expect("the handler to get the message");
+
+        stop.send(()).expect("the service is running");
+        // Still draining: serve must not return while the message is in hand.
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut serving).await;
+        assert!(early.is_err(), "serve returned with a message in hand: {early:?}");
+        release.notify_one();
+        let result = tokio::time::timeout(DEADLINE, serving)
+            .await
+            .expect("serve to return after draining")
+            .expect("the serve task");
+        assert!(result.is_ok(), "{result:?}");
+        let work = Stage::Fetcher.queue();
+        eventually("the broker to count the ack", || async {
+            (vhost.acks_counted(&work).await >= 1).then_some(())
+        })
+        .await;
+        assert_queue_empty(&bus, &work).await;
     })
     .await;
 }
