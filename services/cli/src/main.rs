@@ -168,7 +168,7 @@ async fn resync(id: &str, full: bool) -> anyhow::Result<()> {
     let run_id = uuid::Uuid::new_v4();
     bus.request_resync(&request, &run_id.to_string()).await?;
     println!(
-        "resync of {id} requested{} (run {run_id})",
+        "resync of {id} requested{}: run {run_id}, or the run already in progress",
         if full { " with a full read" } else { "" }
     );
     Ok(())

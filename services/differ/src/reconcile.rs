@@ -7,7 +7,7 @@ use chrono::Utc;
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage, PageBody};
 use usersync_core::Mode;
-use usersync_store::{Round as StoreRound, RunState, Store};
+use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
 
 use crate::plan::{plan_user, PlanContext};
 
@@ -125,7 +125,15 @@ impl Differ {
         let paused = tenant.config.mode == Mode::Pause;
         if let Some(event) = self
             .store
-            .complete_planning(round.ids.run_id, round.tenant_id, round.delta_link, paused)
+            .complete_planning(
+                round.ids.run_id,
+                round.tenant_id,
+                &RoundEnd {
+                    delta_link: round.delta_link,
+                    full_round: round.full_round,
+                    paused,
+                },
+            )
             .await?
         {
             self.bus

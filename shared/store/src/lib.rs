@@ -15,7 +15,7 @@ pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
 pub use runs::{RunRow, RunStart, RunState};
-pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, SyncRow};
+pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
 
 /// Errors from the store. Database errors keep their cause for the logs.

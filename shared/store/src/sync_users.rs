@@ -65,6 +65,17 @@ pub struct PlannedUser {
     pub change: Option<Change>,
 }
 
+/// What the end of a planned round records.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundEnd<'a> {
+    /// Where the next round starts.
+    pub delta_link: &'a str,
+    /// The round read the whole directory (asked for, or after lost delta state).
+    pub full_round: bool,
+    /// The tenant is paused: the run ends as such when nothing is pending.
+    pub paused: bool,
+}
+
 /// How a change ended, as the applier records it.
 #[derive(Debug, Clone)]
 pub enum ChangeRecord {
@@ -190,8 +201,7 @@ impl Store {
         &self,
         run_id: Uuid,
         tenant_id: &str,
-        delta_link: &str,
-        paused: bool,
+        end: &RoundEnd<'_>,
     ) -> Result<Option<Event>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -212,17 +222,18 @@ impl Store {
         let skipped = i32::try_from(row.get::<_, i64>("skipped")).unwrap_or(i32::MAX);
         tx.execute(
             "UPDATE tenants SET delta_link = $2 WHERE id = $1",
-            &[&tenant_id, &delta_link],
+            &[&tenant_id, &end.delta_link],
         )
         .await
         .context("moving the delta state")?;
         tx.execute(
-            "UPDATE runs SET state = 'applying', changes_pending = $2, skipped = $3 WHERE id = $1",
-            &[&run_id, &pending, &skipped],
+            "UPDATE runs SET state = 'applying', changes_pending = $2, skipped = $3, full_round = $4
+             WHERE id = $1",
+            &[&run_id, &pending, &skipped, &end.full_round],
         )
         .await?;
         let event = if pending == 0 {
-            let final_state = if paused {
+            let final_state = if end.paused {
                 RunState::Paused
             } else {
                 RunState::Succeeded
