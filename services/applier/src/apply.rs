@@ -1,7 +1,7 @@
 //! One change batch: each change under its user's row lock, checked against the
 //! current desired version, written to the PBX, then recorded.
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use futures::{stream, StreamExt};
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
@@ -37,7 +37,18 @@ impl Handler<ChangeBatch> for Applier {
     async fn handle(&self, incoming: Incoming<ChangeBatch>) -> Result<(), Failure> {
         let batch = &incoming.message;
         let tenant = self.tenant(&batch.tenant_id).await?;
-        let pbx = self.pbx_for(&tenant).map_err(Failure::reject)?;
+        let pbx = match self.pbx_for(&tenant) {
+            Ok(pbx) => pbx,
+            Err(reason) => {
+                // Nothing of this run can be written: end it, say why, and let the batch go.
+                if let Some(event) = self.store.fail_run(batch.run_id, &reason).await? {
+                    self.bus
+                        .send(Stage::Notifier, &event, &event.message_id())
+                        .await?;
+                }
+                return Ok(());
+            }
+        };
         let last_attempt = incoming.is_last_attempt();
         let writes: Vec<_> = batch
             .changes
@@ -76,7 +87,7 @@ impl Applier {
     }
 
     /// The tenant's own PBX, else the one from the environment.
-    fn pbx_for(&self, tenant: &TenantConfig) -> anyhow::Result<PbxClient> {
+    fn pbx_for(&self, tenant: &TenantConfig) -> Result<PbxClient, String> {
         let (url, token) = match &tenant.pbx {
             Some(pbx) => (Some(pbx.api_url.clone()), Some(pbx.api_token.clone())),
             None => (
@@ -84,18 +95,10 @@ impl Applier {
                 self.default_pbx.api_token.clone(),
             ),
         };
-        let url = url.ok_or_else(|| {
-            anyhow!(
-                "no PBX for tenant {}: set PBX_API_URL or the tenant's pbx.api_url",
-                tenant.id
-            )
-        })?;
-        let token = token.ok_or_else(|| {
-            anyhow!(
-                "no PBX token for tenant {}: set PBX_API_TOKEN or the tenant's pbx.api_token",
-                tenant.id
-            )
-        })?;
+        let url =
+            url.ok_or("no PBX API URL: set PBX_API_URL for the applier, or the tenant's pbx.api_url")?;
+        let token = token
+            .ok_or("no PBX API token: set PBX_API_TOKEN for the applier, or the tenant's pbx.api_token")?;
         Ok(PbxClient::with_http(self.http.clone(), &url, &token))
     }
 

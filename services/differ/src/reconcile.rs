@@ -52,9 +52,12 @@ impl Handler<DirectoryPage> for Differ {
                 if recorded < i64::from(*pages) {
                     let reason = format!("{recorded} of {pages} pages recorded so far");
                     if incoming.is_last_attempt() {
-                        self.store
-                            .fail_run(page.run_id, &format!("the round could not be recorded: {reason}"))
-                            .await?;
+                        let reason = format!("the round could not be recorded: {reason}");
+                        if let Some(event) = self.store.fail_run(page.run_id, &reason).await? {
+                            self.bus
+                                .send(Stage::Notifier, &event, &event.message_id())
+                                .await?;
+                        }
                         return Err(Failure::reject(reason));
                     }
                     return Err(Failure::Retry {

@@ -2,7 +2,7 @@
 //! delta, publish every page with confirms, then the end of the round.
 
 use usersync_bus::{Bus, Failure, Handler, Incoming};
-use usersync_contract::{topology::Stage, DirectoryPage, Event, PageBody, ResyncRequest, RunCounts};
+use usersync_contract::{topology::Stage, DirectoryPage, PageBody, ResyncRequest};
 use usersync_core::TenantConfig;
 use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
 use usersync_store::{RunStart, RunState, SecretKey, Store};
@@ -94,7 +94,7 @@ impl Handler<ResyncRequest> for Fetcher {
             Err(RoundError::Infrastructure(err)) => Err(err.into()),
             Err(RoundError::Directory(reason)) => {
                 tracing::warn!(%reason, "run failed");
-                self.fail(run_id, &request.tenant_id, &reason).await?;
+                self.fail(run_id, &reason).await?;
                 Ok(())
             }
         }
@@ -201,16 +201,8 @@ impl Fetcher {
         Ok(pages)
     }
 
-    async fn fail(&self, run_id: Uuid, tenant_id: &str, reason: &str) -> anyhow::Result<()> {
-        if self.store.fail_run(run_id, reason).await? {
-            let event = Event::RunFinished {
-                tenant_id: tenant_id.to_owned(),
-                run_id,
-                outcome: RunState::Failed.as_str().to_owned(),
-                counts: RunCounts::default(),
-                error: Some(reason.to_owned()),
-                problems: Vec::new(),
-            };
+    async fn fail(&self, run_id: Uuid, reason: &str) -> anyhow::Result<()> {
+        if let Some(event) = self.store.fail_run(run_id, reason).await? {
             self.bus
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;

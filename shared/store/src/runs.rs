@@ -1,7 +1,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
-use usersync_contract::RunCounts;
+use usersync_contract::{Event, RunCounts};
 use uuid::Uuid;
 
 use crate::{Result, Store};
@@ -173,18 +173,27 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a run as failed with a reason. Returns false when it had already ended.
-    pub async fn fail_run(&self, run_id: Uuid, error: &str) -> Result<bool> {
+    /// Ends a run as failed with a reason. Returns the event that tells the
+    /// notifier, or nothing when the run had already ended.
+    pub async fn fail_run(&self, run_id: Uuid, error: &str) -> Result<Option<Event>> {
         let client = self.client().await?;
-        let changed = client
-            .execute(
+        let row = client
+            .query_opt(
                 "UPDATE runs SET state = 'failed', error = $2, finished_at = now()
-                 WHERE id = $1 AND finished_at IS NULL",
+                 WHERE id = $1 AND finished_at IS NULL
+                 RETURNING tenant_id",
                 &[&run_id, &error],
             )
             .await
             .context("recording the run's failure")?;
-        Ok(changed == 1)
+        Ok(row.map(|row| Event::RunFinished {
+            tenant_id: row.get(0),
+            run_id,
+            outcome: RunState::Failed.as_str().to_owned(),
+            counts: RunCounts::default(),
+            error: Some(error.to_owned()),
+            problems: Vec::new(),
+        }))
     }
 
     pub async fn run(&self, run_id: Uuid) -> Result<Option<RunRow>> {

@@ -236,12 +236,33 @@ async fn a_tenant_has_one_run_at_a_time() {
         assert_eq!(start(second).await, RunStart::Coalesced(first));
         assert_eq!(start(first).await, RunStart::Resumed);
 
-        assert!(store
+        let event = store
             .fail_run(first, "the directory said no")
             .await
-            .expect("failing"));
+            .expect("failing")
+            .expect("the first failure ends the run and tells the notifier");
+        match event {
+            usersync_contract::Event::RunFinished {
+                tenant_id,
+                run_id,
+                outcome,
+                error,
+                ..
+            } => {
+                assert_eq!(
+                    (tenant_id.as_str(), run_id, outcome.as_str()),
+                    ("acme", first, "failed")
+                );
+                assert_eq!(error.as_deref(), Some("the directory said no"));
+            }
+            other => panic!("not a run-finished event: {other:?}"),
+        }
         assert!(
-            !store.fail_run(first, "again").await.expect("failing twice"),
+            store
+                .fail_run(first, "again")
+                .await
+                .expect("failing twice")
+                .is_none(),
             "failed twice"
         );
         assert_eq!(start(first).await, RunStart::AlreadyFinished);
