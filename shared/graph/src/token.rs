@@ -85,7 +85,22 @@ pub(crate) struct TokenGrant {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
+    /// A number from the v2.0 endpoint; some identity servers send it as a string.
+    #[serde(deserialize_with = "seconds")]
     expires_in: u64,
+}
+
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(u64),
+        Text(String),
+    }
+    match Seconds::deserialize(deserializer)? {
+        Seconds::Number(n) => Ok(n),
+        Seconds::Text(text) => text.trim().parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// The OAuth error body of a refused token request.
@@ -161,6 +176,18 @@ fn refusal(status: u16, body: &[u8], creds: &Credentials) -> GraphError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expires_in_may_be_a_number_or_a_numeric_string() {
+        let number: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":3599}"#).unwrap();
+        let text: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":"3599"}"#).unwrap();
+        assert_eq!((number.expires_in, text.expires_in), (3599, 3599));
+        assert!(
+            serde_json::from_str::<TokenResponse>(r#"{"access_token":"a","expires_in":"soon"}"#).is_err()
+        );
+    }
 
     fn creds(secret: &str) -> Credentials {
         Credentials {

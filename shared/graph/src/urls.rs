@@ -74,7 +74,7 @@ pub(crate) fn trusted_link(graph_base_url: &str, link: &str) -> Result<Url, Grap
     let url = Url::parse(link).map_err(|error| GraphError::InvalidLink {
         reason: format!("not an absolute URL: {error}"),
     })?;
-    if url.origin() != base.origin() {
+    if !same_server(&url, &base) {
         return Err(GraphError::InvalidLink {
             reason: format!(
                 "{} is not the configured Graph host {}",
@@ -84,6 +84,24 @@ pub(crate) fn trusted_link(graph_base_url: &str, link: &str) -> Result<Url, Grap
         });
     }
     Ok(url)
+}
+
+/// Same origin; on this machine `localhost`, `127.0.0.1` and `::1` count as one
+/// host (a local Graph, such as a test double, may name itself either way).
+fn same_server(url: &Url, base: &Url) -> bool {
+    if url.origin() == base.origin() {
+        return true;
+    }
+    let loopback = |u: &Url| match u.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    url.scheme() == base.scheme()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && loopback(url)
+        && loopback(base)
 }
 
 /// A `Location` header may be relative; it is resolved against the request URL.
@@ -128,6 +146,15 @@ mod tests {
         assert!(trusted_link(GRAPH, "https://evil.example/v1.0/users/delta").is_err());
         assert!(trusted_link(GRAPH, "http://graph.microsoft.com/v1.0/users").is_err());
         assert!(trusted_link(GRAPH, "/v1.0/users").is_err());
+    }
+
+    #[test]
+    fn loopback_names_are_one_local_host_but_ports_still_count() {
+        let local = "http://127.0.0.1:8081/v1.0";
+        assert!(trusted_link(local, "http://localhost:8081/v1.0/users/delta?x=1").is_ok());
+        assert!(trusted_link(local, "http://[::1]:8081/v1.0/users/delta").is_ok());
+        assert!(trusted_link(local, "http://localhost:9999/v1.0/users/delta").is_err());
+        assert!(trusted_link(local, "http://10.0.0.1:8081/v1.0/users/delta").is_err());
     }
 
     #[test]
