@@ -11,7 +11,7 @@ use usersync_store::{ChangeRecord, LockedUser, SecretKey, Store};
 use uuid::Uuid;
 
 /// PBX calls in flight at once for one batch (one tenant).
-const CALLS_PER_BATCH: usize = 8;
+pub const CALLS_PER_BATCH: usize = 8;
 
 pub struct PbxTarget {
     pub api_url: Option<String>,

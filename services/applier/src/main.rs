@@ -10,10 +10,13 @@ use usersync_contract::topology::Stage;
 use usersync_runtime::{amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_signal};
 use usersync_store::{SecretKey, Store};
 
+/// Database connections of one applier replica.
+const POOL_SIZE: usize = 16;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    let store = Store::connect(&database_url(), 16).await?;
+    let store = Store::connect(&database_url(), POOL_SIZE).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-applier").await?;
     // Healthy only once the database and the broker are reachable.
     serve_metrics().await?;
@@ -33,8 +36,10 @@ async fn main() -> anyhow::Result<()> {
         // Only tenants with their own PBX token need the key.
         key: SecretKey::from_env().ok(),
     };
+    // Each change holds a connection while it writes: batches in hand times
+    // calls per batch stays within the pool.
     let options = ConsumeOptions {
-        prefetch: 4,
+        prefetch: (POOL_SIZE / apply::CALLS_PER_BATCH) as u16,
         max_attempts: 6,
     };
     bus.serve(Stage::Applier, options, applier, shutdown_signal())

@@ -76,7 +76,7 @@ impl Handler<ResyncRequest> for Fetcher {
             .await?
         {
             RunStart::Started | RunStart::Resumed => {}
-            RunStart::AlreadyFinished => return Ok(()),
+            RunStart::AlreadyFetched => return Ok(()),
             RunStart::Coalesced(active) => {
                 tracing::info!(tenant_id = %request.tenant_id, %active, "a run is already in progress; request joined it");
                 return Ok(());

@@ -102,8 +102,8 @@ pub enum RunStart {
     Started,
     /// This run was started before (a redelivered request) and has not finished: go on with it.
     Resumed,
-    /// This run already finished: nothing to do.
-    AlreadyFinished,
+    /// This run's round was already read (or the run has finished): nothing to do.
+    AlreadyFetched,
     /// Another run of the tenant is in progress; this request joins it.
     Coalesced(Uuid),
 }
@@ -127,14 +127,14 @@ impl Store {
             .await
             .context("locking the tenant")?;
         if let Some(row) = tx
-            .query_opt("SELECT finished_at FROM runs WHERE id = $1", &[&run_id])
+            .query_opt("SELECT state FROM runs WHERE id = $1", &[&run_id])
             .await?
         {
-            let finished: Option<DateTime<Utc>> = row.get(0);
-            return Ok(if finished.is_some() {
-                RunStart::AlreadyFinished
-            } else {
+            let state: String = row.get(0);
+            return Ok(if state == RunState::Fetching.as_str() {
                 RunStart::Resumed
+            } else {
+                RunStart::AlreadyFetched
             });
         }
         let active = tx

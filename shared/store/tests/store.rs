@@ -265,7 +265,7 @@ async fn a_tenant_has_one_run_at_a_time() {
                 .is_none(),
             "failed twice"
         );
-        assert_eq!(start(first).await, RunStart::AlreadyFinished);
+        assert_eq!(start(first).await, RunStart::AlreadyFetched);
 
         let run = store.run(first).await.expect("loading").expect("the run exists");
         assert_eq!(run.state, "failed");
