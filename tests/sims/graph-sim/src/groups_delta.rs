@@ -106,15 +106,7 @@ fn build_page(tenant: &Tenant, endpoint: &Endpoint, resolved: ResolvedRound<Posi
         } => {
             let size = rounds::varied_page_size(nominal, *page, tenant.seed ^ since);
             let (items, next) = changes_page(dir, &wanted, *until, *after_seq, size);
-            let step = match next {
-                Some(after_seq) => Step::Changes {
-                    since: *since,
-                    until: *until,
-                    page: page + 1,
-                    after_seq,
-                },
-                None => Step::Track { since: *until },
-            };
+            let step = Step::after_changes_page(*since, *until, *page, next);
             (items, step)
         }
     };

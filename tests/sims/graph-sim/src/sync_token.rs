@@ -40,6 +40,22 @@ pub enum Step<P> {
     },
 }
 
+impl<P> Step<P> {
+    /// Where a delta round over `(since, until]` goes after its page `page`:
+    /// on after `after_seq` when changes remain, else to a deltaLink at `until`.
+    pub fn after_changes_page(since: u64, until: u64, page: u32, after_seq: Option<u64>) -> Step<P> {
+        match after_seq {
+            Some(after_seq) => Step::Changes {
+                since,
+                until,
+                page: page + 1,
+                after_seq,
+            },
+            None => Step::Track { since: until },
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct SyncToken<P> {
     pub resource: Resource,
