@@ -54,6 +54,11 @@ impl Vhost {
         vhost
     }
 
+    /// A bus connected to this vhost (its topology declared).
+    async fn bus(&self) -> Bus {
+        Bus::connect(&self.amqp_url(), "bus-test").await.expect("connect")
+    }
+
     fn amqp_url(&self) -> String {
         format!("{AMQP_BASE}/{}", self.name)
     }
@@ -331,9 +336,7 @@ async fn declaring_the_topology_twice_gives_quorum_work_and_dead_letter_queues()
 #[tokio::test]
 async fn a_sent_message_is_handled_once_and_acked() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let (consumer, mut seen) = consume_in_background(&bus, Stage::Fetcher, 6, |_| Ok(()));
         let request = resync_request("acme", "manual");
         bus.send(Stage::Fetcher, &request, "msg-once")
@@ -364,9 +367,7 @@ async fn a_sent_message_is_handled_once_and_acked() {
 #[tokio::test]
 async fn a_retried_message_comes_back_through_the_shortest_tier_and_then_succeeds() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let (consumer, mut seen) = consume_in_background(&bus, Stage::Differ, 6, |attempt| {
             if attempt == 1 {
                 Err(Failure::retry("the directory is busy"))
@@ -409,9 +410,7 @@ async fn a_retried_message_comes_back_through_the_shortest_tier_and_then_succeed
 #[tokio::test]
 async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_reason() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let (consumer, mut seen) = consume_in_background(&bus, Stage::Applier, 2, |_| {
             Err(Failure::retry("the PBX is down"))
         });
@@ -445,9 +444,7 @@ async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_rea
 #[tokio::test]
 async fn a_rejected_message_goes_straight_to_the_dead_letter_queue() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let (consumer, mut seen) = consume_in_background(&bus, Stage::Notifier, 6, |_| {
             Err(Failure::reject("no such tenant"))
         });
@@ -477,9 +474,7 @@ async fn a_rejected_message_goes_straight_to_the_dead_letter_queue() {
 #[tokio::test]
 async fn an_undecodable_message_goes_straight_to_the_dead_letter_queue() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let (consumer, mut seen) = consume_in_background(&bus, Stage::Fetcher, 6, |_| Ok(()));
 
         let (_connection, channel) = open_channel(&vhost).await;
@@ -514,9 +509,7 @@ async fn an_undecodable_message_goes_straight_to_the_dead_letter_queue() {
 #[tokio::test]
 async fn resync_requests_reach_the_fetcher_queue_for_both_triggers() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let manual = resync_request("acme", "manual");
         let scheduled = resync_request("globex", "scheduled");
         bus.request_resync(&manual, "resync-manual")
@@ -564,9 +557,7 @@ impl Handler<ResyncRequest> for Gate {
 #[tokio::test]
 async fn a_stopping_service_finishes_the_message_in_hand_before_it_returns() {
     in_fresh_vhost(|vhost| async move {
-        let bus = Bus::connect(&vhost.amqp_url(), "bus-test")
-            .await
-            .expect("connect");
+        let bus = vhost.bus().await;
         let (started, mut has_one) = mpsc::unbounded_channel();
         let release = std::sync::Arc::new(tokio::sync::Notify::new());
         let gate = Gate {
