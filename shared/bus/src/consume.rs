@@ -86,7 +86,7 @@ pub trait Handler<M>: Send + Sync + 'static {
 
 impl Bus {
     /// Runs a stage: consumes its work queue with `handler` until `shutdown`
-    /// resolves (in-flight messages are then redelivered) or the connection ends.
+    /// resolves (the messages in hand are finished first) or the connection ends.
     pub async fn serve<M, H>(
         &self,
         stage: Stage,
