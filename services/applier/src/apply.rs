@@ -41,7 +41,11 @@ impl Handler<ChangeBatch> for Applier {
             Ok(pbx) => pbx,
             Err(reason) => {
                 // Nothing of this run can be written: end it, say why, and let the batch go.
-                if let Some(event) = self.store.fail_run(batch.run_id, &reason).await? {
+                if let Some(event) = self
+                    .store
+                    .fail_run(batch.run_id, "pbx.not_configured", &reason)
+                    .await?
+                {
                     self.bus
                         .send(Stage::Notifier, &event, &event.message_id())
                         .await?;

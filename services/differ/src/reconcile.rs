@@ -53,7 +53,11 @@ impl Handler<DirectoryPage> for Differ {
                     let reason = format!("{recorded} of {pages} pages recorded so far");
                     if incoming.is_last_attempt() {
                         let reason = format!("the round could not be recorded: {reason}");
-                        if let Some(event) = self.store.fail_run(page.run_id, &reason).await? {
+                        if let Some(event) = self
+                            .store
+                            .fail_run(page.run_id, "differ.round_incomplete", &reason)
+                            .await?
+                        {
                             self.bus
                                 .send(Stage::Notifier, &event, &event.message_id())
                                 .await?;

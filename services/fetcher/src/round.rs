@@ -38,8 +38,9 @@ pub struct Fetcher {
 
 /// Why a round stopped short.
 enum RoundError {
-    /// The directory refused or failed: the run fails, with this reason for the operator.
-    Directory(String),
+    /// The directory refused or failed: the run fails, with a stable code and a
+    /// reason for the operator.
+    Directory { code: String, reason: String },
     /// Our own infrastructure failed: try the request again.
     Infrastructure(anyhow::Error),
 }
@@ -52,7 +53,10 @@ impl From<anyhow::Error> for RoundError {
 
 impl From<GraphError> for RoundError {
     fn from(err: GraphError) -> Self {
-        RoundError::Directory(err.to_string())
+        RoundError::Directory {
+            code: err.code(),
+            reason: err.to_string(),
+        }
     }
 }
 
@@ -92,9 +96,9 @@ impl Handler<ResyncRequest> for Fetcher {
         match self.round(run_id, &tenant.config, delta_link).await {
             Ok(()) => Ok(()),
             Err(RoundError::Infrastructure(err)) => Err(err.into()),
-            Err(RoundError::Directory(reason)) => {
-                tracing::warn!(%reason, "run failed");
-                self.fail(run_id, &reason).await?;
+            Err(RoundError::Directory { code, reason }) => {
+                tracing::warn!(%code, %reason, "run failed");
+                self.fail(run_id, &code, &reason).await?;
                 Ok(())
             }
         }
@@ -174,10 +178,13 @@ impl Fetcher {
         let names = &tenant.provider_settings.user_filter.member_of;
         let resolved = self.graph.resolve_groups(credentials, names).await?;
         if let Some(missing) = resolved.iter().find(|group| group.ids.is_empty()) {
-            return Err(RoundError::Directory(format!(
-                "no group named {:?} in the directory: check provider_settings.user_filter.memberOf (names are group display names)",
-                missing.name
-            )));
+            return Err(RoundError::Directory {
+                code: "graph.group_not_found".to_owned(),
+                reason: format!(
+                    "no group named {:?} in the directory: check provider_settings.user_filter.memberOf (names are group display names)",
+                    missing.name
+                ),
+            });
         }
         for group in &resolved {
             if group.ids.len() > 1 {
@@ -201,8 +208,8 @@ impl Fetcher {
         Ok(pages)
     }
 
-    async fn fail(&self, run_id: Uuid, reason: &str) -> anyhow::Result<()> {
-        if let Some(event) = self.store.fail_run(run_id, reason).await? {
+    async fn fail(&self, run_id: Uuid, code: &str, reason: &str) -> anyhow::Result<()> {
+        if let Some(event) = self.store.fail_run(run_id, code, reason).await? {
             self.bus
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;

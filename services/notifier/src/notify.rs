@@ -115,6 +115,8 @@ impl Notifier {
                     }),
                 }]
             }
+            // Per-user updates, deletions and failures reach the operator in the run's digest.
+            Event::UserChanged { .. } => Vec::new(),
         }
     }
 

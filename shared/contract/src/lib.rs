@@ -128,6 +128,9 @@ pub struct RunCounts {
     pub deleted: i64,
     pub skipped: i64,
     pub failed: i64,
+    /// Deletions held back by the mass-deletion guard.
+    #[serde(default)]
+    pub held: i64,
 }
 
 /// One user-level problem of a run, for the digest mail.
@@ -166,7 +169,24 @@ pub enum Event {
         counts: RunCounts,
         /// Run-level failure reason, for the operator.
         error: Option<String>,
+        /// A stable key for the failure's cause (`entra.7000222`, `pbx.unauthorized`,
+        /// `graph.unavailable`, …): the same standing error is recognised across runs.
+        #[serde(default)]
+        error_code: Option<String>,
+        /// Run-level warnings (a group name matching several groups, deletions held, …).
+        #[serde(default)]
+        warnings: Vec<String>,
         problems: Vec<UserProblem>,
+    },
+    /// A PBX user was updated or deleted, or a change to it failed for good.
+    UserChanged {
+        tenant_id: String,
+        run_id: Uuid,
+        object_id: String,
+        /// `updated`, `deleted` or `failed`.
+        outcome: String,
+        /// Why it failed, or what changed.
+        detail: Option<String>,
     },
 }
 
@@ -177,12 +197,17 @@ impl Event {
                 tenant_id, pbx_id, ..
             } => format!("created:{tenant_id}:{pbx_id}"),
             Self::RunFinished { run_id, .. } => format!("finished:{run_id}"),
+            Self::UserChanged {
+                run_id, object_id, ..
+            } => format!("changed:{run_id}:{object_id}"),
         }
     }
 
     pub fn tenant_id(&self) -> &str {
         match self {
-            Self::UserCreated { tenant_id, .. } | Self::RunFinished { tenant_id, .. } => tenant_id,
+            Self::UserCreated { tenant_id, .. }
+            | Self::RunFinished { tenant_id, .. }
+            | Self::UserChanged { tenant_id, .. } => tenant_id,
         }
     }
 }

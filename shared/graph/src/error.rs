@@ -46,6 +46,25 @@ pub enum GraphError {
     InvalidLink { reason: String },
 }
 
+impl GraphError {
+    /// A stable key for the cause, so the same standing error is recognised
+    /// across runs (`entra.7000222`, `graph.consent_missing`, …).
+    pub fn code(&self) -> String {
+        match self {
+            GraphError::Auth(failure) => match failure.codes.first() {
+                Some(code) => format!("entra.{code}"),
+                None => format!("entra.{}", failure.error),
+            },
+            GraphError::ConsentMissing { .. } => "graph.consent_missing".to_owned(),
+            GraphError::ResyncRequired { .. } => "graph.resync_required".to_owned(),
+            GraphError::Unavailable { .. } => "graph.unavailable".to_owned(),
+            GraphError::Http { status, .. } => format!("graph.http_{status}"),
+            GraphError::InvalidResponse { .. } => "graph.invalid_response".to_owned(),
+            GraphError::InvalidLink { .. } => "graph.invalid_link".to_owned(),
+        }
+    }
+}
+
 /// A refused client-credentials token request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFailure {

@@ -1,6 +1,8 @@
 //! What every service binary needs around its loop: configuration from the
 //! environment, logging, the metrics and health endpoint, and shutdown.
 
+pub mod clock;
+
 use std::net::SocketAddr;
 
 use anyhow::Context;

@@ -67,6 +67,8 @@ pub struct RunRow {
     pub counts: RunCounts,
     pub changes_pending: i32,
     pub error: Option<String>,
+    /// Stable key of the failure's cause, when the run failed.
+    pub error_code: Option<String>,
 }
 
 impl RunRow {
@@ -85,15 +87,17 @@ impl RunRow {
                 deleted: row.get::<_, i32>("deleted").into(),
                 skipped: row.get::<_, i32>("skipped").into(),
                 failed: row.get::<_, i32>("failed").into(),
+                held: row.get::<_, i32>("held").into(),
             },
             changes_pending: row.get("changes_pending"),
             error: row.get("error"),
+            error_code: row.get("error_code"),
         }
     }
 }
 
 const RUN_COLUMNS: &str = "id, tenant_id, trigger, full_round, state, started_at, finished_at,
-    created, updated, deleted, skipped, failed, changes_pending, error";
+    created, updated, deleted, skipped, failed, held, changes_pending, error, error_code";
 
 /// What asking for a run led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,16 +177,17 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a run as failed with a reason. Returns the event that tells the
-    /// notifier, or nothing when the run had already ended.
-    pub async fn fail_run(&self, run_id: Uuid, error: &str) -> Result<Option<Event>> {
+    /// Ends a run as failed with a reason for the operator and a stable code for
+    /// its cause (see `Event::RunFinished::error_code`). Returns the event that
+    /// tells the notifier, or nothing when the run had already ended.
+    pub async fn fail_run(&self, run_id: Uuid, code: &str, error: &str) -> Result<Option<Event>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "UPDATE runs SET state = 'failed', error = $2, finished_at = now()
+                "UPDATE runs SET state = 'failed', error = $2, error_code = $3, finished_at = now()
                  WHERE id = $1 AND finished_at IS NULL
                  RETURNING tenant_id",
-                &[&run_id, &error],
+                &[&run_id, &error, &code],
             )
             .await
             .context("recording the run's failure")?;
@@ -192,6 +197,8 @@ impl Store {
             outcome: RunState::Failed.as_str().to_owned(),
             counts: RunCounts::default(),
             error: Some(error.to_owned()),
+            error_code: Some(code.to_owned()),
+            warnings: Vec::new(),
             problems: Vec::new(),
         }))
     }

@@ -425,6 +425,8 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         outcome: state.as_str().to_owned(),
         counts,
         error: None,
+        error_code: None,
+        warnings: Vec::new(),
         problems,
     })
 }

@@ -237,7 +237,7 @@ async fn a_tenant_has_one_run_at_a_time() {
         assert_eq!(start(first).await, RunStart::Resumed);
 
         let event = store
-            .fail_run(first, "the directory said no")
+            .fail_run(first, "test.refused", "the directory said no")
             .await
             .expect("failing")
             .expect("the first failure ends the run and tells the notifier");
@@ -259,7 +259,7 @@ async fn a_tenant_has_one_run_at_a_time() {
         }
         assert!(
             store
-                .fail_run(first, "again")
+                .fail_run(first, "test.refused", "again")
                 .await
                 .expect("failing twice")
                 .is_none(),
