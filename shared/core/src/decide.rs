@@ -66,6 +66,8 @@ pub struct Decision {
     pub pending_delete_at: Option<DateTime<Utc>>,
     /// Why the user is skipped; empty unless it is.
     pub skipped: Vec<Problem>,
+    /// Why a due deletion was held back by the mass-deletion guard.
+    pub held: Option<Problem>,
 }
 
 impl Decision {
@@ -74,6 +76,20 @@ impl Decision {
             action: Action::None,
             pending_delete_at,
             skipped: Vec::new(),
+            held: None,
+        }
+    }
+
+    /// The same decision with a deletion held back: nothing happens, the
+    /// grace period stays as it was, and the reason is kept for the operator.
+    pub fn hold_deletion(self, reason: &str) -> Decision {
+        if !matches!(self.action, Action::Delete { .. }) {
+            return self;
+        }
+        Decision {
+            action: Action::None,
+            held: Some(Problem::new("deletion", format!("held by the mass-deletion guard: {reason}"))),
+            ..self
         }
     }
 }
@@ -395,6 +411,25 @@ mod tests {
         let decision = decide(&gone(Some(&old), None), &forever);
         assert_eq!(decision.action, Action::None);
         assert_eq!(decision.pending_delete_at, Some(DateTime::<Utc>::MAX_UTC));
+    }
+
+    #[test]
+    fn a_held_deletion_does_nothing_and_keeps_the_due_time() {
+        let old = applied("Åsa");
+        let due = Some(now() - days(1));
+        let decision = decide(&gone(Some(&old), due), &policy(Mode::UserSync)).hold_deletion("too many");
+        assert_eq!(decision.action, Action::None);
+        assert_eq!(decision.pending_delete_at, due);
+        let held = decision.held.expect("a reason");
+        assert_eq!(held.field, "deletion");
+        assert!(held.message.contains("mass-deletion guard: too many"), "{held}");
+    }
+
+    #[test]
+    fn holding_leaves_other_actions_alone() {
+        let desired = Ok(fields("Åsa"));
+        let decision = decide(&in_scope(&desired, None), &policy(Mode::UserSync));
+        assert_eq!(decision.clone().hold_deletion("x"), decision);
     }
 
     #[test]

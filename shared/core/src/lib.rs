@@ -3,6 +3,7 @@
 //! sync decision. Plain functions over plain data: no I/O, no async, no clock.
 
 pub mod alias;
+pub mod conflict;
 pub mod decide;
 pub mod mapping;
 pub mod phone;
@@ -11,12 +12,13 @@ pub mod tenant;
 pub mod user;
 
 pub use alias::normalize_alias;
+pub use conflict::{claims_of, resolve_conflicts, Claim, Conflict, UniqueField};
 pub use decide::{decide, Action, Applied, Decision, Policy, Scope, UserView};
 pub use mapping::SourcePath;
 pub use phone::normalize_phone;
 pub use problem::{error_chain, Problem};
 pub use tenant::{
-    parse_tenant_file, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings, Schedule,
+    parse_tenant_file, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings, Schedule,
     TenantConfig, TenantType, UserFilter,
 };
 pub use user::{diff, map_user, FieldPatch, SyncedFields};

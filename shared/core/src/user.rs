@@ -428,6 +428,8 @@ mod tests {
         );
     }
 
+    const FIELDS_REPORTED: [&str; 5] = ["alias", "first_name", "surname", "pstn_fixed", "email"];
+
     fn arb_fields() -> impl Strategy<Value = SyncedFields> {
         let text = "[a-c]{0,2}";
         (
@@ -465,6 +467,37 @@ mod tests {
             let patch = diff(&fields, &fields);
             prop_assert!(patch.is_empty());
             prop_assert!(patch.changed_fields().is_empty());
+        }
+
+        #[test]
+        fn a_diff_applied_twice_changes_nothing_more(applied in arb_fields(), desired in arb_fields()) {
+            let mut once = applied.clone();
+            diff(&applied, &desired).apply_to(&mut once);
+            let mut twice = once.clone();
+            diff(&applied, &desired).apply_to(&mut twice);
+            prop_assert_eq!(&once, &twice);
+            prop_assert!(diff(&once, &desired).is_empty());
+        }
+
+        #[test]
+        fn mapping_is_deterministic_and_every_refusal_has_a_reason(
+            nickname in "\\PC{0,20}",
+            given in proptest::option::of("\\PC{0,10}"),
+            phone in prop_oneof![Just("08-123 456 78".to_owned()), Just("+1 425 555 0109".to_owned()), "[0-9 +()-]{0,14}"],
+            mail in proptest::option::of("[a-z@.]{0,10}"),
+        ) {
+            let user = json!({"mailNickname": nickname, "givenName": given, "surname": "Ek",
+                              "businessPhones": [phone], "mail": mail});
+            let tenant = complete_tenant();
+            let first = map_user(&user, &tenant);
+            prop_assert_eq!(&first, &map_user(&user.clone(), &tenant));
+            if let Err(problems) = first {
+                prop_assert!(!problems.is_empty());
+                for problem in problems {
+                    prop_assert!(FIELDS_REPORTED.contains(&problem.field.as_str()), "{}", problem);
+                    prop_assert!(problem.message.contains("Entra ID") || problem.message.contains("tenant file"), "{}", problem);
+                }
+            }
         }
 
         #[test]

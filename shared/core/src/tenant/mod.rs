@@ -55,6 +55,9 @@ pub struct TenantConfig {
     pub pbx: Option<PbxOverride>,
     #[serde(default)]
     pub client_secret_expires_at: Option<NaiveDate>,
+    /// When one run may not delete without an operator's approval.
+    #[serde(default)]
+    pub deletion_guard: DeletionGuard,
     /// Country codes whose phone numbers may be synced.
     #[serde(default = "default_allowed_country_prefixes")]
     pub allowed_country_prefixes: Vec<String>,
@@ -257,6 +260,43 @@ impl FieldMapping {
 
     fn paths(&self) -> impl Iterator<Item = &SourcePath> {
         self.slots().into_iter().flatten()
+    }
+}
+
+/// The mass-deletion guard: a run that would delete more than `max_percent`
+/// of the tenant's synced users, and at least `min_users` users, holds its
+/// deletions until an operator approves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionGuard {
+    pub max_percent: u32,
+    pub min_users: u32,
+}
+
+impl Default for DeletionGuard {
+    fn default() -> Self {
+        DeletionGuard {
+            max_percent: 10,
+            min_users: 10,
+        }
+    }
+}
+
+impl DeletionGuard {
+    /// Whether `deletions` out of `synced` PBX users are too many for one run.
+    pub fn trips(&self, deletions: u64, synced: u64) -> bool {
+        deletions > 0
+            && deletions >= u64::from(self.min_users)
+            && deletions * 100 > u64::from(self.max_percent) * synced
+    }
+
+    /// Why deletions were held, and what to do about it.
+    pub fn reason(&self, tenant_id: &str, deletions: u64, synced: u64) -> String {
+        format!(
+            "{deletions} of {synced} synced users would be deleted, more than the guard allows \
+             (over {}% and at least {} users); nothing was deleted. If that is right, run \
+             `usersync approve-deletions {tenant_id}`; if not, fix the directory or the filter groups",
+            self.max_percent, self.min_users
+        )
     }
 }
 

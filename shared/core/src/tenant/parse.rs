@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::serde_formats::hour_minute;
 use super::values::{syntax_error, Field, Obj, Problems};
 use super::{
-    default_allowed_country_prefixes, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings,
+    default_allowed_country_prefixes, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings,
     Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
 };
 use crate::mapping::SourcePath;
@@ -37,6 +37,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "schedule",
     "pbx",
     "client_secret_expires_at",
+    "deletion_guard",
     "allowed_country_prefixes",
 ];
 
@@ -108,6 +109,7 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
     let client_secret_expires_at = root
         .optional("client_secret_expires_at")
         .map(|f| f.parsed(r#""2025-12-31""#, out, check_date));
+    let deletion_guard = root.optional("deletion_guard").map(|f| read_deletion_guard(&f, out));
     let allowed_country_prefixes = root
         .optional("allowed_country_prefixes")
         .map(|f| read_country_prefixes(&f, out));
@@ -131,6 +133,7 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
         schedule: schedule.unwrap_or(Some(Schedule::default()))?,
         pbx: absent_or_valid(pbx)?,
         client_secret_expires_at: absent_or_valid(client_secret_expires_at)?,
+        deletion_guard: deletion_guard.unwrap_or(Some(DeletionGuard::default()))?,
         allowed_country_prefixes: allowed_country_prefixes
             .unwrap_or(Some(default_allowed_country_prefixes()))?,
     })
@@ -320,6 +323,28 @@ fn read_pbx(field: &Field, out: &mut Problems) -> Option<PbxOverride> {
     Some(PbxOverride {
         api_url: api_url?,
         api_token: api_token?,
+    })
+}
+
+fn read_deletion_guard(field: &Field, out: &mut Problems) -> Option<DeletionGuard> {
+    let guard = field.object(r#"{"max_percent": 10, "min_users": 10}"#, out)?;
+    guard.refuse_unknown_keys(&["max_percent", "min_users"], out);
+    let defaults = DeletionGuard::default();
+    let max_percent = guard.optional("max_percent").map(|f| {
+        let percent = f.count("10", out)?;
+        if percent > 100 {
+            out.push(Problem::new(
+                f.path.clone(),
+                format!("{percent} is not a percentage; give a whole number from 0 to 100, e.g. 10"),
+            ));
+            return None;
+        }
+        Some(percent)
+    });
+    let min_users = guard.optional("min_users").map(|f| f.count("10", out));
+    Some(DeletionGuard {
+        max_percent: max_percent.unwrap_or(Some(defaults.max_percent))?,
+        min_users: min_users.unwrap_or(Some(defaults.min_users))?,
     })
 }
 

@@ -674,3 +674,170 @@ fn refuses_bad_country_prefixes() {
         "without '+'",
     );
 }
+
+#[test]
+fn accepts_both_portal_forms_verbatim_as_objects() {
+    for (pasted, groups) in [
+        (PORTAL_EXAMPLE_GROUPS, vec!["group1", "group2"]),
+        (PORTAL_EXAMPLE_EVERYONE, vec![]),
+    ] {
+        let object: Value = serde_json::from_str(pasted).expect("the portal text is JSON");
+        let config = parse_ok(&set("provider_settings", object));
+        assert_eq!(config.provider_settings.tenant_id, "id123");
+        assert_eq!(config.provider_settings.client_secret, "hidden");
+        assert_eq!(config.provider_settings.user_filter.member_of, groups);
+    }
+}
+
+#[test]
+fn the_deletion_guard_defaults_to_ten_percent_and_ten_users() {
+    let config = parse_ok(&minimal_example().to_string());
+    assert_eq!(config.deletion_guard, DeletionGuard::default());
+    assert_eq!(config.deletion_guard.max_percent, 10);
+    assert_eq!(config.deletion_guard.min_users, 10);
+    let config = parse_ok(&set("deletion_guard", json!({"max_percent": 25})));
+    assert_eq!(
+        config.deletion_guard,
+        DeletionGuard {
+            max_percent: 25,
+            min_users: 10
+        }
+    );
+}
+
+#[test]
+fn the_deletion_guard_trips_only_above_both_thresholds() {
+    let guard = DeletionGuard::default();
+    assert!(!guard.trips(10, 100), "exactly 10% is allowed");
+    assert!(guard.trips(11, 100));
+    assert!(!guard.trips(9, 20), "fewer than 10 users never trips");
+    assert!(guard.trips(10, 20));
+    assert!(!guard.trips(0, 0));
+    let off = DeletionGuard {
+        max_percent: 100,
+        min_users: 0,
+    };
+    assert!(!off.trips(50, 50), "100% can never be exceeded");
+    let strict = DeletionGuard {
+        max_percent: 0,
+        min_users: 1,
+    };
+    assert!(strict.trips(1, 1000));
+    let reason = guard.reason("acme", 30, 100);
+    assert!(reason.contains("30 of 100"), "{reason}");
+    assert!(reason.contains("usersync approve-deletions acme"), "{reason}");
+}
+
+#[test]
+fn refuses_a_bad_deletion_guard() {
+    assert_refused(
+        &set("deletion_guard", json!({"max_percent": 120})),
+        "deletion_guard.max_percent",
+        "from 0 to 100",
+    );
+    assert_refused(
+        &set("deletion_guard", json!({"min_users": -1})),
+        "deletion_guard.min_users",
+        "whole number of 0 or more",
+    );
+    assert_refused(
+        &set("deletion_guard", json!({"max_percnt": 5})),
+        "deletion_guard.max_percnt",
+        "did you mean \"max_percent\"",
+    );
+    assert_refused(&set("deletion_guard", json!(10)), "deletion_guard", "must be an object");
+}
+
+#[test]
+fn refuses_a_mapping_that_targets_an_unknown_pbx_field() {
+    assert_refused(
+        &set_in("field_mapping", "phone", json!("businessPhones[0]")),
+        "field_mapping.phone",
+        "remove it or correct the spelling",
+    );
+    assert_refused(
+        &set_in("user_field_mapping", "caller_id", json!("mobilePhone")),
+        "user_field_mapping.caller_id",
+        "use \"email\" or \"attributes.<name>\"",
+    );
+}
+
+#[test]
+fn refuses_a_control_character_inside_the_pasted_provider_settings() {
+    let pasted = r#"{"tenant_id":"id123","client_id":"id\t123","client_secret":"hidden","user_filter":{"memberOf":[""]}}"#;
+    assert_refused(
+        &set("provider_settings", json!(pasted)),
+        "provider_settings.client_id",
+        "control character",
+    );
+}
+
+#[test]
+fn refuses_empty_provider_values_naming_each() {
+    let pasted = r#"{"tenant_id":"","client_id":"","client_secret":"hidden","user_filter":{"memberOf":[""]}}"#;
+    let text = set("provider_settings", json!(pasted));
+    assert_refused(&text, "provider_settings.tenant_id", "give a value");
+    assert_refused(&text, "provider_settings.client_id", "give a value");
+}
+
+#[test]
+fn refuses_a_caller_id_with_letters_or_a_missing_prefix() {
+    for bad in ["46812345abc", "812345600", "4712345678"] {
+        assert_refused(
+            &set("default_caller_id", json!(bad)),
+            "default_caller_id",
+            "46 then 7–9 digits",
+        );
+    }
+}
+
+#[test]
+fn refuses_a_time_zone_that_is_an_abbreviation_or_offset() {
+    for bad in ["CET+1", "Stockholm", "europe/stockholm"] {
+        assert_refused(
+            &set_in("schedule", "timezone", json!(bad)),
+            "schedule.timezone",
+            "not a known IANA time zone",
+        );
+    }
+}
+
+#[test]
+fn every_refusal_names_a_field_and_says_what_to_do() {
+    // A file wrong in every way: each problem must name a field and carry a fix.
+    let text = edited(|map| {
+        map.insert("id".into(), json!("Acme Corp"));
+        map.insert("name".into(), json!(" Acme"));
+        map.insert("type".into(), json!("ldap"));
+        map.insert("mode".into(), json!("sync"));
+        map.insert("welcome_mail".into(), json!("yes"));
+        map.insert("welcome_mail_copy_to".into(), json!("admin"));
+        map.insert("delete_after_days".into(), json!(-7));
+        map.insert("error_notification_email".into(), json!("it@"));
+        map.insert("error_notification_level".into(), json!("debug"));
+        map.insert("provider_settings".into(), json!("{not json"));
+        map.insert("pbx_company_id".into(), json!(""));
+        map.insert("default_caller_id".into(), json!("+4681234"));
+        map.insert("default_template".into(), json!("std\n"));
+        map.insert("field_mapping".into(), json!({"alias": "a..b", "phone": "x"}));
+        map.insert("user_field_mapping".into(), json!({"mobile": "mobilePhone"}));
+        map.insert("schedule".into(), json!({"at": "25:00", "timezone": "Mars/Base"}));
+        map.insert("pbx".into(), json!({"api_url": "ftp://x"}));
+        map.insert("client_secret_expires_at".into(), json!("tomorrow"));
+        map.insert("deletion_guard".into(), json!({"max_percent": 101}));
+        map.insert("allowed_country_prefixes".into(), json!(["+46"]));
+        map.insert("extra".into(), json!(1));
+    });
+    let found = problems(&text);
+    assert!(found.len() >= 22, "{found:#?}");
+    let fix_words = [
+        "use", "give", "write", "remove", "add", "fix", "paste", "did you mean", "list",
+    ];
+    for problem in &found {
+        assert!(!problem.field.is_empty(), "{problem:?}");
+        assert!(
+            fix_words.iter().any(|w| problem.message.contains(w)),
+            "no fix in {problem}"
+        );
+    }
+}
