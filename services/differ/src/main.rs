@@ -1,6 +1,5 @@
 //! usersync-differ: records directory pages, then decides per user what the PBX needs.
 
-mod plan;
 mod reconcile;
 
 use usersync_bus::{Bus, ConsumeOptions};

@@ -3,16 +3,13 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage, PageBody};
 use usersync_core::Mode;
 use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
 
-use crate::plan::{plan_user, PlanContext};
-
-/// Users decided and stored per transaction.
-const PLAN_BATCH: i64 = 500;
+use usersync_planner::{decision_label, Planner};
+use usersync_runtime::clock;
 /// Changes per message to the applier.
 const CHANGE_BATCH: i64 = 100;
 
@@ -111,24 +108,52 @@ impl Differ {
                 );
             }
         }
-        let context = PlanContext {
+        let planner = Planner {
+            store: &self.store,
             tenant: &tenant.config,
+            round: round.ids,
             scoped: round.scoped,
-            now: Utc::now(),
+            // The injectable clock: grace periods are tested by moving it.
+            now: clock::now(),
         };
+        let survey = planner.survey().await?;
+        // An approval covers the next run only: one left open would wave
+        // through a later, unrelated mass deletion.
+        let approval = self
+            .store
+            .use_deletion_approval(round.tenant_id, round.ids.run_id)
+            .await?;
+        let approved = survey.guard_trips && approval;
+        let hold = survey.hold_reason(&tenant.config, approved);
+        let mut held = 0i64;
         let mut after = String::new();
         loop {
-            let rows = self
-                .store
-                .reconcile_rows(round.tenant_id, round.ids, &after, PLAN_BATCH)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.object_id.clone();
-            let planned: Vec<_> = rows.iter().map(|row| plan_user(row, &context)).collect();
+            let page = planner.plan_page(&survey, hold.as_deref(), &after).await?;
+            let Some(last) = page.last() else { break };
+            after = last.row.object_id.clone();
+            let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
+            for user in &planned {
+                let decision = decision_label(user);
+                held += i64::from(decision == "held");
+                metrics::counter!("usersync_user_decisions_total", "decision" => decision).increment(1);
+            }
             self.store
                 .save_plan(round.ids.run_id, round.tenant_id, &planned)
                 .await?;
         }
+        let mut warnings = survey.warnings(hold.as_deref());
+        if approved {
+            warnings.push(format!(
+                "{} deletions approved by the operator are carried out",
+                survey.deletions
+            ));
+        }
+        for warning in &warnings {
+            tracing::warn!(tenant_id = round.tenant_id, run_id = %round.ids.run_id, "{warning}");
+        }
+        self.store
+            .record_plan_outcome(round.ids.run_id, held, &warnings)
+            .await?;
         let paused = tenant.config.mode == Mode::Pause;
         if let Some(event) = self
             .store

@@ -153,33 +153,38 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
-                        s.state, s.desired, s.desired_version, s.pbx_id, s.applied,
-                        s.applied_version, s.pending_delete_at
-                 FROM directory_users d
-                 LEFT JOIN round_members m ON m.round_id = $2 AND m.object_id = d.object_id
-                 LEFT JOIN sync_users s ON s.tenant_id = d.tenant_id AND s.object_id = d.object_id
-                 WHERE d.tenant_id = $1 AND d.object_id > $3
-                 ORDER BY d.object_id
-                 LIMIT $4",
+                &format!(
+                    "{RECONCILE_SELECT} WHERE d.tenant_id = $1 AND d.object_id > $3
+                     ORDER BY d.object_id LIMIT $4"
+                ),
                 &[&tenant_id, &round.round_id, &after, &limit],
             )
             .await
             .context("loading users to reconcile")?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let Json(source): Json<Value> = row.get("source");
-                let has_sync_row = row.get::<_, Option<String>>("state").is_some();
-                ReconcileRow {
-                    object_id: row.get("object_id"),
-                    source,
-                    removed: row.get("removed"),
-                    member: row.get("member"),
-                    sync: has_sync_row.then(|| SyncRow::from_row(row)),
-                }
-            })
-            .collect())
+        Ok(rows.iter().map(ReconcileRow::from_row).collect())
+    }
+}
+
+/// A user's source, scope facts and sync state; `$1` is the tenant, `$2` the round.
+pub(crate) const RECONCILE_SELECT: &str =
+    "SELECT d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
+            s.state, s.desired, s.desired_version, s.pbx_id, s.applied,
+            s.applied_version, s.pending_delete_at
+     FROM directory_users d
+     LEFT JOIN round_members m ON m.round_id = $2 AND m.object_id = d.object_id
+     LEFT JOIN sync_users s ON s.tenant_id = d.tenant_id AND s.object_id = d.object_id";
+
+impl ReconcileRow {
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> ReconcileRow {
+        let Json(source): Json<Value> = row.get("source");
+        let has_sync_row = row.get::<_, Option<String>>("state").is_some();
+        ReconcileRow {
+            object_id: row.get("object_id"),
+            source,
+            removed: row.get("removed"),
+            member: row.get("member"),
+            sync: has_sync_row.then(|| SyncRow::from_row(row)),
+        }
     }
 }
 

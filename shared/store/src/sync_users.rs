@@ -61,8 +61,17 @@ pub struct PlannedUser {
     pub desired: Option<SyncedFields>,
     pub desired_version: i64,
     pub problems: Vec<Problem>,
+    /// Why a due deletion was held back (state `held`); not a skip.
+    pub held: Option<Problem>,
     pub pending_delete_at: Option<DateTime<Utc>>,
     pub change: Option<Change>,
+}
+
+impl PlannedUser {
+    /// What the user's row shows as its reasons: skip problems, or the hold.
+    fn reasons(&self) -> Vec<&Problem> {
+        self.problems.iter().chain(self.held.as_ref()).collect()
+    }
 }
 
 /// What the end of a planned round records.
@@ -121,7 +130,8 @@ impl Store {
         let desired: Vec<Option<Json<&SyncedFields>>> =
             planned.iter().map(|p| p.desired.as_ref().map(Json)).collect();
         let versions: Vec<i64> = planned.iter().map(|p| p.desired_version).collect();
-        let problems: Vec<Json<&Vec<Problem>>> = planned.iter().map(|p| Json(&p.problems)).collect();
+        let reasons: Vec<Vec<&Problem>> = planned.iter().map(PlannedUser::reasons).collect();
+        let problems: Vec<Json<&Vec<&Problem>>> = reasons.iter().map(Json).collect();
         let pending: Vec<Option<DateTime<Utc>>> = planned.iter().map(|p| p.pending_delete_at).collect();
         tx.execute(
             "INSERT INTO sync_users AS s (tenant_id, object_id, state, desired, desired_version,
@@ -397,7 +407,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         .query_one(
             "UPDATE runs SET state = $2, finished_at = now(), created = $3, updated = $4, deleted = $5,
                     skipped = $6, failed = $7
-             WHERE id = $1 RETURNING tenant_id",
+             WHERE id = $1 RETURNING tenant_id, held, warnings",
             &[
                 &run_id,
                 &state.as_str(),
@@ -410,6 +420,8 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         )
         .await?;
     let tenant_id: String = row.get(0);
+    counts.held = row.get::<_, i32>("held").into();
+    let Json(warnings): Json<Vec<String>> = row.get("warnings");
     if state != RunState::Failed {
         client
             .execute(
@@ -426,7 +438,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         counts,
         error: None,
         error_code: None,
-        warnings: Vec::new(),
+        warnings,
         problems,
     })
 }

@@ -1,0 +1,236 @@
+//! What planning needs beyond one user at a time: the tenant-wide claims on
+//! unique values, the deletion guard's approvals, the run's warnings, and the
+//! look-ups of `usersync plan` and `usersync explain`.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio_postgres::types::Json;
+use usersync_core::{Action, Claim, UniqueField};
+use uuid::Uuid;
+
+use crate::directory::RECONCILE_SELECT;
+use crate::{ReconcileRow, Result, Round, Store};
+
+/// Claims on unique values gathered over a whole tenant in a session-local
+/// temporary table, so the tenant-wide check holds no directory in memory and
+/// writes nothing lasting (`usersync plan` uses it too).
+pub struct ClaimSession {
+    client: deadpool_postgres::Object,
+}
+
+impl ClaimSession {
+    pub async fn add(&self, claims: &[Claim]) -> Result<()> {
+        let fields: Vec<&str> = claims.iter().map(|c| c.field.as_str()).collect();
+        let values: Vec<&str> = claims.iter().map(|c| c.value.as_str()).collect();
+        let ids: Vec<&str> = claims.iter().map(|c| c.object_id.as_str()).collect();
+        let holds: Vec<bool> = claims.iter().map(|c| c.holds).collect();
+        let wants: Vec<bool> = claims.iter().map(|c| c.wants).collect();
+        self.client
+            .execute(
+                "INSERT INTO plan_claims (field, value, object_id, holds, wants)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::bool[])",
+                &[&fields, &values, &ids, &holds, &wants],
+            )
+            .await
+            .context("recording claims on unique values")?;
+        Ok(())
+    }
+
+    /// Every claim on a value that more than one user claims.
+    pub async fn contested(&self) -> Result<Vec<Claim>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT c.field, c.value, c.object_id, c.holds, c.wants
+                 FROM plan_claims c
+                 JOIN (SELECT field, value FROM plan_claims GROUP BY field, value
+                       HAVING count(DISTINCT object_id) > 1) g
+                   ON g.field = c.field AND g.value = c.value
+                 ORDER BY c.field, c.value, c.object_id",
+                &[],
+            )
+            .await
+            .context("finding contested values")?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                Some(Claim {
+                    field: UniqueField::parse(row.get("field"))?,
+                    value: row.get("value"),
+                    object_id: row.get("object_id"),
+                    holds: row.get("holds"),
+                    wants: row.get("wants"),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn finish(self) -> Result<()> {
+        self.client
+            .batch_execute("DROP TABLE IF EXISTS plan_claims")
+            .await
+            .context("dropping the claims table")?;
+        Ok(())
+    }
+}
+
+/// One change planned for a user in a run, and how it ended.
+#[derive(Debug, Clone)]
+pub struct ChangeHistory {
+    pub run_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub action: Action,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Opens a claims session on a connection of its own.
+    pub async fn claim_session(&self) -> Result<ClaimSession> {
+        let client = self.client().await?;
+        // A session that ended without `finish` left its table: start empty.
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS plan_claims
+                   (field text NOT NULL, value text NOT NULL, object_id text NOT NULL,
+                    holds boolean NOT NULL, wants boolean NOT NULL);
+                 TRUNCATE plan_claims;",
+            )
+            .await
+            .context("creating the claims table")?;
+        Ok(ClaimSession { client })
+    }
+
+    /// Records an operator's approval of held deletions; returns how many users are held now.
+    pub async fn approve_deletions(&self, tenant_id: &str) -> Result<i64> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO deletion_approvals (tenant_id) VALUES ($1)",
+                &[&tenant_id],
+            )
+            .await
+            .context("recording the approval")?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM sync_users WHERE tenant_id = $1 AND state = 'held'",
+                &[&tenant_id],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Takes the tenant's open approvals for this run. True when there was one
+    /// (or this run took one before: a redelivered round plans the same way).
+    pub async fn use_deletion_approval(&self, tenant_id: &str, run_id: Uuid) -> Result<bool> {
+        let client = self.client().await?;
+        let taken = client
+            .query(
+                "UPDATE deletion_approvals SET used_by_run = $2
+                 WHERE tenant_id = $1 AND (used_by_run IS NULL OR used_by_run = $2)
+                 RETURNING id",
+                &[&tenant_id, &run_id],
+            )
+            .await
+            .context("taking the deletion approval")?;
+        Ok(!taken.is_empty())
+    }
+
+    /// Whether an approval waits for the tenant's next run (changes nothing).
+    pub async fn has_open_deletion_approval(&self, tenant_id: &str) -> Result<bool> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM deletion_approvals WHERE tenant_id = $1 AND used_by_run IS NULL)",
+                &[&tenant_id],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Records the deletions a run held back and its run-level warnings, for
+    /// the run's counts and its report.
+    pub async fn record_plan_outcome(&self, run_id: Uuid, held: i64, warnings: &[String]) -> Result<()> {
+        let held = i32::try_from(held).unwrap_or(i32::MAX);
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE runs SET held = $2, warnings = $3 WHERE id = $1",
+                &[&run_id, &held, &Json(warnings)],
+            )
+            .await
+            .context("recording held deletions and warnings")?;
+        Ok(())
+    }
+
+    /// The round the tenant's last planned run read: its filter-group members
+    /// say who is in scope for a dry run.
+    pub async fn latest_round(&self, tenant_id: &str) -> Result<Option<Round>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT p.run_id, p.round_id FROM round_pages p JOIN runs r ON r.id = p.run_id
+                 WHERE r.tenant_id = $1 AND r.state NOT IN ('fetching', 'differing')
+                 ORDER BY r.started_at DESC, p.page DESC LIMIT 1",
+                &[&tenant_id],
+            )
+            .await
+            .context("finding the last round")?;
+        Ok(row.map(|row| Round {
+            run_id: row.get(0),
+            round_id: row.get(1),
+        }))
+    }
+
+    /// The users `key` names: an object id, a synced alias, a mail address or
+    /// a user principal name (case-insensitive).
+    pub async fn find_users(&self, tenant_id: &str, round: Round, key: &str) -> Result<Vec<ReconcileRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "{RECONCILE_SELECT}
+                     WHERE d.tenant_id = $1
+                       AND (d.object_id = $3
+                            OR lower(s.desired->>'alias') = lower($3)
+                            OR lower(s.applied->>'alias') = lower($3)
+                            OR lower(d.source->>'mailNickname') = lower($3)
+                            OR lower(d.source->>'mail') = lower($3)
+                            OR lower(d.source->>'userPrincipalName') = lower($3))
+                     ORDER BY d.object_id LIMIT 10"
+                ),
+                &[&tenant_id, &round.round_id, &key],
+            )
+            .await
+            .context("looking the user up")?;
+        Ok(rows.iter().map(ReconcileRow::from_row).collect())
+    }
+
+    /// The user's latest planned changes, newest first.
+    pub async fn change_history(&self, tenant_id: &str, object_id: &str, limit: i64) -> Result<Vec<ChangeHistory>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT c.run_id, r.started_at, c.action, c.outcome, c.detail
+                 FROM run_changes c JOIN runs r ON r.id = c.run_id
+                 WHERE r.tenant_id = $1 AND c.object_id = $2
+                 ORDER BY r.started_at DESC LIMIT $3",
+                &[&tenant_id, &object_id, &limit],
+            )
+            .await
+            .context("loading the user's changes")?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let Json(action) = row.get("action");
+                ChangeHistory {
+                    run_id: row.get("run_id"),
+                    started_at: row.get("started_at"),
+                    action,
+                    outcome: row.get("outcome"),
+                    detail: row.get("detail"),
+                }
+            })
+            .collect())
+    }
+}
