@@ -1,6 +1,8 @@
 //! usersync: the operator's command line.
 
+mod approve;
 mod output;
+mod plan;
 
 use std::io::Read;
 
@@ -54,6 +56,24 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+    /// Dry run: what the next run would do to each user, from stored data; changes nothing.
+    Plan {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// Also list users the run would leave as they are.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One user's state, source and mapped values, last change and reasons (USER: object id, alias, mail or UPN).
+    Explain {
+        id: String,
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let the next run delete the users the mass-deletion guard held, and request that run.
+    ApproveDeletions { id: String },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.require_tenant(&id, None).await?;
             output::runs(&store.runs(&id, limit).await?, json)
         }
+        Command::Plan { id, json, all } => plan::plan(&store().await?, &id, json, all).await,
+        Command::Explain { id, user, json } => plan::explain(&store().await?, &id, &user, json).await,
+        Command::ApproveDeletions { id } => approve::approve_deletions(&store().await?, &id).await,
     }
 }
 

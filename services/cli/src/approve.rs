@@ -1,0 +1,14 @@
+//! `usersync approve-deletions ID`: lets the next run carry out the deletions
+//! the mass-deletion guard held back, and asks for that run now.
+
+use usersync_store::Store;
+
+pub async fn approve_deletions(store: &Store, id: &str) -> anyhow::Result<()> {
+    store.require_tenant(id, None).await?;
+    let held = store.approve_deletions(id).await?;
+    println!(
+        "approved: the next run of {id} deletes the users the guard held ({held} held now); \
+         users back in the directory by then are kept"
+    );
+    crate::resync(id, false).await
+}
