@@ -170,6 +170,7 @@ impl Stack {
             ("MAIL_FROM", "Usersync <noreply@usersync.test>".to_owned()),
             ("USERSYNC_SECRET_KEY", SECRET_KEY.to_owned()),
             ("RUST_LOG", "info".to_owned()),
+            ("USERSYNC_CLOCK_FILE", self.clock_file().display().to_string()),
         ]
     }
 
@@ -370,4 +371,17 @@ async fn start_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
     )
     .await;
     child
+}
+
+impl Stack {
+    /// The file every process of this stack reads "now" from (see `usersync_runtime::clock`);
+    /// absent until a test sets the time.
+    pub fn clock_file(&self) -> PathBuf {
+        self._tmp.path().join("clock")
+    }
+
+    /// Moves the clock of every process of the stack to `rfc3339`.
+    pub fn set_clock(&self, rfc3339: &str) {
+        std::fs::write(self.clock_file(), rfc3339).expect("writing the clock file");
+    }
 }
