@@ -129,7 +129,9 @@ fn print_line(line: &PlanLine) {
 }
 
 fn shown(value: &Option<String>) -> String {
-    value.as_ref().map_or_else(|| "(none)".to_owned(), |v| format!("\"{v}\""))
+    value
+        .as_ref()
+        .map_or_else(|| "(none)".to_owned(), |v| format!("\"{v}\""))
 }
 
 /// The best name for a user: the alias it has or would get, else its directory nickname.
@@ -218,7 +220,9 @@ pub fn field_changes(applied: &SyncedFields, patch: &FieldPatch) -> Vec<FieldCha
         .into_iter()
         .map(|field| {
             let find = |list: &[(String, Option<String>)]| {
-                list.iter().find(|(name, _)| *name == field).and_then(|(_, v)| v.clone())
+                list.iter()
+                    .find(|(name, _)| *name == field)
+                    .and_then(|(_, v)| v.clone())
             };
             FieldChange {
                 before: find(&before),
@@ -333,7 +337,10 @@ pub async fn explain(store: &Store, id: &str, key: &str, json: bool) -> anyhow::
         None => println!("  mapped values: none (out of scope)"),
     }
     match &applied {
-        Some(applied) => println!("  in the PBX as {} (alias {})", applied.pbx_id, applied.fields.alias),
+        Some(applied) => println!(
+            "  in the PBX as {} (alias {})",
+            applied.pbx_id, applied.fields.alias
+        ),
         None => println!("  not in the PBX"),
     }
     match last_applied {

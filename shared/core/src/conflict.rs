@@ -72,7 +72,11 @@ pub struct Claim {
 
 /// The claims one user makes: its desired values, and the values its PBX
 /// account still has (until a change moves it off them).
-pub fn claims_of(object_id: &str, desired: Option<&SyncedFields>, applied: Option<&SyncedFields>) -> Vec<Claim> {
+pub fn claims_of(
+    object_id: &str,
+    desired: Option<&SyncedFields>,
+    applied: Option<&SyncedFields>,
+) -> Vec<Claim> {
     let mut claims = Vec::new();
     for field in UniqueField::ALL {
         let wanted = desired.map(|d| field.of(d));
@@ -189,7 +193,9 @@ pub fn losers(conflicts: &[Conflict]) -> BTreeMap<String, Vec<Problem>> {
     let mut out: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
     for conflict in conflicts {
         for loser in &conflict.losers {
-            out.entry(loser.clone()).or_default().push(conflict.problem_for(loser));
+            out.entry(loser.clone())
+                .or_default()
+                .push(conflict.problem_for(loser));
         }
     }
     out
@@ -222,7 +228,10 @@ mod tests {
         assert_eq!(conflicts[0].losers, ["u2"]);
         let problem = conflicts[0].problem_for("u2");
         assert_eq!(problem.field, "alias");
-        assert!(problem.message.contains("\"anna\" is also claimed by user u1"), "{problem}");
+        assert!(
+            problem.message.contains("\"anna\" is also claimed by user u1"),
+            "{problem}"
+        );
         assert!(problem.message.contains("another alias in Entra ID"), "{problem}");
         assert!(conflicts[0].warning().contains("u1 keeps it, u2 skipped"));
     }
@@ -237,7 +246,10 @@ mod tests {
         assert_eq!(conflicts[0].field, UniqueField::PstnFixed);
         assert_eq!(conflicts[0].winner, "u9");
         assert!(conflicts[0].winner_holds);
-        assert!(conflicts[0].problem_for("u1").message.contains("has it in the PBX already"));
+        assert!(conflicts[0]
+            .problem_for("u1")
+            .message
+            .contains("has it in the PBX already"));
     }
 
     #[test]
@@ -261,11 +273,22 @@ mod tests {
 
     #[test]
     fn a_rename_claims_both_the_old_and_the_new_value() {
-        let claims = claims_of("u1", Some(&fields("new", "46811111111")), Some(&fields("old", "46811111111")));
-        let values: Vec<(&str, bool, bool)> = claims.iter().map(|c| (c.value.as_str(), c.holds, c.wants)).collect();
+        let claims = claims_of(
+            "u1",
+            Some(&fields("new", "46811111111")),
+            Some(&fields("old", "46811111111")),
+        );
+        let values: Vec<(&str, bool, bool)> = claims
+            .iter()
+            .map(|c| (c.value.as_str(), c.holds, c.wants))
+            .collect();
         assert_eq!(
             values,
-            [("new", false, true), ("old", true, false), ("46811111111", true, true)]
+            [
+                ("new", false, true),
+                ("old", true, false),
+                ("46811111111", true, true)
+            ]
         );
     }
 

@@ -88,7 +88,10 @@ impl Decision {
         }
         Decision {
             action: Action::None,
-            held: Some(Problem::new("deletion", format!("held by the mass-deletion guard: {reason}"))),
+            held: Some(Problem::new(
+                "deletion",
+                format!("held by the mass-deletion guard: {reason}"),
+            )),
             ..self
         }
     }

@@ -93,7 +93,8 @@ impl Planner<'_> {
                     applied.as_ref().map(|a| &a.fields),
                 ));
                 if scope != Scope::In {
-                    let decision = user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), &context);
+                    let decision =
+                        user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), &context);
                     survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
                 }
             }
@@ -103,16 +104,18 @@ impl Planner<'_> {
         claims.finish().await?;
         survey.conflicts = resolve_conflicts(&contested);
         survey.losers = losers(&survey.conflicts);
-        survey.guard_trips = self
-            .tenant
-            .deletion_guard
-            .trips(survey.deletions, survey.synced);
+        survey.guard_trips = self.tenant.deletion_guard.trips(survey.deletions, survey.synced);
         Ok(survey)
     }
 
     /// A page of verdicts after `after` (by object id); empty at the end.
     /// `hold` is why due deletions are held, when they are.
-    pub async fn plan_page(&self, survey: &Survey, hold: Option<&str>, after: &str) -> anyhow::Result<Vec<Planned>> {
+    pub async fn plan_page(
+        &self,
+        survey: &Survey,
+        hold: Option<&str>,
+        after: &str,
+    ) -> anyhow::Result<Vec<Planned>> {
         let context = self.context();
         let overrides = Overrides {
             losers: Some(&survey.losers),

@@ -119,7 +119,12 @@ pub fn plan_user(row: &ReconcileRow, context: &PlanContext, overrides: &Override
     } else {
         previous_version
     };
-    let state = state_label(scope, &decision, applied.is_some(), sync.map(|s| s.state.as_str()));
+    let state = state_label(
+        scope,
+        &decision,
+        applied.is_some(),
+        sync.map(|s| s.state.as_str()),
+    );
     let change = (decision.action != Action::None).then(|| Change {
         object_id: row.object_id.clone(),
         desired_version,
@@ -158,7 +163,12 @@ pub fn decision_label(planned: &PlannedUser) -> &'static str {
 /// The user's visible state: `active` (in the PBX, or being created),
 /// `not_synced` (in scope, but the tenant is paused or its mapping incomplete),
 /// `skipped`, `pending_deletion`, `held`, `deleted`, or `out_of_scope` (never synced).
-fn state_label(scope: Scope, decision: &Decision, has_pbx_user: bool, previous: Option<&str>) -> &'static str {
+fn state_label(
+    scope: Scope,
+    decision: &Decision,
+    has_pbx_user: bool,
+    previous: Option<&str>,
+) -> &'static str {
     match (scope, &decision.action) {
         (_, Action::Delete { .. }) => "pending_deletion",
         _ if decision.held.is_some() => "held",

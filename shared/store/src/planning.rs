@@ -207,7 +207,12 @@ impl Store {
     }
 
     /// The user's latest planned changes, newest first.
-    pub async fn change_history(&self, tenant_id: &str, object_id: &str, limit: i64) -> Result<Vec<ChangeHistory>> {
+    pub async fn change_history(
+        &self,
+        tenant_id: &str,
+        object_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ChangeHistory>> {
         let client = self.client().await?;
         let rows = client
             .query(

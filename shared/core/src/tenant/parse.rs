@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::serde_formats::hour_minute;
 use super::values::{syntax_error, Field, Obj, Problems};
 use super::{
-    default_allowed_country_prefixes, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings,
-    Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
+    default_allowed_country_prefixes, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxOverride,
+    ProviderSettings, Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
 };
 use crate::mapping::SourcePath;
 use crate::problem::Problem;
@@ -109,7 +109,9 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
     let client_secret_expires_at = root
         .optional("client_secret_expires_at")
         .map(|f| f.parsed(r#""2025-12-31""#, out, check_date));
-    let deletion_guard = root.optional("deletion_guard").map(|f| read_deletion_guard(&f, out));
+    let deletion_guard = root
+        .optional("deletion_guard")
+        .map(|f| read_deletion_guard(&f, out));
     let allowed_country_prefixes = root
         .optional("allowed_country_prefixes")
         .map(|f| read_country_prefixes(&f, out));

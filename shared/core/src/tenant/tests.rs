@@ -745,7 +745,11 @@ fn refuses_a_bad_deletion_guard() {
         "deletion_guard.max_percnt",
         "did you mean \"max_percent\"",
     );
-    assert_refused(&set("deletion_guard", json!(10)), "deletion_guard", "must be an object");
+    assert_refused(
+        &set("deletion_guard", json!(10)),
+        "deletion_guard",
+        "must be an object",
+    );
 }
 
 #[test]
@@ -774,7 +778,8 @@ fn refuses_a_control_character_inside_the_pasted_provider_settings() {
 
 #[test]
 fn refuses_empty_provider_values_naming_each() {
-    let pasted = r#"{"tenant_id":"","client_id":"","client_secret":"hidden","user_filter":{"memberOf":[""]}}"#;
+    let pasted =
+        r#"{"tenant_id":"","client_id":"","client_secret":"hidden","user_filter":{"memberOf":[""]}}"#;
     let text = set("provider_settings", json!(pasted));
     assert_refused(&text, "provider_settings.tenant_id", "give a value");
     assert_refused(&text, "provider_settings.client_id", "give a value");
@@ -831,7 +836,15 @@ fn every_refusal_names_a_field_and_says_what_to_do() {
     let found = problems(&text);
     assert!(found.len() >= 22, "{found:#?}");
     let fix_words = [
-        "use", "give", "write", "remove", "add", "fix", "paste", "did you mean", "list",
+        "use",
+        "give",
+        "write",
+        "remove",
+        "add",
+        "fix",
+        "paste",
+        "did you mean",
+        "list",
     ];
     for problem in &found {
         assert!(!problem.field.is_empty(), "{problem:?}");

@@ -125,10 +125,26 @@ async fn pause_changes_nothing_new_users_only_only_creates_user_sync_does_all() 
 
     let ids: Vec<String> = graph_users(&stack).await.into_keys().collect();
     let (renamed, removed) = (&ids[0], &ids[1]);
-    graph(&stack, Method::PATCH, &format!("/users/{renamed}"), Some(json!({"surname": "Lindqvist"}))).await;
-    graph(&stack, Method::DELETE, &format!("/users/{removed}?hard=true"), None).await;
+    graph(
+        &stack,
+        Method::PATCH,
+        &format!("/users/{renamed}"),
+        Some(json!({"surname": "Lindqvist"})),
+    )
+    .await;
+    graph(
+        &stack,
+        Method::DELETE,
+        &format!("/users/{removed}?hard=true"),
+        None,
+    )
+    .await;
     let run = sync(&stack, &mut last).await;
-    assert_eq!(counts(&run), [0, 0, 0, 0, 0], "new_users_only never updates or deletes: {run:#}");
+    assert_eq!(
+        counts(&run),
+        [0, 0, 0, 0, 0],
+        "new_users_only never updates or deletes: {run:#}"
+    );
     let pbx = pbx_users(&stack).await;
     assert_eq!(pbx.len(), 12);
     assert_ne!(pbx[renamed]["surname"], "Lindqvist");
@@ -144,7 +160,13 @@ async fn pause_changes_nothing_new_users_only_only_creates_user_sync_does_all() 
 
     // Pause again: a change in the directory stays out of the PBX, and the run says paused.
     apply(&stack, &tenant(|t| t["mode"] = "pause".into())).await;
-    graph(&stack, Method::PATCH, &format!("/users/{renamed}"), Some(json!({"surname": "Ek"}))).await;
+    graph(
+        &stack,
+        Method::PATCH,
+        &format!("/users/{renamed}"),
+        Some(json!({"surname": "Ek"})),
+    )
+    .await;
     let run = sync(&stack, &mut last).await;
     assert_eq!(run["state"], "paused", "{run:#}");
     assert_eq!(pbx_users(&stack).await[renamed]["surname"], "Lindqvist");
@@ -161,10 +183,26 @@ async fn a_removed_user_is_deleted_after_the_grace_period_and_one_back_in_time_i
 
     let ids: Vec<String> = graph_users(&stack).await.into_keys().collect();
     let (disabled, deleted) = (&ids[2], &ids[3]);
-    graph(&stack, Method::PATCH, &format!("/users/{disabled}"), Some(json!({"accountEnabled": false}))).await;
-    graph(&stack, Method::DELETE, &format!("/users/{deleted}?hard=true"), None).await;
+    graph(
+        &stack,
+        Method::PATCH,
+        &format!("/users/{disabled}"),
+        Some(json!({"accountEnabled": false})),
+    )
+    .await;
+    graph(
+        &stack,
+        Method::DELETE,
+        &format!("/users/{deleted}?hard=true"),
+        None,
+    )
+    .await;
     let run = sync(&stack, &mut last).await;
-    assert_eq!(counts(&run), [0, 0, 0, 0, 0], "nothing is deleted before the grace period ends: {run:#}");
+    assert_eq!(
+        counts(&run),
+        [0, 0, 0, 0, 0],
+        "nothing is deleted before the grace period ends: {run:#}"
+    );
     assert_eq!(pbx_users(&stack).await.len(), 10);
 
     let explained = stack.cli_json(&["explain", "acme", deleted, "--json"]).await;
@@ -178,7 +216,13 @@ async fn a_removed_user_is_deleted_after_the_grace_period_and_one_back_in_time_i
     assert_eq!(status[0]["pending_deletions"], 2, "{status:#}");
 
     // The disabled user comes back in time: its deletion is cancelled.
-    graph(&stack, Method::PATCH, &format!("/users/{disabled}"), Some(json!({"accountEnabled": true}))).await;
+    graph(
+        &stack,
+        Method::PATCH,
+        &format!("/users/{disabled}"),
+        Some(json!({"accountEnabled": true})),
+    )
+    .await;
     let run = sync(&stack, &mut last).await;
     assert_eq!(counts(&run), [0, 0, 0, 0, 0], "{run:#}");
     let explained = stack.cli_json(&["explain", "acme", disabled, "--json"]).await;
@@ -198,7 +242,10 @@ async fn a_removed_user_is_deleted_after_the_grace_period_and_one_back_in_time_i
     assert!(pbx.contains_key(disabled));
     let explained = stack.cli_json(&["explain", "acme", deleted, "--json"]).await;
     assert_eq!(explained["state"], "deleted", "{explained:#}");
-    assert_eq!(explained["last_change_applied"]["outcome"], "deleted", "{explained:#}");
+    assert_eq!(
+        explained["last_change_applied"]["outcome"], "deleted",
+        "{explained:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +298,10 @@ async fn a_mass_deletion_is_held_until_approved_while_creations_flow() {
     let planned = plan(&stack).await;
     assert_eq!(planned["summary"]["held"], 12, "{planned:#}");
     assert!(
-        planned["warnings"][0].as_str().unwrap_or_default().contains("deletions held"),
+        planned["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deletions held"),
         "{planned:#}"
     );
     let pbx = pbx_users(&stack).await;
@@ -333,17 +383,28 @@ async fn users_claiming_one_alias_or_number_never_overwrite_each_other() {
     let holder_nickname = holder["mailNickname"].as_str().expect("nickname").to_uppercase();
     let alias_thief = add(holder_nickname, "08-555 800 01".into()).await;
     // Same number as a synced user.
-    let number_thief = add("number.thief".into(), holder["businessPhones"][0].as_str().unwrap().into()).await;
+    let number_thief = add(
+        "number.thief".into(),
+        holder["businessPhones"][0].as_str().unwrap().into(),
+    )
+    .await;
     // Two newcomers wanting one alias: the lower object id wins.
     let twin_a = add("kim.twin".into(), "08-555 800 02".into()).await;
     let twin_b = add("kim.twin".into(), "08-555 800 03".into()).await;
-    let (winner, loser) = if twin_a < twin_b { (twin_a, twin_b) } else { (twin_b, twin_a) };
+    let (winner, loser) = if twin_a < twin_b {
+        (twin_a, twin_b)
+    } else {
+        (twin_b, twin_a)
+    };
 
     let run = sync(&stack, &mut last).await;
     assert_eq!(counts(&run), [1, 0, 0, 3, 0], "{run:#}");
     let pbx = pbx_users(&stack).await;
     assert_eq!(pbx.len(), 9);
-    assert_eq!(pbx[holder_id], before[holder_id], "the synced user was not touched");
+    assert_eq!(
+        pbx[holder_id], before[holder_id],
+        "the synced user was not touched"
+    );
     assert_eq!(pbx[&winner]["alias"], "kim.twin");
     for id in [&alias_thief, &number_thief, &loser] {
         assert!(!pbx.contains_key(id), "{id} must not be synced");
@@ -365,8 +426,14 @@ async fn users_claiming_one_alias_or_number_never_overwrite_each_other() {
     // The winner is reported too: the plan's warnings name both sides.
     let planned = plan(&stack).await;
     let warnings = planned["warnings"].to_string();
-    assert!(warnings.contains(&format!("{winner} keeps it, {loser} skipped")), "{warnings}");
-    assert!(warnings.contains(&format!("{holder_id} keeps it, {alias_thief} skipped")), "{warnings}");
+    assert!(
+        warnings.contains(&format!("{winner} keeps it, {loser} skipped")),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(&format!("{holder_id} keeps it, {alias_thief} skipped")),
+        "{warnings}"
+    );
 
     // A rerun changes nothing: the outcome is stable.
     let run = sync(&stack, &mut last).await;
