@@ -159,12 +159,17 @@ async fn apply(file: &str) -> anyhow::Result<()> {
         }
     };
     let key = SecretKey::from_env()?;
-    let created = store().await?.upsert_tenant(&tenant, &key).await?;
+    let store = store().await?;
+    let previous = store.tenant(&tenant.id, None).await?;
+    let created = store.upsert_tenant(&tenant, &key).await?;
     println!(
         "tenant {} {}",
         tenant.id,
         if created { "created" } else { "updated" }
     );
+    if let Some(note) = previous.and_then(|p| plan::after_apply_note(&p.config, &tenant)) {
+        println!("{note}");
+    }
     Ok(())
 }
 

@@ -358,6 +358,23 @@ pub async fn explain(store: &Store, id: &str, key: &str, json: bool) -> anyhow::
     Ok(())
 }
 
+/// What an operator should know after a change of the decision rules: the
+/// next run recomputes every user from the stored directory, no full read.
+pub fn after_apply_note(old: &TenantConfig, new: &TenantConfig) -> Option<String> {
+    let rules_changed = old.field_mapping != new.field_mapping
+        || old.user_field_mapping != new.user_field_mapping
+        || old.allowed_country_prefixes != new.allowed_country_prefixes
+        || old.mode != new.mode
+        || old.delete_after_days != new.delete_after_days;
+    rules_changed.then(|| {
+        format!(
+            "the next run decides every user again under the new settings, from the directory data \
+             already stored; `usersync plan {id}` shows what it will change, `usersync resync {id}` runs it",
+            id = new.id
+        )
+    })
+}
+
 fn action_name(action: &Action) -> &'static str {
     match action {
         Action::None => "none",

@@ -328,7 +328,9 @@ async fn a_changed_mapping_updates_every_user_from_the_stored_directory() {
     let directory = graph_users(&stack).await;
 
     let remapped = tenant(|t| t["user_field_mapping"]["attributes.title"] = "department".into());
-    apply(&stack, &remapped).await;
+    let (ok, stdout, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&remapped)).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("`usersync plan acme` shows what it will change"), "{stdout}");
     // The dry run already knows, from stored data alone, what each user gets.
     let planned = plan(&stack).await;
     assert_eq!(planned["summary"]["update"], 15, "{planned:#}");
