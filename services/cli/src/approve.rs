@@ -5,7 +5,13 @@ use usersync_store::Store;
 
 pub async fn approve_deletions(store: &Store, id: &str) -> anyhow::Result<()> {
     store.require_tenant(id, None).await?;
-    let held = store.approve_deletions(id).await?;
+    let held = store.held_deletions(id).await?;
+    if held == 0 {
+        // An approval left lying around would wave through a later mass deletion.
+        println!("no deletions of {id} are held: nothing to approve");
+        return Ok(());
+    }
+    store.approve_deletions(id).await?;
     println!(
         "approved: the next run of {id} deletes the users the guard held ({held} held now); \
          users back in the directory by then are kept"

@@ -182,6 +182,11 @@ async fn the_guard_holds_a_mass_deletion_and_an_approval_lets_one_run_through() 
 
         // Approved: the next run takes the approval (again on redelivery), a later one does not.
         assert!(!store.has_open_deletion_approval("acme").await.unwrap());
+        assert_eq!(
+            store.held_deletions("acme").await.unwrap(),
+            0,
+            "nothing stored yet"
+        );
         store.approve_deletions("acme").await.expect("approve");
         assert!(store.has_open_deletion_approval("acme").await.unwrap());
         assert!(store.use_deletion_approval("acme", round.run_id).await.unwrap());

@@ -101,8 +101,21 @@ impl Store {
         Ok(ClaimSession { client })
     }
 
-    /// Records an operator's approval of held deletions; returns how many users are held now.
-    pub async fn approve_deletions(&self, tenant_id: &str) -> Result<i64> {
+    /// How many users' deletions the guard holds now.
+    pub async fn held_deletions(&self, tenant_id: &str) -> Result<i64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM sync_users WHERE tenant_id = $1 AND state = 'held'",
+                &[&tenant_id],
+            )
+            .await
+            .context("counting held deletions")?;
+        Ok(row.get(0))
+    }
+
+    /// Records an operator's approval of held deletions, for the tenant's next run.
+    pub async fn approve_deletions(&self, tenant_id: &str) -> Result<()> {
         let client = self.client().await?;
         client
             .execute(
@@ -111,13 +124,7 @@ impl Store {
             )
             .await
             .context("recording the approval")?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM sync_users WHERE tenant_id = $1 AND state = 'held'",
-                &[&tenant_id],
-            )
-            .await?;
-        Ok(row.get(0))
+        Ok(())
     }
 
     /// Takes the tenant's open approvals for this run. True when there was one

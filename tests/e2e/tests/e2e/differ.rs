@@ -277,6 +277,8 @@ async fn a_mass_deletion_is_held_until_approved_while_creations_flow() {
     assert_eq!(counts(&run), [0, 0, 0, 0, 0], "{run:#}");
     let explained = stack.cli_json(&["explain", "acme", &leaving[0], "--json"]).await;
     assert_eq!(explained["state"], "active", "{explained:#}");
+    let (ok, stdout, _) = stack.cli(&["approve-deletions", "acme"], None).await;
+    assert!(ok && stdout.contains("nothing to approve"), "{stdout}");
 
     // They leave for good, while a newcomer arrives: the newcomer is created, the deletions held.
     for id in leaving {
@@ -330,7 +332,10 @@ async fn a_changed_mapping_updates_every_user_from_the_stored_directory() {
     let remapped = tenant(|t| t["user_field_mapping"]["attributes.title"] = "department".into());
     let (ok, stdout, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&remapped)).await;
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("`usersync plan acme` shows what it will change"), "{stdout}");
+    assert!(
+        stdout.contains("`usersync plan acme` shows what it will change"),
+        "{stdout}"
+    );
     // The dry run already knows, from stored data alone, what each user gets.
     let planned = plan(&stack).await;
     assert_eq!(planned["summary"]["update"], 15, "{planned:#}");
