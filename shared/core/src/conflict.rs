@@ -153,35 +153,71 @@ impl Conflict {
     }
 }
 
-/// Groups claims by value and picks each value's winner. Claims on values
-/// nobody else claims are ignored; the order of `claims` does not matter.
+/// Decides who may have each contested value. Values a user's PBX account
+/// has are reserved for it first; then users are taken in object-id order, and
+/// one is synced only if every value it wants is free or its own, reserving
+/// them. A skipped user reserves nothing new, so it never blocks a third user.
+/// Claims on values nobody else claims may be left out; the order of `claims`
+/// does not matter.
 pub fn resolve_conflicts(claims: &[Claim]) -> Vec<Conflict> {
-    let mut groups: BTreeMap<(UniqueField, &str), Vec<&Claim>> = BTreeMap::new();
-    for claim in claims {
-        groups
-            .entry((claim.field, claim.value.as_str()))
-            .or_default()
-            .push(claim);
+    struct Owner<'a> {
+        object_id: &'a str,
+        holds: bool,
+        wants: bool,
     }
-    groups
-        .into_iter()
-        .filter_map(|((field, value), mut group)| {
-            // Holders first, then by object id; a user's two claims on one
-            // value (none are made, but be safe) count once.
-            group.sort_by(|a, b| b.holds.cmp(&a.holds).then_with(|| a.object_id.cmp(&b.object_id)));
-            group.dedup_by(|a, b| a.object_id == b.object_id);
-            let winner = *group.first()?;
-            let losers: Vec<String> = group[1..]
-                .iter()
-                .filter(|c| c.wants)
-                .map(|c| c.object_id.clone())
-                .collect();
-            (!losers.is_empty()).then(|| Conflict {
+    let mut owners: BTreeMap<(UniqueField, &str), Owner> = BTreeMap::new();
+    let mut sorted: Vec<&Claim> = claims.iter().collect();
+    sorted.sort();
+    for claim in sorted.iter().filter(|c| c.holds) {
+        let owner = owners.entry((claim.field, &claim.value)).or_insert(Owner {
+            object_id: &claim.object_id,
+            holds: true,
+            wants: false,
+        });
+        // The PBX keeps values unique, so a second holder is stale data: the first by id wins.
+        if owner.object_id == claim.object_id {
+            owner.wants |= claim.wants;
+        }
+    }
+    let mut wanted: BTreeMap<&str, Vec<&Claim>> = BTreeMap::new();
+    for claim in sorted.iter().filter(|c| c.wants) {
+        wanted.entry(&claim.object_id).or_default().push(claim);
+    }
+    let mut lost: BTreeMap<(UniqueField, &str), Vec<String>> = BTreeMap::new();
+    for (user, claims) in &wanted {
+        let blocked: Vec<&&Claim> = claims
+            .iter()
+            .filter(|c| {
+                owners
+                    .get(&(c.field, c.value.as_str()))
+                    .is_some_and(|owner| owner.object_id != *user)
+            })
+            .collect();
+        if blocked.is_empty() {
+            for claim in claims {
+                owners.entry((claim.field, &claim.value)).or_insert(Owner {
+                    object_id: user,
+                    holds: false,
+                    wants: true,
+                });
+            }
+        } else {
+            for claim in blocked {
+                lost.entry((claim.field, &claim.value))
+                    .or_default()
+                    .push((*user).to_owned());
+            }
+        }
+    }
+    lost.into_iter()
+        .filter_map(|((field, value), losers)| {
+            let owner = owners.get(&(field, value))?;
+            Some(Conflict {
                 field,
                 value: value.to_owned(),
-                winner: winner.object_id.clone(),
-                winner_holds: winner.holds,
-                winner_leaving: !winner.wants,
+                winner: owner.object_id.to_owned(),
+                winner_holds: owner.holds,
+                winner_leaving: !owner.wants,
                 losers,
             })
         })
@@ -302,16 +338,32 @@ mod tests {
         assert_eq!(fields, ["alias", "pstn_fixed"]);
     }
 
+    #[test]
+    fn a_skipped_user_does_not_block_a_third_one() {
+        // u1 loses its alias to u9, who has it in the PBX; u1's number is then free for u2.
+        let held = fields("anna", "46899999999");
+        let mut claims = claims_of("u9", Some(&held), Some(&held));
+        claims.extend(claims_of("u1", Some(&fields("anna", "46811111111")), None));
+        claims.extend(claims_of("u2", Some(&fields("bo", "46811111111")), None));
+        let conflicts = resolve_conflicts(&claims);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].winner, "u9");
+        assert_eq!(conflicts[0].losers, ["u1"]);
+        assert!(!losers(&conflicts).contains_key("u2"));
+    }
+
     proptest! {
         #[test]
         fn the_outcome_does_not_depend_on_reading_order(
-            users in proptest::collection::vec(("[a-c]", "[ab]", "[ab]", any::<bool>()), 1..8),
+            users in proptest::collection::vec(("[ab][0-3]?", "[ab][0-3]?", any::<bool>()), 1..8),
             seed in any::<u64>(),
         ) {
             let mut claims: Vec<Claim> = Vec::new();
-            for (index, (alias, number, applied_alias, in_pbx)) in users.iter().enumerate() {
+            for (index, (alias, number, in_pbx)) in users.iter().enumerate() {
                 let desired = fields(alias, number);
-                let applied = in_pbx.then(|| fields(applied_alias, number));
+                // The PBX keeps values unique: a user's applied values carry its index
+                // (and equal its desired ones when those happen to carry it too).
+                let applied = in_pbx.then(|| fields(&format!("{}{index}", &alias[..1]), &format!("{}{index}", &number[..1])));
                 claims.extend(claims_of(&format!("u{index}"), Some(&desired), applied.as_ref()));
             }
             let first = resolve_conflicts(&claims);
@@ -322,15 +374,22 @@ mod tests {
                 shuffled.swap(i, j);
             }
             prop_assert_eq!(&first, &resolve_conflicts(&shuffled));
-            // Never two winners that both want one value.
+            // Of the users synced (losing nothing), no two want one value, and
+            // none wants a value another user's PBX account keeps.
+            let skipped = losers(&first);
+            let synced = |id: &String| !skipped.contains_key(id);
+            let mut taken: Map<(UniqueField, &str), &String> = Map::new();
+            for claim in claims.iter().filter(|c| c.wants && synced(&c.object_id)) {
+                let owner = taken.entry((claim.field, &claim.value)).or_insert(&claim.object_id);
+                prop_assert_eq!(*owner, &claim.object_id);
+            }
+            for claim in claims.iter().filter(|c| c.holds && !c.wants) {
+                if let Some(owner) = taken.get(&(claim.field, claim.value.as_str())) {
+                    prop_assert_eq!(*owner, &claim.object_id, "a held value was given away");
+                }
+            }
             for conflict in &first {
                 prop_assert!(!conflict.losers.contains(&conflict.winner));
-                let wanting: Vec<_> = claims.iter()
-                    .filter(|c| c.field == conflict.field && c.value == conflict.value && c.wants)
-                    .map(|c| &c.object_id)
-                    .filter(|id| !conflict.losers.contains(id))
-                    .collect();
-                prop_assert!(wanting.len() <= 1, "{:?}", wanting);
             }
         }
     }
