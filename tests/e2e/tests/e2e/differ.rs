@@ -347,6 +347,16 @@ async fn a_changed_mapping_updates_every_user_from_the_stored_directory() {
         assert_eq!(change["after"], source["department"], "{entry:#}");
     }
 
+    let (ok, text, stderr) = stack.cli(&["plan", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let (_, source) = directory.iter().next().expect("a user");
+    let line = format!(
+        "attributes.title: {} → {}",
+        source["jobTitle"], source["department"]
+    );
+    assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+
     // The next run is an ordinary delta round (the directory did not change), and applies them.
     let run = sync(&stack, &mut last).await;
     assert_eq!(counts(&run), [0, 15, 0, 0, 0], "{run:#}");
@@ -430,6 +440,20 @@ async fn users_claiming_one_alias_or_number_never_overwrite_each_other() {
         assert!(problem.starts_with(&format!("{field}:")), "{explained:#}");
         assert!(problem.contains(other), "{problem} should name {other}");
     }
+    // A user can be named by mail; a name two users share is refused with both ids.
+    let by_mail = stack
+        .cli_json(&[
+            "explain",
+            "acme",
+            holder["mail"].as_str().expect("mail"),
+            "--json",
+        ])
+        .await;
+    assert_eq!(by_mail["object_id"], holder_id.as_str(), "{by_mail:#}");
+    let (ok, _, stderr) = stack.cli(&["explain", "acme", "kim.twin"], None).await;
+    assert!(!ok, "an ambiguous name must fail");
+    assert!(stderr.contains(&winner) && stderr.contains(&loser), "{stderr}");
+
     // The winner is reported too: the plan's warnings name both sides.
     let planned = plan(&stack).await;
     let warnings = planned["warnings"].to_string();
