@@ -182,3 +182,162 @@ fn state_label(
         _ => "out_of_scope",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use serde_json::json;
+    use usersync_core::parse_tenant_file;
+    use usersync_store::SyncRow;
+
+    use super::*;
+
+    fn tenant(mode: &str) -> TenantConfig {
+        let file = json!({
+            "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": mode, "delete_after_days": 7,
+            "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s", "user_filter": {"memberOf": ["Telephony"]}},
+            "pbx_company_id": "acme",
+            "field_mapping": {"alias": "mailNickname", "first_name": "givenName", "surname": "surname", "pstn_fixed": "businessPhones[0]"}
+        });
+        parse_tenant_file(&file.to_string()).expect("tenant")
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-10T02:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn row(sync: Option<SyncRow>) -> ReconcileRow {
+        ReconcileRow {
+            object_id: "u1".into(),
+            source: json!({"mailNickname": "Anna.Berg", "givenName": "Anna", "surname": "Berg",
+                           "businessPhones": ["08-123 456 78"], "accountEnabled": true}),
+            removed: false,
+            member: true,
+            sync,
+        }
+    }
+
+    fn synced(state: &str, in_pbx: bool) -> SyncRow {
+        let fields = SyncedFields {
+            alias: "anna.berg".into(),
+            first_name: "Anna".into(),
+            surname: "Berg".into(),
+            pstn_fixed: "46812345678".into(),
+            email: None,
+            attributes: Default::default(),
+        };
+        SyncRow {
+            state: state.into(),
+            desired: Some(fields.clone()),
+            desired_version: 3,
+            pbx_id: in_pbx.then(|| "pbx-1".into()),
+            applied: in_pbx.then_some(fields),
+            applied_version: 3,
+            pending_delete_at: None,
+        }
+    }
+
+    fn plan(row: &ReconcileRow, mode: &str, overrides: &Overrides) -> PlannedUser {
+        let tenant = tenant(mode);
+        let context = PlanContext {
+            tenant: &tenant,
+            scoped: true,
+            now: now(),
+        };
+        plan_user(row, &context, overrides)
+    }
+
+    #[test]
+    fn a_new_member_is_created_with_version_one() {
+        let planned = plan(&row(None), "user_sync", &Overrides::default());
+        assert_eq!(decision_label(&planned), "create");
+        assert_eq!(planned.state, "active");
+        assert_eq!(planned.desired_version, 1);
+    }
+
+    #[test]
+    fn an_unchanged_user_keeps_its_version_and_needs_nothing() {
+        let planned = plan(
+            &row(Some(synced("active", true))),
+            "user_sync",
+            &Overrides::default(),
+        );
+        assert_eq!(decision_label(&planned), "none");
+        assert_eq!(planned.desired_version, 3);
+    }
+
+    #[test]
+    fn a_paused_tenant_shows_members_as_not_synced_and_reports_no_skips() {
+        let mut invalid = row(None);
+        invalid.source["businessPhones"] = json!(["call me"]);
+        let planned = plan(&invalid, "pause", &Overrides::default());
+        assert_eq!(planned.state, "not_synced");
+        assert!(planned.problems.is_empty());
+        assert!(planned.change.is_none());
+    }
+
+    #[test]
+    fn a_conflict_loser_is_skipped_and_keeps_its_last_desired_state() {
+        let losers = BTreeMap::from([(
+            "u1".to_owned(),
+            vec![Problem::new("alias", "\"anna.berg\" is also claimed by user u0")],
+        )]);
+        let overrides = Overrides {
+            losers: Some(&losers),
+            hold: None,
+        };
+        let mut renamed = row(Some(synced("active", true)));
+        renamed.source["surname"] = json!("Lind");
+        let planned = plan(&renamed, "user_sync", &overrides);
+        assert_eq!(decision_label(&planned), "skip");
+        assert_eq!(planned.state, "skipped");
+        assert_eq!(planned.desired.as_ref().map(|d| d.surname.as_str()), Some("Berg"));
+        assert_eq!(planned.desired_version, 3);
+    }
+
+    #[test]
+    fn a_user_leaving_the_groups_is_pending_then_held_or_deleted() {
+        let mut gone = row(Some(synced("active", true)));
+        gone.member = false;
+        let planned = plan(&gone, "user_sync", &Overrides::default());
+        assert_eq!(planned.state, "pending_deletion");
+        assert_eq!(planned.pending_delete_at, Some(now() + TimeDelta::days(7)));
+
+        let mut due = synced("pending_deletion", true);
+        due.pending_delete_at = Some(now() - TimeDelta::hours(1));
+        gone.sync = Some(due);
+        let planned = plan(&gone, "user_sync", &Overrides::default());
+        assert_eq!(decision_label(&planned), "delete");
+        let held = plan(
+            &gone,
+            "user_sync",
+            &Overrides {
+                losers: None,
+                hold: Some("too many"),
+            },
+        );
+        assert_eq!(decision_label(&held), "held");
+        assert_eq!(held.state, "held");
+        assert_eq!(held.pending_delete_at, planned.pending_delete_at);
+        assert!(held.problems.is_empty(), "a hold is not a skip");
+    }
+
+    #[test]
+    fn a_deleted_user_stays_deleted_and_a_disabled_one_is_out_of_scope() {
+        let mut deleted = row(Some(synced("deleted", false)));
+        deleted.removed = true;
+        assert_eq!(
+            plan(&deleted, "user_sync", &Overrides::default()).state,
+            "deleted"
+        );
+        let mut disabled = row(None);
+        disabled.source["accountEnabled"] = json!(false);
+        assert_eq!(scope_of(&disabled, true), Scope::Disabled);
+        assert_eq!(
+            plan(&disabled, "user_sync", &Overrides::default()).state,
+            "out_of_scope"
+        );
+    }
+}
