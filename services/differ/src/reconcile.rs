@@ -10,6 +10,9 @@ use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
 
 use usersync_planner::{decision_label, Planner};
 use usersync_runtime::clock;
+/// A round of this many pages or more (thousands of users) refreshes the
+/// planner statistics before planning.
+const LARGE_ROUND_PAGES: u32 = 20;
 /// Changes per message to the applier.
 const CHANGE_BATCH: i64 = 100;
 
@@ -65,6 +68,9 @@ impl Handler<DirectoryPage> for Differ {
                         reason,
                         after: Some(Duration::from_secs(1)),
                     });
+                }
+                if *pages >= LARGE_ROUND_PAGES {
+                    self.store.refresh_statistics().await?;
                 }
                 let round = Round {
                     ids: round,

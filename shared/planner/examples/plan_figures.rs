@@ -21,6 +21,10 @@ async fn main() -> anyhow::Result<()> {
     let users: usize = std::env::args().nth(1).map_or(Ok(20_000), |n| n.parse())?;
     let name = format!("usersync_figures_{}", Uuid::new_v4().simple());
     let result = measure(&format!("{SERVER_URL}/{name}"), users).await;
+    if std::env::var_os("PLAN_FIGURES_KEEP").is_some() {
+        println!("kept database {name}");
+        return result;
+    }
     let (admin, connection) = tokio_postgres::connect(&format!("{SERVER_URL}/postgres"), NoTls).await?;
     tokio::spawn(connection);
     admin
@@ -67,6 +71,8 @@ async fn measure(url: &str, users: usize) -> anyhow::Result<()> {
             .record_users_page(round, "figures", u32::try_from(page)?, &page_users)
             .await?;
     }
+    // As the differ does after a large round.
+    store.refresh_statistics().await?;
     let recorded = started.elapsed();
 
     let planner = Planner {

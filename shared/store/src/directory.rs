@@ -129,6 +129,18 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// Refreshes the query planner's statistics of the directory tables, after
+    /// a large round: until autovacuum catches up, a tenant's freshly recorded
+    /// users look like a handful and paging them gets slower page by page.
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .batch_execute("ANALYZE directory_users, sync_users")
+            .await
+            .context("refreshing planner statistics")?;
+        Ok(())
+    }
+
     /// After a full round: every user the round did not return is gone.
     pub async fn mark_unseen_removed(&self, tenant_id: &str, round: Round) -> Result<u64> {
         let client = self.client().await?;
@@ -153,9 +165,14 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
+                // The page of directory users first, then each one's rows by key:
+                // the cost of a page does not grow with the tenant.
                 &format!(
-                    "{RECONCILE_SELECT} WHERE d.tenant_id = $1 AND d.object_id > $3
-                     ORDER BY d.object_id LIMIT $4"
+                    "SELECT {RECONCILE_COLUMNS}
+                     FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
+                           ORDER BY object_id LIMIT $4) d
+                     {RECONCILE_JOINS}
+                     ORDER BY d.object_id"
                 ),
                 &[&tenant_id, &round.round_id, &after, &limit],
             )
@@ -165,14 +182,17 @@ impl Store {
     }
 }
 
-/// A user's source, scope facts and sync state; `$1` is the tenant, `$2` the round.
-pub(crate) const RECONCILE_SELECT: &str =
-    "SELECT d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
-            s.state, s.desired, s.desired_version, s.pbx_id, s.applied,
-            s.applied_version, s.pending_delete_at
-     FROM directory_users d
-     LEFT JOIN round_members m ON m.round_id = $2 AND m.object_id = d.object_id
-     LEFT JOIN sync_users s ON s.tenant_id = d.tenant_id AND s.object_id = d.object_id";
+/// A user's source, scope facts and sync state, over `directory_users d`
+/// joined with [`RECONCILE_JOINS`].
+pub(crate) const RECONCILE_COLUMNS: &str =
+    "d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
+     s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version, s.pending_delete_at";
+
+/// Membership in round `$2` and the sync row, looked up by key per user.
+pub(crate) const RECONCILE_JOINS: &str = "LEFT JOIN LATERAL (SELECT object_id FROM round_members
+                        WHERE round_id = $2 AND object_id = d.object_id) m ON true
+     LEFT JOIN LATERAL (SELECT * FROM sync_users
+                        WHERE tenant_id = d.tenant_id AND object_id = d.object_id) s ON true";
 
 impl ReconcileRow {
     pub(crate) fn from_row(row: &tokio_postgres::Row) -> ReconcileRow {

@@ -8,7 +8,7 @@ use tokio_postgres::types::Json;
 use usersync_core::{Action, Claim, UniqueField};
 use uuid::Uuid;
 
-use crate::directory::RECONCILE_SELECT;
+use crate::directory::{RECONCILE_COLUMNS, RECONCILE_JOINS};
 use crate::{ReconcileRow, Result, Round, Store};
 
 /// Claims on unique values gathered over a whole tenant in a session-local
@@ -196,7 +196,7 @@ impl Store {
         let rows = client
             .query(
                 &format!(
-                    "{RECONCILE_SELECT}
+                    "SELECT {RECONCILE_COLUMNS} FROM directory_users d {RECONCILE_JOINS}
                      WHERE d.tenant_id = $1
                        AND (d.object_id = $3
                             OR lower(s.desired->>'alias') = lower($3)
