@@ -397,7 +397,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         .query_one(
             "UPDATE runs SET state = $2, finished_at = now(), created = $3, updated = $4, deleted = $5,
                     skipped = $6, failed = $7
-             WHERE id = $1 RETURNING tenant_id",
+             WHERE id = $1 RETURNING tenant_id, requested_at",
             &[
                 &run_id,
                 &state.as_str(),
@@ -410,6 +410,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         )
         .await?;
     let tenant_id: String = row.get(0);
+    crate::runs::record_finished(state.as_str(), row.get(1));
     if state != RunState::Failed {
         client
             .execute(
