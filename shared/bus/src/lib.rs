@@ -136,17 +136,18 @@ impl Bus {
 }
 
 pub(crate) fn properties(kind: &str, message_id: &str, headers: FieldTable) -> BasicProperties {
-    let properties = BasicProperties::default()
+    let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_type(kind.into())
         .with_headers(headers);
-    // A message published without an id (by a foreign client) keeps having none.
-    if message_id.is_empty() {
-        properties
-    } else {
-        properties.with_message_id(message_id.into())
+    // A message published without a type or id (by a foreign client) keeps having none.
+    if !kind.is_empty() {
+        properties = properties.with_type(kind.into());
     }
+    if !message_id.is_empty() {
+        properties = properties.with_message_id(message_id.into());
+    }
+    properties
 }
 
 pub(crate) fn header_u32(headers: &Option<FieldTable>, name: &str) -> Option<u32> {
