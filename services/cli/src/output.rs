@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
-use usersync_contract::RunCounts;
 use usersync_bus::DeadLetter;
+use usersync_contract::RunCounts;
 use usersync_core::{schedule::next_due, Schedule, TenantConfig};
 use usersync_store::{RunProgress, RunRow, TenantOverview, TenantSummary};
 

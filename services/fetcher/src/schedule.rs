@@ -41,11 +41,14 @@ async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Resu
                     .set_next_due(&row.tenant_id, &row.schedule, next_due(&schedule, now))
                     .await?;
             }
-            Err(err) => tracing::warn!(tenant_id = %row.tenant_id, error = %err, "tenant has no valid schedule"),
+            Err(err) => {
+                tracing::warn!(tenant_id = %row.tenant_id, error = %err, "tenant has no valid schedule")
+            }
         }
     }
     for row in store.due_schedules(now).await? {
-        let (Some(due), Ok(schedule)) = (row.next_due, serde_json::from_value::<Schedule>(row.schedule)) else {
+        let (Some(due), Ok(schedule)) = (row.next_due, serde_json::from_value::<Schedule>(row.schedule))
+        else {
             continue;
         };
         // After downtime several nights may be missed: one run, then the next night.

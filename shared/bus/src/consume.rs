@@ -323,7 +323,10 @@ struct MessageIds {
 /// A span naming the stage, tenant and run of a message (empty where it has none).
 fn message_span(stage: Stage, body: &[u8]) -> tracing::Span {
     let ids = serde_json::from_slice::<MessageIds>(body).ok();
-    let tenant_id = ids.as_ref().and_then(|ids| ids.tenant_id.as_deref()).unwrap_or("");
+    let tenant_id = ids
+        .as_ref()
+        .and_then(|ids| ids.tenant_id.as_deref())
+        .unwrap_or("");
     let run_id = ids.as_ref().and_then(|ids| ids.run_id.as_deref()).unwrap_or("");
     tracing::info_span!("message", stage = stage.name(), tenant_id, run_id)
 }

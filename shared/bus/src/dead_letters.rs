@@ -86,7 +86,12 @@ impl Bus {
             }
             headers = kept;
             headers.insert("x-usersync-replayed".into(), AMQPValue::Boolean(true));
-            let kind = delivery.properties.kind().as_ref().map(|k| k.to_string()).unwrap_or_default();
+            let kind = delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
             let id = delivery
                 .properties
                 .message_id()
@@ -118,7 +123,9 @@ fn origin_queue(stage: Stage, headers: &FieldTable) -> String {
         .unwrap_or_else(|| stage.queue())
 }
 
-fn first_death(headers: &FieldTable) -> Option<&std::collections::BTreeMap<lapin::types::ShortString, AMQPValue>> {
+fn first_death(
+    headers: &FieldTable,
+) -> Option<&std::collections::BTreeMap<lapin::types::ShortString, AMQPValue>> {
     match headers.inner().get("x-death")? {
         AMQPValue::FieldArray(deaths) => match deaths.as_slice().first()? {
             AMQPValue::FieldTable(death) => Some(death.inner()),

@@ -34,7 +34,13 @@ pub(crate) async fn declare(channel: &Channel) -> anyhow::Result<()> {
     let requests = Stage::Fetcher.queue();
     bind(channel, &requests, RESYNC_EXCHANGE, MANUAL_ROUTING_KEY).await?;
     declare_queue(channel, SCHEDULED_REQUESTS_QUEUE, work_queue_args(Stage::Fetcher)).await?;
-    bind(channel, SCHEDULED_REQUESTS_QUEUE, RESYNC_EXCHANGE, SCHEDULED_ROUTING_KEY).await?;
+    bind(
+        channel,
+        SCHEDULED_REQUESTS_QUEUE,
+        RESYNC_EXCHANGE,
+        SCHEDULED_ROUTING_KEY,
+    )
+    .await?;
     // Earlier versions bound both keys to the work queue; unbinding is a no-op when absent.
     channel
         .queue_unbind(

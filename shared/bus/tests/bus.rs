@@ -640,9 +640,12 @@ async fn a_manual_request_is_served_while_scheduled_ones_fill_their_capacity() {
     in_fresh_vhost(|vhost| async move {
         let bus = vhost.bus().await;
         for n in 0..6 {
-            bus.request_resync(&resync_request(&format!("night-{n}"), "scheduled"), &format!("s{n}"))
-                .await
-                .expect("scheduled resync");
+            bus.request_resync(
+                &resync_request(&format!("night-{n}"), "scheduled"),
+                &format!("s{n}"),
+            )
+            .await
+            .expect("scheduled resync");
         }
         let (scheduled_in_hand, mut scheduled) = mpsc::unbounded_channel();
         let (manual_done, mut manual) = mpsc::unbounded_channel();

@@ -18,7 +18,9 @@ pub fn next_due(schedule: &Schedule, after: DateTime<Utc>) -> DateTime<Utc> {
     // Yesterday too: a zone behind UTC can still be on the previous date.
     (0..4u64)
         .filter_map(|days| {
-            let date = today.checked_sub_days(Days::new(1))?.checked_add_days(Days::new(days))?;
+            let date = today
+                .checked_sub_days(Days::new(1))?
+                .checked_add_days(Days::new(days))?;
             Some(local_instant(&zone, date.and_time(schedule.at)))
         })
         .find(|at| *at > after)
@@ -69,11 +71,20 @@ mod tests {
     fn later_today_or_tomorrow_in_the_tenants_zone() {
         let s = schedule("02:00", Stockholm);
         // 00:30 UTC in winter is 01:30 in Stockholm: due at 01:00 UTC the same day.
-        assert_eq!(next_due(&s, utc("2026-01-10T00:30:00Z")), utc("2026-01-10T01:00:00Z"));
+        assert_eq!(
+            next_due(&s, utc("2026-01-10T00:30:00Z")),
+            utc("2026-01-10T01:00:00Z")
+        );
         // Summer: 02:00 Stockholm is 00:00 UTC, the next day.
-        assert_eq!(next_due(&s, utc("2026-07-10T12:00:00Z")), utc("2026-07-11T00:00:00Z"));
+        assert_eq!(
+            next_due(&s, utc("2026-07-10T12:00:00Z")),
+            utc("2026-07-11T00:00:00Z")
+        );
         // Strictly after: at the due instant itself, the next one is a day later.
-        assert_eq!(next_due(&s, utc("2026-01-10T01:00:00Z")), utc("2026-01-11T01:00:00Z"));
+        assert_eq!(
+            next_due(&s, utc("2026-01-10T01:00:00Z")),
+            utc("2026-01-11T01:00:00Z")
+        );
     }
 
     #[test]
@@ -101,7 +112,10 @@ mod tests {
     fn zones_behind_utc_use_their_own_date() {
         // 23:30 on 9 January in New York is 04:30 UTC on the 10th.
         let s = schedule("23:45", New_York);
-        assert_eq!(next_due(&s, utc("2026-01-10T04:30:00Z")), utc("2026-01-10T04:45:00Z"));
+        assert_eq!(
+            next_due(&s, utc("2026-01-10T04:30:00Z")),
+            utc("2026-01-10T04:45:00Z")
+        );
     }
 
     proptest! {

@@ -50,8 +50,8 @@ pub fn init_tracing() {
 
 /// Seconds: from a fast API call (5 ms) to a 100,000-user first sync (an hour).
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1800.0, 3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0,
 ];
 
 /// Serves Prometheus text at `/metrics` and `200 ok` at `/healthz` on

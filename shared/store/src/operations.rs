@@ -62,7 +62,9 @@ impl Store {
             .iter()
             .map(|row| ScheduleRow {
                 tenant_id: row.get(0),
-                schedule: row.get::<_, Option<Json<Value>>>(1).map_or(Value::Null, |Json(v)| v),
+                schedule: row
+                    .get::<_, Option<Json<Value>>>(1)
+                    .map_or(Value::Null, |Json(v)| v),
                 next_due: None,
             })
             .collect())
@@ -70,7 +72,12 @@ impl Store {
 
     /// Records a tenant's next due time for the schedule it was computed from.
     /// Replicas computing the same thing at once change nothing twice.
-    pub async fn set_next_due(&self, tenant_id: &str, schedule: &Value, next_due: DateTime<Utc>) -> Result<()> {
+    pub async fn set_next_due(
+        &self,
+        tenant_id: &str,
+        schedule: &Value,
+        next_due: DateTime<Utc>,
+    ) -> Result<()> {
         let client = self.client().await?;
         client
             .execute(
@@ -189,9 +196,7 @@ impl Store {
                 tenant_id: row.get("tenant"),
                 mode: row.get::<_, Option<String>>("mode").unwrap_or_default(),
                 last_success_at: row.get("last_success_at"),
-                last_run: row
-                    .get::<_, Option<Uuid>>("id")
-                    .map(|_| RunRow::from_row(row)),
+                last_run: row.get::<_, Option<Uuid>>("id").map(|_| RunRow::from_row(row)),
                 pending_deletions: row.get("pending_deletions"),
                 next_due: row.get("next_due"),
             })

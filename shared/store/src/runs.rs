@@ -126,8 +126,24 @@ fn stale_run_minutes() -> i32 {
 }
 
 /// Counts a finished run by outcome, and how long it took from its request.
-pub(crate) fn record_finished(outcome: &str, requested_at: DateTime<Utc>) {
+/// Failed and partial runs are also counted per tenant (only tenants in
+/// trouble get a series), for the dashboard's errors by tenant.
+pub(crate) fn record_finished(
+    tenant_id: &str,
+    outcome: &str,
+    error_code: Option<&str>,
+    requested_at: DateTime<Utc>,
+) {
     metrics::counter!("usersync_runs_total", "outcome" => outcome.to_owned()).increment(1);
+    if outcome == RunState::Failed.as_str() || outcome == RunState::Partial.as_str() {
+        metrics::counter!(
+            "usersync_tenant_run_errors_total",
+            "tenant_id" => tenant_id.to_owned(),
+            "outcome" => outcome.to_owned(),
+            "error_code" => error_code.unwrap_or("").to_owned()
+        )
+        .increment(1);
+    }
     let seconds = (Utc::now() - requested_at).as_seconds_f64().max(0.0);
     metrics::histogram!("usersync_run_duration_seconds").record(seconds);
 }
@@ -191,7 +207,12 @@ impl Store {
             .await
             .context("ending stale runs")?;
         for row in &stale {
-            record_finished(RunState::Failed.as_str(), row.get(0));
+            record_finished(
+                tenant_id,
+                RunState::Failed.as_str(),
+                Some("run.stale"),
+                row.get(0),
+            );
         }
         tx.execute(
             "INSERT INTO runs (id, tenant_id, trigger, full_round, state) VALUES ($1, $2, $3, $4, 'fetching')",
@@ -231,7 +252,7 @@ impl Store {
             .await
             .context("recording the run's failure")?;
         if let Some(row) = &row {
-            record_finished(RunState::Failed.as_str(), row.get(1));
+            record_finished(row.get(0), RunState::Failed.as_str(), Some(code), row.get(1));
         }
         Ok(row.map(|row| Event::RunFinished {
             tenant_id: row.get(0),

@@ -410,7 +410,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         )
         .await?;
     let tenant_id: String = row.get(0);
-    crate::runs::record_finished(state.as_str(), row.get(1));
+    crate::runs::record_finished(&tenant_id, state.as_str(), None, row.get(1));
     if state != RunState::Failed {
         client
             .execute(

@@ -48,7 +48,10 @@ async fn store_with_tenants(url: &str, ids: &[&str]) -> Store {
             "schedule": {"at": "02:30", "timezone": "Europe/Stockholm"}
         });
         let tenant = parse_tenant_file(&document.to_string()).expect("a valid tenant file");
-        store.upsert_tenant(&tenant, &key).await.expect("saving the tenant");
+        store
+            .upsert_tenant(&tenant, &key)
+            .await
+            .expect("saving the tenant");
     }
     store
 }
@@ -72,15 +75,34 @@ async fn a_request_joins_a_run_that_makes_progress_and_replaces_one_that_stopped
     in_fresh_database(|url| async move {
         let store = store_with_tenants(&url, &["acme"]).await;
         let first = Uuid::new_v4();
-        assert_eq!(store.start_run(first, "acme", "manual", false).await.unwrap(), RunStart::Started);
+        assert_eq!(
+            store.start_run(first, "acme", "manual", false).await.unwrap(),
+            RunStart::Started
+        );
 
         // Started three hours ago, but a page was recorded just now: still alive.
-        execute(&store, "UPDATE runs SET started_at = now() - interval '3 hours'", &[]).await;
+        execute(
+            &store,
+            "UPDATE runs SET started_at = now() - interval '3 hours'",
+            &[],
+        )
+        .await;
         execute(&store, "ALTER TABLE runs DISABLE TRIGGER runs_heartbeat", &[]).await;
-        execute(&store, "UPDATE runs SET heartbeat_at = now() - interval '3 hours'", &[]).await;
+        execute(
+            &store,
+            "UPDATE runs SET heartbeat_at = now() - interval '3 hours'",
+            &[],
+        )
+        .await;
         execute(&store, "ALTER TABLE runs ENABLE TRIGGER runs_heartbeat", &[]).await;
-        let round = Round { run_id: first, round_id: Uuid::new_v4() };
-        store.record_members_page(round, 0, &["u1".to_owned()]).await.unwrap();
+        let round = Round {
+            run_id: first,
+            round_id: Uuid::new_v4(),
+        };
+        store
+            .record_members_page(round, 0, &["u1".to_owned()])
+            .await
+            .unwrap();
 
         let joined = Uuid::new_v4();
         assert_eq!(
@@ -93,10 +115,18 @@ async fn a_request_joins_a_run_that_makes_progress_and_replaces_one_that_stopped
 
         // No progress for longer than the stale limit: the next request starts afresh.
         execute(&store, "ALTER TABLE runs DISABLE TRIGGER runs_heartbeat", &[]).await;
-        execute(&store, "UPDATE runs SET heartbeat_at = now() - interval '16 minutes'", &[]).await;
+        execute(
+            &store,
+            "UPDATE runs SET heartbeat_at = now() - interval '16 minutes'",
+            &[],
+        )
+        .await;
         execute(&store, "ALTER TABLE runs ENABLE TRIGGER runs_heartbeat", &[]).await;
         let fresh = Uuid::new_v4();
-        assert_eq!(store.start_run(fresh, "acme", "manual", false).await.unwrap(), RunStart::Started);
+        assert_eq!(
+            store.start_run(fresh, "acme", "manual", false).await.unwrap(),
+            RunStart::Started
+        );
         let stale = store.run(first).await.unwrap().expect("the stale run");
         assert_eq!(stale.state, RunState::Failed.as_str());
         assert_eq!(stale.error_code.as_deref(), Some("run.stale"));
@@ -114,11 +144,21 @@ async fn a_due_run_is_claimed_by_exactly_one_of_many_replicas() {
         assert_eq!(to_compute.len(), 2);
         let due = utc("2026-03-29T01:00:00Z");
         for row in &to_compute {
-            assert_eq!(row.schedule, json!({"at": "02:30", "timezone": "Europe/Stockholm"}));
-            store.set_next_due(&row.tenant_id, &row.schedule, due).await.unwrap();
+            assert_eq!(
+                row.schedule,
+                json!({"at": "02:30", "timezone": "Europe/Stockholm"})
+            );
+            store
+                .set_next_due(&row.tenant_id, &row.schedule, due)
+                .await
+                .unwrap();
         }
         assert!(store.schedules_to_compute().await.unwrap().is_empty());
-        assert!(store.due_schedules(utc("2026-03-29T00:59:59Z")).await.unwrap().is_empty());
+        assert!(store
+            .due_schedules(utc("2026-03-29T00:59:59Z"))
+            .await
+            .unwrap()
+            .is_empty());
         let now = utc("2026-03-29T01:00:05Z");
         assert_eq!(store.due_schedules(now).await.unwrap().len(), 2);
 
@@ -128,7 +168,9 @@ async fn a_due_run_is_claimed_by_exactly_one_of_many_replicas() {
         for _ in 0..8 {
             for tenant in ["acme", "globex"] {
                 let store = store.clone();
-                racers.push(tokio::spawn(async move { store.claim_due(tenant, due, next).await.unwrap() }));
+                racers.push(tokio::spawn(async move {
+                    store.claim_due(tenant, due, next).await.unwrap()
+                }));
             }
         }
         let mut won = 0;

@@ -95,12 +95,17 @@ async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after
 
     // The schedulers computed the due time: when the clock resumes at 03:00 CEST.
     wait_for("the due time to be computed", Duration::from_secs(30), || async {
-        (sql(&stack, "SELECT to_char(next_due AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI') FROM tenant_schedule")
-            == "2026-03-29T01:00")
+        (sql(
+            &stack,
+            "SELECT to_char(next_due AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI') FROM tenant_schedule",
+        ) == "2026-03-29T01:00")
             .then_some(())
     })
     .await;
-    assert_eq!(status(&stack, "acme").await["next_run_at"], "2026-03-29T01:00:00Z");
+    assert_eq!(
+        status(&stack, "acme").await["next_run_at"],
+        "2026-03-29T01:00:00Z"
+    );
 
     clock.set("2026-03-29T00:59:00Z");
     clock.set("2026-03-29T01:00:01Z");
@@ -126,7 +131,10 @@ async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after
     })
     .await;
     assert_eq!(logged(&stack, "usersync-fetcher", "nightly run requested"), 2);
-    assert_eq!(sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"), "2");
+    assert_eq!(
+        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
+        "2"
+    );
 }
 
 /// The RabbitMQ management plugin's own command-line client, fetched once.
@@ -141,7 +149,10 @@ async fn rabbitmqadmin() -> PathBuf {
             .arg("http://127.0.0.1:15672/cli/rabbitmqadmin")
             .status()
             .expect("running curl");
-        assert!(status.success(), "downloading rabbitmqadmin from the management plugin");
+        assert!(
+            status.success(),
+            "downloading rabbitmqadmin from the management plugin"
+        );
         std::fs::rename(&partial, &path).expect("placing rabbitmqadmin");
     }
     path
@@ -169,7 +180,15 @@ async fn publish_with_rabbitmqadmin(stack: &Stack, payload: &str) {
 async fn scrape(stack: &Stack) -> String {
     let mut all = String::new();
     for (_, url) in &stack.metrics {
-        let text = stack.http.get(url).send().await.expect("metrics").text().await.unwrap();
+        let text = stack
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap();
         all.push_str(&text);
     }
     all
@@ -189,7 +208,8 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_show_it() {
 
     let metrics = wait_for("the run in the metrics", Duration::from_secs(30), || async {
         let text = scrape(&stack).await;
-        text.contains(r#"usersync_runs_total{outcome="succeeded"} 1"#).then_some(text)
+        text.contains(r#"usersync_runs_total{outcome="succeeded"} 1"#)
+            .then_some(text)
     })
     .await;
     for series in [
@@ -226,7 +246,10 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
                 .output()
                 .await
                 .expect("usersync resync --wait");
-            (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            )
         })
     };
     let running = wait_for("the first run to start", Duration::from_secs(30), || async {
@@ -244,10 +267,18 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
     assert_eq!(code, Some(0), "{first_out}");
     assert!(first_out.contains(&format!("run {running} ")), "{first_out}");
     assert!(first_out.contains("pages fetched"), "{first_out}");
-    assert!(first_out.contains("120 users differed") || first_out.contains("users differed"), "{first_out}");
+    assert!(
+        first_out.contains("120 users differed") || first_out.contains("users differed"),
+        "{first_out}"
+    );
     assert!(first_out.contains("ended succeeded"), "{first_out}");
     assert_eq!(
-        stack.cli_json(&["runs", "acme", "--json"]).await.as_array().unwrap().len(),
+        stack
+            .cli_json(&["runs", "acme", "--json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
         1,
         "the second request joined the first run"
     );
@@ -275,11 +306,22 @@ async fn a_parked_request_is_listed_with_its_reason_and_replayed_once_fixed() {
     assert_eq!(letter["stage"], "fetcher");
     // rabbitmqadmin set no AMQP type, and the park keeps the message as it was.
     assert!(letter["kind"].is_null(), "{letter}");
-    assert!(letter["reason"].as_str().unwrap().contains("no tenant \"acme\""), "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("no tenant \"acme\""),
+        "{letter}"
+    );
     let (ok, text, _) = stack.cli(&["dlq", "list"], None).await;
     assert!(ok && text.contains("no tenant"), "{text}");
     // Listing leaves it parked.
-    assert_eq!(stack.cli_json(&["dlq", "list", "fetcher", "--json"]).await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        stack
+            .cli_json(&["dlq", "list", "fetcher", "--json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     apply(&stack, &tenant_file()).await;
     let (ok, out, stderr) = stack.cli(&["dlq", "replay", "fetcher"], None).await;
@@ -292,7 +334,10 @@ async fn a_parked_request_is_listed_with_its_reason_and_replayed_once_fixed() {
 
     let (ok, _, stderr) = stack.cli(&["dlq", "replay", "nowhere"], None).await;
     assert!(!ok);
-    assert!(stderr.contains("STAGE is one of fetcher, differ, applier, notifier"), "{stderr}");
+    assert!(
+        stderr.contains("STAGE is one of fetcher, differ, applier, notifier"),
+        "{stderr}"
+    );
 }
 
 const TENANTS: usize = 10;
@@ -331,7 +376,11 @@ async fn ten_tenants_on_two_replicas_of_each_service_a_bad_and_a_throttled_one_h
                 })),
             )
             .await;
-        let secret = if n == BAD_SECRET { "not-the-secret" } else { CLIENT_SECRET };
+        let secret = if n == BAD_SECRET {
+            "not-the-secret"
+        } else {
+            CLIENT_SECRET
+        };
         let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
         file["id"] = json!(id);
         file["pbx_company_id"] = json!(id);
@@ -354,15 +403,19 @@ async fn ten_tenants_on_two_replicas_of_each_service_a_bad_and_a_throttled_one_h
         assert!(ok, "{stderr}");
     }
 
-    let others_done = wait_for("every other tenant's run to end", Duration::from_secs(180), || async {
-        let lines = stack.cli_json(&["status", "--json"]).await;
-        let lines = lines.as_array().unwrap().clone();
-        let done = lines
-            .iter()
-            .filter(|l| l["id"] != format!("co{THROTTLED}"))
-            .all(|l| !l["last_run"]["finished_at"].is_null());
-        done.then_some(lines)
-    })
+    let others_done = wait_for(
+        "every other tenant's run to end",
+        Duration::from_secs(180),
+        || async {
+            let lines = stack.cli_json(&["status", "--json"]).await;
+            let lines = lines.as_array().unwrap().clone();
+            let done = lines
+                .iter()
+                .filter(|l| l["id"] != format!("co{THROTTLED}"))
+                .all(|l| !l["last_run"]["finished_at"].is_null());
+            done.then_some(lines)
+        },
+    )
     .await;
     for line in &others_done {
         let id = line["id"].as_str().unwrap();
@@ -371,7 +424,10 @@ async fn ten_tenants_on_two_replicas_of_each_service_a_bad_and_a_throttled_one_h
             assert_eq!(state, "failed", "{line:#}");
             assert!(line["last_run"]["error"].as_str().unwrap().contains("7000215"));
         } else if id == format!("co{THROTTLED}") {
-            assert_ne!(state, "succeeded", "the throttled tenant is still waiting: {line:#}");
+            assert_ne!(
+                state, "succeeded",
+                "the throttled tenant is still waiting: {line:#}"
+            );
         } else {
             assert_eq!(state, "succeeded", "{line:#}");
             let users = stack
@@ -396,11 +452,61 @@ async fn ten_tenants_on_two_replicas_of_each_service_a_bad_and_a_throttled_one_h
             .filter(|(name, _)| name == service)
             .map(|(_, url)| url)
         {
-            let text = stack.http.get(replica).send().await.unwrap().text().await.unwrap();
+            let text = stack
+                .http
+                .get(replica)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             assert!(
-                text.lines().any(|l| l.starts_with("usersync_messages_total") && l.contains(r#"outcome="ok""#)),
+                text.lines()
+                    .any(|l| l.starts_with("usersync_messages_total") && l.contains(r#"outcome="ok""#)),
                 "{service} replica {replica} handled nothing:\n{text}"
             );
         }
+    }
+}
+
+#[test]
+fn the_compose_file_and_the_monitoring_files_parse_and_name_our_series() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let check = r#"
+import json, sys, yaml
+compose = yaml.safe_load(open(sys.argv[1] + "/docker-compose.yml"))
+for service in ["prometheus", "grafana", "rabbitmq", "fetcher", "differ", "applier", "notifier"]:
+    assert service in compose["services"], service
+prometheus = yaml.safe_load(open(sys.argv[1] + "/deploy/prometheus.yml"))
+assert {job["job_name"] for job in prometheus["scrape_configs"]} == {"usersync", "rabbitmq"}
+for name in ["datasources/prometheus.yml", "dashboards/usersync.yml"]:
+    yaml.safe_load(open(sys.argv[1] + "/deploy/grafana/provisioning/" + name))
+dashboard = json.load(open(sys.argv[1] + "/deploy/grafana/usersync-dashboard.json"))
+print("\n".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])))
+"#;
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", check])
+        .arg(&root)
+        .output()
+        .expect("python3 (with python3-yaml, installed by scripts/services-up)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let exprs = String::from_utf8_lossy(&output.stdout);
+    for series in [
+        "usersync_runs_total",
+        "usersync_run_duration_seconds_bucket",
+        "usersync_retries_total",
+        "usersync_tenant_run_errors_total",
+        "rabbitmq_queue_messages_ready",
+        r"usersync\\..*\\.dlq",
+    ] {
+        assert!(
+            exprs.contains(series),
+            "the dashboard does not show {series}:\n{exprs}"
+        );
     }
 }
