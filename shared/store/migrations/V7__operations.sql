@@ -48,5 +48,6 @@ CREATE TABLE tenant_schedule (
     swept_for    timestamptz
 );
 CREATE INDEX tenant_schedule_due ON tenant_schedule (next_due);
-CREATE INDEX sync_users_pending_delete ON sync_users (pending_delete_at)
+-- Only users waiting for deletion: due sweeps and status count them per tenant.
+CREATE INDEX sync_users_pending_delete ON sync_users (tenant_id, pending_delete_at)
     WHERE pending_delete_at IS NOT NULL;

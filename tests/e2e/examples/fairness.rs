@@ -1,0 +1,105 @@
+//! The fairness figure: how long a small tenant's manual resync takes while a
+//! big tenant's first sync is in flight, on this machine.
+//!
+//!     cargo build --workspace --bins
+//!     cargo run -p usersync-e2e --example fairness            # 100,000 users
+//!     FAIRNESS_BIG_USERS=20000 cargo run -p usersync-e2e --example fairness
+//!
+//! Prints the figures; needs what the end-to-end tests need (scripts/services-up).
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use usersync_e2e::{wait_for, Stack, PBX_TOKEN};
+
+const CLIENT_ID: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+const CLIENT_SECRET: &str = "s3cret~value";
+const CALLER_ID: &str = "46812345600";
+
+async fn tenant(stack: &Stack, id: &str, entra: &str, users: u64) {
+    stack
+        .graph_call(
+            Method::POST,
+            "/_sim/tenants",
+            Some(json!({"tenant_id": entra, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                        "seed": users, "users": users, "page_size": 500})),
+        )
+        .await;
+    stack
+        .pbx_call(
+            Method::PUT,
+            &format!("/_sim/companies/{id}"),
+            Some(json!({"templates": [{"id": "standard", "name": "Standard"}],
+                        "numbers": [{"number": CALLER_ID, "kind": "main"}]})),
+        )
+        .await;
+    let file = json!({
+        "id": id, "name": id, "type": "ad_sync", "mode": "user_sync", "welcome_mail": false,
+        "delete_after_days": 7, "error_notification_email": "it@example.com",
+        "error_notification_level": "error",
+        "provider_settings": {"tenant_id": entra, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                              "user_filter": {"memberOf": []}},
+        "pbx_company_id": id, "default_caller_id": CALLER_ID, "default_template": "standard",
+        "field_mapping": {"alias": "mailNickname", "first_name": "givenName", "surname": "surname",
+                          "pstn_fixed": "businessPhones[0]"},
+        "schedule": {"at": "02:00", "timezone": "Europe/Stockholm"}
+    });
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&file.to_string())).await;
+    assert!(ok, "{stderr}");
+}
+
+async fn last_run(stack: &Stack, id: &str) -> Value {
+    stack.cli_json(&["status", id, "--json"]).await[0]["last_run"].clone()
+}
+
+#[tokio::main]
+async fn main() {
+    let big_users: u64 = std::env::var("FAIRNESS_BIG_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let _ = PBX_TOKEN;
+    let stack = Stack::start("fairness").await;
+    tenant(&stack, "big", "00000000-0000-4000-8000-0000000000b1", big_users).await;
+    tenant(&stack, "small", "00000000-0000-4000-8000-0000000000a1", 50).await;
+
+    let (ok, _, stderr) = stack.cli(&["resync", "big"], None).await;
+    assert!(ok, "{stderr}");
+    let big_started = Instant::now();
+    // In flight: planning done and changes being applied, the heaviest phase.
+    wait_for("the big run to apply", Duration::from_secs(1800), || async {
+        (last_run(&stack, "big").await["state"] == "applying").then_some(())
+    })
+    .await;
+    println!(
+        "big tenant ({big_users} users): applying after {:.1} s",
+        big_started.elapsed().as_secs_f64()
+    );
+
+    let small_started = Instant::now();
+    let (ok, out, stderr) = stack.cli(&["resync", "small", "--wait"], None).await;
+    let small = small_started.elapsed();
+    assert!(ok, "{out}\n{stderr}");
+    let big = last_run(&stack, "big").await;
+    let applied = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
+    println!(
+        "small tenant (50 users) manual resync, request to completion: {:.2} s",
+        small.as_secs_f64()
+    );
+    println!(
+        "big tenant's run meanwhile: {} ({} PBX writes so far)",
+        big["state"],
+        applied["companies"]["big"]
+    );
+    if std::env::var("FAIRNESS_WAIT_BIG").is_ok() {
+        wait_for("the big run to end", Duration::from_secs(7200), || async {
+            (!last_run(&stack, "big").await["finished_at"].is_null()).then_some(())
+        })
+        .await;
+        println!(
+            "big tenant's first sync: {:.1} s",
+            big_started.elapsed().as_secs_f64()
+        );
+    }
+}
