@@ -53,6 +53,40 @@ async fn last_run(stack: &Stack, id: &str) -> Value {
     stack.cli_json(&["status", id, "--json"]).await[0]["last_run"].clone()
 }
 
+/// Times `usersync resync small --wait` (10 minutes at most) and prints the figure.
+async fn small_resync(stack: &Stack, when: &str) {
+    let started = Instant::now();
+    let (ok, out, stderr) = stack
+        .cli(&["resync", "small", "--wait", "--timeout", "600"], None)
+        .await;
+    let took = started.elapsed().as_secs_f64();
+    let big = last_run(stack, "big").await;
+    let writes = stack.pbx_call(Method::GET, "/_sim/stats", None).await["companies"]["big"]["writes"].clone();
+    if ok {
+        let outcome = out.lines().last().unwrap_or_default();
+        println!("small tenant (50 users) manual resync {when}: {took:.2} s, request to completion ({outcome})");
+    } else {
+        println!("small tenant (50 users) manual resync {when}: not done after {took:.0} s ({})", stderr.trim());
+    }
+    println!("  big run meanwhile: {}, {writes} PBX writes so far", big["state"]);
+}
+
+/// Whether any differ replica logged `needle` for `tenant` (the stack's logs are files).
+fn differ_logged(stack: &Stack, needle: &str, tenant: &str) -> bool {
+    let tenant = format!("\"{tenant}\"");
+    std::fs::read_dir(&stack.logs)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("usersync-differ"))
+        .any(|entry| {
+            std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.contains(needle) && line.contains(&tenant))
+        })
+}
+
 #[tokio::main]
 async fn main() {
     let big_users: u64 = std::env::var("FAIRNESS_BIG_USERS")
@@ -77,21 +111,18 @@ async fn main() {
         big_started.elapsed().as_secs_f64()
     );
 
-    let small_started = Instant::now();
-    let (ok, out, stderr) = stack.cli(&["resync", "small", "--wait"], None).await;
-    let small = small_started.elapsed();
-    assert!(ok, "{out}\n{stderr}");
-    let big = last_run(&stack, "big").await;
-    let applied = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
+    // 1. While the big run's changes are still being handed to the applier.
+    small_resync(&stack, "while the big run's changes are being queued").await;
+    // 2. Once every change of the big run waits in the applier's queue.
+    wait_for("the big run's changes to be queued", Duration::from_secs(1800), || async {
+        differ_logged(&stack, "changes handed to the applier", "big").then_some(())
+    })
+    .await;
     println!(
-        "small tenant (50 users) manual resync, request to completion: {:.2} s",
-        small.as_secs_f64()
+        "big tenant: all changes queued after {:.1} s",
+        big_started.elapsed().as_secs_f64()
     );
-    println!(
-        "big tenant's run meanwhile: {} ({} PBX writes so far)",
-        big["state"],
-        applied["companies"]["big"]
-    );
+    small_resync(&stack, "with all the big run's changes queued").await;
     if std::env::var("FAIRNESS_WAIT_BIG").is_ok() {
         wait_for("the big run to end", Duration::from_secs(7200), || async {
             (!last_run(&stack, "big").await["finished_at"].is_null()).then_some(())
