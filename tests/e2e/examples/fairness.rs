@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use usersync_e2e::{wait_for, Stack, PBX_TOKEN};
+use usersync_e2e::{wait_for, Stack};
 
 const CLIENT_ID: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
 const CLIENT_SECRET: &str = "s3cret~value";
@@ -22,8 +22,10 @@ async fn tenant(stack: &Stack, id: &str, entra: &str, users: u64) {
         .graph_call(
             Method::POST,
             "/_sim/tenants",
-            Some(json!({"tenant_id": entra, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                        "seed": users, "users": users, "page_size": 500})),
+            Some(
+                json!({"tenant_id": entra, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                        "seed": users, "users": users, "page_size": 500}),
+            ),
         )
         .await;
     stack
@@ -45,7 +47,9 @@ async fn tenant(stack: &Stack, id: &str, entra: &str, users: u64) {
                           "pstn_fixed": "businessPhones[0]"},
         "schedule": {"at": "02:00", "timezone": "Europe/Stockholm"}
     });
-    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&file.to_string())).await;
+    let (ok, _, stderr) = stack
+        .cli(&["tenant", "apply", "-"], Some(&file.to_string()))
+        .await;
     assert!(ok, "{stderr}");
 }
 
@@ -54,21 +58,27 @@ async fn last_run(stack: &Stack, id: &str) -> Value {
 }
 
 /// Times `usersync resync small --wait` (10 minutes at most) and prints the figure.
-async fn small_resync(stack: &Stack, when: &str) {
+async fn small_resync(stack: &Stack, small: &str, when: &str) {
     let started = Instant::now();
     let (ok, out, stderr) = stack
-        .cli(&["resync", "small", "--wait", "--timeout", "600"], None)
+        .cli(&["resync", small, "--wait", "--timeout", "600"], None)
         .await;
     let took = started.elapsed().as_secs_f64();
     let big = last_run(stack, "big").await;
     let writes = stack.pbx_call(Method::GET, "/_sim/stats", None).await["companies"]["big"]["writes"].clone();
     if ok {
         let outcome = out.lines().last().unwrap_or_default();
-        println!("small tenant (50 users) manual resync {when}: {took:.2} s, request to completion ({outcome})");
+        println!("{small} (50 users) first sync {when}: {took:.2} s, request to completion ({outcome})");
     } else {
-        println!("small tenant (50 users) manual resync {when}: not done after {took:.0} s ({})", stderr.trim());
+        println!(
+            "{small} (50 users) first sync {when}: not done after {took:.0} s ({})",
+            stderr.trim()
+        );
     }
-    println!("  big run meanwhile: {}, {writes} PBX writes so far", big["state"]);
+    println!(
+        "  big run meanwhile: {}, {writes} PBX writes so far",
+        big["state"]
+    );
 }
 
 /// Whether any differ replica logged `needle` for `tenant` (the stack's logs are files).
@@ -93,10 +103,11 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let _ = PBX_TOKEN;
     let stack = Stack::start("fairness").await;
     tenant(&stack, "big", "00000000-0000-4000-8000-0000000000b1", big_users).await;
-    tenant(&stack, "small", "00000000-0000-4000-8000-0000000000a1", 50).await;
+    // Two small tenants, so each measurement is a first sync that creates 50 users.
+    tenant(&stack, "small1", "00000000-0000-4000-8000-0000000000a1", 50).await;
+    tenant(&stack, "small2", "00000000-0000-4000-8000-0000000000a2", 50).await;
 
     let (ok, _, stderr) = stack.cli(&["resync", "big"], None).await;
     assert!(ok, "{stderr}");
@@ -112,17 +123,19 @@ async fn main() {
     );
 
     // 1. While the big run's changes are still being handed to the applier.
-    small_resync(&stack, "while the big run's changes are being queued").await;
+    small_resync(&stack, "small1", "while the big run's changes are being queued").await;
     // 2. Once every change of the big run waits in the applier's queue.
-    wait_for("the big run's changes to be queued", Duration::from_secs(1800), || async {
-        differ_logged(&stack, "changes handed to the applier", "big").then_some(())
-    })
+    wait_for(
+        "the big run's changes to be queued",
+        Duration::from_secs(1800),
+        || async { differ_logged(&stack, "changes handed to the applier", "big").then_some(()) },
+    )
     .await;
     println!(
         "big tenant: all changes queued after {:.1} s",
         big_started.elapsed().as_secs_f64()
     );
-    small_resync(&stack, "with all the big run's changes queued").await;
+    small_resync(&stack, "small2", "with all the big run's changes queued").await;
     if std::env::var("FAIRNESS_WAIT_BIG").is_ok() {
         wait_for("the big run to end", Duration::from_secs(7200), || async {
             (!last_run(&stack, "big").await["finished_at"].is_null()).then_some(())
