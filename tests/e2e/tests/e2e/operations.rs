@@ -195,8 +195,8 @@ async fn scrape(stack: &Stack) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_show_it() {
-    let stack = Stack::start("foreign").await;
+async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show_it() {
+    let stack = Stack::start_with("foreign", vec![("USERSYNC_LOG_FORMAT", "json".to_owned())]).await;
     seed(&stack).await;
     apply(&stack, &tenant_file()).await;
     publish_with_rabbitmqadmin(&stack, r#"{"tenant_id":"acme"}"#).await;
@@ -212,6 +212,32 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_show_it() {
             .then_some(text)
     })
     .await;
+    // Every service logs JSON lines, and what a handler logs names its tenant
+    // (and its run, once there is one: the applier logs nothing on success).
+    let run_id = status["last_run"]["id"].as_str().unwrap().to_owned();
+    for (index, service) in usersync_e2e::SERVICES.iter().enumerate() {
+        let log = std::fs::read_to_string(stack.logs.join(format!("{service}-{index}.log")))
+            .expect("the service's log");
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("{service}: not JSON ({err}): {line}"))
+            })
+            .collect();
+        let in_handlers: Vec<&Value> = lines.iter().filter(|line| !line["span"].is_null()).collect();
+        assert!(
+            in_handlers.iter().all(|line| line["span"]["tenant_id"] == "acme"),
+            "{service} logged a handler line without the tenant:\n{log}"
+        );
+        if *service != "usersync-applier" {
+            assert!(
+                in_handlers
+                    .iter()
+                    .any(|line| line["span"]["run_id"] == run_id.as_str()),
+                "{service} logged nothing that names the run:\n{log}"
+            );
+        }
+    }
     for series in [
         "usersync_run_duration_seconds_bucket{le=",
         "usersync_run_duration_seconds_count 1",
