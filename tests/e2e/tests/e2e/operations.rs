@@ -547,3 +547,65 @@ print("\n".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets",
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_deletion_gets_one_sweep_run_between_nightly_runs() {
+    // The clock starts at the real now (deletions are dated from it) and moves on.
+    let start = chrono::Utc::now();
+    let at = |hours: i64| (start + chrono::TimeDelta::hours(hours)).to_rfc3339();
+    let clock = Clock::new();
+    clock.set(&at(0));
+    let stack = Stack::start_with(
+        "sweep",
+        vec![clock.env(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
+    )
+    .await;
+    seed(&stack).await;
+    // Nightly runs three hours from the start, and then a day later.
+    let nightly = (start + chrono::TimeDelta::hours(3) + chrono::TimeDelta::minutes(1))
+        .with_timezone(&chrono_tz::Europe::Stockholm);
+    let mut file: Value = serde_json::from_str(&with_schedule(&nightly.format("%H:%M").to_string())).unwrap();
+    file["delete_after_days"] = json!(1);
+    apply(&stack, &file.to_string()).await;
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let first = finished_run(&stack, None).await;
+    assert_eq!(first["last_run"]["state"], "succeeded", "{first:#}");
+    wait_for("the due time to be computed", Duration::from_secs(30), || async {
+        (sql(&stack, "SELECT count(*) FROM tenant_schedule") == "1").then_some(())
+    })
+    .await;
+
+    // A member leaves; the nightly run finds it and holds its deletion for a day.
+    let (_, members) = telephony_members(&stack).await;
+    stack
+        .graph_call(
+            Method::DELETE,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/users/{}", members[0]),
+            None,
+        )
+        .await;
+    clock.set(&at(4));
+    let first_id = first["last_run"]["id"].as_str().unwrap().to_owned();
+    let nightly_run = finished_run(&stack, Some(&first_id)).await;
+    assert_eq!(nightly_run["last_run"]["trigger"], "scheduled", "{nightly_run:#}");
+    assert_eq!(nightly_run["pending_deletions"], 1, "{nightly_run:#}");
+
+    // A day later the deletion is due, two hours before the next nightly run.
+    clock.set(&at(25));
+    let nightly_id = nightly_run["last_run"]["id"].as_str().unwrap().to_owned();
+    let sweep = finished_run(&stack, Some(&nightly_id)).await;
+    assert_eq!(sweep["last_run"]["trigger"], "sweep", "{sweep:#}");
+    assert_eq!(
+        logged(&stack, "usersync-fetcher", "run requested for due deletions"),
+        1
+    );
+    assert_eq!(
+        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'sweep'"),
+        "1"
+    );
+    assert_eq!(
+        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
+        "1"
+    );
+}
