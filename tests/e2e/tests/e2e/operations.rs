@@ -34,6 +34,12 @@ impl Drop for Clock {
     }
 }
 
+/// Several stacks with replicas run at once: small pools keep them all under
+/// PostgreSQL's default 100 connections.
+fn small_pools() -> (&'static str, String) {
+    ("DATABASE_POOL_SIZE", "3".to_owned())
+}
+
 /// Runs a query in the stack's database with psql; returns its unaligned output.
 fn sql(stack: &Stack, query: &str) -> String {
     let output = std::process::Command::new("psql")
@@ -86,7 +92,11 @@ async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after
     clock.set("2026-03-28T12:00:00Z");
     let mut stack = Stack::start_with(
         "schedule",
-        vec![clock.env(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
+        vec![
+            clock.env(),
+            ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned()),
+            small_pools(),
+        ],
     )
     .await;
     stack.start_service("usersync-fetcher").await;
@@ -196,7 +206,11 @@ async fn scrape(stack: &Stack) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show_it() {
-    let stack = Stack::start_with("foreign", vec![("USERSYNC_LOG_FORMAT", "json".to_owned())]).await;
+    let stack = Stack::start_with(
+        "foreign",
+        vec![("USERSYNC_LOG_FORMAT", "json".to_owned()), small_pools()],
+    )
+    .await;
     seed(&stack).await;
     apply(&stack, &tenant_file()).await;
     publish_with_rabbitmqadmin(&stack, r#"{"tenant_id":"acme"}"#).await;
@@ -252,7 +266,7 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_end() {
-    let stack = Stack::start("coalesce").await;
+    let stack = Stack::start_with("coalesce", vec![small_pools()]).await;
     seed(&stack).await;
     apply(&stack, &tenant_file()).await;
     // Graph throttles the first delta page for 3 s: the run is in progress long enough.
@@ -318,7 +332,7 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_request_is_listed_with_its_reason_and_replayed_once_fixed() {
-    let stack = Stack::start("dlq").await;
+    let stack = Stack::start_with("dlq", vec![small_pools()]).await;
     seed(&stack).await;
     // The tenant does not exist yet: the fetcher parks the request.
     publish_with_rabbitmqadmin(&stack, r#"{"tenant_id":"acme","full":true}"#).await;
@@ -377,7 +391,7 @@ fn entra_tenant(n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_tenants_on_two_replicas_of_each_service_bad_and_throttled_ones_hold_up_no_one() {
-    let mut stack = Stack::start("isolation").await;
+    let mut stack = Stack::start_with("isolation", vec![small_pools()]).await;
     for service in usersync_e2e::SERVICES {
         stack.start_service(service).await;
     }
@@ -557,7 +571,11 @@ async fn a_due_deletion_gets_one_sweep_run_between_nightly_runs() {
     clock.set(&at(0));
     let stack = Stack::start_with(
         "sweep",
-        vec![clock.env(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
+        vec![
+            clock.env(),
+            ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned()),
+            small_pools(),
+        ],
     )
     .await;
     seed(&stack).await;
