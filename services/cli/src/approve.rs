@@ -16,5 +16,6 @@ pub async fn approve_deletions(store: &Store, id: &str) -> anyhow::Result<()> {
         "approved: the next run of {id} deletes the users the guard held ({held} held now); \
          users back in the directory by then are kept"
     );
-    crate::resync(id, false).await
+    crate::operate::resync(store, id, false, None).await?;
+    Ok(())
 }

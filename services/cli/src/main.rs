@@ -1,6 +1,7 @@
 //! usersync: the operator's command line.
 
 mod approve;
+mod operate;
 mod output;
 mod plan;
 
@@ -8,10 +9,8 @@ use std::io::Read;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use usersync_bus::Bus;
-use usersync_contract::ResyncRequest;
 use usersync_core::parse_tenant_file;
-use usersync_runtime::{amqp_url, database_url};
+use usersync_runtime::database_url;
 use usersync_store::{SecretKey, Store};
 
 #[derive(Parser)]
@@ -39,6 +38,13 @@ enum Command {
         /// Drop the delta state first and read the whole directory.
         #[arg(long)]
         full: bool,
+        /// Follow the run (or the run in progress it joined) to its end, showing
+        /// progress; exit 0 when it succeeded, 2 when partial, 3 when failed.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (the run goes on).
+        #[arg(long, default_value_t = 3600, requires = "wait")]
+        timeout: u64,
     },
     /// Mode, last successful sync, last run and next scheduled run, per tenant.
     Status {
@@ -46,6 +52,11 @@ enum Command {
         id: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Dead-letter queues: list what is parked, replay it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// The history of a tenant's sync runs.
     Runs {
@@ -74,6 +85,19 @@ enum Command {
     },
     /// Let the next run delete the users the mass-deletion guard held, and request that run.
     ApproveDeletions { id: String },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// What is parked in the dead-letter queues and why.
+    List {
+        /// fetcher, differ, applier or notifier; all stages when left out.
+        stage: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a stage's parked messages back to work (safe: consumers are idempotent).
+    Replay { stage: String },
 }
 
 #[derive(Subcommand)]
@@ -115,23 +139,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenant = store().await?.require_tenant(&id, None).await?;
             output::tenant_show(&tenant.config, json)
         }
-        Command::Resync { id, full } => resync(&id, full).await,
+        Command::Resync {
+            id,
+            full,
+            wait,
+            timeout,
+        } => {
+            let wait = wait.then(|| std::time::Duration::from_secs(timeout));
+            let code = operate::resync(&store().await?, &id, full, wait).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Status { id, json } => {
             let store = store().await?;
-            let mut tenants = store.tenants().await?;
-            if let Some(id) = &id {
-                tenants.retain(|t| &t.config.id == id);
-                if tenants.is_empty() {
-                    bail!("no tenant {id:?}: create it with `usersync tenant apply FILE`");
-                }
+            let tenants = store.tenant_overview(id.as_deref()).await?;
+            if let (Some(id), true) = (&id, tenants.is_empty()) {
+                bail!("no tenant {id:?}: create it with `usersync tenant apply FILE`");
             }
-            let mut lines = Vec::with_capacity(tenants.len());
-            for tenant in tenants {
-                let last_run = store.runs(&tenant.config.id, 1).await?.into_iter().next();
-                lines.push(output::StatusLine::new(tenant, last_run, chrono::Utc::now()));
+            // Tenants the scheduler has not seen yet: their next run from their schedule.
+            let schedules: std::collections::HashMap<String, usersync_core::Schedule> = store
+                .tenants()
+                .await?
+                .into_iter()
+                .map(|t| (t.config.id, t.config.schedule))
+                .collect();
+            let now = usersync_runtime::clock::now();
+            let lines: Vec<output::StatusLine> = tenants
+                .into_iter()
+                .map(|t| {
+                    let schedule = schedules.get(&t.tenant_id);
+                    output::StatusLine::new(t, schedule, now)
+                })
+                .collect();
+            match (&id, lines.as_slice()) {
+                (Some(_), [line]) => output::status_detail(line, json),
+                _ => output::status(&lines, json),
             }
-            output::status(&lines, json)
         }
+        Command::Dlq {
+            command: DlqCommand::List { stage, json },
+        } => operate::dlq_list(stage.as_deref(), json).await,
+        Command::Dlq {
+            command: DlqCommand::Replay { stage },
+        } => operate::dlq_replay(&stage).await,
         Command::Runs { id, json, limit } => {
             let store = store().await?;
             store.require_tenant(&id, None).await?;
@@ -183,21 +235,4 @@ fn read_input(file: &str) -> anyhow::Result<String> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
     }
-}
-
-async fn resync(id: &str, full: bool) -> anyhow::Result<()> {
-    store().await?.require_tenant(id, None).await?;
-    let bus = Bus::connect(&amqp_url(), "usersync-cli").await?;
-    let request = ResyncRequest {
-        tenant_id: id.to_owned(),
-        full,
-        trigger: "manual".to_owned(),
-    };
-    let run_id = uuid::Uuid::new_v4();
-    bus.request_resync(&request, &run_id.to_string()).await?;
-    println!(
-        "resync of {id} requested{}: run {run_id}, or the run already in progress",
-        if full { " with a full read" } else { "" }
-    );
-    Ok(())
 }

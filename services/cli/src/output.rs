@@ -1,11 +1,12 @@
 //! What the read commands print: aligned text for people, JSON for scripts.
 
-use chrono::{DateTime, Days, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
+use usersync_bus::DeadLetter;
 use usersync_contract::RunCounts;
-use usersync_core::{Schedule, TenantConfig};
-use usersync_store::{RunRow, TenantSummary};
+use usersync_core::{schedule::next_due, Schedule, TenantConfig};
+use usersync_store::{RunProgress, RunRow, TenantOverview, TenantSummary};
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -55,6 +56,8 @@ pub fn tenant_show(config: &TenantConfig, _json: bool) -> anyhow::Result<()> {
 pub struct StatusLine {
     pub id: String,
     pub mode: String,
+    /// The run in progress (`fetching`, `differing`, `applying`), or `idle`.
+    pub state: String,
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_run: Option<RunSummary>,
     pub pending_deletions: i64,
@@ -70,6 +73,7 @@ pub struct RunSummary {
     pub finished_at: Option<DateTime<Utc>>,
     pub counts: RunCounts,
     pub error: Option<String>,
+    pub error_code: Option<String>,
 }
 
 impl From<&RunRow> for RunSummary {
@@ -82,66 +86,149 @@ impl From<&RunRow> for RunSummary {
             finished_at: run.finished_at,
             counts: run.counts,
             error: run.error.clone(),
+            error_code: run.error_code.clone(),
         }
     }
 }
 
 impl StatusLine {
-    pub fn new(tenant: TenantSummary, last_run: Option<RunRow>, now: DateTime<Utc>) -> StatusLine {
+    /// `schedule` is the tenant's schedule, for a tenant the scheduler has not seen yet.
+    pub fn new(tenant: TenantOverview, schedule: Option<&Schedule>, now: DateTime<Utc>) -> StatusLine {
+        let state = match &tenant.last_run {
+            Some(run) if run.finished_at.is_none() => run.state.clone(),
+            _ => "idle".to_owned(),
+        };
         StatusLine {
-            next_run_at: next_run(&tenant.config.schedule, now),
-            id: tenant.config.id,
-            mode: tenant.config.mode.as_str().to_owned(),
+            next_run_at: tenant
+                .next_due
+                .or_else(|| schedule.map(|schedule| next_due(schedule, now))),
+            id: tenant.tenant_id,
+            mode: tenant.mode,
+            state,
             last_success_at: tenant.last_success_at,
-            last_run: last_run.as_ref().map(RunSummary::from),
+            last_run: tenant.last_run.as_ref().map(RunSummary::from),
             pending_deletions: tenant.pending_deletions,
         }
     }
 }
 
-/// The next time the schedule's wall-clock time comes round in its time zone.
-fn next_run(schedule: &Schedule, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let local_today = now.with_timezone(&schedule.timezone).date_naive();
-    (0..3u64).find_map(|days| {
-        let date = local_today.checked_add_days(Days::new(days))?;
-        let at = date
-            .and_time(schedule.at)
-            .and_local_timezone(schedule.timezone)
-            .earliest()?
-            .with_timezone(&Utc);
-        (at > now).then_some(at)
-    })
+fn short_time(value: Option<DateTime<Utc>>) -> String {
+    value.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
 }
 
+/// All tenants, one line each.
 pub fn status(lines: &[StatusLine], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&lines);
     }
     if lines.is_empty() {
         println!("no tenants yet: create one with `usersync tenant apply FILE`");
+        return Ok(());
     }
+    println!(
+        "{:<24} {:<14} {:<10} {:<16} {:<10} {:>7} {:<16}",
+        "ID", "MODE", "STATE", "LAST SUCCESS", "LAST RUN", "PENDING", "NEXT RUN (UTC)"
+    );
     for line in lines {
-        println!("{} ({})", line.id, line.mode);
-        println!("  last successful sync: {}", time(line.last_success_at));
-        match &line.last_run {
-            Some(run) => {
-                println!(
-                    "  last run: {} ({}, started {})",
-                    run.state,
-                    run.trigger,
-                    time(Some(run.started_at))
-                );
-                println!("    {}", counts_text(&run.counts));
-                if let Some(error) = &run.error {
-                    println!("    error: {error}");
-                }
-            }
-            None => println!("  last run: none yet"),
-        }
-        println!("  pending deletions: {}", line.pending_deletions);
-        println!("  next scheduled run: {}", time(line.next_run_at));
+        println!(
+            "{:<24} {:<14} {:<10} {:<16} {:<10} {:>7} {:<16}",
+            line.id,
+            line.mode,
+            line.state,
+            short_time(line.last_success_at),
+            line.last_run.as_ref().map_or("-", |run| run.state.as_str()),
+            line.pending_deletions,
+            short_time(line.next_run_at),
+        );
     }
     Ok(())
+}
+
+/// One tenant in detail.
+pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&[line]);
+    }
+    println!("{} ({}, {})", line.id, line.mode, line.state);
+    println!("  last successful sync: {}", time(line.last_success_at));
+    match &line.last_run {
+        Some(run) => {
+            println!(
+                "  last run: {} ({}, started {})",
+                run.state,
+                run.trigger,
+                time(Some(run.started_at))
+            );
+            println!("    {}", counts_text(&run.counts));
+            if let Some(error) = &run.error {
+                println!("    error: {error}");
+            }
+        }
+        None => println!("  last run: none yet"),
+    }
+    println!("  pending deletions: {}", line.pending_deletions);
+    println!("  next scheduled run: {}", time(line.next_run_at));
+    Ok(())
+}
+
+/// What `resync --wait` prints whenever a run moves on.
+pub fn progress_line(run: &RunRow, progress: &RunProgress) -> String {
+    format!(
+        "run {} {}: {} pages fetched, {} users differed ({} skipped), {} of them applied, {} mails sent",
+        run.id,
+        run.state,
+        progress.pages,
+        progress.planned + progress.skipped,
+        progress.skipped,
+        progress.applied,
+        progress.mails
+    )
+}
+
+pub fn run_outcome(run: &RunRow) {
+    println!("run {} ended {}: {}", run.id, run.state, counts_text(&run.counts));
+    if let Some(error) = &run.error {
+        println!("  error: {error}");
+    }
+}
+
+pub fn dead_letters(letters: &[DeadLetter], json: bool, now: DateTime<Utc>) -> anyhow::Result<()> {
+    if json {
+        return print_json(&letters);
+    }
+    if letters.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    println!(
+        "{:<9} {:<28} {:<16} {:>8}  REASON",
+        "STAGE", "TYPE", "TENANT", "AGE"
+    );
+    for letter in letters {
+        let age = letter
+            .parked_at
+            .and_then(|at| DateTime::from_timestamp(i64::try_from(at).ok()?, 0))
+            .map_or_else(|| "?".to_owned(), |at| age_text(now - at));
+        println!(
+            "{:<9} {:<28} {:<16} {:>8}  {}",
+            letter.stage,
+            letter.kind.as_deref().unwrap_or("?"),
+            letter.tenant_id.as_deref().unwrap_or("?"),
+            age,
+            letter.reason
+        );
+    }
+    Ok(())
+}
+
+fn age_text(age: chrono::TimeDelta) -> String {
+    let secs = age.num_seconds().max(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }
 
 pub fn runs(runs: &[RunRow], json: bool) -> anyhow::Result<()> {
@@ -171,27 +258,13 @@ pub fn runs(runs: &[RunRow], json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{NaiveTime, TimeZone};
-
     use super::*;
 
     #[test]
-    fn next_run_is_later_today_or_tomorrow_in_the_tenants_zone() {
-        let schedule = Schedule {
-            at: NaiveTime::from_hms_opt(2, 0, 0).unwrap(),
-            timezone: chrono_tz::Europe::Stockholm,
-        };
-        // 00:30 UTC in winter is 01:30 in Stockholm: the run is at 01:00 UTC the same day.
-        let now = Utc.with_ymd_and_hms(2026, 1, 10, 0, 30, 0).unwrap();
-        assert_eq!(
-            next_run(&schedule, now),
-            Some(Utc.with_ymd_and_hms(2026, 1, 10, 1, 0, 0).unwrap())
-        );
-        // 02:00 Stockholm in summer is 00:00 UTC.
-        let now = Utc.with_ymd_and_hms(2026, 7, 10, 12, 0, 0).unwrap();
-        assert_eq!(
-            next_run(&schedule, now),
-            Some(Utc.with_ymd_and_hms(2026, 7, 11, 0, 0, 0).unwrap())
-        );
+    fn ages_read_in_the_largest_sensible_unit() {
+        assert_eq!(age_text(chrono::TimeDelta::seconds(42)), "42s");
+        assert_eq!(age_text(chrono::TimeDelta::minutes(5)), "5m");
+        assert_eq!(age_text(chrono::TimeDelta::hours(30)), "30h");
+        assert_eq!(age_text(chrono::TimeDelta::days(3)), "3d");
     }
 }

@@ -1,6 +1,7 @@
 //! usersync-fetcher: turns resync requests into pages of directory data.
 
 mod round;
+mod schedule;
 
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
@@ -21,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         login_base_url: env_or("ENTRA_LOGIN_URL", "https://login.microsoftonline.com"),
         retry: RetryPolicy::default(),
     });
+    tokio::spawn(schedule::run(store.clone(), bus.clone()));
     let fetcher = round::Fetcher {
         store,
         bus: bus.clone(),

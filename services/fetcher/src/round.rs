@@ -1,6 +1,7 @@
 //! One round: resolve the filter groups, page their members and the users
 //! delta, publish every page with confirms, then the end of the round.
 
+use tracing::Instrument;
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, DirectoryPage, PageBody, ResyncRequest};
 use usersync_core::TenantConfig;
@@ -91,13 +92,17 @@ impl Handler<ResyncRequest> for Fetcher {
         } else {
             tenant.delta_link.clone()
         };
+        // Instrumented, not entered: the span must follow the future across awaits.
         let span = tracing::info_span!("round", tenant_id = %request.tenant_id, %run_id);
-        let _entered = span.enter();
-        match self.round(run_id, &tenant.config, delta_link).await {
+        match self
+            .round(run_id, &tenant.config, delta_link)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => Ok(()),
             Err(RoundError::Infrastructure(err)) => Err(err.into()),
             Err(RoundError::Directory { code, reason }) => {
-                tracing::warn!(%code, %reason, "run failed");
+                tracing::warn!(parent: &span, %code, %reason, "run failed");
                 self.fail(run_id, &code, &reason).await?;
                 Ok(())
             }

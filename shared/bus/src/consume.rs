@@ -8,9 +8,10 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use usersync_contract::{topology::Stage, Message};
 
-use crate::{header_u32, properties, retry_tier, Bus, ATTEMPT_HEADER, REASON_HEADER};
+use crate::{header_u32, properties, retry_tier, Bus, ATTEMPT_HEADER, PARKED_AT_HEADER, REASON_HEADER};
 
 /// How long a stopping service waits for the messages it is handling.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -139,28 +140,40 @@ impl Bus {
         H: Fn(Incoming<M>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Failure>> + Send + 'static,
     {
-        let channel = self.channel().await?;
-        channel
-            .basic_qos(options.prefetch, BasicQosOptions::default())
-            .await
-            .context("setting the prefetch")?;
-        let queue = stage.queue();
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("usersync-{}-{}", stage.name(), uuid::Uuid::new_v4()).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming {queue}"))?;
-        tracing::info!(%queue, prefetch = options.prefetch, "consuming");
+        // One channel and consumer per queue, each with its own prefetch: the
+        // fetcher's scheduled requests can never take the capacity of manual ones.
+        let queues = stage.consumed_queues();
+        let mut consumers = Vec::with_capacity(queues.len());
+        let mut channels = Vec::with_capacity(queues.len());
+        for queue in &queues {
+            let channel = self.channel().await?;
+            channel
+                .basic_qos(options.prefetch, BasicQosOptions::default())
+                .await
+                .context("setting the prefetch")?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("usersync-{}-{}", stage.name(), uuid::Uuid::new_v4()).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {queue}"))?;
+            tracing::info!(%queue, prefetch = options.prefetch, "consuming");
+            channels.push((channel, consumer.tag()));
+            consumers.push(consumer);
+        }
+        // Present from the start, so a dashboard shows 0 rather than nothing.
+        metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(0);
+        let queue = queues.join(", ");
+        let mut deliveries = futures::stream::select_all(consumers);
         let handler = Arc::new(handler);
         let in_hand = TaskTracker::new();
         tokio::pin!(shutdown);
         loop {
             let delivery = tokio::select! {
-                delivery = consumer.next() => delivery,
+                delivery = deliveries.next() => delivery,
                 () = &mut shutdown => break,
             };
             let Some(delivery) = delivery else {
@@ -176,9 +189,11 @@ impl Bus {
             });
         }
         tracing::info!(%queue, in_hand = in_hand.len(), "shutting down: finishing the messages in hand");
-        let _ = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await;
+        for (channel, tag) in &channels {
+            let _ = channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await;
+        }
         in_hand.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, in_hand.wait()).await.is_err() {
             tracing::warn!(%queue, "messages still in hand after {DRAIN_TIMEOUT:?}; they will be redelivered");
@@ -213,8 +228,10 @@ impl Bus {
                     attempt,
                     max_attempts: options.max_attempts,
                 };
+                // Every log line of the handler carries the tenant and run it works for.
+                let span = message_span(stage, &delivery.data);
                 // A panicking handler must not leave the message unsettled.
-                match tokio::spawn(handler(incoming)).await {
+                match tokio::spawn(handler(incoming).instrument(span)).await {
                     Ok(result) => result,
                     Err(panic) => Err(Failure::reject(format!("the handler panicked: {panic}"))),
                 }
@@ -233,6 +250,7 @@ impl Bus {
                 let wanted = after.unwrap_or_else(|| backoff(attempt));
                 let tier = retry_tier(wanted);
                 tracing::warn!(stage = stage.name(), attempt, delay_s = tier, %reason, "will retry");
+                metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(1);
                 self.republish(&delivery, &stage.retry_queue(tier), attempt + 1, None)
                     .await?;
             }
@@ -262,6 +280,10 @@ impl Bus {
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
         if let Some(reason) = reason {
             headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            headers.insert(PARKED_AT_HEADER.into(), AMQPValue::Timestamp(now));
         }
         let kind = delivery
             .properties
@@ -289,6 +311,24 @@ impl Bus {
         }
         result
     }
+}
+
+/// The ids every message carries at its top level, read without decoding the rest.
+#[derive(serde::Deserialize)]
+struct MessageIds {
+    tenant_id: Option<String>,
+    run_id: Option<String>,
+}
+
+/// A span naming the stage, tenant and run of a message (empty where it has none).
+fn message_span(stage: Stage, body: &[u8]) -> tracing::Span {
+    let ids = serde_json::from_slice::<MessageIds>(body).ok();
+    let tenant_id = ids
+        .as_ref()
+        .and_then(|ids| ids.tenant_id.as_deref())
+        .unwrap_or("");
+    let run_id = ids.as_ref().and_then(|ids| ids.run_id.as_deref()).unwrap_or("");
+    tracing::info_span!("message", stage = stage.name(), tenant_id, run_id)
 }
 
 /// Delay before the next try when the other side did not say: grows with the attempt.

@@ -2,6 +2,7 @@
 //! acks, delayed retries through TTL queues and a dead-letter queue per stage.
 
 mod consume;
+mod dead_letters;
 mod topology;
 
 use std::time::Duration;
@@ -13,16 +14,19 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
 };
 use usersync_contract::{
-    topology::{Stage, PIPELINE_EXCHANGE, RESYNC_EXCHANGE},
+    topology::{Stage, MANUAL_ROUTING_KEY, PIPELINE_EXCHANGE, RESYNC_EXCHANGE, SCHEDULED_ROUTING_KEY},
     Message, ResyncRequest,
 };
 
 pub use consume::{ConsumeOptions, Failure, Handler, Incoming};
+pub use dead_letters::DeadLetter;
 
 /// Header carrying how many times a message has been tried.
 pub const ATTEMPT_HEADER: &str = "x-usersync-attempt";
 /// Header carrying why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-usersync-reason";
+/// Header carrying when a message was dead-lettered (AMQP timestamp).
+pub const PARKED_AT_HEADER: &str = "x-usersync-parked-at";
 
 /// A connection with a publisher-confirms channel. Cheap to clone.
 #[derive(Clone)]
@@ -67,10 +71,12 @@ impl Bus {
     /// Publishes a resync request to the resync exchange.
     pub async fn request_resync(&self, request: &ResyncRequest, message_id: &str) -> anyhow::Result<()> {
         let body = serde_json::to_vec(request).context("encoding the resync request")?;
-        let routing_key = if request.trigger == "scheduled" {
-            "scheduled"
+        // The scheduler's own triggers wait in the scheduled queue; anything
+        // a person or their tool asks for goes ahead of them.
+        let routing_key = if matches!(request.trigger.as_str(), "scheduled" | "sweep") {
+            SCHEDULED_ROUTING_KEY
         } else {
-            "manual"
+            MANUAL_ROUTING_KEY
         };
         self.publish_raw(
             RESYNC_EXCHANGE,
@@ -130,12 +136,18 @@ impl Bus {
 }
 
 pub(crate) fn properties(kind: &str, message_id: &str, headers: FieldTable) -> BasicProperties {
-    BasicProperties::default()
+    let mut properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_type(kind.into())
-        .with_message_id(message_id.into())
-        .with_headers(headers)
+        .with_headers(headers);
+    // A message published without a type or id (by a foreign client) keeps having none.
+    if !kind.is_empty() {
+        properties = properties.with_type(kind.into());
+    }
+    if !message_id.is_empty() {
+        properties = properties.with_message_id(message_id.into());
+    }
+    properties
 }
 
 pub(crate) fn header_u32(headers: &Option<FieldTable>, name: &str) -> Option<u32> {

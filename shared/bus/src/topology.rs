@@ -5,7 +5,8 @@ use lapin::{
     Channel, ExchangeKind,
 };
 use usersync_contract::topology::{
-    Stage, PIPELINE_EXCHANGE, RESYNC_EXCHANGE, RESYNC_ROUTING_KEYS, RETRY_DELAYS_SECS,
+    Stage, MANUAL_ROUTING_KEY, PIPELINE_EXCHANGE, RESYNC_EXCHANGE, RETRY_DELAYS_SECS,
+    SCHEDULED_REQUESTS_QUEUE, SCHEDULED_ROUTING_KEY,
 };
 
 /// How often a work message may be delivered before the broker parks it in the
@@ -28,27 +29,51 @@ pub(crate) async fn declare(channel: &Channel) -> anyhow::Result<()> {
     for stage in Stage::ALL {
         declare_stage(channel, stage).await?;
     }
-    for key in RESYNC_ROUTING_KEYS {
-        bind(channel, &Stage::Fetcher.queue(), RESYNC_EXCHANGE, key).await?;
-    }
+    // Manual requests to the fetcher's work queue; scheduled ones to a queue of
+    // their own that the fetcher consumes with separate capacity.
+    let requests = Stage::Fetcher.queue();
+    bind(channel, &requests, RESYNC_EXCHANGE, MANUAL_ROUTING_KEY).await?;
+    declare_queue(channel, SCHEDULED_REQUESTS_QUEUE, work_queue_args(Stage::Fetcher)).await?;
+    bind(
+        channel,
+        SCHEDULED_REQUESTS_QUEUE,
+        RESYNC_EXCHANGE,
+        SCHEDULED_ROUTING_KEY,
+    )
+    .await?;
+    // Earlier versions bound both keys to the work queue; unbinding is a no-op when absent.
+    channel
+        .queue_unbind(
+            requests.as_str().into(),
+            RESYNC_EXCHANGE.into(),
+            SCHEDULED_ROUTING_KEY.into(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("unbinding {requests} from {RESYNC_EXCHANGE}/{SCHEDULED_ROUTING_KEY}"))?;
     Ok(())
+}
+
+/// A work queue: quorum, parked in the stage's DLQ after too many deliveries.
+fn work_queue_args(stage: Stage) -> FieldTable {
+    let mut args = quorum();
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(PIPELINE_EXCHANGE.into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(stage.dead_letter_queue().into()),
+    );
+    args
 }
 
 async fn declare_stage(channel: &Channel, stage: Stage) -> anyhow::Result<()> {
     let work = stage.queue();
     let dlq = stage.dead_letter_queue();
 
-    let mut work_args = quorum();
-    work_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    work_args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(PIPELINE_EXCHANGE.into()),
-    );
-    work_args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dlq.clone().into()),
-    );
-    declare_queue(channel, &work, work_args).await?;
+    declare_queue(channel, &work, work_queue_args(stage)).await?;
     bind(channel, &work, PIPELINE_EXCHANGE, &work).await?;
 
     declare_queue(channel, &dlq, quorum()).await?;

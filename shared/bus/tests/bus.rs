@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use usersync_bus::{Bus, ConsumeOptions, Failure, Handler, Incoming, ATTEMPT_HEADER, REASON_HEADER};
 use usersync_contract::{
-    topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS},
+    topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS, SCHEDULED_REQUESTS_QUEUE},
     Message, ResyncRequest,
 };
 
@@ -328,7 +328,12 @@ async fn declaring_the_topology_twice_gives_quorum_work_and_dead_letter_queues()
                 assert!(type_of(&retry).is_some(), "retry tier {retry} is missing");
             }
         }
-        assert_eq!(queues.len(), Stage::ALL.len() * (2 + RETRY_DELAYS_SECS.len()));
+        assert_eq!(
+            type_of(SCHEDULED_REQUESTS_QUEUE).as_deref(),
+            Some("quorum"),
+            "the scheduled requests' queue"
+        );
+        assert_eq!(queues.len(), Stage::ALL.len() * (2 + RETRY_DELAYS_SECS.len()) + 1);
     })
     .await;
 }
@@ -507,7 +512,7 @@ async fn an_undecodable_message_goes_straight_to_the_dead_letter_queue() {
 }
 
 #[tokio::test]
-async fn resync_requests_reach_the_fetcher_queue_for_both_triggers() {
+async fn manual_and_scheduled_resync_requests_wait_in_separate_queues() {
     in_fresh_vhost(|vhost| async move {
         let bus = vhost.bus().await;
         let manual = resync_request("acme", "manual");
@@ -520,8 +525,11 @@ async fn resync_requests_reach_the_fetcher_queue_for_both_triggers() {
             .expect("scheduled resync");
 
         let (_connection, channel) = open_channel(&vhost).await;
-        for (expected, id) in [(manual, "resync-manual"), (scheduled, "resync-scheduled")] {
-            let delivery = get_next(&channel, &Stage::Fetcher.queue()).await;
+        for (expected, id, queue) in [
+            (manual, "resync-manual", Stage::Fetcher.queue()),
+            (scheduled, "resync-scheduled", SCHEDULED_REQUESTS_QUEUE.to_owned()),
+        ] {
+            let delivery = get_next(&channel, &queue).await;
             let request: ResyncRequest = serde_json::from_slice(&delivery.data).expect("a resync request");
             assert_eq!(request, expected);
             assert_eq!(message_id(&delivery).as_deref(), Some(id));
@@ -536,6 +544,7 @@ async fn resync_requests_reach_the_fetcher_queue_for_both_triggers() {
             );
         }
         assert_queue_empty(&bus, &Stage::Fetcher.queue()).await;
+        assert_queue_empty(&bus, SCHEDULED_REQUESTS_QUEUE).await;
     })
     .await;
 }
@@ -598,6 +607,137 @@ async fn a_stopping_service_finishes_the_message_in_hand_before_it_returns() {
         })
         .await;
         assert_queue_empty(&bus, &work).await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Operations: reserved capacity for manual requests, dead letters
+// ---------------------------------------------------------------------------
+
+/// Holds scheduled requests until released; reports manual ones at once.
+struct Priorities {
+    scheduled_in_hand: mpsc::UnboundedSender<String>,
+    manual_done: mpsc::UnboundedSender<String>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Handler<ResyncRequest> for Priorities {
+    async fn handle(&self, incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
+        let request = incoming.message;
+        if request.trigger == "scheduled" {
+            let _ = self.scheduled_in_hand.send(request.tenant_id);
+            self.release.notified().await;
+        } else {
+            let _ = self.manual_done.send(request.tenant_id);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_manual_request_is_served_while_scheduled_ones_fill_their_capacity() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = vhost.bus().await;
+        for n in 0..6 {
+            bus.request_resync(
+                &resync_request(&format!("night-{n}"), "scheduled"),
+                &format!("s{n}"),
+            )
+            .await
+            .expect("scheduled resync");
+        }
+        let (scheduled_in_hand, mut scheduled) = mpsc::unbounded_channel();
+        let (manual_done, mut manual) = mpsc::unbounded_channel();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let handler = Priorities {
+            scheduled_in_hand,
+            manual_done,
+            release: std::sync::Arc::clone(&release),
+        };
+        let serving = {
+            let bus = bus.clone();
+            let options = ConsumeOptions {
+                prefetch: 2,
+                max_attempts: 3,
+            };
+            tokio::spawn(async move {
+                bus.serve(Stage::Fetcher, options, handler, std::future::pending())
+                    .await
+            })
+        };
+        // Every scheduled slot is taken and stays taken.
+        for _ in 0..2 {
+            tokio::time::timeout(DEADLINE, scheduled.recv())
+                .await
+                .expect("two scheduled requests in hand");
+        }
+        bus.request_resync(&resync_request("urgent", "manual"), "m1")
+            .await
+            .expect("manual resync");
+        let served = tokio::time::timeout(DEADLINE, manual.recv())
+            .await
+            .expect("the manual request is served while scheduled ones block");
+        assert_eq!(served.as_deref(), Some("urgent"));
+        assert!(
+            scheduled.try_recv().is_err(),
+            "a third scheduled request was taken beyond its capacity"
+        );
+        assert_eq!(bus.queue_depth(SCHEDULED_REQUESTS_QUEUE).await.unwrap(), 4);
+        serving.abort();
+        release.notify_waiters();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_with_their_reason_and_replayed_to_work() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = vhost.bus().await;
+        let accept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (consumer, mut seen) = {
+            let accept = std::sync::Arc::clone(&accept);
+            consume_in_background(&bus, Stage::Fetcher, 3, move |_| {
+                if accept.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(Failure::reject("no tenant \"ghost\": create it first"))
+                }
+            })
+        };
+        bus.request_resync(&resync_request("ghost", "manual"), "msg-ghost")
+            .await
+            .expect("resync");
+        next_seen(&mut seen).await;
+        let dlq = Stage::Fetcher.dead_letter_queue();
+        eventually("the message to be parked", || async {
+            (bus.queue_depth(&dlq).await.ok()? == 1).then_some(())
+        })
+        .await;
+
+        let letters = bus.dead_letters(Stage::Fetcher).await.expect("listing");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter = &letters[0];
+        assert_eq!(letter.tenant_id.as_deref(), Some("ghost"));
+        assert_eq!(letter.message_id.as_deref(), Some("msg-ghost"));
+        assert_eq!(letter.kind.as_deref(), Some(ResyncRequest::TYPE));
+        assert!(letter.reason.contains("no tenant"), "{letter:?}");
+        assert!(letter.parked_at.is_some(), "{letter:?}");
+        // Listing leaves them parked.
+        eventually("the listed message to be back in the DLQ", || async {
+            (bus.queue_depth(&dlq).await.ok()? == 1).then_some(())
+        })
+        .await;
+
+        accept.store(true, std::sync::atomic::Ordering::SeqCst);
+        let moved = bus.replay_dead_letters(Stage::Fetcher).await.expect("replay");
+        assert_eq!(moved, 1);
+        let again = next_seen(&mut seen).await;
+        assert_eq!(again.message.tenant_id, "ghost");
+        assert_eq!(again.message_id.as_deref(), Some("msg-ghost"));
+        assert_eq!(again.attempt, 1, "a replayed message starts its tries afresh");
+        assert_queue_empty(&bus, &dlq).await;
+        consumer.abort();
     })
     .await;
 }

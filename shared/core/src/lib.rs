@@ -8,6 +8,7 @@ pub mod decide;
 pub mod mapping;
 pub mod phone;
 pub mod problem;
+pub mod schedule;
 pub mod tenant;
 pub mod user;
 

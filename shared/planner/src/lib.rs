@@ -72,7 +72,9 @@ impl Planner<'_> {
         let mut survey = Survey::default();
         let mut after = String::new();
         loop {
-            let rows = self.page(&after).await?;
+            let rows = claims
+                .reconcile_rows(&self.tenant.id, self.round, &after, PLAN_PAGE)
+                .await?;
             let Some(last) = rows.last() else { break };
             after = last.object_id.clone();
             let mut page_claims = Vec::new();

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use axum::{routing::get, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/usersync";
@@ -48,11 +48,21 @@ pub fn init_tracing() {
     }
 }
 
+/// Seconds: from a fast API call (5 ms) to a 100,000-user first sync (an hour).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+    3600.0,
+];
+
 /// Serves Prometheus text at `/metrics` and `200 ok` at `/healthz` on
 /// `METRICS_ADDR`, when that is set. The recorder is installed either way, so
 /// metrics calls are cheap no-ops only when nothing reads them.
 pub async fn serve_metrics() -> anyhow::Result<()> {
     let handle = PrometheusBuilder::new()
+        // Buckets make every `*_duration_seconds` a Prometheus histogram (so
+        // `histogram_quantile` works across replicas), not a summary.
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".to_owned()), DURATION_BUCKETS)
+        .context("setting the histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let Some(addr) = env_opt("METRICS_ADDR") else {

@@ -34,7 +34,7 @@ impl Store {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(pool_size)
+            .max_size(pool_size_cap(pool_size))
             .build()
             .context("building the PostgreSQL pool")?;
         Ok(Store { pool })
@@ -46,6 +46,17 @@ impl Store {
             .await
             .context("taking a PostgreSQL connection from the pool")
     }
+}
+
+/// The pool size a service asks for, capped by `DATABASE_POOL_SIZE` when set:
+/// with many replicas, their connections together must stay under PostgreSQL's
+/// `max_connections`.
+fn pool_size_cap(wanted: usize) -> usize {
+    std::env::var("DATABASE_POOL_SIZE")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .filter(|&cap| cap > 0)
+        .map_or(wanted, |cap| wanted.min(cap))
 }
 
 async fn create_database_if_absent(config: &tokio_postgres::Config) -> Result<()> {

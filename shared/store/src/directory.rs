@@ -7,6 +7,8 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+use deadpool_postgres::GenericClient;
+
 use crate::{Result, Store, SyncRow};
 
 /// One user as the differ needs it to decide: source, scope facts and sync state.
@@ -163,23 +165,34 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                // The page of directory users first, then each one's rows by key:
-                // the cost of a page does not grow with the tenant.
-                &format!(
-                    "SELECT {RECONCILE_COLUMNS}
-                     FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
-                           ORDER BY object_id LIMIT $4) d
-                     {RECONCILE_JOINS}
-                     ORDER BY d.object_id"
-                ),
-                &[&tenant_id, &round.round_id, &after, &limit],
-            )
-            .await
-            .context("loading users to reconcile")?;
-        Ok(rows.iter().map(ReconcileRow::from_row).collect())
+        reconcile_page(&client, tenant_id, round, after, limit).await
     }
+}
+
+/// A keyset page of users to reconcile, on a connection the caller holds.
+pub(crate) async fn reconcile_page(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    round: Round,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<ReconcileRow>> {
+    let rows = client
+        .query(
+            // The page of directory users first, then each one's rows by key:
+            // the cost of a page does not grow with the tenant.
+            &format!(
+                "SELECT {RECONCILE_COLUMNS}
+                 FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
+                       ORDER BY object_id LIMIT $4) d
+                 {RECONCILE_JOINS}
+                 ORDER BY d.object_id"
+            ),
+            &[&tenant_id, &round.round_id, &after, &limit],
+        )
+        .await
+        .context("loading users to reconcile")?;
+    Ok(rows.iter().map(ReconcileRow::from_row).collect())
 }
 
 /// A user's source, scope facts and sync state, over `directory_users d`

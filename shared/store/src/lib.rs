@@ -7,6 +7,7 @@ mod crypto;
 mod db;
 mod directory;
 mod mails;
+mod operations;
 mod planning;
 mod runs;
 mod sync_users;
@@ -15,8 +16,9 @@ mod tenants;
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
+pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use planning::{ChangeHistory, ClaimSession};
-pub use runs::{RunRow, RunStart, RunState};
+pub use runs::{RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES};
 pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
 

@@ -19,6 +19,19 @@ pub struct ClaimSession {
 }
 
 impl ClaimSession {
+    /// A page of users to reconcile, read on the session's own connection: a
+    /// survey never waits for a second connection while it holds one, so
+    /// concurrent surveys cannot starve a small pool.
+    pub async fn reconcile_rows(
+        &self,
+        tenant_id: &str,
+        round: Round,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<ReconcileRow>> {
+        crate::directory::reconcile_page(&self.client, tenant_id, round, after, limit).await
+    }
+
     pub async fn add(&self, claims: &[Claim]) -> Result<()> {
         let fields: Vec<&str> = claims.iter().map(|c| c.field.as_str()).collect();
         let values: Vec<&str> = claims.iter().map(|c| c.value.as_str()).collect();

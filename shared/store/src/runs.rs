@@ -72,7 +72,7 @@ pub struct RunRow {
 }
 
 impl RunRow {
-    fn from_row(row: &Row) -> RunRow {
+    pub(crate) fn from_row(row: &Row) -> RunRow {
         RunRow {
             id: row.get("id"),
             tenant_id: row.get("tenant_id"),
@@ -112,8 +112,41 @@ pub enum RunStart {
     Coalesced(Uuid),
 }
 
-/// A run that has shown no sign of life for this long no longer blocks new ones.
-const STALE_RUN: &str = "2 hours";
+/// A run that has made no progress (no page recorded, no change planned or
+/// applied) for this many minutes no longer blocks new ones. Override with
+/// `USERSYNC_STALE_RUN_MINUTES`.
+pub const DEFAULT_STALE_RUN_MINUTES: i32 = 15;
+
+fn stale_run_minutes() -> i32 {
+    std::env::var("USERSYNC_STALE_RUN_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&m| m > 0)
+        .unwrap_or(DEFAULT_STALE_RUN_MINUTES)
+}
+
+/// Counts a finished run by outcome, and how long it took from its request.
+/// Failed and partial runs are also counted per tenant (only tenants in
+/// trouble get a series), for the dashboard's errors by tenant.
+pub(crate) fn record_finished(
+    tenant_id: &str,
+    outcome: &str,
+    error_code: Option<&str>,
+    requested_at: DateTime<Utc>,
+) {
+    metrics::counter!("usersync_runs_total", "outcome" => outcome.to_owned()).increment(1);
+    if outcome == RunState::Failed.as_str() || outcome == RunState::Partial.as_str() {
+        metrics::counter!(
+            "usersync_tenant_run_errors_total",
+            "tenant_id" => tenant_id.to_owned(),
+            "outcome" => outcome.to_owned(),
+            "error_code" => error_code.unwrap_or("").to_owned()
+        )
+        .increment(1);
+    }
+    let seconds = (Utc::now() - requested_at).as_seconds_f64().max(0.0);
+    metrics::histogram!("usersync_run_duration_seconds").record(seconds);
+}
 
 impl Store {
     /// Records the start of a run, unless the tenant already has one in progress.
@@ -141,18 +174,45 @@ impl Store {
                 RunStart::AlreadyFetched
             });
         }
+        let stale_minutes = stale_run_minutes();
         let active = tx
             .query_opt(
-                &format!(
-                    "SELECT id FROM runs WHERE tenant_id = $1 AND finished_at IS NULL
-                       AND started_at > now() - interval '{STALE_RUN}'
-                     ORDER BY started_at DESC LIMIT 1"
-                ),
-                &[&tenant_id],
+                "SELECT id FROM runs WHERE tenant_id = $1 AND finished_at IS NULL
+                   AND heartbeat_at > now() - make_interval(mins => $2)
+                 ORDER BY started_at DESC LIMIT 1",
+                &[&tenant_id, &stale_minutes],
             )
             .await?;
         if let Some(row) = active {
-            return Ok(RunStart::Coalesced(row.get(0)));
+            let active: Uuid = row.get(0);
+            // Whoever asked can follow the run this request joined.
+            tx.execute(
+                "INSERT INTO run_joins (request_id, run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&run_id, &active],
+            )
+            .await
+            .context("recording the joined run")?;
+            tx.commit().await?;
+            return Ok(RunStart::Coalesced(active));
+        }
+        // Runs that stopped making progress end here, so they do not stay "in progress" forever.
+        let stale = tx
+            .query(
+                "UPDATE runs SET state = 'failed', error_code = 'run.stale', finished_at = now(),
+                        error = format('no progress for %s minutes; superseded by run %s', $2::int, $3::uuid)
+                 WHERE tenant_id = $1 AND finished_at IS NULL
+                 RETURNING requested_at",
+                &[&tenant_id, &stale_minutes, &run_id],
+            )
+            .await
+            .context("ending stale runs")?;
+        for row in &stale {
+            record_finished(
+                tenant_id,
+                RunState::Failed.as_str(),
+                Some("run.stale"),
+                row.get(0),
+            );
         }
         tx.execute(
             "INSERT INTO runs (id, tenant_id, trigger, full_round, state) VALUES ($1, $2, $3, $4, 'fetching')",
@@ -186,11 +246,14 @@ impl Store {
             .query_opt(
                 "UPDATE runs SET state = 'failed', error = $2, error_code = $3, finished_at = now()
                  WHERE id = $1 AND finished_at IS NULL
-                 RETURNING tenant_id",
+                 RETURNING tenant_id, requested_at",
                 &[&run_id, &error, &code],
             )
             .await
             .context("recording the run's failure")?;
+        if let Some(row) = &row {
+            record_finished(row.get(0), RunState::Failed.as_str(), Some(code), row.get(1));
+        }
         Ok(row.map(|row| Event::RunFinished {
             tenant_id: row.get(0),
             run_id,

@@ -407,7 +407,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         .query_one(
             "UPDATE runs SET state = $2, finished_at = now(), created = $3, updated = $4, deleted = $5,
                     skipped = $6, failed = $7
-             WHERE id = $1 RETURNING tenant_id, held, warnings",
+             WHERE id = $1 RETURNING tenant_id, held, warnings, requested_at",
             &[
                 &run_id,
                 &state.as_str(),
@@ -422,6 +422,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
     let tenant_id: String = row.get(0);
     counts.held = row.get::<_, i32>("held").into();
     let Json(warnings): Json<Vec<String>> = row.get("warnings");
+    crate::runs::record_finished(&tenant_id, state.as_str(), None, row.get("requested_at"));
     if state != RunState::Failed {
         client
             .execute(

@@ -116,6 +116,10 @@ pub struct Stack {
     pub maildir: PathBuf,
     pub logs: PathBuf,
     pub http: reqwest::Client,
+    /// More environment for every process of the stack (see [`Stack::start_with`]).
+    pub extra_env: Vec<(&'static str, String)>,
+    /// Each service replica started, with its `/metrics` URL.
+    pub metrics: Vec<(String, String)>,
     services: Vec<Child>,
     _smtp: Child,
     _tmp: tempfile::TempDir,
@@ -123,6 +127,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(test: &str) -> Stack {
+        Stack::start_with(test, Vec::new()).await
+    }
+
+    /// A stack whose processes all get `extra_env` too.
+    pub async fn start_with(test: &str, extra_env: Vec<(&'static str, String)>) -> Stack {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
@@ -147,6 +156,8 @@ impl Stack {
             maildir,
             logs,
             http,
+            extra_env,
+            metrics: Vec::new(),
             services: Vec::new(),
             _smtp: smtp,
             _tmp: tmp,
@@ -172,6 +183,9 @@ impl Stack {
             ("RUST_LOG", "info".to_owned()),
             ("USERSYNC_CLOCK_FILE", self.clock_file().display().to_string()),
         ]
+        .into_iter()
+        .chain(self.extra_env.iter().cloned())
+        .collect()
     }
 
     /// Starts one more replica of a service and waits until it is healthy.
@@ -189,6 +203,10 @@ impl Stack {
             .spawn()
             .unwrap_or_else(|err| panic!("starting {service}: {err}"));
         self.services.push(child);
+        self.metrics.push((
+            service.to_owned(),
+            format!("http://127.0.0.1:{metrics_port}/metrics"),
+        ));
         let url = format!("http://127.0.0.1:{metrics_port}/healthz");
         let http = self.http.clone();
         let logs = self.logs.clone();

@@ -1,0 +1,85 @@
+//! The scheduler: asks for each tenant's nightly run when it is due, and for a
+//! run when a tenant's deletions fall due. Every fetcher replica runs it; a due
+//! run is claimed in PostgreSQL (compare-and-swap on its due time), so it fires
+//! once however many replicas run. A run missed while nothing was running is
+//! due at once when a replica starts.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use usersync_bus::Bus;
+use usersync_contract::ResyncRequest;
+use usersync_core::{schedule::next_due, Schedule};
+use usersync_runtime::{clock, env_or};
+use usersync_store::Store;
+
+/// Runs until the process ends; a failed poll is logged and tried again.
+pub async fn run(store: Store, bus: Bus) {
+    let poll = env_or("USERSYNC_SCHEDULE_POLL_SECS", "5")
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| *secs > 0.0)
+        .map_or(Duration::from_secs(5), Duration::from_secs_f64);
+    tracing::info!(poll_s = poll.as_secs_f64(), "scheduler started");
+    let mut ticks = tokio::time::interval(poll);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = poll_once(&store, &bus, clock::now()).await {
+            tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
+        }
+    }
+}
+
+async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Result<()> {
+    // New tenants and changed schedules: the next due time from now on (a new
+    // tenant's first run is the next night, not this instant).
+    for row in store.schedules_to_compute().await? {
+        match serde_json::from_value::<Schedule>(row.schedule.clone()) {
+            Ok(schedule) => {
+                store
+                    .set_next_due(&row.tenant_id, &row.schedule, next_due(&schedule, now))
+                    .await?;
+            }
+            Err(err) => {
+                tracing::warn!(tenant_id = %row.tenant_id, error = %err, "tenant has no valid schedule")
+            }
+        }
+    }
+    for row in store.due_schedules(now).await? {
+        let (Some(due), Ok(schedule)) = (row.next_due, serde_json::from_value::<Schedule>(row.schedule))
+        else {
+            continue;
+        };
+        // After downtime several nights may be missed: one run, then the next night.
+        let next = next_due(&schedule, now);
+        if !store.claim_due(&row.tenant_id, due, next).await? {
+            continue; // another replica took it
+        }
+        // Deterministic id: a request published twice resumes one run.
+        let id = format!("scheduled:{}:{}", row.tenant_id, due.to_rfc3339());
+        if let Err(err) = request(bus, &row.tenant_id, "scheduled", &id).await {
+            store.unclaim_due(&row.tenant_id, due, next).await?;
+            return Err(err);
+        }
+        tracing::info!(tenant_id = %row.tenant_id, %due, %next, "nightly run requested");
+    }
+    for (tenant_id, earliest) in store.due_sweeps(now).await? {
+        if !store.claim_sweep(&tenant_id, earliest).await? {
+            continue;
+        }
+        let id = format!("sweep:{tenant_id}:{}", earliest.to_rfc3339());
+        request(bus, &tenant_id, "sweep", &id).await?;
+        tracing::info!(%tenant_id, %earliest, "run requested for due deletions");
+    }
+    Ok(())
+}
+
+async fn request(bus: &Bus, tenant_id: &str, trigger: &str, id: &str) -> anyhow::Result<()> {
+    let request = ResyncRequest {
+        tenant_id: tenant_id.to_owned(),
+        full: false,
+        trigger: trigger.to_owned(),
+    };
+    bus.request_resync(&request, id).await
+}

@@ -1,0 +1,638 @@
+//! Operating many tenants: the nightly schedule (two schedulers, a DST night,
+//! downtime), a resync published by a foreign AMQP client, coalescing with
+//! `resync --wait`, dead letters, metrics, and ten tenants on two replicas of
+//! every service where a bad and a throttled tenant do not hold up the others.
+
+use std::{path::PathBuf, time::Duration};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use usersync_e2e::{wait_for, Stack};
+
+use crate::support::*;
+
+/// The moved clock of a stack: every process reads "now" from this file.
+struct Clock(PathBuf);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(std::env::temp_dir().join(format!("usersync-clock-{}", uuid::Uuid::new_v4().simple())))
+    }
+
+    fn set(&self, instant: &str) {
+        std::fs::write(&self.0, instant).expect("writing the clock file");
+    }
+
+    fn env(&self) -> (&'static str, String) {
+        ("USERSYNC_CLOCK_FILE", self.0.display().to_string())
+    }
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Several stacks with replicas run at once: small pools keep them all under
+/// PostgreSQL's default 100 connections.
+fn small_pools() -> (&'static str, String) {
+    ("DATABASE_POOL_SIZE", "3".to_owned())
+}
+
+/// Runs a query in the stack's database with psql; returns its unaligned output.
+fn sql(stack: &Stack, query: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .arg(&stack.database_url)
+        .args(["-Atqc", query])
+        .output()
+        .expect("running psql");
+    assert!(
+        output.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// How many times a line containing `needle` was logged by a service's replicas.
+fn logged(stack: &Stack, service: &str, needle: &str) -> usize {
+    std::fs::read_dir(&stack.logs)
+        .expect("the log folder")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(service))
+        .map(|entry| {
+            std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        })
+        .sum()
+}
+
+async fn status(stack: &Stack, id: &str) -> Value {
+    stack.cli_json(&["status", id, "--json"]).await[0].clone()
+}
+
+async fn apply(stack: &Stack, file: &str) {
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(file)).await;
+    assert!(ok, "{stderr}");
+}
+
+fn with_schedule(at: &str) -> String {
+    let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
+    file["schedule"] = json!({"at": at, "timezone": "Europe/Stockholm"});
+    file.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after_downtime() {
+    let clock = Clock::new();
+    // The day before spring forward: 02:30 does not exist in Stockholm on 29 March 2026.
+    clock.set("2026-03-28T12:00:00Z");
+    let mut stack = Stack::start_with(
+        "schedule",
+        vec![
+            clock.env(),
+            ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned()),
+            small_pools(),
+        ],
+    )
+    .await;
+    stack.start_service("usersync-fetcher").await;
+    seed(&stack).await;
+    apply(&stack, &with_schedule("02:30")).await;
+
+    // The schedulers computed the due time: when the clock resumes at 03:00 CEST.
+    wait_for("the due time to be computed", Duration::from_secs(30), || async {
+        (sql(
+            &stack,
+            "SELECT to_char(next_due AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI') FROM tenant_schedule",
+        ) == "2026-03-29T01:00")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        status(&stack, "acme").await["next_run_at"],
+        "2026-03-29T01:00:00Z"
+    );
+
+    clock.set("2026-03-29T00:59:00Z");
+    clock.set("2026-03-29T01:00:01Z");
+    let first = finished_run(&stack, None).await;
+    assert_eq!(first["last_run"]["trigger"], "scheduled", "{first:#}");
+    assert_eq!(first["last_run"]["state"], "succeeded", "{first:#}");
+    assert_eq!(pbx_users(&stack).await.len(), 120);
+    // The next night's 02:30 exists again (CEST).
+    wait_for("the next due time", Duration::from_secs(30), || async {
+        (status(&stack, "acme").await["next_run_at"] == "2026-03-30T00:30:00Z").then_some(())
+    })
+    .await;
+    assert_eq!(logged(&stack, "usersync-fetcher", "nightly run requested"), 1);
+    assert_eq!(sql(&stack, "SELECT count(*) FROM runs"), "1");
+
+    // Down for three nights: one run when time resumes, not three.
+    clock.set("2026-04-02T12:00:00Z");
+    let first_id = first["last_run"]["id"].as_str().unwrap().to_owned();
+    let second = finished_run(&stack, Some(&first_id)).await;
+    assert_eq!(second["last_run"]["trigger"], "scheduled");
+    wait_for("the due time after downtime", Duration::from_secs(30), || async {
+        (status(&stack, "acme").await["next_run_at"] == "2026-04-03T00:30:00Z").then_some(())
+    })
+    .await;
+    assert_eq!(logged(&stack, "usersync-fetcher", "nightly run requested"), 2);
+    assert_eq!(
+        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
+        "2"
+    );
+}
+
+/// The RabbitMQ management plugin's own command-line client, fetched once.
+async fn rabbitmqadmin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.ancestors().nth(3).unwrap().join("rabbitmqadmin");
+    if !path.exists() {
+        let partial = path.with_extension(format!("{}.part", std::process::id()));
+        let status = std::process::Command::new("curl")
+            .args(["-fsS", "-o"])
+            .arg(&partial)
+            .arg("http://127.0.0.1:15672/cli/rabbitmqadmin")
+            .status()
+            .expect("running curl");
+        assert!(
+            status.success(),
+            "downloading rabbitmqadmin from the management plugin"
+        );
+        std::fs::rename(&partial, &path).expect("placing rabbitmqadmin");
+    }
+    path
+}
+
+/// Publishes a resync request as the README documents it, with rabbitmqadmin.
+async fn publish_with_rabbitmqadmin(stack: &Stack, payload: &str) {
+    let output = tokio::process::Command::new("/usr/bin/python3")
+        .arg(rabbitmqadmin().await)
+        .args(["-V", &stack.vhost, "-u", "guest", "-p", "guest", "publish"])
+        .args(["exchange=usersync.resync", "routing_key=manual"])
+        .arg(format!("payload={payload}"))
+        .arg(r#"properties={"delivery_mode":2,"content_type":"application/json"}"#)
+        .output()
+        .await
+        .expect("running rabbitmqadmin");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("Message published"),
+        "rabbitmqadmin: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn scrape(stack: &Stack) -> String {
+    let mut all = String::new();
+    for (_, url) in &stack.metrics {
+        let text = stack
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap();
+        all.push_str(&text);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show_it() {
+    let stack = Stack::start_with(
+        "foreign",
+        vec![("USERSYNC_LOG_FORMAT", "json".to_owned()), small_pools()],
+    )
+    .await;
+    seed(&stack).await;
+    apply(&stack, &tenant_file()).await;
+    publish_with_rabbitmqadmin(&stack, r#"{"tenant_id":"acme"}"#).await;
+
+    let status = finished_run(&stack, None).await;
+    assert_eq!(status["last_run"]["state"], "succeeded", "{status:#}");
+    assert_eq!(status["last_run"]["trigger"], "manual");
+    assert_eq!(pbx_users(&stack).await.len(), 120);
+
+    let metrics = wait_for("the run in the metrics", Duration::from_secs(30), || async {
+        let text = scrape(&stack).await;
+        text.contains(r#"usersync_runs_total{outcome="succeeded"} 1"#)
+            .then_some(text)
+    })
+    .await;
+    // Every service logs JSON lines, and what a handler logs names its tenant
+    // (and its run, once there is one: the applier logs nothing on success).
+    let run_id = status["last_run"]["id"].as_str().unwrap().to_owned();
+    for (index, service) in usersync_e2e::SERVICES.iter().enumerate() {
+        let log = std::fs::read_to_string(stack.logs.join(format!("{service}-{index}.log")))
+            .expect("the service's log");
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("{service}: not JSON ({err}): {line}"))
+            })
+            .collect();
+        let in_handlers: Vec<&Value> = lines.iter().filter(|line| !line["span"].is_null()).collect();
+        assert!(
+            in_handlers.iter().all(|line| line["span"]["tenant_id"] == "acme"),
+            "{service} logged a handler line without the tenant:\n{log}"
+        );
+        if *service != "usersync-applier" {
+            assert!(
+                in_handlers
+                    .iter()
+                    .any(|line| line["span"]["run_id"] == run_id.as_str()),
+                "{service} logged nothing that names the run:\n{log}"
+            );
+        }
+    }
+    for series in [
+        "usersync_run_duration_seconds_bucket{le=",
+        "usersync_run_duration_seconds_count 1",
+        r#"usersync_retries_total{stage="fetcher"}"#,
+        r#"usersync_retries_total{stage="differ"}"#,
+        r#"usersync_retries_total{stage="applier"}"#,
+        r#"usersync_retries_total{stage="notifier"}"#,
+    ] {
+        assert!(metrics.contains(series), "/metrics lacks {series}:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_end() {
+    let stack = Stack::start_with("coalesce", vec![small_pools()]).await;
+    seed(&stack).await;
+    apply(&stack, &tenant_file()).await;
+    // Graph throttles the first delta page for 3 s: the run is in progress long enough.
+    stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/faults"),
+            Some(json!({"kind": "throttle", "retry_after": "3", "count": 1, "path_prefix": "/v1.0/users/delta"})),
+        )
+        .await;
+    let first = {
+        let stack_env = stack.env();
+        tokio::spawn(async move {
+            let output = tokio::process::Command::new(usersync_e2e::binary("usersync"))
+                .args(["resync", "acme", "--wait", "--timeout", "120"])
+                .envs(stack_env)
+                .output()
+                .await
+                .expect("usersync resync --wait");
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            )
+        })
+    };
+    let running = wait_for("the first run to start", Duration::from_secs(30), || async {
+        let status = status(&stack, "acme").await;
+        (status["state"] != "idle").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let (ok, joined, stderr) = stack
+        .cli(&["resync", "acme", "--wait", "--timeout", "120"], None)
+        .await;
+    assert!(ok, "{joined}\n{stderr}");
+    assert!(joined.contains(&format!("joined run {running}")), "{joined}");
+    assert!(joined.contains("ended succeeded"), "{joined}");
+    let (code, first_out) = first.await.unwrap();
+    assert_eq!(code, Some(0), "{first_out}");
+    assert!(first_out.contains(&format!("run {running} ")), "{first_out}");
+    assert!(first_out.contains("pages fetched"), "{first_out}");
+    assert!(
+        first_out.contains("120 users differed") || first_out.contains("users differed"),
+        "{first_out}"
+    );
+    assert!(first_out.contains("ended succeeded"), "{first_out}");
+    assert_eq!(
+        stack
+            .cli_json(&["runs", "acme", "--json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the second request joined the first run"
+    );
+
+    // A failed run ends --wait with exit code 3.
+    apply(&stack, &tenant_file_with("not-the-secret")).await;
+    let (ok, out, _) = stack.cli(&["resync", "acme", "--wait"], None).await;
+    assert!(!ok);
+    assert!(out.contains("ended failed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_request_is_listed_with_its_reason_and_replayed_once_fixed() {
+    let stack = Stack::start_with("dlq", vec![small_pools()]).await;
+    seed(&stack).await;
+    // The tenant does not exist yet: the fetcher parks the request.
+    publish_with_rabbitmqadmin(&stack, r#"{"tenant_id":"acme","full":true}"#).await;
+    let parked = wait_for("the request to be parked", Duration::from_secs(30), || async {
+        let list = stack.cli_json(&["dlq", "list", "fetcher", "--json"]).await;
+        (list.as_array().is_some_and(|l| l.len() == 1)).then_some(list)
+    })
+    .await;
+    let letter = &parked[0];
+    assert_eq!(letter["tenant_id"], "acme");
+    assert_eq!(letter["stage"], "fetcher");
+    // rabbitmqadmin set no AMQP type, and the park keeps the message as it was.
+    assert!(letter["kind"].is_null(), "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("no tenant \"acme\""),
+        "{letter}"
+    );
+    let (ok, text, _) = stack.cli(&["dlq", "list"], None).await;
+    assert!(ok && text.contains("no tenant"), "{text}");
+    // Listing leaves it parked.
+    assert_eq!(
+        stack
+            .cli_json(&["dlq", "list", "fetcher", "--json"])
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    apply(&stack, &tenant_file()).await;
+    let (ok, out, stderr) = stack.cli(&["dlq", "replay", "fetcher"], None).await;
+    assert!(ok, "{stderr}");
+    assert!(out.contains("1 message(s) moved"), "{out}");
+    let status = finished_run(&stack, None).await;
+    assert_eq!(status["last_run"]["state"], "succeeded", "{status:#}");
+    assert_eq!(pbx_users(&stack).await.len(), 120);
+    assert_eq!(stack.cli_json(&["dlq", "list", "--json"]).await, json!([]));
+
+    let (ok, _, stderr) = stack.cli(&["dlq", "replay", "nowhere"], None).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("STAGE is one of fetcher, differ, applier, notifier"),
+        "{stderr}"
+    );
+}
+
+const TENANTS: usize = 10;
+const BAD_SECRET: usize = 3;
+const THROTTLED: usize = 7;
+const PBX_THROTTLED: usize = 5;
+
+fn entra_tenant(n: usize) -> String {
+    format!("5b0c2d1e-3f4a-4b5c-8d6e-7f8091a2b3{n:02x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_tenants_on_two_replicas_of_each_service_bad_and_throttled_ones_hold_up_no_one() {
+    let mut stack = Stack::start_with("isolation", vec![small_pools()]).await;
+    for service in usersync_e2e::SERVICES {
+        stack.start_service(service).await;
+    }
+    for n in 0..TENANTS {
+        let id = format!("co{n}");
+        stack
+            .graph_call(
+                Method::POST,
+                "/_sim/tenants",
+                Some(json!({
+                    "tenant_id": entra_tenant(n), "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                    "seed": n, "users": 30, "groups": [{"name": "Telephony", "members": 20}], "page_size": 10
+                })),
+            )
+            .await;
+        stack
+            .pbx_call(
+                Method::PUT,
+                &format!("/_sim/companies/{id}"),
+                Some(json!({
+                    "templates": [{"id": "standard", "name": "Standard"}],
+                    "numbers": [{"number": CALLER_ID, "kind": "main"}]
+                })),
+            )
+            .await;
+        let secret = if n == BAD_SECRET {
+            "not-the-secret"
+        } else {
+            CLIENT_SECRET
+        };
+        let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
+        file["id"] = json!(id);
+        file["pbx_company_id"] = json!(id);
+        file["provider_settings"] = json!({
+            "tenant_id": entra_tenant(n), "client_id": CLIENT_ID, "client_secret": secret,
+            "user_filter": {"memberOf": ["Telephony"]}
+        });
+        apply(&stack, &file.to_string()).await;
+    }
+    // One tenant's Graph throttles every call for a long while.
+    stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{}/faults", entra_tenant(THROTTLED)),
+            Some(json!({"kind": "throttle", "retry_after": "20", "count": 1000})),
+        )
+        .await;
+    // Another tenant's PBX answers only two calls a second (429 with Retry-After beyond).
+    stack
+        .pbx_call(
+            Method::POST,
+            &format!("/_sim/companies/co{PBX_THROTTLED}/faults"),
+            Some(json!({"kind": "rate_limit", "per_second": 2})),
+        )
+        .await;
+    for n in 0..TENANTS {
+        let (ok, _, stderr) = stack.cli(&["resync", &format!("co{n}")], None).await;
+        assert!(ok, "{stderr}");
+    }
+
+    let others_done = wait_for(
+        "every other tenant's run to end",
+        Duration::from_secs(180),
+        || async {
+            let lines = stack.cli_json(&["status", "--json"]).await;
+            let lines = lines.as_array().unwrap().clone();
+            let done = lines
+                .iter()
+                .filter(|l| l["id"] != format!("co{THROTTLED}"))
+                .all(|l| !l["last_run"]["finished_at"].is_null());
+            done.then_some(lines)
+        },
+    )
+    .await;
+    for line in &others_done {
+        let id = line["id"].as_str().unwrap();
+        let state = &line["last_run"]["state"];
+        if id == format!("co{BAD_SECRET}") {
+            assert_eq!(state, "failed", "{line:#}");
+            assert!(line["last_run"]["error"].as_str().unwrap().contains("7000215"));
+        } else if id == format!("co{THROTTLED}") {
+            assert_ne!(
+                state, "succeeded",
+                "the throttled tenant is still waiting: {line:#}"
+            );
+        } else if id == format!("co{PBX_THROTTLED}") {
+            // Slowed on its own; how it ends is the applier's business.
+        } else {
+            assert_eq!(state, "succeeded", "{line:#}");
+            let users = stack
+                .pbx_call(Method::GET, &format!("/_sim/companies/{id}/users"), None)
+                .await;
+            assert_eq!(users["items"].as_array().unwrap().len(), 20, "{id}");
+        }
+    }
+    let stats = stack
+        .graph_call(
+            Method::GET,
+            &format!("/_sim/tenants/{}/stats", entra_tenant(THROTTLED)),
+            None,
+        )
+        .await;
+    assert!(stats["faults_served"].as_u64().unwrap() >= 1, "{stats}");
+    // Both replicas of each stage took work.
+    for service in ["usersync-fetcher", "usersync-differ"] {
+        for replica in stack
+            .metrics
+            .iter()
+            .filter(|(name, _)| name == service)
+            .map(|(_, url)| url)
+        {
+            let text = stack
+                .http
+                .get(replica)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("usersync_messages_total") && l.contains(r#"outcome="ok""#)),
+                "{service} replica {replica} handled nothing:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_compose_file_and_the_monitoring_files_parse_and_name_our_series() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let check = r#"
+import json, sys, yaml
+compose = yaml.safe_load(open(sys.argv[1] + "/docker-compose.yml"))
+for service in ["prometheus", "grafana", "rabbitmq", "fetcher", "differ", "applier", "notifier"]:
+    assert service in compose["services"], service
+prometheus = yaml.safe_load(open(sys.argv[1] + "/deploy/prometheus.yml"))
+assert {job["job_name"] for job in prometheus["scrape_configs"]} == {"usersync", "rabbitmq"}
+for name in ["datasources/prometheus.yml", "dashboards/usersync.yml"]:
+    yaml.safe_load(open(sys.argv[1] + "/deploy/grafana/provisioning/" + name))
+dashboard = json.load(open(sys.argv[1] + "/deploy/grafana/usersync-dashboard.json"))
+print("\n".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])))
+"#;
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", check])
+        .arg(&root)
+        .output()
+        .expect("python3 (with python3-yaml, installed by scripts/services-up)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let exprs = String::from_utf8_lossy(&output.stdout);
+    for series in [
+        "usersync_runs_total",
+        "usersync_run_duration_seconds_bucket",
+        "usersync_retries_total",
+        "usersync_tenant_run_errors_total",
+        "rabbitmq_queue_messages_ready",
+        r"usersync\\..*\\.dlq",
+    ] {
+        assert!(
+            exprs.contains(series),
+            "the dashboard does not show {series}:\n{exprs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_deletion_gets_one_sweep_run_between_nightly_runs() {
+    // The clock starts at the real now (deletions are dated from it) and moves on.
+    let start = chrono::Utc::now();
+    let at = |hours: i64| (start + chrono::TimeDelta::hours(hours)).to_rfc3339();
+    let clock = Clock::new();
+    clock.set(&at(0));
+    let stack = Stack::start_with(
+        "sweep",
+        vec![
+            clock.env(),
+            ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned()),
+            small_pools(),
+        ],
+    )
+    .await;
+    seed(&stack).await;
+    // Nightly runs three hours from the start, and then a day later.
+    let nightly = (start + chrono::TimeDelta::hours(3) + chrono::TimeDelta::minutes(1))
+        .with_timezone(&chrono_tz::Europe::Stockholm);
+    let mut file: Value = serde_json::from_str(&with_schedule(&nightly.format("%H:%M").to_string())).unwrap();
+    file["delete_after_days"] = json!(1);
+    apply(&stack, &file.to_string()).await;
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let first = finished_run(&stack, None).await;
+    assert_eq!(first["last_run"]["state"], "succeeded", "{first:#}");
+    wait_for("the due time to be computed", Duration::from_secs(30), || async {
+        (sql(&stack, "SELECT count(*) FROM tenant_schedule") == "1").then_some(())
+    })
+    .await;
+
+    // A member leaves an hour in; a manual run finds it and dates its deletion a
+    // day ahead (the differ reads the same clock); the nightly run keeps it pending.
+    let (_, members) = telephony_members(&stack).await;
+    stack
+        .graph_call(
+            Method::DELETE,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/users/{}", members[0]),
+            None,
+        )
+        .await;
+    clock.set(&at(1));
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let first_id = first["last_run"]["id"].as_str().unwrap().to_owned();
+    let found = finished_run(&stack, Some(&first_id)).await;
+    assert_eq!(found["pending_deletions"], 1, "{found:#}");
+    clock.set(&at(4));
+    let found_id = found["last_run"]["id"].as_str().unwrap().to_owned();
+    let nightly_run = finished_run(&stack, Some(&found_id)).await;
+    assert_eq!(nightly_run["last_run"]["trigger"], "scheduled", "{nightly_run:#}");
+    assert_eq!(nightly_run["pending_deletions"], 1, "{nightly_run:#}");
+
+    // A day after it was found the deletion is due, an hour before the next nightly run.
+    clock.set(&at(26));
+    let nightly_id = nightly_run["last_run"]["id"].as_str().unwrap().to_owned();
+    let sweep = finished_run(&stack, Some(&nightly_id)).await;
+    assert_eq!(sweep["last_run"]["trigger"], "sweep", "{sweep:#}");
+    assert_eq!(sweep["last_run"]["counts"]["deleted"], 1, "{sweep:#}");
+    assert_eq!(sweep["pending_deletions"], 0, "{sweep:#}");
+    assert_eq!(
+        logged(&stack, "usersync-fetcher", "run requested for due deletions"),
+        1
+    );
+    assert_eq!(
+        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'sweep'"),
+        "1"
+    );
+    assert_eq!(
+        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
+        "1"
+    );
+}
