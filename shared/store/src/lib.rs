@@ -6,7 +6,9 @@
 mod crypto;
 mod db;
 mod directory;
+mod fields;
 mod mails;
+mod membership;
 mod runs;
 mod sync_users;
 mod tenants;
@@ -14,6 +16,8 @@ mod tenants;
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
+pub use fields::DiscoveredField;
+pub use membership::GroupsState;
 pub use runs::{RunRow, RunStart, RunState};
 pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
