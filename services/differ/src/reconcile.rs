@@ -47,6 +47,7 @@ impl Handler<DirectoryPage> for Differ {
                 full_round,
                 scoped,
                 delta_link,
+                groups,
             } => {
                 let recorded = self.store.pages_recorded(round).await?;
                 if recorded < i64::from(*pages) {
@@ -75,6 +76,7 @@ impl Handler<DirectoryPage> for Differ {
                     full_round: *full_round,
                     scoped: *scoped,
                     delta_link,
+                    groups: groups.as_ref(),
                 };
                 self.complete_round(&round).await.map_err(Failure::from)
             }
@@ -101,6 +103,9 @@ impl Differ {
             .set_run_state(round.ids.run_id, RunState::Differing)
             .await?;
         let tenant = self.store.require_tenant(round.tenant_id, None).await?;
+        self.store
+            .settle_membership(round.tenant_id, round.ids, round.groups)
+            .await?;
         if round.full_round {
             let gone = self.store.mark_unseen_removed(round.tenant_id, round.ids).await?;
             if gone > 0 {
@@ -147,6 +152,7 @@ impl Differ {
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;
         }
+        self.store.record_fields(round.tenant_id).await?;
         Ok(())
     }
 
@@ -183,4 +189,5 @@ struct Round<'a> {
     full_round: bool,
     scoped: bool,
     delta_link: &'a str,
+    groups: Option<&'a usersync_contract::GroupsRound>,
 }

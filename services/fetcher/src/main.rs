@@ -1,5 +1,6 @@
 //! usersync-fetcher: turns resync requests into pages of directory data.
 
+mod groups;
 mod round;
 
 use usersync_bus::{Bus, ConsumeOptions};
