@@ -1,5 +1,6 @@
 //! usersync: the operator's command line.
 
+mod fields;
 mod output;
 
 use std::io::Read;
@@ -53,6 +54,12 @@ enum Command {
         /// How many runs to show, newest first.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+    },
+    /// Source properties seen in the tenant's directory: users having each, an example.
+    Fields {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -117,6 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.require_tenant(&id, None).await?;
             output::runs(&store.runs(&id, limit).await?, json)
         }
+        Command::Fields { id, json } => fields::show(&store().await?, &id, json).await,
     }
 }
 
