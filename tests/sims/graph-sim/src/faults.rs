@@ -36,6 +36,10 @@ pub struct FaultSpec {
     /// Error code for `sync_state` (default `resyncRequired`).
     #[serde(default)]
     pub code: Option<String>,
+    /// Matching requests to let through before the fault is served, e.g. to
+    /// fail a round in its middle.
+    #[serde(default)]
+    pub skip: u32,
 }
 
 fn one() -> u32 {
@@ -73,10 +77,15 @@ impl FaultQueue {
         self.0.push_back(fault);
     }
 
-    /// Consumes one use of the oldest fault that matches `path`.
+    /// Consumes one use of the oldest fault that matches `path`; a fault still
+    /// skipping lets this request through (and counts it).
     pub fn take(&mut self, path: &str) -> Option<FaultSpec> {
         let position = self.0.iter().position(|f| f.matches(path))?;
         let fault = self.0.get_mut(position)?;
+        if fault.skip > 0 {
+            fault.skip -= 1;
+            return None;
+        }
         fault.count -= 1;
         let served = fault.clone();
         if fault.count == 0 {
@@ -141,7 +150,21 @@ mod tests {
             count,
             path_prefix: path_prefix.map(str::to_owned),
             code: None,
+            skip: 0,
         }
+    }
+
+    #[test]
+    fn a_skipping_fault_lets_that_many_requests_through_first() {
+        let mut queue = FaultQueue::default();
+        let mut spec = fault(1, Some("/v1.0/users/delta"));
+        spec.skip = 2;
+        queue.push(spec);
+        assert!(queue.take("/v1.0/groups").is_none());
+        assert!(queue.take("/v1.0/users/delta").is_none());
+        assert!(queue.take("/v1.0/users/delta").is_none());
+        assert!(queue.take("/v1.0/users/delta").is_some());
+        assert!(queue.take("/v1.0/users/delta").is_none());
     }
 
     #[test]
