@@ -91,8 +91,11 @@ impl Sim {
 pub fn router(sim: Arc<Sim>) -> Router {
     let graph = Router::new()
         .route("/v1.0/users/delta", get(users_delta::handle))
+        // Graph also takes the function-call form, which Microsoft's SDKs send.
+        .route("/v1.0/users/delta()", get(users_delta::handle))
         .route("/v1.0/groups", get(groups::list))
         .route("/v1.0/groups/delta", get(groups_delta::handle))
+        .route("/v1.0/groups/delta()", get(groups_delta::handle))
         .route(
             "/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user",
             get(groups::transitive_members),
