@@ -416,7 +416,15 @@ async fn lost_delta_state_reads_everything_and_removes_the_unreturned() {
     };
     // Every user is in scope, so only the full round can tell who is gone.
     tenant.setup(&stack, json!({"users": 30}), json!([""]), json!({})).await;
+    // Graph's paging quirks on the first round: an empty page with a next link,
+    // then pages out of order with a user sent twice.
+    for quirk in [json!({"kind": "empty_page"}), json!({"kind": "reorder", "count": 3})] {
+        let mut fault = quirk;
+        fault["path_prefix"] = json!("/v1.0/users/delta");
+        stack.graph_call(Method::POST, &tenant.sim_path("/faults"), Some(fault)).await;
+    }
     assert_counts(&sync(&stack, "openco", false).await, 30, 0, 0);
+    assert_eq!(sim_stats(&stack, tenant.entra).await["faults_served"], 4);
     let mut users: Vec<String> = stack
         .graph_call(Method::GET, &tenant.sim_path("/users"), None)
         .await["value"]
