@@ -30,7 +30,12 @@ fn table(fields: &[DiscoveredField]) -> String {
     let width = fields.iter().map(|f| f.field.len()).max().unwrap_or(0).max(5);
     let mut text = format!("{:<width$}  {:>7}  EXAMPLE\n", "FIELD", "USERS");
     for f in fields {
-        text.push_str(&format!("{:<width$}  {:>7}  {}\n", f.field, f.users, example(&f.example)));
+        text.push_str(&format!(
+            "{:<width$}  {:>7}  {}\n",
+            f.field,
+            f.users,
+            example(&f.example)
+        ));
     }
     text
 }
@@ -77,6 +82,10 @@ mod tests {
         assert_eq!(lines[0], "FIELD             USERS  EXAMPLE");
         assert_eq!(lines[1], "mail                120  a@x");
         assert_eq!(lines[2], "accountEnabled        7  true");
-        assert!(lines[3].ends_with('…') && lines[3].chars().count() < 80 + 20, "{}", lines[3]);
+        assert!(
+            lines[3].ends_with('…') && lines[3].chars().count() < 80 + 20,
+            "{}",
+            lines[3]
+        );
     }
 }

@@ -61,7 +61,13 @@ mod tests {
 
     #[test]
     fn nesting_is_followed_at_any_depth_and_cycles_end() {
-        let edges = [edge("c", "d"), edge("a", "b"), edge("b", "c"), edge("d", "a"), edge("x", "y")];
+        let edges = [
+            edge("c", "d"),
+            edge("a", "b"),
+            edge("b", "c"),
+            edge("d", "a"),
+            edge("x", "y"),
+        ];
         let reached = reachable(["a".to_owned()], &edges);
         assert_eq!(reached.into_iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
     }
@@ -103,6 +109,9 @@ mod tests {
         let with_nested: BTreeSet<String> = ["filter".to_owned(), "nested".to_owned()].into();
         assert!(needs_relisting(false, &with_nested, &scan));
         let renamed: BTreeSet<String> = ["renamed".to_owned()].into();
-        assert!(!needs_relisting(false, &renamed, &scan), "a rename changes no membership");
+        assert!(
+            !needs_relisting(false, &renamed, &scan),
+            "a rename changes no membership"
+        );
     }
 }

@@ -45,7 +45,9 @@ fn retry_policy() -> anyhow::Result<RetryPolicy> {
         match std::env::var(name) {
             Err(_) => Ok(default),
             Ok(text) => text.trim().parse().map_err(|_| {
-                anyhow::anyhow!("{name}={text:?} is not a whole number: set it to e.g. {default}, or unset it")
+                anyhow::anyhow!(
+                    "{name}={text:?} is not a whole number: set it to e.g. {default}, or unset it"
+                )
             }),
         }
     };

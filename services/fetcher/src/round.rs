@@ -129,7 +129,10 @@ impl Fetcher {
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
         let groups = if scoped {
             let fresh = delta_link.is_none();
-            Some(self.track_groups(&round, tenant, &credentials, fresh, &mut pages).await?)
+            Some(
+                self.track_groups(&round, tenant, &credentials, fresh, &mut pages)
+                    .await?,
+            )
         } else {
             None
         };
@@ -222,9 +225,15 @@ impl Fetcher {
         let scope_groups = groups::reachable(known, &scan.edges);
         let relisted = groups::needs_relisting(fresh_scan, &scope_groups, &scan);
         if relisted {
-            *pages = self.publish_members(round, credentials, &filter_ids, *pages).await?;
+            *pages = self
+                .publish_members(round, credentials, &filter_ids, *pages)
+                .await?;
         }
-        tracing::info!(relisted, scope_groups = scope_groups.len(), "filter group membership read");
+        tracing::info!(
+            relisted,
+            scope_groups = scope_groups.len(),
+            "filter group membership read"
+        );
         let nested_group_ids = scope_groups
             .into_iter()
             .filter(|id| !filter_ids.contains(id))

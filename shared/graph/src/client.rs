@@ -13,8 +13,8 @@ use crate::pages::{Collection, DirectoryObject, RawGroupDelta};
 use crate::retry::{self, transport_error, AttemptError, RetryHook};
 use crate::token::{self, TokenCache, TokenKey};
 use crate::{
-    response, urls, Credentials, DeltaPage, GraphConfig, GraphError, GroupsDeltaPage, MembersPage, ResolvedGroup,
-    RetryEvent,
+    response, urls, Credentials, DeltaPage, GraphConfig, GraphError, GroupsDeltaPage, MembersPage,
+    ResolvedGroup, RetryEvent,
 };
 
 /// A hung connection must not stall a tenant's run forever.
@@ -107,7 +107,11 @@ impl GraphClient {
     }
 
     /// One page of a groups delta round, from a next or delta link exactly as given.
-    pub async fn groups_delta_page(&self, creds: &Credentials, url: &str) -> Result<GroupsDeltaPage, GraphError> {
+    pub async fn groups_delta_page(
+        &self,
+        creds: &Credentials,
+        url: &str,
+    ) -> Result<GroupsDeltaPage, GraphError> {
         let page: Collection<RawGroupDelta> = self.get(creds, url, Consistency::Default).await?;
         GroupsDeltaPage::try_from(page)
     }
@@ -192,7 +196,8 @@ impl GraphClient {
             Err(_) => "error".to_owned(),
         };
         metrics::counter!("usersync_graph_requests_total", "status" => status).increment(1);
-        metrics::histogram!("usersync_graph_request_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("usersync_graph_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         response::read(url, sent.map_err(transport_error)?).await
     }
 

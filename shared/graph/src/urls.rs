@@ -67,7 +67,10 @@ pub(crate) fn members_start(graph_base_url: &str, group_id: &str) -> String {
 
 /// Only what membership tracking needs: the groups delta with `members@delta`.
 pub(crate) fn groups_delta_start(graph_base_url: &str) -> String {
-    format!("{}/groups/delta?$select=displayName,members", trimmed(graph_base_url))
+    format!(
+        "{}/groups/delta?$select=displayName,members",
+        trimmed(graph_base_url)
+    )
 }
 
 /// Parses a link and checks it points at the configured Graph host, so the access

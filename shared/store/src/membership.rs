@@ -37,7 +37,12 @@ impl Store {
     /// stores them with the groups delta link: a relisting round replaces the
     /// stored membership, any other scoped round uses it. An unscoped round
     /// drops the state. Idempotent: a redelivered end of round does the same again.
-    pub async fn settle_membership(&self, tenant_id: &str, round: Round, groups: Option<&GroupsRound>) -> Result<()> {
+    pub async fn settle_membership(
+        &self,
+        tenant_id: &str,
+        round: Round,
+        groups: Option<&GroupsRound>,
+    ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let Some(groups) = groups else {

@@ -45,7 +45,10 @@ async fn store_with_tenant(url: &str) -> Store {
     });
     let tenant = parse_tenant_file(&document.to_string()).expect("a valid tenant file");
     let key = SecretKey::from_base64(TEST_KEY).expect("key");
-    store.upsert_tenant(&tenant, &key).await.expect("saving the tenant");
+    store
+        .upsert_tenant(&tenant, &key)
+        .await
+        .expect("saving the tenant");
     store
 }
 
@@ -158,7 +161,10 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
             run_id: first.run_id,
             round_id: Uuid::new_v4(),
         };
-        store.settle_membership("acme", third, None).await.expect("settling");
+        store
+            .settle_membership("acme", third, None)
+            .await
+            .expect("settling");
         assert_eq!(store.groups_state("acme").await.expect("state"), None);
     })
     .await;

@@ -143,14 +143,24 @@ async fn groups_delta_pages_carry_member_changes_and_removals() {
     let usersync_graph::PageLink::Next(next) = first.next.clone() else {
         panic!("expected a next link: {first:?}");
     };
-    let second = client.groups_delta_page(&creds(), &next).await.expect("second page");
+    let second = client
+        .groups_delta_page(&creds(), &next)
+        .await
+        .expect("second page");
 
     let g1 = &first.groups[0];
     assert_eq!((g1.id.as_str(), g1.removed), ("g1", false));
-    let members: Vec<_> = g1.members.iter().map(|m| (m.id.as_str(), m.is_group, m.removed)).collect();
+    let members: Vec<_> = g1
+        .members
+        .iter()
+        .map(|m| (m.id.as_str(), m.is_group, m.removed))
+        .collect();
     assert_eq!(members, [("u1", false, false), ("g2", true, false)]);
     let left = &second.groups[0].members[0];
-    assert_eq!((left.id.as_str(), left.is_group, left.removed), ("u2", false, true));
+    assert_eq!(
+        (left.id.as_str(), left.is_group, left.removed),
+        ("u2", false, true)
+    );
     assert!(second.groups[1].removed);
     assert_eq!(
         second.next,

@@ -57,7 +57,9 @@ impl Extra {
             }),
         );
         merge(&mut file, changes);
-        let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&file.to_string())).await;
+        let (ok, _, stderr) = stack
+            .cli(&["tenant", "apply", "-"], Some(&file.to_string()))
+            .await;
         assert!(ok, "tenant apply {} failed: {stderr}", self.id);
     }
 
@@ -110,11 +112,15 @@ async fn run(stack: &Stack, tenant: &str, run_id: &str) -> Option<Value> {
 }
 
 async fn finished(stack: &Stack, tenant: &str, run_id: &str, deadline: Duration) -> Value {
-    wait_for(&format!("run {run_id} of {tenant} to finish"), deadline, || async {
-        run(stack, tenant, run_id)
-            .await
-            .filter(|r| !r["finished_at"].is_null())
-    })
+    wait_for(
+        &format!("run {run_id} of {tenant} to finish"),
+        deadline,
+        || async {
+            run(stack, tenant, run_id)
+                .await
+                .filter(|r| !r["finished_at"].is_null())
+        },
+    )
     .await
 }
 
@@ -176,7 +182,11 @@ async fn membership_follows_the_groups_delta_including_nested_groups() {
         .into_keys()
         .filter(|id| !members.contains(id))
         .collect();
-    assert!(!sql(&stack, "SELECT delta_link FROM tenant_groups WHERE tenant_id = 'acme'").is_empty());
+    assert!(!sql(
+        &stack,
+        "SELECT delta_link FROM tenant_groups WHERE tenant_id = 'acme'"
+    )
+    .is_empty());
 
     // Joining the filter group brings a user in whose own object did not change.
     add_member(&stack, &group, &outsiders[0]).await;
@@ -187,7 +197,10 @@ async fn membership_follows_the_groups_delta_including_nested_groups() {
     stack
         .graph_call(
             Method::DELETE,
-            &format!("/_sim/tenants/{ENTRA_TENANT}/groups/{group}/members/{}", members[0]),
+            &format!(
+                "/_sim/tenants/{ENTRA_TENANT}/groups/{group}/members/{}",
+                members[0]
+            ),
             None,
         )
         .await;
@@ -281,7 +294,9 @@ async fn fields_are_discovered_and_an_incomplete_mapping_creates_nobody() {
     assert!(ok, "{stderr}");
     assert!(table.starts_with("FIELD"), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with("mail ") && l.contains(" 30 ")),
+        table
+            .lines()
+            .any(|l| l.starts_with("mail ") && l.contains(" 30 ")),
         "{table}"
     );
 }
@@ -305,7 +320,12 @@ async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_noti
         entra: "6b0c2d1e-3f4a-4b5c-8d6e-7f8091a2b3c8",
     };
     wrong
-        .setup(&stack, json!({"client_secret": "the-real-one"}), json!([""]), json!({}))
+        .setup(
+            &stack,
+            json!({"client_secret": "the-real-one"}),
+            json!([""]),
+            json!({}),
+        )
         .await;
     expired
         .setup(&stack, json!({"secret_expired": true}), json!([""]), json!({}))
@@ -319,23 +339,42 @@ async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_noti
         runs.push((tenant, request_resync(&stack, tenant, false).await));
     }
     let expected = [
-        ("wrongco", "entra.7000215", "client secret is wrong (AADSTS7000215)"),
-        ("expiredco", "entra.7000222", "client secret expired (AADSTS7000222)"),
+        (
+            "wrongco",
+            "entra.7000215",
+            "client secret is wrong (AADSTS7000215)",
+        ),
+        (
+            "expiredco",
+            "entra.7000222",
+            "client secret expired (AADSTS7000222)",
+        ),
         ("consentco", "graph.consent_missing", "admin consent"),
     ];
     for ((tenant, run_id), (_, code, message)) in runs.iter().zip(expected) {
         let run = finished(&stack, tenant, run_id, Duration::from_secs(120)).await;
         assert_eq!(run["state"], "failed", "{run:#}");
-        assert!(run["error"].as_str().is_some_and(|e| e.contains(message)), "{run:#}");
+        assert!(
+            run["error"].as_str().is_some_and(|e| e.contains(message)),
+            "{run:#}"
+        );
         assert_eq!(
-            sql(&stack, &format!("SELECT error_code FROM runs WHERE id = '{run_id}'")),
+            sql(
+                &stack,
+                &format!("SELECT error_code FROM runs WHERE id = '{run_id}'")
+            ),
             code
         );
         let (ok, text, _) = stack.cli(&["runs", tenant], None).await;
         assert!(ok && text.contains(message), "{text}");
     }
     let (_, acme_run) = &runs[3];
-    assert_counts(&finished(&stack, "acme", acme_run, Duration::from_secs(120)).await, 120, 0, 0);
+    assert_counts(
+        &finished(&stack, "acme", acme_run, Duration::from_secs(120)).await,
+        120,
+        0,
+        0,
+    );
 
     for tenant in [&wrong, &expired, &consent] {
         let address = format!("To: {}", tenant.error_address());
@@ -375,9 +414,17 @@ async fn a_throttled_tenant_waits_alone_and_a_long_outage_fails_the_run() {
     })
     .await;
     let acme_run = request_resync(&stack, "acme", false).await;
-    assert_counts(&finished(&stack, "acme", &acme_run, Duration::from_secs(120)).await, 120, 0, 0);
+    assert_counts(
+        &finished(&stack, "acme", &acme_run, Duration::from_secs(120)).await,
+        120,
+        0,
+        0,
+    );
     let waiting = run(&stack, "slowco", &slow_run).await.expect("the slow run");
-    assert!(waiting["finished_at"].is_null(), "slowco did not wait: {waiting:#}");
+    assert!(
+        waiting["finished_at"].is_null(),
+        "slowco did not wait: {waiting:#}"
+    );
 
     let done = finished(&stack, "slowco", &slow_run, Duration::from_secs(120)).await;
     assert_counts(&done, 40, 0, 0);
@@ -402,7 +449,10 @@ async fn a_throttled_tenant_waits_alone_and_a_long_outage_fails_the_run() {
     assert!(error.contains("Microsoft Graph unavailable after"), "{error}");
     assert!(error.contains("503"), "{error}");
     assert_eq!(
-        sql(&stack, &format!("SELECT error_code FROM runs WHERE id = '{down_run}'")),
+        sql(
+            &stack,
+            &format!("SELECT error_code FROM runs WHERE id = '{down_run}'")
+        ),
         "graph.unavailable"
     );
 }
@@ -415,13 +465,20 @@ async fn lost_delta_state_reads_everything_and_removes_the_unreturned() {
         entra: "6b0c2d1e-3f4a-4b5c-8d6e-7f8091a2b3d0",
     };
     // Every user is in scope, so only the full round can tell who is gone.
-    tenant.setup(&stack, json!({"users": 30}), json!([""]), json!({})).await;
+    tenant
+        .setup(&stack, json!({"users": 30}), json!([""]), json!({}))
+        .await;
     // Graph's paging quirks on the first round: an empty page with a next link,
     // then pages out of order with a user sent twice.
-    for quirk in [json!({"kind": "empty_page"}), json!({"kind": "reorder", "count": 3})] {
+    for quirk in [
+        json!({"kind": "empty_page"}),
+        json!({"kind": "reorder", "count": 3}),
+    ] {
         let mut fault = quirk;
         fault["path_prefix"] = json!("/v1.0/users/delta");
-        stack.graph_call(Method::POST, &tenant.sim_path("/faults"), Some(fault)).await;
+        stack
+            .graph_call(Method::POST, &tenant.sim_path("/faults"), Some(fault))
+            .await;
     }
     assert_counts(&sync(&stack, "openco", false).await, 30, 0, 0);
     assert_eq!(sim_stats(&stack, tenant.entra).await["faults_served"], 4);
@@ -437,10 +494,18 @@ async fn lost_delta_state_reads_everything_and_removes_the_unreturned() {
     for style in ["gone", "syncStateNotFound", "syncStateInvalid", "resyncRequired"] {
         let gone = users.pop().expect("a user to delete");
         stack
-            .graph_call(Method::PATCH, &tenant.sim_path(""), Some(json!({"expiry_style": style})))
+            .graph_call(
+                Method::PATCH,
+                &tenant.sim_path(""),
+                Some(json!({"expiry_style": style})),
+            )
             .await;
         stack
-            .graph_call(Method::DELETE, &tenant.sim_path(&format!("/users/{gone}?hard=true")), None)
+            .graph_call(
+                Method::DELETE,
+                &tenant.sim_path(&format!("/users/{gone}?hard=true")),
+                None,
+            )
             .await;
         stack
             .graph_call(Method::POST, &tenant.sim_path("/expire-delta-tokens"), None)
@@ -448,19 +513,30 @@ async fn lost_delta_state_reads_everything_and_removes_the_unreturned() {
         let run = sync(&stack, "openco", false).await;
         assert_counts(&run, 0, 0, 1);
         let id = run["id"].as_str().expect("id");
-        assert_eq!(sql(&stack, &format!("SELECT full_round FROM runs WHERE id = '{id}'")), "t", "{style}");
+        assert_eq!(
+            sql(&stack, &format!("SELECT full_round FROM runs WHERE id = '{id}'")),
+            "t",
+            "{style}"
+        );
         assert!(!company_users(&stack, "openco").await.contains(&gone), "{style}");
     }
 
     // Asked for: a full read with a valid link removes who it did not return.
     let gone = users.pop().expect("a user to delete");
     stack
-        .graph_call(Method::DELETE, &tenant.sim_path(&format!("/users/{gone}?hard=true")), None)
+        .graph_call(
+            Method::DELETE,
+            &tenant.sim_path(&format!("/users/{gone}?hard=true")),
+            None,
+        )
         .await;
     let run = sync(&stack, "openco", true).await;
     assert_counts(&run, 0, 0, 1);
     let id = run["id"].as_str().expect("id");
-    assert_eq!(sql(&stack, &format!("SELECT full_round FROM runs WHERE id = '{id}'")), "t");
+    assert_eq!(
+        sql(&stack, &format!("SELECT full_round FROM runs WHERE id = '{id}'")),
+        "t"
+    );
     assert_eq!(company_users(&stack, "openco").await.len(), 25);
 }
 
@@ -472,7 +548,12 @@ async fn a_fetcher_killed_mid_round_loses_nothing() {
         entra: "6b0c2d1e-3f4a-4b5c-8d6e-7f8091a2b3d1",
     };
     tenant
-        .setup(&stack, json!({"users": 600, "page_size": 20}), json!([""]), json!({}))
+        .setup(
+            &stack,
+            json!({"users": 600, "page_size": 20}),
+            json!([""]),
+            json!({}),
+        )
         .await;
     // After ten pages the fetcher is told to wait five minutes: it is killed then.
     stack
@@ -483,28 +564,52 @@ async fn a_fetcher_killed_mid_round_loses_nothing() {
         )
         .await;
     let run_id = request_resync(&stack, "bigco", false).await;
-    wait_for("the fetcher to stop mid-round", Duration::from_secs(60), || async {
-        (sim_stats(&stack, tenant.entra).await["faults_served"] == 1).then_some(())
-    })
+    wait_for(
+        "the fetcher to stop mid-round",
+        Duration::from_secs(60),
+        || async { (sim_stats(&stack, tenant.entra).await["faults_served"] == 1).then_some(()) },
+    )
     .await;
-    let pages = wait_for("the differ to record the ten pages", Duration::from_secs(30), || async {
-        let pages = sql(&stack, &format!("SELECT count(*) FROM round_pages WHERE run_id = '{run_id}'"));
-        (pages == "10").then_some(pages)
-    })
+    let pages = wait_for(
+        "the differ to record the ten pages",
+        Duration::from_secs(30),
+        || async {
+            let pages = sql(
+                &stack,
+                &format!("SELECT count(*) FROM round_pages WHERE run_id = '{run_id}'"),
+            );
+            (pages == "10").then_some(pages)
+        },
+    )
     .await;
     assert_eq!(pages, "10");
-    assert_eq!(sql(&stack, "SELECT delta_link IS NULL FROM tenants WHERE id = 'bigco'"), "t");
+    assert_eq!(
+        sql(
+            &stack,
+            "SELECT delta_link IS NULL FROM tenants WHERE id = 'bigco'"
+        ),
+        "t"
+    );
     stack.kill_service(0).await;
     stack.start_service("usersync-fetcher").await;
 
     // The request comes back to the new fetcher, which reads the round again from the start.
     let done = finished(&stack, "bigco", &run_id, Duration::from_secs(240)).await;
     assert_counts(&done, 600, 0, 0);
-    assert_eq!(sql(&stack, "SELECT delta_link IS NOT NULL FROM tenants WHERE id = 'bigco'"), "t");
+    assert_eq!(
+        sql(
+            &stack,
+            "SELECT delta_link IS NOT NULL FROM tenants WHERE id = 'bigco'"
+        ),
+        "t"
+    );
     let writes = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
     assert_eq!(writes["companies"]["bigco"]["created"], 600, "{writes}");
     assert_eq!(
-        sql(&stack, "SELECT count(*) FROM directory_users WHERE tenant_id = 'bigco' AND NOT removed"),
+        sql(
+            &stack,
+            "SELECT count(*) FROM directory_users WHERE tenant_id = 'bigco' AND NOT removed"
+        ),
         "600"
     );
 }

@@ -121,7 +121,10 @@ async fn paging_quirks_empty_pages_disorder_and_repeats_lose_no_user() {
     let quirky = sim.round(&token, start).await;
 
     assert!(quirky.pages[0]["value"].as_array().unwrap().is_empty());
-    assert!(quirky.pages[0]["@odata.nextLink"].as_str().unwrap().ends_with(start));
+    assert!(quirky.pages[0]["@odata.nextLink"]
+        .as_str()
+        .unwrap()
+        .ends_with(start));
     let ids = |round: &super::Collected| {
         round
             .items()
@@ -130,7 +133,11 @@ async fn paging_quirks_empty_pages_disorder_and_repeats_lose_no_user() {
             .collect::<Vec<_>>()
     };
     let (plain_ids, quirky_ids) = (ids(&plain), ids(&quirky));
-    assert_eq!(quirky_ids.len(), plain_ids.len() + quirky.pages.len() - 1, "one repeat per page");
+    assert_eq!(
+        quirky_ids.len(),
+        plain_ids.len() + quirky.pages.len() - 1,
+        "one repeat per page"
+    );
     assert_ne!(quirky_ids[..plain_ids.len()], plain_ids[..], "the order differs");
     let distinct: std::collections::BTreeSet<_> = quirky_ids.iter().collect();
     assert_eq!(distinct, plain_ids.iter().collect());
