@@ -302,7 +302,7 @@ async fn fields_are_discovered_and_an_incomplete_mapping_creates_nobody() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_notifier() {
+async fn credential_consent_and_unknown_group_errors_fail_only_their_tenant_and_reach_the_notifier() {
     let stack = Stack::start("tokens").await;
     seed(&stack).await;
     let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&tenant_file())).await;
@@ -333,9 +333,21 @@ async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_noti
     consent
         .setup(&stack, json!({"consent_missing": true}), json!([""]), json!({}))
         .await;
+    let nogroup = Extra {
+        id: "nogroupco",
+        entra: "6b0c2d1e-3f4a-4b5c-8d6e-7f8091a2b3d2",
+    };
+    nogroup
+        .setup(
+            &stack,
+            json!({"groups": [{"name": "Sales", "members": 5}]}),
+            json!(["Sales", "Växel O'Brien"]),
+            json!({}),
+        )
+        .await;
 
     let mut runs = Vec::new();
-    for tenant in ["wrongco", "expiredco", "consentco", "acme"] {
+    for tenant in ["wrongco", "expiredco", "consentco", "nogroupco", "acme"] {
         runs.push((tenant, request_resync(&stack, tenant, false).await));
     }
     let expected = [
@@ -350,6 +362,11 @@ async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_noti
             "client secret expired (AADSTS7000222)",
         ),
         ("consentco", "graph.consent_missing", "admin consent"),
+        (
+            "nogroupco",
+            "graph.group_not_found",
+            "no group named \"Växel O'Brien\"",
+        ),
     ];
     for ((tenant, run_id), (_, code, message)) in runs.iter().zip(expected) {
         let run = finished(&stack, tenant, run_id, Duration::from_secs(120)).await;
@@ -368,7 +385,7 @@ async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_noti
         let (ok, text, _) = stack.cli(&["runs", tenant], None).await;
         assert!(ok && text.contains(message), "{text}");
     }
-    let (_, acme_run) = &runs[3];
+    let (_, acme_run) = &runs[4];
     assert_counts(
         &finished(&stack, "acme", acme_run, Duration::from_secs(120)).await,
         120,
@@ -376,7 +393,7 @@ async fn credential_and_consent_errors_fail_only_their_tenant_and_reach_the_noti
         0,
     );
 
-    for tenant in [&wrong, &expired, &consent] {
+    for tenant in [&wrong, &expired, &consent, &nogroup] {
         let address = format!("To: {}", tenant.error_address());
         wait_for(
             &format!("the error report to {}", tenant.error_address()),
