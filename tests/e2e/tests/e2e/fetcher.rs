@@ -475,7 +475,7 @@ async fn a_throttled_tenant_waits_alone_and_a_long_outage_fails_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_delta_state_reads_everything_and_removes_the_unreturned() {
+async fn lost_delta_state_and_disabling_lose_no_deletion_and_paging_quirks_no_user() {
     let stack = Stack::start("expiry").await;
     let tenant = Extra {
         id: "openco",
@@ -555,6 +555,18 @@ async fn lost_delta_state_reads_everything_and_removes_the_unreturned() {
         "t"
     );
     assert_eq!(company_users(&stack, "openco").await.len(), 25);
+
+    // Disabled is out of scope; enabled again is back (a delta round: the
+    // change carries only accountEnabled, which is always selected).
+    let disabled = users.pop().expect("a user to disable");
+    let enabled = |on: bool| json!({"accountEnabled": on});
+    let path = tenant.sim_path(&format!("/users/{disabled}"));
+    stack.graph_call(Method::PATCH, &path, Some(enabled(false))).await;
+    assert_counts(&sync(&stack, "openco", false).await, 0, 0, 1);
+    assert!(!company_users(&stack, "openco").await.contains(&disabled));
+    stack.graph_call(Method::PATCH, &path, Some(enabled(true))).await;
+    assert_counts(&sync(&stack, "openco", false).await, 1, 0, 0);
+    assert!(company_users(&stack, "openco").await.contains(&disabled));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
