@@ -186,7 +186,9 @@ impl Fetcher {
         fresh_round: bool,
         pages: &mut u32,
     ) -> Result<GroupsRound, RoundError> {
-        let filter_ids = self.resolve_filter_groups(tenant, credentials).await?;
+        let filter_ids = self
+            .resolve_filter_groups(round.run_id, tenant, credentials)
+            .await?;
         let stored = match fresh_round {
             true => None,
             false => self
@@ -249,6 +251,7 @@ impl Fetcher {
     /// The ids of the groups named in `memberOf`, sorted; a name matching none fails the run.
     async fn resolve_filter_groups(
         &self,
+        run_id: Uuid,
         tenant: &TenantConfig,
         credentials: &Credentials,
     ) -> Result<Vec<String>, RoundError> {
@@ -266,7 +269,13 @@ impl Fetcher {
         let mut ids = Vec::new();
         for group in resolved {
             if group.ids.len() > 1 {
-                tracing::warn!(group = %group.name, count = group.ids.len(), "several groups have this name: members of all of them are in scope");
+                let warning = format!(
+                    "{} groups are named {:?}: members of all of them are in scope (rename groups in Entra ID, or check provider_settings.user_filter.memberOf)",
+                    group.ids.len(),
+                    group.name
+                );
+                tracing::warn!(%warning);
+                self.store.add_run_warning(run_id, &warning).await?;
             }
             ids.extend(group.ids);
         }

@@ -26,3 +26,11 @@ CREATE TABLE tenant_fields (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, field)
 );
+
+-- What a run wants the operator to know without failing, e.g. a filter group
+-- name that matches several groups. Carried by the run's RunFinished event.
+CREATE TABLE run_warnings (
+    run_id   uuid NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    warning  text NOT NULL,
+    PRIMARY KEY (run_id, warning)
+);

@@ -101,3 +101,33 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records a warning for the run (once, however often a redelivered request repeats it).
+    pub async fn add_run_warning(&self, run_id: uuid::Uuid, warning: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO run_warnings (run_id, warning) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&run_id, &warning],
+            )
+            .await
+            .context("recording a run warning")?;
+        Ok(())
+    }
+}
+
+/// The run's warnings, in the order of their text.
+pub(crate) async fn run_warnings(
+    client: &impl deadpool_postgres::GenericClient,
+    run_id: uuid::Uuid,
+) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT warning FROM run_warnings WHERE run_id = $1 ORDER BY warning",
+            &[&run_id],
+        )
+        .await
+        .context("loading the run's warnings")?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}

@@ -426,7 +426,7 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         counts,
         error: None,
         error_code: None,
-        warnings: Vec::new(),
+        warnings: crate::membership::run_warnings(client, run_id).await?,
         problems,
     })
 }

@@ -169,3 +169,33 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn run_warnings_ride_on_the_run_finished_event_once_each() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenant(&url).await;
+        let round = new_round(&store).await;
+        let warning = "2 groups are named \"Telephony\": members of all of them are in scope";
+        for _ in 0..2 {
+            store
+                .add_run_warning(round.run_id, warning)
+                .await
+                .expect("recording the warning");
+        }
+        let end = usersync_store::RoundEnd {
+            delta_link: "https://graph/users/delta?$deltatoken=1",
+            full_round: true,
+            paused: false,
+        };
+        let event = store
+            .complete_planning(round.run_id, "acme", &end)
+            .await
+            .expect("completing")
+            .expect("nothing pending: the run finishes");
+        let usersync_contract::Event::RunFinished { warnings, .. } = event else {
+            panic!("expected RunFinished, got {event:?}");
+        };
+        assert_eq!(warnings, [warning]);
+    })
+    .await;
+}

@@ -225,6 +225,30 @@ async fn membership_follows_the_groups_delta_including_nested_groups() {
     assert!(pbx.contains_key(&outsiders[1]) && pbx.contains_key(&outsiders[2]));
     assert_eq!(pbx.len(), 122);
 
+    // A second group with the filter's name: its members count too, and the run warns.
+    let twin = stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/groups"),
+            Some(json!({"name": "Telephony"})),
+        )
+        .await;
+    add_member(&stack, twin["id"].as_str().expect("group id"), &outsiders[4]).await;
+    let run = sync(&stack, "acme", false).await;
+    assert_counts(&run, 1, 0, 0);
+    let warning = sql(
+        &stack,
+        &format!(
+            "SELECT warning FROM run_warnings WHERE run_id = '{}'",
+            run["id"].as_str().expect("id")
+        ),
+    );
+    assert!(
+        warning.starts_with("2 groups are named \"Telephony\""),
+        "{warning}"
+    );
+    assert_eq!(pbx_users(&stack).await.len(), 123);
+
     // No membership change: the stored membership holds, nobody is listed again.
     let before = sim_stats(&stack, ENTRA_TENANT).await["requests"].clone();
     stack
@@ -238,7 +262,7 @@ async fn membership_follows_the_groups_delta_including_nested_groups() {
     let after = sim_stats(&stack, ENTRA_TENANT).await["requests"].clone();
     assert_eq!(after["members"], before["members"], "members were listed again");
     assert!(after["groups_delta"].as_u64() > before["groups_delta"].as_u64());
-    assert_eq!(pbx_users(&stack).await.len(), 122);
+    assert_eq!(pbx_users(&stack).await.len(), 123);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
