@@ -1,6 +1,7 @@
 //! usersync: the operator's command line.
 
 mod approve;
+mod fields;
 mod operate;
 mod output;
 mod plan;
@@ -85,6 +86,12 @@ enum Command {
     },
     /// Let the next run delete the users the mass-deletion guard held, and request that run.
     ApproveDeletions { id: String },
+    /// Source properties seen in the tenant's directory: users having each, an example.
+    Fields {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan { id, json, all } => plan::plan(&store().await?, &id, json, all).await,
         Command::Explain { id, user, json } => plan::explain(&store().await?, &id, &user, json).await,
         Command::ApproveDeletions { id } => approve::approve_deletions(&store().await?, &id).await,
+        Command::Fields { id, json } => fields::show(&store().await?, &id, json).await,
     }
 }
 

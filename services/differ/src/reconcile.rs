@@ -47,6 +47,7 @@ impl Handler<DirectoryPage> for Differ {
                 full_round,
                 scoped,
                 delta_link,
+                groups,
             } => {
                 let recorded = self.store.pages_recorded(round).await?;
                 if recorded < i64::from(*pages) {
@@ -78,6 +79,7 @@ impl Handler<DirectoryPage> for Differ {
                     full_round: *full_round,
                     scoped: *scoped,
                     delta_link,
+                    groups: groups.as_ref(),
                 };
                 self.complete_round(&round).await.map_err(Failure::from)
             }
@@ -104,6 +106,9 @@ impl Differ {
             .set_run_state(round.ids.run_id, RunState::Differing)
             .await?;
         let tenant = self.store.require_tenant(round.tenant_id, None).await?;
+        self.store
+            .settle_membership(round.tenant_id, round.ids, round.groups)
+            .await?;
         if round.full_round {
             let gone = self.store.mark_unseen_removed(round.tenant_id, round.ids).await?;
             if gone > 0 {
@@ -160,6 +165,8 @@ impl Differ {
         self.store
             .record_plan_outcome(round.ids.run_id, held, &warnings)
             .await?;
+        // Before the run can end: once it shows as succeeded, its fields are there.
+        self.store.record_fields(round.tenant_id).await?;
         let paused = tenant.config.mode == Mode::Pause;
         if let Some(event) = self
             .store
@@ -214,4 +221,5 @@ struct Round<'a> {
     full_round: bool,
     scoped: bool,
     delta_link: &'a str,
+    groups: Option<&'a usersync_contract::GroupsRound>,
 }

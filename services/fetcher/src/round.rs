@@ -3,11 +3,13 @@
 
 use tracing::Instrument;
 use usersync_bus::{Bus, Failure, Handler, Incoming};
-use usersync_contract::{topology::Stage, DirectoryPage, PageBody, ResyncRequest};
+use usersync_contract::{topology::Stage, DirectoryPage, GroupsRound, PageBody, ResyncRequest};
 use usersync_core::TenantConfig;
 use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
 use usersync_store::{RunStart, RunState, SecretKey, Store};
 use uuid::Uuid;
+
+use crate::groups::{self, GroupsScan};
 
 /// Properties read for every user, mapped or not, so fields can be discovered
 /// before any mapping exists.
@@ -129,11 +131,16 @@ impl Fetcher {
             client_secret: tenant.provider_settings.client_secret.clone(),
         };
         let mut pages = 0u32;
-        let groups = &tenant.provider_settings.user_filter.member_of;
-        let scoped = !groups.is_empty();
-        if scoped {
-            pages = self.publish_members(&round, tenant, &credentials, pages).await?;
-        }
+        let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
+        let groups = if scoped {
+            let fresh = delta_link.is_none();
+            Some(
+                self.track_groups(&round, tenant, &credentials, fresh, &mut pages)
+                    .await?,
+            )
+        } else {
+            None
+        };
         let start = self.graph.users_delta_start_url(&select_list(tenant));
         let mut full_round = delta_link.is_none();
         let mut url = delta_link.unwrap_or_else(|| start.clone());
@@ -165,6 +172,7 @@ impl Fetcher {
                 full_round,
                 scoped,
                 delta_link,
+                groups,
             })
             .await?;
         self.store.set_run_state(run_id, RunState::Differing).await?;
@@ -172,14 +180,86 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Publishes the transitive members of every filter group; returns the next page number.
-    async fn publish_members(
+    /// Reads the groups delta (from the stored link, or from scratch on a fresh
+    /// round or a changed filter) and lists the filter groups' transitive
+    /// members again when a group that decides scope changed.
+    async fn track_groups(
         &self,
         round: &RoundPublisher<'_>,
         tenant: &TenantConfig,
         credentials: &Credentials,
-        mut pages: u32,
-    ) -> Result<u32, RoundError> {
+        fresh_round: bool,
+        pages: &mut u32,
+    ) -> Result<GroupsRound, RoundError> {
+        let filter_ids = self
+            .resolve_filter_groups(round.run_id, tenant, credentials)
+            .await?;
+        let stored = match fresh_round {
+            true => None,
+            false => self
+                .store
+                .groups_state(&tenant.id)
+                .await?
+                .filter(|state| state.filter_group_ids == filter_ids),
+        };
+        let start = self.graph.groups_delta_start_url();
+        let mut fresh_scan = stored.is_none();
+        let mut url = stored
+            .as_ref()
+            .map_or_else(|| start.clone(), |state| state.delta_link.clone());
+        let mut scan = GroupsScan::default();
+        let delta_link = loop {
+            let page = match self.graph.groups_delta_page(credentials, &url).await {
+                Err(GraphError::ResyncRequired { code, .. }) if !fresh_scan => {
+                    tracing::warn!(%code, "groups delta state no longer valid: reading every group");
+                    fresh_scan = true;
+                    scan = GroupsScan::default();
+                    url = start.clone();
+                    continue;
+                }
+                other => other?,
+            };
+            scan.add_page(&page);
+            match page.next {
+                PageLink::Next(next) => url = next,
+                PageLink::Delta(link) => break link,
+            }
+        };
+        let mut known = filter_ids.clone();
+        if let (false, Some(state)) = (fresh_scan, &stored) {
+            known.extend(state.nested_group_ids.iter().cloned());
+        }
+        let scope_groups = groups::reachable(known, &scan.edges);
+        let relisted = groups::needs_relisting(fresh_scan, &scope_groups, &scan);
+        if relisted {
+            *pages = self
+                .publish_members(round, credentials, &filter_ids, *pages)
+                .await?;
+        }
+        tracing::info!(
+            relisted,
+            scope_groups = scope_groups.len(),
+            "filter group membership read"
+        );
+        let nested_group_ids = scope_groups
+            .into_iter()
+            .filter(|id| !filter_ids.contains(id))
+            .collect();
+        Ok(GroupsRound {
+            delta_link,
+            filter_group_ids: filter_ids,
+            nested_group_ids,
+            relisted,
+        })
+    }
+
+    /// The ids of the groups named in `memberOf`, sorted; a name matching none fails the run.
+    async fn resolve_filter_groups(
+        &self,
+        run_id: Uuid,
+        tenant: &TenantConfig,
+        credentials: &Credentials,
+    ) -> Result<Vec<String>, RoundError> {
         let names = &tenant.provider_settings.user_filter.member_of;
         let resolved = self.graph.resolve_groups(credentials, names).await?;
         if let Some(missing) = resolved.iter().find(|group| group.ids.is_empty()) {
@@ -191,23 +271,44 @@ impl Fetcher {
                 ),
             });
         }
-        for group in &resolved {
+        let mut ids = Vec::new();
+        for group in resolved {
             if group.ids.len() > 1 {
-                tracing::warn!(group = %group.name, count = group.ids.len(), "several groups have this name: members of all of them are in scope");
+                let warning = format!(
+                    "{} groups are named {:?}: members of all of them are in scope (rename groups in Entra ID, or check provider_settings.user_filter.memberOf)",
+                    group.ids.len(),
+                    group.name
+                );
+                tracing::warn!(%warning);
+                self.store.add_run_warning(run_id, &warning).await?;
             }
-            for group_id in &group.ids {
-                let mut url = Some(self.graph.members_start_url(group_id));
-                while let Some(current) = url {
-                    let page = self.graph.members_page(credentials, &current).await?;
-                    round
-                        .send(PageBody::Members {
-                            page: pages,
-                            member_ids: page.user_ids,
-                        })
-                        .await?;
-                    pages += 1;
-                    url = page.next;
-                }
+            ids.extend(group.ids);
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Publishes the transitive members of the filter groups; returns the next page number.
+    async fn publish_members(
+        &self,
+        round: &RoundPublisher<'_>,
+        credentials: &Credentials,
+        group_ids: &[String],
+        mut pages: u32,
+    ) -> Result<u32, RoundError> {
+        for group_id in group_ids {
+            let mut url = Some(self.graph.members_start_url(group_id));
+            while let Some(current) = url {
+                let page = self.graph.members_page(credentials, &current).await?;
+                round
+                    .send(PageBody::Members {
+                        page: pages,
+                        member_ids: page.user_ids,
+                    })
+                    .await?;
+                pages += 1;
+                url = page.next;
             }
         }
         Ok(pages)
@@ -267,6 +368,42 @@ fn select_list(tenant: &TenantConfig) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn select_names_every_mapped_property_and_account_enabled() {
+        let document = serde_json::json!({
+            "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
+            "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
+                                  "user_filter": {"memberOf": [""]}},
+            "pbx_company_id": "acme",
+            "field_mapping": {"alias": "extension_0a1b2c_alias", "first_name": "givenName",
+                              "surname": "surname", "pstn_fixed": "businessPhones[0]"},
+            "user_field_mapping": {"attributes.cost": "onPremisesExtensionAttributes.extensionAttribute3",
+                                   "attributes.fax": "faxNumber"}
+        });
+        let tenant = usersync_core::parse_tenant_file(&document.to_string()).expect("tenant file");
+        let select = select_list(&tenant);
+        for property in [
+            "extension_0a1b2c_alias",
+            "givenName",
+            "surname",
+            "businessPhones",
+            "onPremisesExtensionAttributes",
+            "faxNumber",
+        ] {
+            assert_eq!(
+                select.iter().filter(|p| *p == property).count(),
+                1,
+                "{property} in {select:?}"
+            );
+        }
+        let graph = GraphClient::new(usersync_graph::GraphConfig::default());
+        let url = graph.users_delta_start_url(&select);
+        let query = url.split_once("$select=").expect("a $select").1;
+        let selected: Vec<&str> = query.split(',').collect();
+        assert!(selected.contains(&"accountEnabled"), "{url}");
+        assert!(selected.contains(&"extension_0a1b2c_alias"), "{url}");
+    }
 
     #[test]
     fn run_ids_follow_the_message_id() {

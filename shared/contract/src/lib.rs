@@ -71,7 +71,25 @@ pub enum PageBody {
         scoped: bool,
         /// Where the next round starts, once this one is recorded.
         delta_link: String,
+        /// Membership tracking of a scoped round (absent: not scoped, or an older fetcher).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        groups: Option<GroupsRound>,
     },
+}
+
+/// What a scoped round learnt about the filter groups, stored with the round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupsRound {
+    /// Where the next groups delta round starts.
+    pub delta_link: String,
+    /// The filter groups the membership belongs to (their names resolved this round).
+    pub filter_group_ids: Vec<String>,
+    /// Groups nested (at any depth) in the filter groups: a change to one of
+    /// them changes who is in scope.
+    pub nested_group_ids: Vec<String>,
+    /// `Members` pages were sent: they are the membership now. Otherwise the
+    /// groups delta reported no change that matters, and the stored membership holds.
+    pub relisted: bool,
 }
 
 impl DirectoryPage {

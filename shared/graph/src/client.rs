@@ -9,11 +9,12 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use url::Url;
 
-use crate::pages::{Collection, DirectoryObject};
+use crate::pages::{Collection, DirectoryObject, RawGroupDelta};
 use crate::retry::{self, transport_error, AttemptError, RetryHook};
 use crate::token::{self, TokenCache, TokenKey};
 use crate::{
-    response, urls, Credentials, DeltaPage, GraphConfig, GraphError, MembersPage, ResolvedGroup, RetryEvent,
+    response, urls, Credentials, DeltaPage, GraphConfig, GraphError, GroupsDeltaPage, MembersPage,
+    ResolvedGroup, RetryEvent,
 };
 
 /// A hung connection must not stall a tenant's run forever.
@@ -100,6 +101,21 @@ impl GraphClient {
         DeltaPage::try_from(page)
     }
 
+    /// First URL of a groups delta round without a token (every group, every member).
+    pub fn groups_delta_start_url(&self) -> String {
+        urls::groups_delta_start(&self.inner.config.graph_base_url)
+    }
+
+    /// One page of a groups delta round, from a next or delta link exactly as given.
+    pub async fn groups_delta_page(
+        &self,
+        creds: &Credentials,
+        url: &str,
+    ) -> Result<GroupsDeltaPage, GraphError> {
+        let page: Collection<RawGroupDelta> = self.get(creds, url, Consistency::Default).await?;
+        GroupsDeltaPage::try_from(page)
+    }
+
     /// The ids of the groups carrying each display name, one entry per name.
     pub async fn resolve_groups(
         &self,
@@ -173,8 +189,16 @@ impl GraphClient {
         if consistency == Consistency::Eventual {
             request = request.header("ConsistencyLevel", "eventual");
         }
-        let response = request.send().await.map_err(transport_error)?;
-        response::read(url, response).await
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        let status = match &sent {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        metrics::counter!("usersync_graph_requests_total", "status" => status).increment(1);
+        metrics::histogram!("usersync_graph_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        response::read(url, sent.map_err(transport_error)?).await
     }
 
     async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, GraphError>

@@ -14,7 +14,7 @@ use std::fmt;
 
 pub use client::GraphClient;
 pub use error::{AuthFailure, AuthFailureKind, GraphError};
-pub use pages::{DeltaPage, MembersPage, PageLink, ResolvedGroup};
+pub use pages::{DeltaPage, GroupDelta, GroupsDeltaPage, MemberChange, MembersPage, PageLink, ResolvedGroup};
 pub use retry::{RetryEvent, RetryHook, RetryPolicy};
 
 /// Microsoft's global Graph endpoint, API version 1.0.

@@ -29,6 +29,33 @@ pub struct MembersPage {
     pub next: Option<String>,
 }
 
+/// One page of a groups delta round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsDeltaPage {
+    pub groups: Vec<GroupDelta>,
+    pub next: PageLink,
+}
+
+/// A group as a groups delta page reports it: its membership changes (on a
+/// round without a token: its members), or its removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDelta {
+    pub id: String,
+    /// The group itself was deleted.
+    pub removed: bool,
+    pub members: Vec<MemberChange>,
+}
+
+/// One entry of `members@delta`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    pub id: String,
+    /// A nested group rather than a user (or another directory object).
+    pub is_group: bool,
+    /// `@removed`: the member left the group (it is not a deleted user).
+    pub removed: bool,
+}
+
 /// The groups carrying one display name; empty `ids` means none does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedGroup {
@@ -54,21 +81,68 @@ pub(crate) struct DirectoryObject {
 impl TryFrom<Collection<Value>> for DeltaPage {
     type Error = GraphError;
 
-    /// Graph never sends both links; if it did, following `nextLink` loses nothing.
     fn try_from(page: Collection<Value>) -> Result<Self, GraphError> {
-        let next = match (page.next_link, page.delta_link) {
-            (Some(next), _) => PageLink::Next(next),
-            (None, Some(delta)) => PageLink::Delta(delta),
-            (None, None) => {
-                return Err(GraphError::InvalidResponse {
-                    reason: "delta page carries neither @odata.nextLink nor @odata.deltaLink".to_string(),
-                })
-            }
-        };
+        let next = page_link(page.next_link, page.delta_link)?;
         Ok(Self {
             users: page.value,
             next,
         })
+    }
+}
+
+/// A group object of the groups delta, as Graph sends it.
+#[derive(Deserialize)]
+pub(crate) struct RawGroupDelta {
+    id: String,
+    #[serde(rename = "@removed")]
+    removed: Option<Value>,
+    #[serde(rename = "members@delta", default)]
+    members: Vec<RawMember>,
+}
+
+#[derive(Deserialize)]
+struct RawMember {
+    id: String,
+    #[serde(rename = "@odata.type", default)]
+    odata_type: String,
+    #[serde(rename = "@removed")]
+    removed: Option<Value>,
+}
+
+impl TryFrom<Collection<RawGroupDelta>> for GroupsDeltaPage {
+    type Error = GraphError;
+
+    fn try_from(page: Collection<RawGroupDelta>) -> Result<Self, GraphError> {
+        let next = page_link(page.next_link, page.delta_link)?;
+        let groups = page
+            .value
+            .into_iter()
+            .map(|group| GroupDelta {
+                id: group.id,
+                removed: group.removed.is_some(),
+                members: group
+                    .members
+                    .into_iter()
+                    .map(|member| MemberChange {
+                        is_group: member.odata_type.eq_ignore_ascii_case("#microsoft.graph.group"),
+                        removed: member.removed.is_some(),
+                        id: member.id,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Self { groups, next })
+    }
+}
+
+/// Graph never sends both links; if it did, following `nextLink` loses nothing.
+fn page_link(next_link: Option<String>, delta_link: Option<String>) -> Result<PageLink, GraphError> {
+    match (next_link, delta_link) {
+        (Some(next), _) => Ok(PageLink::Next(next)),
+        (None, Some(delta)) => Ok(PageLink::Delta(delta)),
+        (None, None) => Err(GraphError::InvalidResponse {
+            reason: "delta page carries neither @odata.nextLink nor @odata.deltaLink".to_string(),
+        }),
     }
 }
 

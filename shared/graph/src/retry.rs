@@ -181,6 +181,10 @@ fn report_retry(hook: Option<&RetryHook>, error: &AttemptError, wait: Duration, 
         reason = %transient.reason,
         "Graph request failed; retrying after a wait"
     );
+    // Every wait spent on Graph's Retry-After or on backoff. A gauge that only
+    // grows: the metrics facade's counters take whole numbers, waits are fractional.
+    metrics::gauge!("usersync_throttle_wait_seconds_total", "target" => "graph")
+        .increment(wait.as_secs_f64());
     if let Some(hook) = hook {
         hook(&RetryEvent {
             status: transient.status,

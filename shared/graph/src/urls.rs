@@ -65,6 +65,14 @@ pub(crate) fn members_start(graph_base_url: &str, group_id: &str) -> String {
     )
 }
 
+/// Only what membership tracking needs: the groups delta with `members@delta`.
+pub(crate) fn groups_delta_start(graph_base_url: &str) -> String {
+    format!(
+        "{}/groups/delta?$select=displayName,members",
+        trimmed(graph_base_url)
+    )
+}
+
 /// Parses a link and checks it points at the configured Graph host, so the access
 /// token is never sent anywhere else.
 pub(crate) fn trusted_link(graph_base_url: &str, link: &str) -> Result<Url, GraphError> {

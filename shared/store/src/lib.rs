@@ -6,7 +6,9 @@
 mod crypto;
 mod db;
 mod directory;
+mod fields;
 mod mails;
+mod membership;
 mod operations;
 mod planning;
 mod runs;
@@ -16,6 +18,8 @@ mod tenants;
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
+pub use fields::DiscoveredField;
+pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use planning::{ChangeHistory, ClaimSession};
 pub use runs::{RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES};

@@ -421,7 +421,8 @@ async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) 
         .await?;
     let tenant_id: String = row.get(0);
     counts.held = row.get::<_, i32>("held").into();
-    let Json(warnings): Json<Vec<String>> = row.get("warnings");
+    let Json(mut warnings): Json<Vec<String>> = row.get("warnings");
+    warnings.extend(crate::membership::run_warnings(client, run_id).await?);
     crate::runs::record_finished(&tenant_id, state.as_str(), None, row.get("requested_at"));
     if state != RunState::Failed {
         client

@@ -190,6 +190,11 @@ impl Stack {
 
     /// Starts one more replica of a service and waits until it is healthy.
     pub async fn start_service(&mut self, service: &str) {
+        self.start_service_with(service, &[]).await;
+    }
+
+    /// Like [`Stack::start_service`], with more environment variables.
+    pub async fn start_service_with(&mut self, service: &str, extra_env: &[(&str, &str)]) {
         let index = self.services.len();
         let log =
             std::fs::File::create(self.logs.join(format!("{service}-{index}.log"))).expect("a log file");
@@ -197,6 +202,7 @@ impl Stack {
         let child = Command::new(binary(service))
             .envs(self.env())
             .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -276,6 +282,15 @@ impl Stack {
         entries
             .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
             .collect()
+    }
+}
+
+impl Stack {
+    /// SIGKILLs the service process started `index`-th (the four of
+    /// [`SERVICES`] are 0 to 3, replicas follow) and waits until it is gone.
+    pub async fn kill_service(&mut self, index: usize) {
+        let child = &mut self.services[index];
+        child.kill().await.expect("killing the service");
     }
 }
 

@@ -110,3 +110,67 @@ async fn group_lookup_errors_are_returned() {
 
     assert!(outcome.is_err(), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn groups_delta_pages_carry_member_changes_and_removals() {
+    let path = "/v1.0/groups/delta";
+    let fake = Fake::start(|base| {
+        let first = json!({
+            "value": [{"id": "g1", "displayName": "Telephony", "members@delta": [
+                {"@odata.type": "#microsoft.graph.user", "id": "u1"},
+                {"@odata.type": "#microsoft.graph.group", "id": "g2"}]}],
+            "@odata.nextLink": format!("{base}{path}?$skiptoken=p2"),
+        });
+        let second = json!({
+            "value": [
+                {"id": "g1", "members@delta": [
+                    {"@odata.type": "#microsoft.graph.user", "id": "u2", "@removed": {"reason": "deleted"}}]},
+                {"id": "g3", "@removed": {"reason": "changed"}}],
+            "@odata.deltaLink": format!("{base}{path}?$deltatoken=next"),
+        });
+        Router::new().route(TOKEN_PATH, token_ok()).route(
+            path,
+            scripted(vec![Reply::json(200, first), Reply::json(200, second)]),
+        )
+    })
+    .await;
+    let client = fake.client();
+
+    let first = client
+        .groups_delta_page(&creds(), &client.groups_delta_start_url())
+        .await
+        .expect("first page");
+    let usersync_graph::PageLink::Next(next) = first.next.clone() else {
+        panic!("expected a next link: {first:?}");
+    };
+    let second = client
+        .groups_delta_page(&creds(), &next)
+        .await
+        .expect("second page");
+
+    let g1 = &first.groups[0];
+    assert_eq!((g1.id.as_str(), g1.removed), ("g1", false));
+    let members: Vec<_> = g1
+        .members
+        .iter()
+        .map(|m| (m.id.as_str(), m.is_group, m.removed))
+        .collect();
+    assert_eq!(members, [("u1", false, false), ("g2", true, false)]);
+    let left = &second.groups[0].members[0];
+    assert_eq!(
+        (left.id.as_str(), left.is_group, left.removed),
+        ("u2", false, true)
+    );
+    assert!(second.groups[1].removed);
+    assert_eq!(
+        second.next,
+        usersync_graph::PageLink::Delta(format!("{}{path}?$deltatoken=next", fake.base))
+    );
+    let queries: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|seen| seen.path == path)
+        .map(|seen| seen.query)
+        .collect();
+    assert_eq!(queries, ["$select=displayName,members", "$skiptoken=p2"]);
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary: each test runs a whole stack (see `usersync_e2e::Stack`).
 
 mod differ;
+mod fetcher;
 mod operations;
 mod operator;
 mod pipeline;

@@ -123,7 +123,10 @@ pub async fn finished_run(stack: &Stack, previous: Option<&str>) -> Value {
         let is_new = run["id"].as_str().is_some_and(|id| Some(id) != previous);
         (is_new && !run["finished_at"].is_null()).then(|| status[0].clone())
     })
-    .await
+    .await;
+    // `status` reads the tenant before its last run: the read that saw the run
+    // finish may have seen the tenant just before; this one sees both after.
+    stack.cli_json(&["status", "acme", "--json"]).await[0].clone()
 }
 
 pub async fn write_counts(stack: &Stack) -> Value {

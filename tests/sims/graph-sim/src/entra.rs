@@ -51,7 +51,8 @@ pub async fn issue_token(
     if let Some(fault) = tenant.faults.take(&path) {
         tenant.stats.faults_served += 1;
         tracing::info!(kind = ?fault.kind, %path, "serving injected fault");
-        return fault_response(&fault, &format!("{}{path}", sim.base_url), &connection);
+        let url = format!("{}{path}", sim.base_url);
+        return fault_response(&fault, &url, &url, &connection);
     }
     if let Err(error) = check_request(&tenant, &form) {
         return error.into_response();

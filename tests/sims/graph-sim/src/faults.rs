@@ -19,6 +19,10 @@ pub enum FaultKind {
     Drop,
     SyncState,
     Gone,
+    /// A `200` page with no users and a nextLink back to the same request.
+    EmptyPage,
+    /// The real page, its users in reverse order and the first one sent again at the end.
+    Reorder,
 }
 
 /// Body of `POST /_sim/tenants/{t}/faults`.
@@ -36,6 +40,10 @@ pub struct FaultSpec {
     /// Error code for `sync_state` (default `resyncRequired`).
     #[serde(default)]
     pub code: Option<String>,
+    /// Matching requests to let through before the fault is served, e.g. to
+    /// fail a round in its middle.
+    #[serde(default)]
+    pub skip: u32,
 }
 
 fn one() -> u32 {
@@ -73,10 +81,15 @@ impl FaultQueue {
         self.0.push_back(fault);
     }
 
-    /// Consumes one use of the oldest fault that matches `path`.
+    /// Consumes one use of the oldest fault that matches `path`; a fault still
+    /// skipping lets this request through (and counts it).
     pub fn take(&mut self, path: &str) -> Option<FaultSpec> {
         let position = self.0.iter().position(|f| f.matches(path))?;
         let fault = self.0.get_mut(position)?;
+        if fault.skip > 0 {
+            fault.skip -= 1;
+            return None;
+        }
         fault.count -= 1;
         let served = fault.clone();
         if fault.count == 0 {
@@ -87,9 +100,24 @@ impl FaultQueue {
 }
 
 /// Builds the response for a fault. `restart_url` is where a `gone` fault
-/// sends the client (a fresh round without any token).
-pub fn fault_response(fault: &FaultSpec, restart_url: &str, connection: &KillSwitch) -> Response {
+/// sends the client (a fresh round without any token); `request_url` is the
+/// request itself. `Reorder` transforms the real answer: see [`reorder`].
+pub fn fault_response(
+    fault: &FaultSpec,
+    restart_url: &str,
+    request_url: &str,
+    connection: &KillSwitch,
+) -> Response {
     let error = match fault.kind {
+        FaultKind::EmptyPage | FaultKind::Reorder => {
+            let origin = request_url.split("/v1.0/").next().unwrap_or_default();
+            let body = serde_json::json!({
+                "@odata.context": format!("{origin}/v1.0/$metadata#users"),
+                "@odata.nextLink": request_url,
+                "value": [],
+            });
+            return axum::Json(body).into_response();
+        }
         FaultKind::Throttle => GraphError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
@@ -130,6 +158,17 @@ pub fn fault_response(fault: &FaultSpec, restart_url: &str, connection: &KillSwi
     response
 }
 
+/// A page as Graph may send it: no order, and a user already sent (on this page
+/// or an earlier one) sent again.
+pub fn reorder(mut page: serde_json::Value) -> serde_json::Value {
+    if let Some(items) = page.get_mut("value").and_then(serde_json::Value::as_array_mut) {
+        let first = items.first().cloned();
+        items.reverse();
+        items.extend(first);
+    }
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +180,21 @@ mod tests {
             count,
             path_prefix: path_prefix.map(str::to_owned),
             code: None,
+            skip: 0,
         }
+    }
+
+    #[test]
+    fn a_skipping_fault_lets_that_many_requests_through_first() {
+        let mut queue = FaultQueue::default();
+        let mut spec = fault(1, Some("/v1.0/users/delta"));
+        spec.skip = 2;
+        queue.push(spec);
+        assert!(queue.take("/v1.0/groups").is_none());
+        assert!(queue.take("/v1.0/users/delta").is_none());
+        assert!(queue.take("/v1.0/users/delta").is_none());
+        assert!(queue.take("/v1.0/users/delta").is_some());
+        assert!(queue.take("/v1.0/users/delta").is_none());
     }
 
     #[test]
@@ -157,6 +210,18 @@ mod tests {
         );
         assert!(queue.take("/v1.0/users/delta").is_some());
         assert!(queue.take("/v1.0/users/delta").is_none());
+    }
+
+    #[test]
+    fn reorder_reverses_and_repeats_the_first_user() {
+        let page = serde_json::json!({"value": [{"id": "a"}, {"id": "b"}], "@odata.nextLink": "n"});
+        let ids: Vec<_> = reorder(page)["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["b", "a", "a"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::connection::{KillSwitch, KillableListener};
 use crate::errors::GraphError;
-use crate::faults::fault_response;
+use crate::faults::{fault_response, reorder, FaultKind};
 use crate::tenant::Tenant;
 use crate::{control, entra, groups, groups_delta, users_delta};
 
@@ -91,8 +91,11 @@ impl Sim {
 pub fn router(sim: Arc<Sim>) -> Router {
     let graph = Router::new()
         .route("/v1.0/users/delta", get(users_delta::handle))
+        // Graph also takes the function-call form, which Microsoft's SDKs send.
+        .route("/v1.0/users/delta()", get(users_delta::handle))
         .route("/v1.0/groups", get(groups::list))
         .route("/v1.0/groups/delta", get(groups_delta::handle))
+        .route("/v1.0/groups/delta()", get(groups_delta::handle))
         .route(
             "/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user",
             get(groups::transitive_members),
@@ -137,10 +140,15 @@ async fn graph_gate(
         }
         (fault, tenant.settings.consent_missing)
     };
+    let mut reorder = false;
     if let Some(fault) = fault {
         tracing::info!(kind = ?fault.kind, %path, "serving injected fault");
-        let restart_url = format!("{}{path}", sim.base_url);
-        return fault_response(&fault, &restart_url, &connection);
+        reorder = fault.kind == FaultKind::Reorder;
+        if !reorder {
+            let restart_url = format!("{}{path}", sim.base_url);
+            let request_url = format!("{}{}", sim.base_url, request.uri());
+            return fault_response(&fault, &restart_url, &request_url, &connection);
+        }
     }
     if consent_missing {
         return GraphError::new(
@@ -151,5 +159,20 @@ async fn graph_gate(
         .into_response();
     }
     request.extensions_mut().insert(tenant);
-    next.run(request).await
+    let response = next.run(request).await;
+    if reorder && response.status().is_success() {
+        return reordered(response).await;
+    }
+    response
+}
+
+async fn reordered(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(page) => (parts.status, axum::Json(reorder(page))).into_response(),
+        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
 }

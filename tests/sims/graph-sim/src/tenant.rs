@@ -58,6 +58,7 @@ impl Stats {
     /// Counts a Graph request by the family of its path.
     pub fn count_graph_request(&mut self, path: &str) {
         let counts = &mut self.requests;
+        let path = path.strip_suffix("()").unwrap_or(path);
         if path.ends_with("/users/delta") {
             counts.users_delta += 1;
         } else if path.ends_with("/groups/delta") {

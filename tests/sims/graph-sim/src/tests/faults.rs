@@ -107,3 +107,38 @@ async fn token_endpoint_faults_and_fault_validation() {
         .await;
     assert!(status.is_client_error());
 }
+
+#[tokio::test]
+async fn paging_quirks_empty_pages_disorder_and_repeats_lose_no_user() {
+    let sim = TestSim::start().await;
+    sim.create_tenant(tenant_body(25, json!({"page_size": 10}))).await;
+    let token = sim.token().await;
+    let start = "/v1.0/users/delta?$select=displayName";
+    let plain = sim.round(&token, start).await;
+
+    inject(&sim, json!({"kind": "empty_page", "path_prefix": USERS})).await;
+    inject(&sim, json!({"kind": "reorder", "count": 5, "path_prefix": USERS})).await;
+    let quirky = sim.round(&token, start).await;
+
+    assert!(quirky.pages[0]["value"].as_array().unwrap().is_empty());
+    assert!(quirky.pages[0]["@odata.nextLink"]
+        .as_str()
+        .unwrap()
+        .ends_with(start));
+    let ids = |round: &super::Collected| {
+        round
+            .items()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (plain_ids, quirky_ids) = (ids(&plain), ids(&quirky));
+    assert_eq!(
+        quirky_ids.len(),
+        plain_ids.len() + quirky.pages.len() - 1,
+        "one repeat per page"
+    );
+    assert_ne!(quirky_ids[..plain_ids.len()], plain_ids[..], "the order differs");
+    let distinct: std::collections::BTreeSet<_> = quirky_ids.iter().collect();
+    assert_eq!(distinct, plain_ids.iter().collect());
+}

@@ -4,6 +4,7 @@
 mod faults;
 mod groups;
 mod scale;
+mod sdk;
 mod token;
 mod users_delta;
 
