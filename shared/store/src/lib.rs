@@ -14,6 +14,7 @@ mod tenants;
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
+pub use mails::{Claim, MailProblem, NewMail, StandingError};
 pub use runs::{RunRow, RunStart, RunState};
 pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
