@@ -371,3 +371,9 @@ async fn start_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
     .await;
     child
 }
+
+/// A RabbitMQ vhost for a test that starts only some services itself (the
+/// caller deletes it when done, as [`Stack`] does).
+pub async fn test_vhost(http: &reqwest::Client, vhost: &str) {
+    create_vhost(http, vhost).await;
+}
