@@ -681,3 +681,71 @@ async fn a_deferred_mail_is_retried_and_a_refused_one_given_up_and_reported() {
     );
     assert!(digest[0].text().contains("550"));
 }
+
+/// Through the whole pipeline: a wrong secret fails runs; the error is mailed
+/// once however often it recurs that day, and once the secret is fixed a mail
+/// says it is resolved, next to the welcome mails of the first real sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_pipeline_a_standing_error_is_mailed_once_then_resolved() {
+    use crate::support::{finished_run, seed, tenant_file, tenant_file_with};
+    use usersync_e2e::Stack;
+
+    let stack = Stack::start("notifier_pipeline").await;
+    seed(&stack).await;
+    let (ok, _, stderr) = stack
+        .cli(&["tenant", "apply", "-"], Some(&tenant_file_with("not-the-secret")))
+        .await;
+    assert!(ok, "{stderr}");
+    let store = Store::connect(&stack.database_url, 1).await.unwrap();
+    let digest_of = |run: String| {
+        let store = store.clone();
+        async move {
+            let run: Uuid = run.parse().unwrap();
+            let client = store.client().await.ok()?;
+            let row = client
+                .query_opt("SELECT mail_id FROM run_digests WHERE run_id = $1", &[&run])
+                .await
+                .ok()??;
+            Some(row.get::<_, String>(0))
+        }
+    };
+
+    let mut previous: Option<String> = None;
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+        assert!(ok, "{stderr}");
+        let status = finished_run(&stack, previous.as_deref()).await;
+        assert_eq!(status["last_run"]["state"], "failed", "{status:#}");
+        let run = status["last_run"]["id"].as_str().unwrap().to_owned();
+        digests.push(wait_for("the run's digest decision", WAIT, || digest_of(run.clone())).await);
+        previous = Some(run);
+    }
+    assert_eq!(digests[0], digests[1], "one mail for the standing error that day");
+    let error_mails = |mails: Vec<String>| {
+        mails
+            .into_iter()
+            .filter(|m| m.contains("To: it@acme.example"))
+            .collect::<Vec<_>>()
+    };
+    let first = wait_for("the error mail", WAIT, || async {
+        error_mails(stack.mails()).pop()
+    })
+    .await;
+    assert!(first.contains("7000215"), "{first}");
+
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&tenant_file())).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let status = finished_run(&stack, previous.as_deref()).await;
+    assert_eq!(status["last_run"]["state"], "succeeded", "{status:#}");
+    let mails = wait_for("the resolved mail and 240 welcome mails", WAIT, || async {
+        let mails = stack.mails();
+        let resolved = mails.iter().any(|m| m.contains("Subject: Resolved: the sync for Acme AB works again"));
+        (resolved && mails.len() >= 242).then_some(mails)
+    })
+    .await;
+    assert_eq!(error_mails(mails.clone()).len(), 2, "the error once and its end once");
+    assert_eq!(mails.len(), 242);
+}
