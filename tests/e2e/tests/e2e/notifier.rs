@@ -386,8 +386,10 @@ async fn welcome_mail_and_admin_copy_in_the_users_language() {
     assert_eq!(room.mail_row("welcome:acme:pbx-3").await.unwrap().0, "no_address");
 
     // The user without an address is a warning in the run's digest, not an error.
-    let mut counts = RunCounts::default();
-    counts.created = 3;
+    let counts = RunCounts {
+        created: 3,
+        ..RunCounts::default()
+    };
     room.publish(&finished("acme", run, "succeeded", counts)).await;
     let mails = room.wait_mails(6).await;
     let digest = to(&mails, "it@acme.example");
@@ -515,8 +517,10 @@ async fn a_standing_error_is_mailed_once_a_day_and_its_end_once() {
 
     // A run succeeds: one mail says it is resolved, even when the event comes twice
     // and the notifier restarts in between.
-    let mut counts = RunCounts::default();
-    counts.updated = 1;
+    let counts = RunCounts {
+        updated: 1,
+        ..RunCounts::default()
+    };
     room.publish(&finished("acme", runs[3], "succeeded", counts)).await;
     let mails = room.wait_mails(3).await;
     let resolved: Vec<_> = mails
@@ -624,8 +628,10 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
     assert!(reply.unwrap().contains("stopped"));
     room.wait_handled(1).await;
 
-    let mut counts = RunCounts::default();
-    counts.created = 1;
+    let counts = RunCounts {
+        created: 1,
+        ..RunCounts::default()
+    };
     room.publish(&finished("acme", run, "succeeded", counts)).await;
     let mails = room.wait_mails(2).await;
     assert_eq!(to(&mails, "hold.user@acme.example").len(), 1);
