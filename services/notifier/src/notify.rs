@@ -156,7 +156,10 @@ impl Notifier {
                     context: user.context.clone(),
                     detail: detail.clone(),
                 };
-                let claim = self.store.claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE).await?;
+                let claim = self
+                    .store
+                    .claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE)
+                    .await?;
                 self.deliver(tenant, &mail, claim).await?;
             }
             None => {
@@ -184,7 +187,10 @@ impl Notifier {
                 context: user.context.clone(),
                 detail,
             };
-            let claim = self.store.claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE).await?;
+            let claim = self
+                .store
+                .claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE)
+                .await?;
             self.deliver(tenant, &mail, claim).await?;
         }
         Ok(())
@@ -214,8 +220,8 @@ impl Notifier {
         };
         let level = tenant.error_notification_level;
         let reports_mail_problems = level >= NotificationLevel::Warning;
-        let mail_problems = reports_mail_problems
-            && !self.store.unreported_mail_problems(&tenant.id).await?.is_empty();
+        let mail_problems =
+            reports_mail_problems && !self.store.unreported_mail_problems(&tenant.id).await?.is_empty();
         let summary = plan::RunSummary {
             failed,
             counts: run.counts,
@@ -252,7 +258,10 @@ impl Notifier {
             let (claim, taken) = if reports_mail_problems {
                 self.store.claim_digest(&record, now, CLAIM_LEASE).await?
             } else {
-                (self.store.claim_mail(&record, now, CLAIM_LEASE).await?, Vec::new())
+                (
+                    self.store.claim_mail(&record, now, CLAIM_LEASE).await?,
+                    Vec::new(),
+                )
             };
             mail.context["mail_problems"] = taken.iter().map(mail_problem).collect();
             self.deliver(tenant, &mail, claim).await?;
@@ -271,7 +280,10 @@ impl Notifier {
                 }),
                 detail: json!({}),
             };
-            let claim = self.store.claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE).await?;
+            let claim = self
+                .store
+                .claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE)
+                .await?;
             self.deliver(tenant, &mail, claim).await?;
         }
         if let Some(expires_on) = tenant.client_secret_expires_at {
@@ -289,7 +301,10 @@ impl Notifier {
                     }),
                     detail: json!({}),
                 };
-                let claim = self.store.claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE).await?;
+                let claim = self
+                    .store
+                    .claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE)
+                    .await?;
                 self.deliver(tenant, &mail, claim).await?;
             }
         }
@@ -347,7 +362,10 @@ impl Notifier {
             Err(MailError::Temporary(reason)) => {
                 self.store.release_mail(&mail.id, &reason).await?;
                 count(mail.kind, "retry");
-                Err(Failure::retry(format!("mail {} to {}: {reason}", mail.id, mail.to)))
+                Err(Failure::retry(format!(
+                    "mail {} to {}: {reason}",
+                    mail.id, mail.to
+                )))
             }
             Err(MailError::Permanent(reason)) => {
                 self.store.fail_mail(&mail.id, &reason).await?;

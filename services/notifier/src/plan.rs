@@ -74,7 +74,10 @@ pub fn expiry_warning(expires_on: NaiveDate, today: NaiveDate) -> Option<i64> {
     if days_left < 0 {
         return None;
     }
-    EXPIRY_WARNING_DAYS.into_iter().rev().find(|&days| days_left <= days)
+    EXPIRY_WARNING_DAYS
+        .into_iter()
+        .rev()
+        .find(|&days| days_left <= days)
 }
 
 /// One id per secret (its expiry date) and threshold: a renewed secret starts over.
@@ -128,13 +131,27 @@ mod tests {
         let opened = Uuid::from_u128(9);
         let day = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
         let same = digest_id("acme", run_a, Some(("entra.7000222", opened)), day);
-        assert_eq!(same, digest_id("acme", run_b, Some(("entra.7000222", opened)), day));
+        assert_eq!(
+            same,
+            digest_id("acme", run_b, Some(("entra.7000222", opened)), day)
+        );
         assert_ne!(
             same,
-            digest_id("acme", run_b, Some(("entra.7000222", opened)), day.succ_opt().unwrap())
+            digest_id(
+                "acme",
+                run_b,
+                Some(("entra.7000222", opened)),
+                day.succ_opt().unwrap()
+            )
         );
-        assert_ne!(same, digest_id("acme", run_b, Some(("pbx.unauthorized", opened)), day));
-        assert_ne!(digest_id("acme", run_a, None, day), digest_id("acme", run_b, None, day));
+        assert_ne!(
+            same,
+            digest_id("acme", run_b, Some(("pbx.unauthorized", opened)), day)
+        );
+        assert_ne!(
+            digest_id("acme", run_a, None, day),
+            digest_id("acme", run_b, None, day)
+        );
     }
 
     #[test]

@@ -142,7 +142,11 @@ impl MailKind {
                 let mut troubled = with(&report, "problems", json!([problem]));
                 troubled = with(&troubled, "mail_problems", mail_problems);
                 troubled = with(&troubled, "warnings", json!(["group Telephony matches 2 groups"]));
-                troubled = with(&troubled, "counts", json!({"created": 1, "updated": 2, "deleted": 0, "skipped": 1, "failed": 1, "held": 12}));
+                troubled = with(
+                    &troubled,
+                    "counts",
+                    json!({"created": 1, "updated": 2, "deleted": 0, "skipped": 1, "failed": 1, "held": 12}),
+                );
                 troubled = with(&troubled, "error_code", json!("pbx.unreachable"));
                 troubled = with(&troubled, "standing_since", json!("2026-01-02 03:04 UTC"));
                 [with(&troubled, "error", json!("PBX unreachable")), report]

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_postgres::GenericClient;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
@@ -135,7 +135,13 @@ impl Store {
         self.settle(id, "failed", Some(reply), None).await
     }
 
-    async fn settle(&self, id: &str, state: &str, reply: Option<&str>, sent_at: Option<DateTime<Utc>>) -> Result<()> {
+    async fn settle(
+        &self,
+        id: &str,
+        state: &str,
+        reply: Option<&str>,
+        sent_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
         let client = self.client().await?;
         client
             .execute(
@@ -155,7 +161,13 @@ impl Store {
             .execute(
                 "INSERT INTO mails (id, tenant_id, kind, recipient, run_id, state, detail)
                  VALUES ($1, $2, $3, '', $4, 'no_address', $5) ON CONFLICT (id) DO NOTHING",
-                &[&mail.id, &mail.tenant_id, &mail.kind, &mail.run_id, &Json(&mail.detail)],
+                &[
+                    &mail.id,
+                    &mail.tenant_id,
+                    &mail.kind,
+                    &mail.run_id,
+                    &Json(&mail.detail),
+                ],
             )
             .await
             .context("recording a mail without an address")?;
@@ -307,7 +319,9 @@ async fn problems_where(
 ) -> Result<Vec<MailProblem>> {
     let rows = client
         .query(
-            &format!("SELECT id, kind, state, recipient, reply, detail FROM mails WHERE {condition} ORDER BY id"),
+            &format!(
+                "SELECT id, kind, state, recipient, reply, detail FROM mails WHERE {condition} ORDER BY id"
+            ),
             params,
         )
         .await

@@ -387,12 +387,18 @@ async fn a_mail_is_claimed_once_and_never_resent() {
         let lease = std::time::Duration::from_secs(300);
         let t0 = chrono::Utc::now();
         let mail = outgoing("welcome:acme:pbx-17", "welcome", "anna@acme.example");
-        assert_eq!(store.claim_mail(&mail, t0, lease).await.unwrap(), Claim::Send { attempt: 1 });
+        assert_eq!(
+            store.claim_mail(&mail, t0, lease).await.unwrap(),
+            Claim::Send { attempt: 1 }
+        );
         // A second attempt while the first may still be sending waits.
         assert_eq!(store.claim_mail(&mail, t0, lease).await.unwrap(), Claim::InFlight);
         // A temporary failure frees it for the next attempt.
         store.release_mail(mail.id, "451 try later").await.unwrap();
-        assert_eq!(store.claim_mail(&mail, t0, lease).await.unwrap(), Claim::Send { attempt: 2 });
+        assert_eq!(
+            store.claim_mail(&mail, t0, lease).await.unwrap(),
+            Claim::Send { attempt: 2 }
+        );
         store.mark_mail_sent(mail.id, t0).await.unwrap();
         assert_eq!(
             store.claim_mail(&mail, t0, lease).await.unwrap(),
@@ -402,12 +408,20 @@ async fn a_mail_is_claimed_once_and_never_resent() {
 
         // A claim whose attempt died mid-send is not sent again once the lease is over.
         let cut_off = outgoing("welcome:acme:pbx-18", "welcome", "bo@acme.example");
-        assert_eq!(store.claim_mail(&cut_off, t0, lease).await.unwrap(), Claim::Send { attempt: 1 });
+        assert_eq!(
+            store.claim_mail(&cut_off, t0, lease).await.unwrap(),
+            Claim::Send { attempt: 1 }
+        );
         let later = t0 + chrono::Duration::minutes(6);
-        assert_eq!(store.claim_mail(&cut_off, later, lease).await.unwrap(), Claim::Abandoned);
         assert_eq!(
             store.claim_mail(&cut_off, later, lease).await.unwrap(),
-            Claim::Settled { state: "uncertain".into() }
+            Claim::Abandoned
+        );
+        assert_eq!(
+            store.claim_mail(&cut_off, later, lease).await.unwrap(),
+            Claim::Settled {
+                state: "uncertain".into()
+            }
         );
 
         // Refused for good: recorded with the reply and settled.
@@ -416,7 +430,9 @@ async fn a_mail_is_claimed_once_and_never_resent() {
         store.fail_mail(refused.id, "550 no such user").await.unwrap();
         assert_eq!(
             store.claim_mail(&refused, t0, lease).await.unwrap(),
-            Claim::Settled { state: "failed".into() }
+            Claim::Settled {
+                state: "failed".into()
+            }
         );
     })
     .await;
@@ -430,7 +446,10 @@ async fn a_digest_takes_each_mail_problem_once() {
         let now = chrono::Utc::now();
         let nowhere = outgoing("welcome:acme:pbx-1", "welcome", "");
         assert!(store.record_mail_without_address(&nowhere).await.unwrap());
-        assert!(!store.record_mail_without_address(&nowhere).await.unwrap(), "recorded once");
+        assert!(
+            !store.record_mail_without_address(&nowhere).await.unwrap(),
+            "recorded once"
+        );
         let refused = outgoing("welcome:acme:pbx-2", "welcome", "bo@acme.example");
         store.claim_mail(&refused, now, lease).await.unwrap();
         store.fail_mail(refused.id, "550 no such user").await.unwrap();
@@ -475,8 +494,15 @@ async fn a_standing_error_is_opened_once_and_resolved_once() {
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].error_code, "entra.7000222");
         // A redelivered success finds the same; another run finds none.
-        assert_eq!(store.resolve_standing_errors("acme", success).await.unwrap(), resolved);
-        assert!(store.resolve_standing_errors("acme", Uuid::new_v4()).await.unwrap().is_empty());
+        assert_eq!(
+            store.resolve_standing_errors("acme", success).await.unwrap(),
+            resolved
+        );
+        assert!(store
+            .resolve_standing_errors("acme", Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_empty());
 
         // A new failure opens a new episode.
         let third = Uuid::new_v4();
@@ -488,8 +514,14 @@ async fn a_standing_error_is_opened_once_and_resolved_once() {
 
         // A run's digest is decided once.
         let run = Uuid::new_v4();
-        assert_eq!(store.digest_mail_id(run, "error:day-1").await.unwrap(), "error:day-1");
-        assert_eq!(store.digest_mail_id(run, "error:day-2").await.unwrap(), "error:day-1");
+        assert_eq!(
+            store.digest_mail_id(run, "error:day-1").await.unwrap(),
+            "error:day-1"
+        );
+        assert_eq!(
+            store.digest_mail_id(run, "error:day-2").await.unwrap(),
+            "error:day-1"
+        );
     })
     .await;
 }

@@ -87,7 +87,9 @@ impl Mailroom {
         let database_url = format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}");
         let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
         let store = Store::connect(&database_url, 2).await.expect("the test database");
-        let bus = Bus::connect(&amqp_url, "notifier-test").await.expect("the test vhost");
+        let bus = Bus::connect(&amqp_url, "notifier-test")
+            .await
+            .expect("the test vhost");
         let mut room = Mailroom {
             name,
             vhost,
@@ -150,7 +152,10 @@ impl Mailroom {
         edit(file.as_object_mut().unwrap());
         let config = parse_tenant_file(&file.to_string()).expect("a valid tenant file");
         let key = SecretKey::from_base64(SECRET_KEY).unwrap();
-        self.store.upsert_tenant(&config, &key).await.expect("saving the tenant");
+        self.store
+            .upsert_tenant(&config, &key)
+            .await
+            .expect("saving the tenant");
     }
 
     async fn publish(&self, event: &Event) {
@@ -171,7 +176,11 @@ impl Mailroom {
             .arg(&self.maildir)
             .output()
             .expect("running read_maildir.py");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         serde_json::from_slice(&output.stdout).expect("read_maildir.py prints JSON")
     }
 
@@ -209,7 +218,10 @@ impl Mailroom {
     async fn wait_handled(&self, count: usize) {
         wait_for(&format!("{count} events handled"), WAIT, || async {
             let done = self
-                .counter("usersync_messages_total", &[("stage", "notifier"), ("outcome", "ok")])
+                .counter(
+                    "usersync_messages_total",
+                    &[("stage", "notifier"), ("outcome", "ok")],
+                )
                 .await;
             (done >= count as f64).then_some(())
         })
@@ -250,7 +262,10 @@ impl Drop for Mailroom {
         }
         let _ = std::process::Command::new("psql")
             .arg(POSTGRES_ADMIN_URL)
-            .args(["-qc", &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)")])
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
+            ])
             .status();
     }
 }
@@ -345,11 +360,24 @@ async fn welcome_mail_and_admin_copy_in_the_users_language() {
     let room = Mailroom::start("notifier_welcome").await;
     room.tenant(|_| {}).await;
     let run = Uuid::new_v4();
-    room.publish(&created(run, "pbx-1", "åsa.öberg", Some("asa.oberg@acme.example"), Some("sv-SE")))
+    room.publish(&created(
+        run,
+        "pbx-1",
+        "åsa.öberg",
+        Some("asa.oberg@acme.example"),
+        Some("sv-SE"),
+    ))
+    .await;
+    room.publish(&created(
+        run,
+        "pbx-2",
+        "bob.smith",
+        Some("bob.smith@acme.example"),
+        Some("en-US"),
+    ))
+    .await;
+    room.publish(&created(run, "pbx-3", "cid.nomail", None, None))
         .await;
-    room.publish(&created(run, "pbx-2", "bob.smith", Some("bob.smith@acme.example"), Some("en-US")))
-        .await;
-    room.publish(&created(run, "pbx-3", "cid.nomail", None, None)).await;
     // Two welcome mails and three copies; the user without an address gets none.
     let mails = room.wait_mails(5).await;
     room.wait_handled(3).await;
@@ -359,7 +387,10 @@ async fn welcome_mail_and_admin_copy_in_the_users_language() {
     let asa = asa[0];
     assert_eq!(asa.subject(), "Välkommen till Infinity, Åsa");
     let raw_subject = asa.raw_subject.as_deref().unwrap();
-    assert!(raw_subject.is_ascii() && raw_subject.to_ascii_lowercase().starts_with("=?utf-8?"), "{raw_subject}");
+    assert!(
+        raw_subject.is_ascii() && raw_subject.to_ascii_lowercase().starts_with("=?utf-8?"),
+        "{raw_subject}"
+    );
     assert_eq!(asa.from.as_deref(), Some(MAIL_FROM));
     assert_eq!(asa.message_id.as_deref(), Some("<welcome.acme.pbx-1@usersync>"));
     let date = asa.date.as_deref().expect("a Date header");
@@ -382,7 +413,10 @@ async fn welcome_mail_and_admin_copy_in_the_users_language() {
         .expect("the copy for the user without an address");
     assert!(cid_copy.text().contains("Phone number:  +46812345678"));
     assert!(cid_copy.text().contains("Email:         (none)"));
-    assert_eq!(cid_copy.message_id.as_deref(), Some("<welcome-copy.acme.pbx-3@usersync>"));
+    assert_eq!(
+        cid_copy.message_id.as_deref(),
+        Some("<welcome-copy.acme.pbx-3@usersync>")
+    );
     assert_eq!(room.mail_row("welcome:acme:pbx-3").await.unwrap().0, "no_address");
 
     // The user without an address is a warning in the run's digest, not an error.
@@ -396,7 +430,9 @@ async fn welcome_mail_and_admin_copy_in_the_users_language() {
     assert_eq!(digest.len(), 1);
     assert_eq!(digest[0].subject(), "Sync report for Acme AB: succeeded");
     assert!(
-        digest[0].text().contains("  - cid.nomail: no mail address in the directory"),
+        digest[0]
+            .text()
+            .contains("  - cid.nomail: no mail address in the directory"),
         "{}",
         digest[0].text()
     );
@@ -410,7 +446,10 @@ async fn one_digest_per_run_at_each_notification_level() {
     for level in levels {
         room.tenant(|file| {
             file.insert("id".into(), format!("lvl-{level}").into());
-            file.insert("error_notification_email".into(), format!("it@{level}.example").into());
+            file.insert(
+                "error_notification_email".into(),
+                format!("it@{level}.example").into(),
+            );
             file.insert("error_notification_level".into(), level.into());
         })
         .await;
@@ -451,7 +490,8 @@ async fn one_digest_per_run_at_each_notification_level() {
     // The failures last: a later success would resolve them (and say so).
     room.wait_handled(6).await;
     for (level, (_, _, broken)) in levels.iter().zip(&runs) {
-        room.publish(&failed(&format!("lvl-{level}"), *broken, "entra.7000222")).await;
+        room.publish(&failed(&format!("lvl-{level}"), *broken, "entra.7000222"))
+            .await;
     }
     room.wait_handled(9).await;
     let mails = room.mails();
@@ -474,7 +514,10 @@ async fn one_digest_per_run_at_each_notification_level() {
     let text = report.text();
     assert!(text.contains("Held:     40 deletions held back"), "{text}");
     assert!(text.contains("Warnings:\n  - 40 deletions held back"), "{text}");
-    assert!(text.contains("Field pstn_fixed:\n  - dan: not a number\n  - eva: missing"), "{text}");
+    assert!(
+        text.contains("Field pstn_fixed:\n  - dan: not a number\n  - eva: missing"),
+        "{text}"
+    );
 
     let (clean, _, _) = runs[2];
     let info = to(&mails, "it@info.example");
@@ -482,7 +525,10 @@ async fn one_digest_per_run_at_each_notification_level() {
         .iter()
         .find(|m| m.message_id.as_deref() == Some(&format!("<digest.{clean}@usersync>")))
         .expect("the clean run's summary");
-    assert!(summary.text().contains("Created:  2") && summary.text().contains("No problems with individual users."));
+    assert!(
+        summary.text().contains("Created:  2")
+            && summary.text().contains("No problems with individual users.")
+    );
 }
 
 #[tokio::test]
@@ -513,7 +559,11 @@ async fn a_standing_error_is_mailed_once_a_day_and_its_end_once() {
         .iter()
         .find(|m| m.message_id.as_deref().unwrap().contains("2026-03-03"))
         .expect("the second day's mail");
-    assert!(second.text().contains("This error has stood since"), "{}", second.text());
+    assert!(
+        second.text().contains("This error has stood since"),
+        "{}",
+        second.text()
+    );
 
     // A run succeeds: one mail says it is resolved, even when the event comes twice
     // and the notifier restarts in between.
@@ -521,7 +571,8 @@ async fn a_standing_error_is_mailed_once_a_day_and_its_end_once() {
         updated: 1,
         ..RunCounts::default()
     };
-    room.publish(&finished("acme", runs[3], "succeeded", counts)).await;
+    room.publish(&finished("acme", runs[3], "succeeded", counts))
+        .await;
     let mails = room.wait_mails(3).await;
     let resolved: Vec<_> = mails
         .iter()
@@ -532,8 +583,10 @@ async fn a_standing_error_is_mailed_once_a_day_and_its_end_once() {
     room.wait_handled(4).await;
     room.kill_notifier().await;
     room.start_notifier().await;
-    room.publish(&finished("acme", runs[3], "succeeded", counts)).await;
-    room.publish(&finished("acme", runs[4], "succeeded", counts)).await;
+    room.publish(&finished("acme", runs[3], "succeeded", counts))
+        .await;
+    room.publish(&finished("acme", runs[4], "succeeded", counts))
+        .await;
     room.wait_handled(2).await;
     assert_eq!(room.mails().len(), 3, "{:#?}", room.mails());
 }
@@ -579,7 +632,15 @@ async fn redelivery_and_restart_send_nothing_twice() {
     room.tenant(|_| {}).await;
     let run = Uuid::new_v4();
     let events: Vec<Event> = (0..10)
-        .map(|i| created(run, &format!("pbx-{i}"), &format!("user{i}.test"), Some(&format!("user{i}@acme.example")), None))
+        .map(|i| {
+            created(
+                run,
+                &format!("pbx-{i}"),
+                &format!("user{i}.test"),
+                Some(&format!("user{i}@acme.example")),
+                None,
+            )
+        })
         .collect();
     for event in &events {
         room.publish(event).await;
@@ -614,8 +675,14 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
     })
     .await;
     let run = Uuid::new_v4();
-    room.publish(&created(run, "pbx-h", "hold.user", Some("hold.user@acme.example"), None))
-        .await;
+    room.publish(&created(
+        run,
+        "pbx-h",
+        "hold.user",
+        Some("hold.user@acme.example"),
+        None,
+    ))
+    .await;
     // The server has the mail but has not answered yet: the notifier dies now.
     room.wait_mails(1).await;
     room.wait_state("welcome:acme:pbx-h", "sending").await;
@@ -638,9 +705,9 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
     let digest = to(&mails, "it@acme.example");
     assert_eq!(digest.len(), 1);
     assert!(
-        digest[0]
-            .text()
-            .contains("  - hold.user <hold.user@acme.example>: sending was cut off; the mail may not have arrived"),
+        digest[0].text().contains(
+            "  - hold.user <hold.user@acme.example>: sending was cut off; the mail may not have arrived"
+        ),
         "{}",
         digest[0].text()
     );
@@ -654,10 +721,22 @@ async fn a_deferred_mail_is_retried_and_a_refused_one_given_up_and_reported() {
     })
     .await;
     let run = Uuid::new_v4();
-    room.publish(&created(run, "pbx-d", "defer.user", Some("defer.user@acme.example"), None))
-        .await;
-    room.publish(&created(run, "pbx-b", "bounce.user", Some("bounce.user@acme.example"), None))
-        .await;
+    room.publish(&created(
+        run,
+        "pbx-d",
+        "defer.user",
+        Some("defer.user@acme.example"),
+        None,
+    ))
+    .await;
+    room.publish(&created(
+        run,
+        "pbx-b",
+        "bounce.user",
+        Some("bounce.user@acme.example"),
+        None,
+    ))
+    .await;
 
     // 550 at RCPT: recorded with the reply, not retried.
     let (_, attempts, reply) = room.wait_state("welcome:acme:pbx-b", "failed").await;
@@ -668,11 +747,26 @@ async fn a_deferred_mail_is_retried_and_a_refused_one_given_up_and_reported() {
     let (_, attempts, _) = room.wait_state("welcome:acme:pbx-d", "sent").await;
     assert_eq!(attempts, 3);
     room.wait_handled(2).await;
-    assert_eq!(room.counter("usersync_mails_total", &[("kind", "welcome"), ("result", "retry")]).await, 2.0);
-    assert_eq!(room.counter("usersync_mails_total", &[("kind", "welcome"), ("result", "failed")]).await, 1.0);
+    assert_eq!(
+        room.counter(
+            "usersync_mails_total",
+            &[("kind", "welcome"), ("result", "retry")]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        room.counter(
+            "usersync_mails_total",
+            &[("kind", "welcome"), ("result", "failed")]
+        )
+        .await,
+        1.0
+    );
 
     // The refused mail is in the next digest.
-    room.publish(&finished("acme", run, "succeeded", RunCounts::default())).await;
+    room.publish(&finished("acme", run, "succeeded", RunCounts::default()))
+        .await;
     let mails = room.wait_mails(2).await;
     assert_eq!(to(&mails, "defer.user@acme.example").len(), 1);
     assert!(to(&mails, "bounce.user@acme.example").is_empty());
@@ -699,7 +793,10 @@ async fn through_the_pipeline_a_standing_error_is_mailed_once_then_resolved() {
     let stack = Stack::start("notifier_pipeline").await;
     seed(&stack).await;
     let (ok, _, stderr) = stack
-        .cli(&["tenant", "apply", "-"], Some(&tenant_file_with("not-the-secret")))
+        .cli(
+            &["tenant", "apply", "-"],
+            Some(&tenant_file_with("not-the-secret")),
+        )
         .await;
     assert!(ok, "{stderr}");
     let store = Store::connect(&stack.database_url, 1).await.unwrap();
@@ -748,10 +845,16 @@ async fn through_the_pipeline_a_standing_error_is_mailed_once_then_resolved() {
     assert_eq!(status["last_run"]["state"], "succeeded", "{status:#}");
     let mails = wait_for("the resolved mail and 240 welcome mails", WAIT, || async {
         let mails = stack.mails();
-        let resolved = mails.iter().any(|m| m.contains("Subject: Resolved: the sync for Acme AB works again"));
+        let resolved = mails
+            .iter()
+            .any(|m| m.contains("Subject: Resolved: the sync for Acme AB works again"));
         (resolved && mails.len() >= 242).then_some(mails)
     })
     .await;
-    assert_eq!(error_mails(mails.clone()).len(), 2, "the error once and its end once");
+    assert_eq!(
+        error_mails(mails.clone()).len(),
+        2,
+        "the error once and its end once"
+    );
     assert_eq!(mails.len(), 242);
 }
