@@ -1,9 +1,11 @@
 //! usersync-notifier: the only service that sends mail.
 
 mod notify;
+mod plan;
 
 use std::path::PathBuf;
 
+use anyhow::bail;
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_mail::{Language, MailConfig, Mailer, Templates};
@@ -12,20 +14,25 @@ use usersync_runtime::{
 };
 use usersync_store::Store;
 
+/// Events handled at once. Each waits mostly on SMTP and PostgreSQL, so many
+/// in flight keep the pooled SMTP connections busy.
+const PREFETCH: u16 = 32;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     // A broken template stops the service here, not at the first send.
     let templates = Templates::load(env_opt("MAIL_TEMPLATE_DIR").map(PathBuf::from).as_deref())?;
+    let default_language = match env_or("MAIL_DEFAULT_LANGUAGE", "en").as_str() {
+        "sv" => Language::Sv,
+        "en" => Language::En,
+        other => bail!("MAIL_DEFAULT_LANGUAGE={other:?} is not a mail language: set it to `sv` or `en`"),
+    };
     let mailer = Mailer::new(&MailConfig {
         smtp_url: env_or("SMTP_URL", "smtp://127.0.0.1:1025"),
         from: env_or("MAIL_FROM", "Usersync <noreply@localhost>"),
     })?;
-    let default_language = match env_or("MAIL_DEFAULT_LANGUAGE", "en").as_str() {
-        "sv" => Language::Sv,
-        _ => Language::En,
-    };
-    let store = Store::connect(&database_url(), 8).await?;
+    let store = Store::connect(&database_url(), usize::from(PREFETCH)).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
     // Healthy only once the database and the broker are reachable.
     serve_metrics().await?;
@@ -36,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         default_language,
     };
     let options = ConsumeOptions {
-        prefetch: 16,
+        prefetch: PREFETCH,
         max_attempts: 8,
     };
     bus.serve(Stage::Notifier, options, notifier, shutdown_signal())

@@ -1,12 +1,27 @@
-//! Events to mails: the welcome mail and its copy, and the run report at the
-//! tenant's level. Each mail has a deterministic id and is sent at most once.
+//! Events to mails: the welcome mail and its copy, the run digest at the
+//! tenant's level, "resolved" mails for standing errors and client-secret
+//! expiry warnings. Each mail has a deterministic id and goes through the
+//! outbox in PostgreSQL: claimed before the SMTP transaction, marked sent
+//! after the server's 250 (see docs/mail.md).
 
-use serde_json::json;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{json, Value};
 use usersync_bus::{Failure, Handler, Incoming};
-use usersync_contract::{Event, RunCounts};
+use usersync_contract::{Event, RunCounts, UserProblem};
 use usersync_core::{NotificationLevel, TenantConfig};
 use usersync_mail::{Language, MailError, MailKind, Mailer, OutgoingMail, Templates};
-use usersync_store::Store;
+use usersync_runtime::clock;
+use usersync_store::{Claim, MailProblem, NewMail, Store};
+use uuid::Uuid;
+
+use crate::plan;
+
+/// How long a claim protects a mail being sent. Longer than any SMTP
+/// transaction (30 s per command), so an attempt still sending is never
+/// taken for a dead one.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(300);
 
 pub struct Notifier {
     pub store: Store,
@@ -15,13 +30,29 @@ pub struct Notifier {
     pub default_language: Language,
 }
 
-/// One mail to send, before rendering.
+/// One mail, before rendering.
 struct Planned<'a> {
     id: String,
-    to: &'a str,
     kind: MailKind,
+    to: &'a str,
     language: Language,
-    context: serde_json::Value,
+    run_id: Uuid,
+    context: Value,
+    /// What a digest names the mail by, should it not arrive.
+    detail: Value,
+}
+
+impl Planned<'_> {
+    fn record<'b>(&'b self, tenant_id: &'b str) -> NewMail<'b> {
+        NewMail {
+            id: &self.id,
+            tenant_id,
+            kind: self.kind.name(),
+            recipient: self.to,
+            run_id: Some(self.run_id),
+            detail: self.detail.clone(),
+        }
+    }
 }
 
 impl Handler<Event> for Notifier {
@@ -34,17 +65,10 @@ impl Handler<Event> for Notifier {
             );
             return Ok(());
         };
-        for mail in self.plan(&tenant.config, event) {
-            self.send_once(&tenant.config, mail).await?;
-        }
-        Ok(())
-    }
-}
-
-impl Notifier {
-    fn plan<'a>(&self, tenant: &'a TenantConfig, event: &'a Event) -> Vec<Planned<'a>> {
+        let tenant = &tenant.config;
         match event {
             Event::UserCreated {
+                run_id,
                 pbx_id,
                 alias,
                 first_name,
@@ -55,79 +79,272 @@ impl Notifier {
                 ..
             } => {
                 if !tenant.welcome_mail {
-                    return Vec::new();
+                    return Ok(());
                 }
-                let context = json!({
-                    "first_name": first_name, "surname": surname, "alias": alias,
-                    "pstn_fixed": pstn_fixed, "email": email, "company_name": tenant.name,
-                });
-                let language = Language::from_preferred(language.as_deref(), self.default_language);
-                let mut mails = Vec::new();
-                match email {
-                    Some(to) => mails.push(Planned {
-                        id: format!("welcome:{}:{pbx_id}", tenant.id),
-                        to,
-                        kind: MailKind::Welcome,
-                        language,
-                        context: context.clone(),
+                let user = WelcomeUser {
+                    run_id: *run_id,
+                    pbx_id,
+                    context: json!({
+                        "first_name": first_name, "surname": surname, "alias": alias,
+                        "pstn_fixed": pstn_fixed, "email": email, "company_name": tenant.name,
                     }),
-                    None => {
-                        tracing::warn!(tenant_id = %tenant.id, %alias, "created user has no mail address: no welcome mail")
-                    }
-                }
-                if let Some(to) = &tenant.welcome_mail_copy_to {
-                    mails.push(Planned {
-                        id: format!("welcome-copy:{}:{pbx_id}", tenant.id),
-                        to,
-                        kind: MailKind::WelcomeCopy,
-                        language: self.default_language,
-                        context,
-                    });
-                }
-                mails
+                    alias,
+                    email: email.as_deref(),
+                    language: Language::from_preferred(language.as_deref(), self.default_language),
+                };
+                self.welcome(tenant, &user).await
             }
             Event::RunFinished {
                 run_id,
                 outcome,
                 counts,
                 error,
+                error_code,
+                warnings,
                 problems,
                 ..
             } => {
-                let Some(to) = &tenant.error_notification_email else {
-                    return Vec::new();
+                let run = FinishedRun {
+                    run_id: *run_id,
+                    outcome,
+                    counts,
+                    error: error.as_deref(),
+                    error_code: error_code.as_deref(),
+                    warnings,
+                    problems,
                 };
-                if !report_wanted(tenant.error_notification_level, outcome, counts) {
-                    return Vec::new();
-                }
-                vec![Planned {
-                    id: format!("report:{run_id}"),
-                    to,
-                    kind: MailKind::RunReport,
-                    language: self.default_language,
-                    context: json!({
-                        "tenant_id": tenant.id, "company_name": tenant.name, "outcome": outcome,
-                        "level": level_name(tenant.error_notification_level),
-                        "counts": counts, "error": error,
-                        "problems": problems.iter().map(|p| json!({
-                            "user": p.user, "field": p.problem.field, "message": p.problem.message,
-                        })).collect::<Vec<_>>(),
-                    }),
-                }]
+                self.run_finished(tenant, &run).await
             }
             // Per-user updates, deletions and failures reach the operator in the run's digest.
-            Event::UserChanged { .. } => Vec::new(),
+            Event::UserChanged { .. } => Ok(()),
         }
     }
+}
 
-    async fn send_once(&self, tenant: &TenantConfig, mail: Planned<'_>) -> Result<(), Failure> {
-        if self.store.mail_sent(&mail.id).await? {
-            return Ok(());
+struct WelcomeUser<'a> {
+    run_id: Uuid,
+    pbx_id: &'a str,
+    alias: &'a str,
+    email: Option<&'a str>,
+    language: Language,
+    context: Value,
+}
+
+struct FinishedRun<'a> {
+    run_id: Uuid,
+    outcome: &'a str,
+    counts: &'a RunCounts,
+    error: Option<&'a str>,
+    error_code: Option<&'a str>,
+    warnings: &'a [String],
+    problems: &'a [UserProblem],
+}
+
+impl Notifier {
+    /// The welcome mail to the user and its copy to the admin address.
+    async fn welcome(&self, tenant: &TenantConfig, user: &WelcomeUser<'_>) -> Result<(), Failure> {
+        let detail = json!({"user": user.alias});
+        let id = plan::welcome_id(&tenant.id, user.pbx_id);
+        match user.email {
+            Some(to) => {
+                let mail = Planned {
+                    id,
+                    kind: MailKind::Welcome,
+                    to,
+                    language: user.language,
+                    run_id: user.run_id,
+                    context: user.context.clone(),
+                    detail: detail.clone(),
+                };
+                let claim = self
+                    .store
+                    .claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE)
+                    .await?;
+                self.deliver(tenant, &mail, claim).await?;
+            }
+            None => {
+                let record = NewMail {
+                    id: &id,
+                    tenant_id: &tenant.id,
+                    kind: MailKind::Welcome.name(),
+                    recipient: "",
+                    run_id: Some(user.run_id),
+                    detail: detail.clone(),
+                };
+                if self.store.record_mail_without_address(&record).await? {
+                    tracing::warn!(tenant_id = %tenant.id, alias = user.alias, "created user has no mail address: no welcome mail; reported in the next digest");
+                    count(MailKind::Welcome, "no_address");
+                }
+            }
         }
-        let rendered = self
-            .templates
-            .render(mail.kind, mail.language, &mail.context)
-            .map_err(Failure::reject)?;
+        if let Some(to) = &tenant.welcome_mail_copy_to {
+            let mail = Planned {
+                id: plan::welcome_copy_id(&tenant.id, user.pbx_id),
+                kind: MailKind::WelcomeCopy,
+                to,
+                language: self.default_language,
+                run_id: user.run_id,
+                context: user.context.clone(),
+                detail,
+            };
+            let claim = self
+                .store
+                .claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE)
+                .await?;
+            self.deliver(tenant, &mail, claim).await?;
+        }
+        Ok(())
+    }
+
+    /// The digest of a run at the tenant's level, "resolved" mails for the
+    /// standing errors the run ends, and a due client-secret expiry warning.
+    async fn run_finished(&self, tenant: &TenantConfig, run: &FinishedRun<'_>) -> Result<(), Failure> {
+        let now = clock::now();
+        let today = tenant_day(tenant, now);
+        let failed = run.outcome == "failed";
+        let standing = match (failed, run.error_code) {
+            (true, Some(code)) => Some(
+                self.store
+                    .open_standing_error(&tenant.id, code, run.run_id, run.error, now)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let resolved = if failed {
+            Vec::new()
+        } else {
+            self.store.resolve_standing_errors(&tenant.id, run.run_id).await?
+        };
+        let Some(to) = tenant.error_notification_email.as_deref() else {
+            return Ok(());
+        };
+        let level = tenant.error_notification_level;
+        let reports_mail_problems = level >= NotificationLevel::Warning;
+        let mail_problems =
+            reports_mail_problems && !self.store.unreported_mail_problems(&tenant.id).await?.is_empty();
+        let summary = plan::RunSummary {
+            failed,
+            counts: run.counts,
+            warnings: run.warnings,
+            mail_problems,
+        };
+        if plan::digest_wanted(level, &summary) {
+            let episode = standing.as_ref().map(|s| (s.error_code.as_str(), s.opened_run));
+            let proposed = plan::digest_id(&tenant.id, run.run_id, episode, today);
+            let id = self.store.digest_mail_id(run.run_id, &proposed).await?;
+            let standing_since = standing
+                .as_ref()
+                .filter(|s| s.opened_run != run.run_id)
+                .map(|s| s.opened_at.format("%Y-%m-%d %H:%M UTC").to_string());
+            let mut mail = Planned {
+                id,
+                kind: MailKind::RunReport,
+                to,
+                language: self.default_language,
+                run_id: run.run_id,
+                context: json!({
+                    "tenant_id": tenant.id, "company_name": tenant.name, "run_id": run.run_id,
+                    "outcome": run.outcome, "level": level.as_str(), "counts": run.counts,
+                    "error": run.error, "error_code": run.error_code, "standing_since": standing_since,
+                    "warnings": if level >= NotificationLevel::Warning { run.warnings } else { &[] },
+                    "problems": run.problems.iter().map(|p| json!({
+                        "user": p.user, "field": p.problem.field, "message": p.problem.message,
+                    })).collect::<Vec<_>>(),
+                    "mail_problems": [],
+                }),
+                detail: json!({}),
+            };
+            let record = mail.record(&tenant.id);
+            let (claim, taken) = if reports_mail_problems {
+                self.store.claim_digest(&record, now, CLAIM_LEASE).await?
+            } else {
+                (
+                    self.store.claim_mail(&record, now, CLAIM_LEASE).await?,
+                    Vec::new(),
+                )
+            };
+            mail.context["mail_problems"] = taken.iter().map(mail_problem).collect();
+            self.deliver(tenant, &mail, claim).await?;
+        }
+        for error in &resolved {
+            let mail = Planned {
+                id: plan::resolved_id(&tenant.id, &error.error_code, error.opened_run),
+                kind: MailKind::Resolved,
+                to,
+                language: self.default_language,
+                run_id: run.run_id,
+                context: json!({
+                    "tenant_id": tenant.id, "company_name": tenant.name,
+                    "error_code": error.error_code, "error": error.last_error,
+                    "since": error.opened_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+                }),
+                detail: json!({}),
+            };
+            let claim = self
+                .store
+                .claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE)
+                .await?;
+            self.deliver(tenant, &mail, claim).await?;
+        }
+        if let Some(expires_on) = tenant.client_secret_expires_at {
+            if let Some(threshold) = plan::expiry_warning(expires_on, today) {
+                let mail = Planned {
+                    id: plan::expiry_id(&tenant.id, expires_on, threshold),
+                    kind: MailKind::SecretExpiry,
+                    to,
+                    language: self.default_language,
+                    run_id: run.run_id,
+                    context: json!({
+                        "tenant_id": tenant.id, "company_name": tenant.name,
+                        "expires_on": expires_on.to_string(),
+                        "days_left": (expires_on - today).num_days(),
+                    }),
+                    detail: json!({}),
+                };
+                let claim = self
+                    .store
+                    .claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE)
+                    .await?;
+                self.deliver(tenant, &mail, claim).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a claimed mail and records how it went. Temporary failures go
+    /// back to the bus's retry tiers; permanent ones are recorded, reported in
+    /// the tenant's next digest (welcome mails) and logged, never retried.
+    async fn deliver(&self, tenant: &TenantConfig, mail: &Planned<'_>, claim: Claim) -> Result<(), Failure> {
+        match claim {
+            Claim::Send { .. } => {}
+            Claim::Settled { state } => {
+                tracing::debug!(mail = %mail.id, %state, "mail already settled");
+                count(mail.kind, "duplicate");
+                return Ok(());
+            }
+            Claim::InFlight => {
+                count(mail.kind, "in_flight");
+                return Err(Failure::retry(format!(
+                    "mail {} is being sent by another attempt",
+                    mail.id
+                )));
+            }
+            Claim::Abandoned => {
+                tracing::error!(tenant_id = %tenant.id, mail = %mail.id, to = mail.to,
+                    "an attempt stopped while sending this mail; it may have arrived, so it is not sent again");
+                count(mail.kind, "uncertain");
+                return Ok(());
+            }
+        }
+        let rendered = match self.templates.render(mail.kind, mail.language, &mail.context) {
+            Ok(rendered) => rendered,
+            Err(err) => {
+                // Unsent: a DLQ replay after the template is fixed sends it.
+                self.store.release_mail(&mail.id, &err.to_string()).await?;
+                count(mail.kind, "failed");
+                return Err(Failure::reject(format!("mail {}: {err}", mail.id)));
+            }
+        };
         let outgoing = OutgoingMail {
             message_id: mail.id.replace(':', "."),
             to: mail.to.to_owned(),
@@ -136,55 +353,52 @@ impl Notifier {
             html: rendered.html,
         };
         match self.mailer.send(&outgoing).await {
-            Ok(()) => {}
-            Err(MailError::Temporary(reason)) => return Err(Failure::retry(format!("SMTP: {reason}"))),
-            Err(err) => {
-                return Err(Failure::reject(format!(
-                    "mail {} to {} refused: {err}",
+            Ok(()) => {
+                self.store.mark_mail_sent(&mail.id, clock::now()).await?;
+                count(mail.kind, "sent");
+                tracing::info!(tenant_id = %tenant.id, mail = %mail.id, "mail sent");
+                Ok(())
+            }
+            Err(MailError::Temporary(reason)) => {
+                self.store.release_mail(&mail.id, &reason).await?;
+                count(mail.kind, "retry");
+                Err(Failure::retry(format!(
+                    "mail {} to {}: {reason}",
                     mail.id, mail.to
                 )))
             }
+            Err(MailError::Permanent(reason)) => {
+                self.store.fail_mail(&mail.id, &reason).await?;
+                count(mail.kind, "failed");
+                tracing::error!(tenant_id = %tenant.id, mail = %mail.id, to = mail.to, %reason,
+                    "mail refused for good; not retried");
+                Ok(())
+            }
+            Err(err @ MailError::Config(_)) => {
+                self.store.release_mail(&mail.id, &err.to_string()).await?;
+                count(mail.kind, "failed");
+                Err(Failure::reject(format!("mail {}: {err}", mail.id)))
+            }
         }
-        self.store.record_mail_sent(&mail.id, &tenant.id, mail.to).await?;
-        tracing::info!(tenant_id = %tenant.id, mail = %mail.id, "mail sent");
-        Ok(())
     }
 }
 
-/// Whether the tenant's level asks for a report of this run.
-fn report_wanted(level: NotificationLevel, outcome: &str, counts: &RunCounts) -> bool {
-    let failed_run = outcome == "failed";
-    let user_problems = counts.skipped > 0 || counts.failed > 0;
-    match level {
-        NotificationLevel::Error => failed_run,
-        NotificationLevel::Warning => failed_run || user_problems,
-        NotificationLevel::Info => true,
-    }
+fn count(kind: MailKind, result: &'static str) {
+    metrics::counter!("usersync_mails_total", "kind" => kind.name(), "result" => result).increment(1);
 }
 
-fn level_name(level: NotificationLevel) -> &'static str {
-    match level {
-        NotificationLevel::Error => "error",
-        NotificationLevel::Warning => "warning",
-        NotificationLevel::Info => "info",
-    }
+/// The tenant's calendar day (in its schedule's time zone): "once a day" and
+/// "days before expiry" are counted in it.
+fn tenant_day(tenant: &TenantConfig, now: DateTime<Utc>) -> NaiveDate {
+    now.with_timezone(&tenant.schedule.timezone).date_naive()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn levels_widen_from_error_to_info() {
-        let clean = RunCounts::default();
-        let skipped = RunCounts {
-            skipped: 1,
-            ..RunCounts::default()
-        };
-        assert!(report_wanted(NotificationLevel::Error, "failed", &clean));
-        assert!(!report_wanted(NotificationLevel::Error, "succeeded", &skipped));
-        assert!(report_wanted(NotificationLevel::Warning, "succeeded", &skipped));
-        assert!(!report_wanted(NotificationLevel::Warning, "succeeded", &clean));
-        assert!(report_wanted(NotificationLevel::Info, "succeeded", &clean));
-    }
+fn mail_problem(problem: &MailProblem) -> Value {
+    json!({
+        "user": problem.detail.get("user").and_then(Value::as_str).unwrap_or(&problem.id),
+        "recipient": problem.recipient,
+        "kind": problem.kind,
+        "state": problem.state,
+        "reply": problem.reply,
+    })
 }

@@ -38,6 +38,18 @@ const BUILT_IN: &[(&str, &str)] = built_in![
     "run_report.en.subject.txt",
     "run_report.en.txt",
     "run_report.en.html",
+    "resolved.sv.subject.txt",
+    "resolved.sv.txt",
+    "resolved.sv.html",
+    "resolved.en.subject.txt",
+    "resolved.en.txt",
+    "resolved.en.html",
+    "secret_expiry.sv.subject.txt",
+    "secret_expiry.sv.txt",
+    "secret_expiry.sv.html",
+    "secret_expiry.en.subject.txt",
+    "secret_expiry.en.txt",
+    "secret_expiry.en.html",
 ];
 
 /// Which mail to write.
@@ -47,20 +59,46 @@ pub enum MailKind {
     Welcome,
     /// To the admin copy address: the welcome fields plus `email` (may be null).
     WelcomeCopy,
-    /// Digest to the error address: `{tenant_id, company_name, outcome, level,
-    /// counts: {created, updated, deleted, skipped, failed},
-    /// problems: [{user, field, message}], error}`.
+    /// Digest to the error address: `{tenant_id, company_name, run_id, outcome,
+    /// level, counts: {created, updated, deleted, skipped, failed, held},
+    /// error, error_code, standing_since, warnings: [text],
+    /// problems: [{user, field, message}],
+    /// mail_problems: [{user, recipient, kind, state, reply}]}`.
     RunReport,
+    /// A standing error is over: `{tenant_id, company_name, error_code, error, since}`.
+    Resolved,
+    /// The Entra client secret expires soon: `{tenant_id, company_name,
+    /// expires_on, days_left}`.
+    SecretExpiry,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 3] = [Self::Welcome, Self::WelcomeCopy, Self::RunReport];
+    pub const ALL: [MailKind; 5] = [
+        Self::Welcome,
+        Self::WelcomeCopy,
+        Self::RunReport,
+        Self::Resolved,
+        Self::SecretExpiry,
+    ];
+
+    /// The kind's name in templates, metrics and the mail table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Welcome => "welcome",
+            Self::WelcomeCopy => "welcome_copy",
+            Self::RunReport => "digest",
+            Self::Resolved => "resolved",
+            Self::SecretExpiry => "secret_expiry",
+        }
+    }
 
     fn file_stem(self) -> &'static str {
         match self {
             Self::Welcome => "welcome",
             Self::WelcomeCopy => "welcome_copy",
             Self::RunReport => "run_report",
+            Self::Resolved => "resolved",
+            Self::SecretExpiry => "secret_expiry",
         }
     }
 
@@ -84,15 +122,53 @@ impl MailKind {
                 let report = json!({
                     "tenant_id": "exempel",
                     "company_name": "Exempel AB",
+                    "run_id": "00000000-0000-0000-0000-000000000000",
                     "outcome": "partial",
                     "level": "warning",
-                    "counts": {"created": 1, "updated": 2, "deleted": 0, "skipped": 1, "failed": 1},
+                    "counts": {"created": 1, "updated": 2, "deleted": 0, "skipped": 1, "failed": 1, "held": 0},
                     "problems": [],
+                    "mail_problems": [],
+                    "warnings": [],
                     "error": null,
+                    "error_code": null,
+                    "standing_since": null,
                 });
                 let problem = json!({"user": "anna.berg", "field": "pstn_fixed", "message": "not a number"});
-                let troubled = with(&report, "problems", json!([problem]));
+                let mail_problems = json!([
+                    {"user": "anna.berg", "recipient": "", "kind": "welcome", "state": "no_address", "reply": null},
+                    {"user": "bo.ek", "recipient": "bo@example.com", "kind": "welcome", "state": "failed", "reply": "550 no such user"},
+                    {"user": "cia.ny", "recipient": "cia@example.com", "kind": "welcome_copy", "state": "uncertain", "reply": null},
+                ]);
+                let mut troubled = with(&report, "problems", json!([problem]));
+                troubled = with(&troubled, "mail_problems", mail_problems);
+                troubled = with(&troubled, "warnings", json!(["group Telephony matches 2 groups"]));
+                troubled = with(
+                    &troubled,
+                    "counts",
+                    json!({"created": 1, "updated": 2, "deleted": 0, "skipped": 1, "failed": 1, "held": 12}),
+                );
+                troubled = with(&troubled, "error_code", json!("pbx.unreachable"));
+                troubled = with(&troubled, "standing_since", json!("2026-01-02 03:04 UTC"));
                 [with(&troubled, "error", json!("PBX unreachable")), report]
+            }
+            Self::Resolved => {
+                let resolved = json!({
+                    "tenant_id": "exempel",
+                    "company_name": "Exempel AB",
+                    "error_code": "entra.7000222",
+                    "error": "client secret expired",
+                    "since": "2026-01-02 03:04 UTC",
+                });
+                [resolved.clone(), with(&resolved, "error", Value::Null)]
+            }
+            Self::SecretExpiry => {
+                let expiry = json!({
+                    "tenant_id": "exempel",
+                    "company_name": "Exempel AB",
+                    "expires_on": "2026-02-01",
+                    "days_left": 14,
+                });
+                [expiry.clone(), with(&expiry, "days_left", json!(0))]
             }
         }
     }

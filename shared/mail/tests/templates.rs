@@ -271,3 +271,93 @@ fn preferred_language_picks_swedish_or_english() {
     assert_eq!(Language::from_preferred(Some(""), Language::En), Language::En);
     assert_eq!(Language::from_preferred(None, Language::Sv), Language::Sv);
 }
+
+#[test]
+fn digest_lists_warnings_held_deletions_and_undelivered_welcome_mails() {
+    let mut ctx = report_ctx(json!([]), json!("client secret expired"));
+    ctx["outcome"] = json!("failed");
+    ctx["error_code"] = json!("entra.7000222");
+    ctx["standing_since"] = json!("2026-03-01 02:00 UTC");
+    ctx["counts"]["held"] = json!(40);
+    ctx["warnings"] = json!(["group Telephony matches 2 groups"]);
+    ctx["mail_problems"] = json!([
+        {"user": "bo.ek", "recipient": "", "kind": "welcome", "state": "no_address", "reply": null},
+        {"user": "cia.ny", "recipient": "cia@acme.example", "kind": "welcome", "state": "failed", "reply": "550 no such user"},
+    ]);
+    let templates = Templates::load(None).unwrap();
+    let en = templates.render(MailKind::RunReport, Language::En, &ctx).unwrap();
+    assert!(
+        en.text
+            .contains("The sync stopped: client secret expired [entra.7000222]\n"),
+        "{}",
+        en.text
+    );
+    assert!(en.text.contains("stood since 2026-03-01 02:00 UTC"));
+    assert!(
+        en.text.contains("Held:     40 deletions held back"),
+        "{}",
+        en.text
+    );
+    assert!(en
+        .text
+        .contains("Warnings:\n  - group Telephony matches 2 groups\n"));
+    assert!(en
+        .text
+        .contains("Welcome mails that did not reach their user (2):"));
+    assert!(
+        en.text.contains("  - bo.ek: no mail address in the directory\n"),
+        "{}",
+        en.text
+    );
+    assert!(en
+        .text
+        .contains("  - cia.ny <cia@acme.example>: refused: 550 no such user\n"));
+    assert!(
+        en.html
+            .contains("<li>cia.ny &lt;cia@acme.example&gt;: refused: 550 no such user</li>"),
+        "{}",
+        en.html
+    );
+    let sv = templates.render(MailKind::RunReport, Language::Sv, &ctx).unwrap();
+    assert!(sv.text.contains("Vilande:      40 borttagningar"), "{}", sv.text);
+    assert!(sv.text.contains("  - bo.ek: ingen e-postadress i katalogen\n"));
+}
+
+#[test]
+fn resolved_and_secret_expiry_mails_render_in_both_languages() {
+    let templates = Templates::load(None).unwrap();
+    let resolved = json!({
+        "tenant_id": "acme", "company_name": "Acme AB", "error_code": "pbx.unauthorized",
+        "error": "the PBX refused the token", "since": "2026-03-01 02:00 UTC",
+    });
+    let en = templates
+        .render(MailKind::Resolved, Language::En, &resolved)
+        .unwrap();
+    assert_eq!(en.subject, "Resolved: the sync for Acme AB works again");
+    assert!(en
+        .text
+        .contains("The error was: the PBX refused the token [pbx.unauthorized]"));
+    let sv = templates
+        .render(MailKind::Resolved, Language::Sv, &resolved)
+        .unwrap();
+    assert_eq!(sv.subject, "Löst: synkningen för Acme AB fungerar igen");
+
+    let expiry =
+        json!({"tenant_id": "acme", "company_name": "Acme AB", "expires_on": "2026-04-01", "days_left": 14});
+    let en = templates
+        .render(MailKind::SecretExpiry, Language::En, &expiry)
+        .unwrap();
+    assert_eq!(
+        en.subject,
+        "The Entra client secret for Acme AB expires in 14 days"
+    );
+    assert!(en.text.contains("expires on 2026-04-01"));
+    assert!(en.text.contains("provider_settings.client_secret"));
+    let sv = templates
+        .render(MailKind::SecretExpiry, Language::Sv, &expiry)
+        .unwrap();
+    assert_eq!(
+        sv.subject,
+        "Klienthemligheten i Entra för Acme AB går ut om 14 dagar"
+    );
+}

@@ -19,6 +19,7 @@ pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
 pub use fields::DiscoveredField;
+pub use mails::{Claim, MailProblem, NewMail, StandingError};
 pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use planning::{ChangeHistory, ClaimSession};

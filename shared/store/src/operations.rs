@@ -226,8 +226,7 @@ impl Store {
                         (SELECT count(*) FROM run_changes WHERE run_id = $1) AS planned,
                         (SELECT count(*) FROM run_changes WHERE run_id = $1 AND outcome <> 'pending') AS applied,
                         (SELECT count(*) FROM run_skips WHERE run_id = $1) AS skipped,
-                        (SELECT count(*) FROM sent_mails m JOIN runs r ON r.id = $1
-                          WHERE m.tenant_id = r.tenant_id AND m.sent_at >= r.started_at) AS mails",
+                        (SELECT count(*) FROM mails WHERE run_id = $1 AND state = 'sent') AS mails",
                 &[&run_id],
             )
             .await

@@ -7,7 +7,7 @@ use std::future::Future;
 use serde_json::{json, Value};
 use tokio_postgres::{types::Json, NoTls};
 use usersync_core::{parse_tenant_file, tenant::MASK, TenantConfig};
-use usersync_store::{Round, RunStart, SecretKey, Store};
+use usersync_store::{Claim, NewMail, Round, RunStart, SecretKey, Store};
 use uuid::Uuid;
 
 const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
@@ -369,33 +369,159 @@ async fn user_pages_are_recorded_once_per_round_and_merge_attributes() {
     .await;
 }
 
+fn outgoing<'a>(id: &'a str, kind: &'a str, recipient: &'a str) -> NewMail<'a> {
+    NewMail {
+        id,
+        tenant_id: "acme",
+        kind,
+        recipient,
+        run_id: None,
+        detail: json!({"user": "anna"}),
+    }
+}
+
 #[tokio::test]
-async fn a_sent_mail_is_recorded_once() {
+async fn a_mail_is_claimed_once_and_never_resent() {
     in_fresh_database(|url| async move {
         let store = connect_store(&url).await;
-        let id = "created:acme:pbx-17";
-        assert!(!store.mail_sent(id).await.expect("checking"));
+        let lease = std::time::Duration::from_secs(300);
+        let t0 = chrono::Utc::now();
+        let mail = outgoing("welcome:acme:pbx-17", "welcome", "anna@acme.example");
+        assert_eq!(
+            store.claim_mail(&mail, t0, lease).await.unwrap(),
+            Claim::Send { attempt: 1 }
+        );
+        // A second attempt while the first may still be sending waits.
+        assert_eq!(store.claim_mail(&mail, t0, lease).await.unwrap(), Claim::InFlight);
+        // A temporary failure frees it for the next attempt.
+        store.release_mail(mail.id, "451 try later").await.unwrap();
+        assert_eq!(
+            store.claim_mail(&mail, t0, lease).await.unwrap(),
+            Claim::Send { attempt: 2 }
+        );
+        store.mark_mail_sent(mail.id, t0).await.unwrap();
+        assert_eq!(
+            store.claim_mail(&mail, t0, lease).await.unwrap(),
+            Claim::Settled { state: "sent".into() }
+        );
+        assert_eq!(store.mail_state(mail.id).await.unwrap().as_deref(), Some("sent"));
 
-        store
-            .record_mail_sent(id, "acme", "anna@acme.example")
-            .await
-            .expect("recording");
-        store
-            .record_mail_sent(id, "acme", "someone-else@acme.example")
-            .await
-            .expect("recording again is harmless");
-        assert!(store.mail_sent(id).await.expect("checking"));
-        assert!(!store.mail_sent("created:acme:pbx-18").await.expect("checking"));
+        // A claim whose attempt died mid-send is not sent again once the lease is over.
+        let cut_off = outgoing("welcome:acme:pbx-18", "welcome", "bo@acme.example");
+        assert_eq!(
+            store.claim_mail(&cut_off, t0, lease).await.unwrap(),
+            Claim::Send { attempt: 1 }
+        );
+        let later = t0 + chrono::Duration::minutes(6);
+        assert_eq!(
+            store.claim_mail(&cut_off, later, lease).await.unwrap(),
+            Claim::Abandoned
+        );
+        assert_eq!(
+            store.claim_mail(&cut_off, later, lease).await.unwrap(),
+            Claim::Settled {
+                state: "uncertain".into()
+            }
+        );
 
-        let client = store.client().await.expect("a connection");
-        let recipients: Vec<String> = client
-            .query("SELECT recipient FROM sent_mails WHERE id = $1", &[&id])
+        // Refused for good: recorded with the reply and settled.
+        let refused = outgoing("welcome:acme:pbx-19", "welcome", "cia@acme.example");
+        store.claim_mail(&refused, t0, lease).await.unwrap();
+        store.fail_mail(refused.id, "550 no such user").await.unwrap();
+        assert_eq!(
+            store.claim_mail(&refused, t0, lease).await.unwrap(),
+            Claim::Settled {
+                state: "failed".into()
+            }
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_digest_takes_each_mail_problem_once() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let lease = std::time::Duration::from_secs(300);
+        let now = chrono::Utc::now();
+        let nowhere = outgoing("welcome:acme:pbx-1", "welcome", "");
+        assert!(store.record_mail_without_address(&nowhere).await.unwrap());
+        assert!(
+            !store.record_mail_without_address(&nowhere).await.unwrap(),
+            "recorded once"
+        );
+        let refused = outgoing("welcome:acme:pbx-2", "welcome", "bo@acme.example");
+        store.claim_mail(&refused, now, lease).await.unwrap();
+        store.fail_mail(refused.id, "550 no such user").await.unwrap();
+        assert_eq!(store.unreported_mail_problems("acme").await.unwrap().len(), 2);
+
+        let digest = outgoing("digest:run-1", "digest", "it@acme.example");
+        let (claim, problems) = store.claim_digest(&digest, now, lease).await.unwrap();
+        assert_eq!(claim, Claim::Send { attempt: 1 });
+        let states: Vec<_> = problems.iter().map(|p| p.state.as_str()).collect();
+        assert_eq!(states, ["no_address", "failed"]);
+        assert_eq!(problems[1].reply.as_deref(), Some("550 no such user"));
+        assert_eq!(problems[0].detail["user"], "anna");
+        assert!(store.unreported_mail_problems("acme").await.unwrap().is_empty());
+
+        // The next digest does not report them again.
+        let next = outgoing("digest:run-2", "digest", "it@acme.example");
+        let (_, problems) = store.claim_digest(&next, now, lease).await.unwrap();
+        assert!(problems.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_standing_error_is_opened_once_and_resolved_once() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let now = chrono::Utc::now();
+        let (first, second, success) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let opened = store
+            .open_standing_error("acme", "entra.7000222", first, Some("secret expired"), now)
             .await
-            .expect("reading sent_mails")
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        assert_eq!(recipients, ["anna@acme.example"]);
+            .unwrap();
+        assert_eq!(opened.opened_run, first);
+        let again = store
+            .open_standing_error("acme", "entra.7000222", second, Some("still expired"), now)
+            .await
+            .unwrap();
+        assert_eq!(again.opened_run, first, "the same episode");
+        assert_eq!(again.last_error.as_deref(), Some("still expired"));
+
+        let resolved = store.resolve_standing_errors("acme", success).await.unwrap();
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].error_code, "entra.7000222");
+        // A redelivered success finds the same; another run finds none.
+        assert_eq!(
+            store.resolve_standing_errors("acme", success).await.unwrap(),
+            resolved
+        );
+        assert!(store
+            .resolve_standing_errors("acme", Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A new failure opens a new episode.
+        let third = Uuid::new_v4();
+        let reopened = store
+            .open_standing_error("acme", "entra.7000222", third, None, now)
+            .await
+            .unwrap();
+        assert_eq!(reopened.opened_run, third);
+
+        // A run's digest is decided once.
+        let run = Uuid::new_v4();
+        assert_eq!(
+            store.digest_mail_id(run, "error:day-1").await.unwrap(),
+            "error:day-1"
+        );
+        assert_eq!(
+            store.digest_mail_id(run, "error:day-2").await.unwrap(),
+            "error:day-1"
+        );
     })
     .await;
 }

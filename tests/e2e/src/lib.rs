@@ -418,3 +418,9 @@ impl Stack {
         std::fs::write(self.clock_file(), rfc3339).expect("writing the clock file");
     }
 }
+
+/// A RabbitMQ vhost for a test that starts only some services itself (the
+/// caller deletes it when done, as [`Stack`] does).
+pub async fn test_vhost(http: &reqwest::Client, vhost: &str) {
+    create_vhost(http, vhost).await;
+}

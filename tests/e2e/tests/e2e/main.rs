@@ -2,6 +2,7 @@
 
 mod differ;
 mod fetcher;
+mod notifier;
 mod operations;
 mod operator;
 mod pipeline;

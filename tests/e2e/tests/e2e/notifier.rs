@@ -1,0 +1,860 @@
+//! The notifier on its own: events published straight to its queue, a tenant
+//! row in its database, and a scripted aiosmtpd (`tests/smtp/usersync_smtp.py`)
+//! that accepts, defers (451), refuses (550) or holds mails by recipient. What
+//! the server stored is read back with Python's mail parser.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use usersync_bus::Bus;
+use usersync_contract::{topology::Stage, Event, RunCounts, UserProblem};
+use usersync_core::{parse_tenant_file, Problem};
+use usersync_e2e::{binary, free_port, test_vhost, wait_for, POSTGRES_ADMIN_URL, RABBITMQ_API, SECRET_KEY};
+use usersync_store::{SecretKey, Store};
+use uuid::Uuid;
+
+use crate::support::tenant_file;
+
+const MAIL_FROM: &str = "Usersync <noreply@usersync.test>";
+const PYTHON: &str = "/usr/bin/python3";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A mail as the SMTP server stored it, parsed by Python's `email` package.
+#[derive(Debug, Clone, Deserialize)]
+struct Mail {
+    from: Option<String>,
+    to: Option<String>,
+    subject: Option<String>,
+    raw_subject: Option<String>,
+    message_id: Option<String>,
+    date: Option<String>,
+    content_type: String,
+    text: Option<String>,
+    html: Option<String>,
+}
+
+impl Mail {
+    fn to(&self) -> &str {
+        self.to.as_deref().unwrap_or_default()
+    }
+    fn subject(&self) -> &str {
+        self.subject.as_deref().unwrap_or_default()
+    }
+    fn text(&self) -> &str {
+        self.text.as_deref().unwrap_or_default()
+    }
+}
+
+/// The notifier with its own database, vhost, SMTP server and clock file.
+struct Mailroom {
+    name: String,
+    vhost: String,
+    database_url: String,
+    amqp_url: String,
+    smtp_port: u16,
+    maildir: PathBuf,
+    clock_file: PathBuf,
+    logs: PathBuf,
+    http: reqwest::Client,
+    bus: Bus,
+    store: Store,
+    notifier: Option<(Child, u16)>,
+    starts: usize,
+    _smtp: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mailroom {
+    async fn start(test: &str) -> Mailroom {
+        let suffix = &Uuid::new_v4().simple().to_string()[..10];
+        let name = format!("{test}_{suffix}");
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let logs = target_dir().join("e2e-logs").join(&name);
+        std::fs::create_dir_all(&logs).expect("the log folder");
+        let http = reqwest::Client::new();
+        let vhost = format!("usersync-e2e-{name}");
+        test_vhost(&http, &vhost).await;
+        let maildir = tmp.path().join("Maildir");
+        let smtp_port = free_port();
+        let smtp = start_scripted_smtp(smtp_port, &maildir, &logs).await;
+        let database_url = format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}");
+        let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+        let store = Store::connect(&database_url, 2).await.expect("the test database");
+        let bus = Bus::connect(&amqp_url, "notifier-test")
+            .await
+            .expect("the test vhost");
+        let mut room = Mailroom {
+            name,
+            vhost,
+            database_url,
+            amqp_url,
+            smtp_port,
+            maildir,
+            clock_file: tmp.path().join("clock"),
+            logs,
+            http,
+            bus,
+            store,
+            notifier: None,
+            starts: 0,
+            _smtp: smtp,
+            _tmp: tmp,
+        };
+        room.start_notifier().await;
+        room
+    }
+
+    async fn start_notifier(&mut self) {
+        let metrics_port = free_port();
+        let log = std::fs::File::create(self.logs.join(format!("usersync-notifier-{}.log", self.starts)))
+            .expect("a log file");
+        self.starts += 1;
+        let child = Command::new(binary("usersync-notifier"))
+            .env("DATABASE_URL", &self.database_url)
+            .env("AMQP_URL", &self.amqp_url)
+            .env("SMTP_URL", format!("smtp://127.0.0.1:{}", self.smtp_port))
+            .env("MAIL_FROM", MAIL_FROM)
+            .env("MAIL_DEFAULT_LANGUAGE", "en")
+            .env("USERSYNC_CLOCK_FILE", &self.clock_file)
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting usersync-notifier");
+        self.notifier = Some((child, metrics_port));
+        let health = format!("http://127.0.0.1:{metrics_port}/healthz");
+        wait_for("the notifier to be healthy", WAIT, || async {
+            let response = self.http.get(&health).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL: no drain, no goodbye; what it had in hand is redelivered.
+    async fn kill_notifier(&mut self) {
+        if let Some((mut child, _)) = self.notifier.take() {
+            child.kill().await.expect("killing the notifier");
+        }
+    }
+
+    /// The sample tenant with `edit` applied to its file.
+    async fn tenant(&self, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+        let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
+        edit(file.as_object_mut().unwrap());
+        let config = parse_tenant_file(&file.to_string()).expect("a valid tenant file");
+        let key = SecretKey::from_base64(SECRET_KEY).unwrap();
+        self.store
+            .upsert_tenant(&config, &key)
+            .await
+            .expect("saving the tenant");
+    }
+
+    async fn publish(&self, event: &Event) {
+        self.bus
+            .send(Stage::Notifier, event, &event.message_id())
+            .await
+            .expect("publishing to the notifier");
+    }
+
+    fn set_clock(&self, at: DateTime<Utc>) {
+        std::fs::write(&self.clock_file, at.to_rfc3339()).expect("writing the clock file");
+    }
+
+    fn mails(&self) -> Vec<Mail> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smtp/read_maildir.py");
+        let output = std::process::Command::new(PYTHON)
+            .arg(script)
+            .arg(&self.maildir)
+            .output()
+            .expect("running read_maildir.py");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("read_maildir.py prints JSON")
+    }
+
+    async fn wait_mails(&self, count: usize) -> Vec<Mail> {
+        wait_for(&format!("{count} mails"), WAIT, || async {
+            let mails = self.mails();
+            (mails.len() >= count).then_some(mails)
+        })
+        .await
+    }
+
+    async fn scrape(&self) -> Option<String> {
+        let (_, port) = self.notifier.as_ref()?;
+        let response = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        response.status().is_success().then_some(())?;
+        response.text().await.ok()
+    }
+
+    /// The sum of a counter's series whose labels include every `labels` pair.
+    async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.scrape().await.unwrap_or_default();
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until this notifier process has finished `count` events.
+    async fn wait_handled(&self, count: usize) {
+        wait_for(&format!("{count} events handled"), WAIT, || async {
+            let done = self
+                .counter(
+                    "usersync_messages_total",
+                    &[("stage", "notifier"), ("outcome", "ok")],
+                )
+                .await;
+            (done >= count as f64).then_some(())
+        })
+        .await;
+    }
+
+    async fn mail_row(&self, id: &str) -> Option<(String, i32, Option<String>)> {
+        let client = self.store.client().await.unwrap();
+        client
+            .query_opt("SELECT state, attempts, reply FROM mails WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+    }
+
+    async fn wait_state(&self, id: &str, state: &str) -> (String, i32, Option<String>) {
+        wait_for(&format!("mail {id} to be {state}"), WAIT, || async {
+            self.mail_row(id).await.filter(|row| row.0 == state)
+        })
+        .await
+    }
+}
+
+impl Drop for Mailroom {
+    fn drop(&mut self) {
+        if let Some((child, _)) = self.notifier.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::write(self.maildir.join("release"), "");
+        let _ = std::process::Command::new("curl")
+            .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
+            .arg(format!("{RABBITMQ_API}/vhosts/{}", self.vhost))
+            .status();
+        let database = format!("usersync_e2e_{}", self.name);
+        if std::thread::panicking() {
+            eprintln!("kept database {database} and logs in {}", self.logs.display());
+            return;
+        }
+        let _ = std::process::Command::new("psql")
+            .arg(POSTGRES_ADMIN_URL)
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
+            ])
+            .status();
+    }
+}
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors().nth(3).expect("target/").to_path_buf()
+}
+
+async fn start_scripted_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
+    let log = std::fs::File::create(logs.join("smtp.log")).expect("a log file");
+    let handlers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smtp");
+    let child = Command::new(PYTHON)
+        .env("PYTHONPATH", handlers)
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(["-c", "usersync_smtp.Scripted"])
+        .arg(maildir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting aiosmtpd (apt-get install python3-aiosmtpd)");
+    wait_for("the SMTP server to listen", WAIT, || async move {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    child
+}
+
+fn created(run_id: Uuid, pbx_id: &str, alias: &str, email: Option<&str>, language: Option<&str>) -> Event {
+    let (first_name, surname) = alias.split_once('.').unwrap_or((alias, "Test"));
+    let capital = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .map(|c| c.to_uppercase().chain(chars).collect::<String>())
+            .unwrap_or_default()
+    };
+    Event::UserCreated {
+        tenant_id: "acme".into(),
+        run_id,
+        object_id: format!("obj-{pbx_id}"),
+        pbx_id: pbx_id.into(),
+        alias: alias.into(),
+        first_name: capital(first_name),
+        surname: capital(surname),
+        pstn_fixed: "46812345678".into(),
+        email: email.map(Into::into),
+        language: language.map(Into::into),
+    }
+}
+
+fn finished(tenant_id: &str, run_id: Uuid, outcome: &str, counts: RunCounts) -> Event {
+    Event::RunFinished {
+        tenant_id: tenant_id.into(),
+        run_id,
+        outcome: outcome.into(),
+        counts,
+        error: None,
+        error_code: None,
+        warnings: Vec::new(),
+        problems: Vec::new(),
+    }
+}
+
+fn failed(tenant_id: &str, run_id: Uuid, code: &str) -> Event {
+    Event::RunFinished {
+        tenant_id: tenant_id.into(),
+        run_id,
+        outcome: "failed".into(),
+        counts: RunCounts::default(),
+        error: Some(
+            "client secret expired (AADSTS7000222): create a new secret in Azure and update provider_settings.client_secret"
+                .into(),
+        ),
+        error_code: Some(code.into()),
+        warnings: Vec::new(),
+        problems: Vec::new(),
+    }
+}
+
+fn day(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, m, d, 9, 0, 0).unwrap()
+}
+
+fn to<'a>(mails: &'a [Mail], address: &str) -> Vec<&'a Mail> {
+    mails.iter().filter(|mail| mail.to().contains(address)).collect()
+}
+
+#[tokio::test]
+async fn welcome_mail_and_admin_copy_in_the_users_language() {
+    let room = Mailroom::start("notifier_welcome").await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    room.publish(&created(
+        run,
+        "pbx-1",
+        "åsa.öberg",
+        Some("asa.oberg@acme.example"),
+        Some("sv-SE"),
+    ))
+    .await;
+    room.publish(&created(
+        run,
+        "pbx-2",
+        "bob.smith",
+        Some("bob.smith@acme.example"),
+        Some("en-US"),
+    ))
+    .await;
+    room.publish(&created(run, "pbx-3", "cid.nomail", None, None))
+        .await;
+    // Two welcome mails and three copies; the user without an address gets none.
+    let mails = room.wait_mails(5).await;
+    room.wait_handled(3).await;
+
+    let asa = to(&mails, "asa.oberg@acme.example");
+    assert_eq!(asa.len(), 1, "{mails:#?}");
+    let asa = asa[0];
+    assert_eq!(asa.subject(), "Välkommen till Infinity, Åsa");
+    let raw_subject = asa.raw_subject.as_deref().unwrap();
+    assert!(
+        raw_subject.is_ascii() && raw_subject.to_ascii_lowercase().starts_with("=?utf-8?"),
+        "{raw_subject}"
+    );
+    assert_eq!(asa.from.as_deref(), Some(MAIL_FROM));
+    assert_eq!(asa.message_id.as_deref(), Some("<welcome.acme.pbx-1@usersync>"));
+    let date = asa.date.as_deref().expect("a Date header");
+    assert!(DateTime::parse_from_rfc2822(date).is_ok(), "{date}");
+    assert_eq!(asa.content_type, "multipart/alternative");
+    assert!(asa.text().starts_with("Hej Åsa!"), "{}", asa.text());
+    assert!(asa.text().contains("åsa.öberg") && asa.text().contains("+46812345678"));
+    assert!(asa.html.as_deref().unwrap().contains("<p>Hej Åsa!</p>"));
+
+    let bob = to(&mails, "bob.smith@acme.example");
+    assert_eq!(bob.len(), 1);
+    assert_eq!(bob[0].subject(), "Welcome to Infinity, Bob");
+    assert!(bob[0].text().starts_with("Hi Bob,"));
+
+    let copies = to(&mails, "pbx-admin@acme.example");
+    assert_eq!(copies.len(), 3, "{mails:#?}");
+    let cid_copy = copies
+        .iter()
+        .find(|m| m.subject() == "New user in Infinity: Cid Nomail (cid.nomail)")
+        .expect("the copy for the user without an address");
+    assert!(cid_copy.text().contains("Phone number:  +46812345678"));
+    assert!(cid_copy.text().contains("Email:         (none)"));
+    assert_eq!(
+        cid_copy.message_id.as_deref(),
+        Some("<welcome-copy.acme.pbx-3@usersync>")
+    );
+    assert_eq!(room.mail_row("welcome:acme:pbx-3").await.unwrap().0, "no_address");
+
+    // The user without an address is a warning in the run's digest, not an error.
+    let counts = RunCounts {
+        created: 3,
+        ..RunCounts::default()
+    };
+    room.publish(&finished("acme", run, "succeeded", counts)).await;
+    let mails = room.wait_mails(6).await;
+    let digest = to(&mails, "it@acme.example");
+    assert_eq!(digest.len(), 1);
+    assert_eq!(digest[0].subject(), "Sync report for Acme AB: succeeded");
+    assert!(
+        digest[0]
+            .text()
+            .contains("  - cid.nomail: no mail address in the directory"),
+        "{}",
+        digest[0].text()
+    );
+    assert!(digest[0].text().contains("notification level is \"warning\""));
+}
+
+#[tokio::test]
+async fn one_digest_per_run_at_each_notification_level() {
+    let room = Mailroom::start("notifier_levels").await;
+    let levels = ["error", "warning", "info"];
+    for level in levels {
+        room.tenant(|file| {
+            file.insert("id".into(), format!("lvl-{level}").into());
+            file.insert(
+                "error_notification_email".into(),
+                format!("it@{level}.example").into(),
+            );
+            file.insert("error_notification_level".into(), level.into());
+        })
+        .await;
+    }
+    let mut runs = Vec::new();
+    for level in levels {
+        let tenant = format!("lvl-{level}");
+        let (clean, troubled, broken) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let counts = RunCounts {
+            created: 2,
+            updated: 1,
+            ..RunCounts::default()
+        };
+        room.publish(&finished(&tenant, clean, "succeeded", counts)).await;
+        let problem = |user: &str, message: &str| UserProblem {
+            user: user.into(),
+            outcome: "skipped".into(),
+            problem: Problem::new("pstn_fixed", message),
+        };
+        room.publish(&Event::RunFinished {
+            tenant_id: tenant.clone(),
+            run_id: troubled,
+            outcome: "succeeded".into(),
+            counts: RunCounts {
+                updated: 4,
+                skipped: 2,
+                held: 40,
+                ..RunCounts::default()
+            },
+            error: None,
+            error_code: None,
+            warnings: vec!["40 deletions held back: more than 10% of the users would go".into()],
+            problems: vec![problem("dan", "not a number"), problem("eva", "missing")],
+        })
+        .await;
+        runs.push((clean, troubled, broken));
+    }
+    // The failures last: a later success would resolve them (and say so).
+    room.wait_handled(6).await;
+    for (level, (_, _, broken)) in levels.iter().zip(&runs) {
+        room.publish(&failed(&format!("lvl-{level}"), *broken, "entra.7000222"))
+            .await;
+    }
+    room.wait_handled(9).await;
+    let mails = room.mails();
+    // error: the failed run; warning: also the troubled one; info: every run.
+    assert_eq!(to(&mails, "it@error.example").len(), 1, "{mails:#?}");
+    assert_eq!(to(&mails, "it@warning.example").len(), 2, "{mails:#?}");
+    assert_eq!(to(&mails, "it@info.example").len(), 3, "{mails:#?}");
+    assert_eq!(mails.len(), 6);
+
+    let failure = to(&mails, "it@error.example")[0];
+    assert_eq!(failure.subject(), "Sync report for Acme AB: failed");
+    assert!(failure.text().contains("AADSTS7000222") && failure.text().contains("[entra.7000222]"));
+
+    let (_, troubled, _) = runs[1];
+    let warning = to(&mails, "it@warning.example");
+    let report = warning
+        .iter()
+        .find(|m| m.message_id.as_deref() == Some(&format!("<digest.{troubled}@usersync>")))
+        .expect("the troubled run's digest");
+    let text = report.text();
+    assert!(text.contains("Held:     40 deletions held back"), "{text}");
+    assert!(text.contains("Warnings:\n  - 40 deletions held back"), "{text}");
+    assert!(
+        text.contains("Field pstn_fixed:\n  - dan: not a number\n  - eva: missing"),
+        "{text}"
+    );
+
+    let (clean, _, _) = runs[2];
+    let info = to(&mails, "it@info.example");
+    let summary = info
+        .iter()
+        .find(|m| m.message_id.as_deref() == Some(&format!("<digest.{clean}@usersync>")))
+        .expect("the clean run's summary");
+    assert!(
+        summary.text().contains("Created:  2")
+            && summary.text().contains("No problems with individual users.")
+    );
+}
+
+#[tokio::test]
+async fn a_standing_error_is_mailed_once_a_day_and_its_end_once() {
+    let mut room = Mailroom::start("notifier_standing").await;
+    room.tenant(|file| {
+        file.insert("error_notification_level".into(), "error".into());
+    })
+    .await;
+    room.set_clock(day(2026, 3, 2));
+    let runs: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    room.publish(&failed("acme", runs[0], "entra.7000222")).await;
+    let mails = room.wait_mails(1).await;
+    assert_eq!(
+        mails[0].message_id.as_deref(),
+        Some(format!("<error.acme.entra.7000222.{}.2026-03-02@usersync>", runs[0]).as_str())
+    );
+    // The same error again that day: nothing.
+    room.publish(&failed("acme", runs[1], "entra.7000222")).await;
+    room.wait_handled(2).await;
+    assert_eq!(room.mails().len(), 1);
+
+    // The next day it is mailed again, saying how long it has stood.
+    room.set_clock(day(2026, 3, 3));
+    room.publish(&failed("acme", runs[2], "entra.7000222")).await;
+    let mails = room.wait_mails(2).await;
+    let second = mails
+        .iter()
+        .find(|m| m.message_id.as_deref().unwrap().contains("2026-03-03"))
+        .expect("the second day's mail");
+    assert!(
+        second.text().contains("This error has stood since"),
+        "{}",
+        second.text()
+    );
+
+    // A run succeeds: one mail says it is resolved, even when the event comes twice
+    // and the notifier restarts in between.
+    let counts = RunCounts {
+        updated: 1,
+        ..RunCounts::default()
+    };
+    room.publish(&finished("acme", runs[3], "succeeded", counts))
+        .await;
+    let mails = room.wait_mails(3).await;
+    let resolved: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject() == "Resolved: the sync for Acme AB works again")
+        .collect();
+    assert_eq!(resolved.len(), 1, "{mails:#?}");
+    assert!(resolved[0].text().contains("[entra.7000222]"));
+    room.wait_handled(4).await;
+    room.kill_notifier().await;
+    room.start_notifier().await;
+    room.publish(&finished("acme", runs[3], "succeeded", counts))
+        .await;
+    room.publish(&finished("acme", runs[4], "succeeded", counts))
+        .await;
+    room.wait_handled(2).await;
+    assert_eq!(room.mails().len(), 3, "{:#?}", room.mails());
+}
+
+#[tokio::test]
+async fn an_expiring_client_secret_is_warned_30_14_and_3_days_before_once_each() {
+    let room = Mailroom::start("notifier_expiry").await;
+    room.tenant(|file| {
+        file.insert("error_notification_level".into(), "error".into());
+        file.insert("client_secret_expires_at".into(), "2026-04-01".into());
+    })
+    .await;
+    let mut handled = 0;
+    let mut run_on = |at: DateTime<Utc>| {
+        room.set_clock(at);
+        handled += 1;
+        let event = finished("acme", Uuid::new_v4(), "succeeded", RunCounts::default());
+        let expected = handled;
+        let room = &room;
+        async move {
+            room.publish(&event).await;
+            room.wait_handled(expected).await;
+            room.mails().len()
+        }
+    };
+    assert_eq!(run_on(day(2026, 3, 1)).await, 0, "32 days left");
+    assert_eq!(run_on(day(2026, 3, 2)).await, 1, "30 days left");
+    assert_eq!(run_on(day(2026, 3, 10)).await, 1, "22 days left: warned already");
+    assert_eq!(run_on(day(2026, 3, 18)).await, 2, "14 days left");
+    assert_eq!(run_on(day(2026, 3, 29)).await, 3, "3 days left");
+    assert_eq!(run_on(day(2026, 3, 30)).await, 3, "2 days left: warned already");
+    let subjects: Vec<String> = room.mails().iter().map(|m| m.subject().to_owned()).collect();
+    for days in [30, 14, 3] {
+        let subject = format!("The Entra client secret for Acme AB expires in {days} days");
+        assert!(subjects.contains(&subject), "{subjects:?}");
+    }
+    assert!(room.mails().iter().all(|m| m.to() == "it@acme.example"));
+}
+
+#[tokio::test]
+async fn redelivery_and_restart_send_nothing_twice() {
+    let mut room = Mailroom::start("notifier_once").await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    let events: Vec<Event> = (0..10)
+        .map(|i| {
+            created(
+                run,
+                &format!("pbx-{i}"),
+                &format!("user{i}.test"),
+                Some(&format!("user{i}@acme.example")),
+                None,
+            )
+        })
+        .collect();
+    for event in &events {
+        room.publish(event).await;
+    }
+    room.wait_mails(20).await;
+    room.wait_handled(10).await;
+
+    // A restart, then every event again (as a redelivery or a DLQ replay brings them).
+    room.kill_notifier().await;
+    room.start_notifier().await;
+    for event in &events {
+        room.publish(event).await;
+    }
+    room.wait_handled(10).await;
+    let duplicates = room
+        .counter("usersync_mails_total", &[("result", "duplicate")])
+        .await;
+    assert_eq!(duplicates, 20.0);
+    let mails = room.mails();
+    assert_eq!(mails.len(), 20);
+    let mut ids: Vec<_> = mails.iter().map(|m| m.message_id.clone().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "every Message-ID once");
+}
+
+#[tokio::test]
+async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
+    let mut room = Mailroom::start("notifier_cutoff").await;
+    room.tenant(|file| {
+        file.remove("welcome_mail_copy_to");
+    })
+    .await;
+    let run = Uuid::new_v4();
+    room.publish(&created(
+        run,
+        "pbx-h",
+        "hold.user",
+        Some("hold.user@acme.example"),
+        None,
+    ))
+    .await;
+    // The server has the mail but has not answered yet: the notifier dies now.
+    room.wait_mails(1).await;
+    room.wait_state("welcome:acme:pbx-h", "sending").await;
+    room.kill_notifier().await;
+    // Past the claim's lease, the redelivered event finds the abandoned claim.
+    room.set_clock(Utc::now() + chrono::Duration::minutes(10));
+    room.start_notifier().await;
+    let (_, attempts, reply) = room.wait_state("welcome:acme:pbx-h", "uncertain").await;
+    assert_eq!(attempts, 1, "not sent a second time");
+    assert!(reply.unwrap().contains("stopped"));
+    room.wait_handled(1).await;
+
+    let counts = RunCounts {
+        created: 1,
+        ..RunCounts::default()
+    };
+    room.publish(&finished("acme", run, "succeeded", counts)).await;
+    let mails = room.wait_mails(2).await;
+    assert_eq!(to(&mails, "hold.user@acme.example").len(), 1);
+    let digest = to(&mails, "it@acme.example");
+    assert_eq!(digest.len(), 1);
+    assert!(
+        digest[0].text().contains(
+            "  - hold.user <hold.user@acme.example>: sending was cut off; the mail may not have arrived"
+        ),
+        "{}",
+        digest[0].text()
+    );
+}
+
+#[tokio::test]
+async fn a_deferred_mail_is_retried_and_a_refused_one_given_up_and_reported() {
+    let room = Mailroom::start("notifier_smtp_errors").await;
+    room.tenant(|file| {
+        file.remove("welcome_mail_copy_to");
+    })
+    .await;
+    let run = Uuid::new_v4();
+    room.publish(&created(
+        run,
+        "pbx-d",
+        "defer.user",
+        Some("defer.user@acme.example"),
+        None,
+    ))
+    .await;
+    room.publish(&created(
+        run,
+        "pbx-b",
+        "bounce.user",
+        Some("bounce.user@acme.example"),
+        None,
+    ))
+    .await;
+
+    // 550 at RCPT: recorded with the reply, not retried.
+    let (_, attempts, reply) = room.wait_state("welcome:acme:pbx-b", "failed").await;
+    assert_eq!(attempts, 1);
+    assert!(reply.as_deref().unwrap().contains("550"), "{reply:?}");
+
+    // 451 twice, then accepted through the retry tiers (1 s, then 5 s).
+    let (_, attempts, _) = room.wait_state("welcome:acme:pbx-d", "sent").await;
+    assert_eq!(attempts, 3);
+    room.wait_handled(2).await;
+    assert_eq!(
+        room.counter(
+            "usersync_mails_total",
+            &[("kind", "welcome"), ("result", "retry")]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        room.counter(
+            "usersync_mails_total",
+            &[("kind", "welcome"), ("result", "failed")]
+        )
+        .await,
+        1.0
+    );
+
+    // The refused mail is in the next digest.
+    room.publish(&finished("acme", run, "succeeded", RunCounts::default()))
+        .await;
+    let mails = room.wait_mails(2).await;
+    assert_eq!(to(&mails, "defer.user@acme.example").len(), 1);
+    assert!(to(&mails, "bounce.user@acme.example").is_empty());
+    let digest = to(&mails, "it@acme.example");
+    assert_eq!(digest.len(), 1);
+    assert!(
+        digest[0]
+            .text()
+            .contains("  - bounce.user <bounce.user@acme.example>: refused: "),
+        "{}",
+        digest[0].text()
+    );
+    assert!(digest[0].text().contains("550"));
+}
+
+/// Through the whole pipeline: a wrong secret fails runs; the error is mailed
+/// once however often it recurs that day, and once the secret is fixed a mail
+/// says it is resolved, next to the welcome mails of the first real sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_pipeline_a_standing_error_is_mailed_once_then_resolved() {
+    use crate::support::{finished_run, seed, tenant_file, tenant_file_with};
+    use usersync_e2e::Stack;
+
+    let stack = Stack::start("notifier_pipeline").await;
+    seed(&stack).await;
+    let (ok, _, stderr) = stack
+        .cli(
+            &["tenant", "apply", "-"],
+            Some(&tenant_file_with("not-the-secret")),
+        )
+        .await;
+    assert!(ok, "{stderr}");
+    let store = Store::connect(&stack.database_url, 1).await.unwrap();
+    let digest_of = |run: String| {
+        let store = store.clone();
+        async move {
+            let run: Uuid = run.parse().unwrap();
+            let client = store.client().await.ok()?;
+            let row = client
+                .query_opt("SELECT mail_id FROM run_digests WHERE run_id = $1", &[&run])
+                .await
+                .ok()??;
+            Some(row.get::<_, String>(0))
+        }
+    };
+
+    let mut previous: Option<String> = None;
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+        assert!(ok, "{stderr}");
+        let status = finished_run(&stack, previous.as_deref()).await;
+        assert_eq!(status["last_run"]["state"], "failed", "{status:#}");
+        let run = status["last_run"]["id"].as_str().unwrap().to_owned();
+        digests.push(wait_for("the run's digest decision", WAIT, || digest_of(run.clone())).await);
+        previous = Some(run);
+    }
+    assert_eq!(digests[0], digests[1], "one mail for the standing error that day");
+    let error_mails = |mails: Vec<String>| {
+        mails
+            .into_iter()
+            .filter(|m| m.contains("To: it@acme.example"))
+            .collect::<Vec<_>>()
+    };
+    let first = wait_for("the error mail", WAIT, || async {
+        error_mails(stack.mails()).pop()
+    })
+    .await;
+    assert!(first.contains("7000215"), "{first}");
+
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&tenant_file())).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let status = finished_run(&stack, previous.as_deref()).await;
+    assert_eq!(status["last_run"]["state"], "succeeded", "{status:#}");
+    let mails = wait_for("the resolved mail and 240 welcome mails", WAIT, || async {
+        let mails = stack.mails();
+        let resolved = mails
+            .iter()
+            .any(|m| m.contains("Subject: Resolved: the sync for Acme AB works again"));
+        (resolved && mails.len() >= 242).then_some(mails)
+    })
+    .await;
+    assert_eq!(
+        error_mails(mails.clone()).len(),
+        2,
+        "the error once and its end once"
+    );
+    assert_eq!(mails.len(), 242);
+}
