@@ -1,38 +1,14 @@
 //! The planner against a real PostgreSQL: tenant-wide conflicts across pages,
 //! the mass-deletion guard and its approval. Every test has its own database.
 
-use std::future::Future;
-
 use chrono::Utc;
 use serde_json::{json, Value};
-use tokio_postgres::{types::Json, NoTls};
+use tokio_postgres::types::Json;
 use usersync_core::{parse_tenant_file, Action, SyncedFields, TenantConfig};
 use usersync_planner::{decision_label, Planner, PLAN_PAGE};
+use usersync_store::testing::{in_fresh_database, TEST_KEY};
 use usersync_store::{Round, RunStart, SecretKey, Store};
 use uuid::Uuid;
-
-const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
-const TEST_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-async fn in_fresh_database<F, Fut>(test: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let name = format!("usersync_planner_test_{}", Uuid::new_v4().simple());
-    let outcome = tokio::spawn(test(format!("{SERVER_URL}/{name}"))).await;
-    let (admin, connection) = tokio_postgres::connect(&format!("{SERVER_URL}/postgres"), NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("dropping the test database");
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
-}
 
 fn tenant() -> TenantConfig {
     let document = json!({

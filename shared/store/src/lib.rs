@@ -14,6 +14,7 @@ mod planning;
 mod runs;
 mod sync_users;
 mod tenants;
+pub mod testing;
 
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;

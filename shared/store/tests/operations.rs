@@ -2,37 +2,12 @@
 //! the schedule's once-only claim, due deletions, status and progress. Every
 //! test gets a database of its own, dropped afterwards.
 
-use std::future::Future;
-
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio_postgres::NoTls;
 use usersync_core::parse_tenant_file;
+use usersync_store::testing::{in_fresh_database, TEST_KEY};
 use usersync_store::{Round, RunStart, RunState, SecretKey, Store};
 use uuid::Uuid;
-
-const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
-const TEST_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-async fn in_fresh_database<F, Fut>(test: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let name = format!("usersync_test_{}", Uuid::new_v4().simple());
-    let outcome = tokio::spawn(test(format!("{SERVER_URL}/{name}"))).await;
-    let (admin, connection) = tokio_postgres::connect(&format!("{SERVER_URL}/postgres"), NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("dropping the test database");
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
-}
 
 async fn store_with_tenants(url: &str, ids: &[&str]) -> Store {
     let store = Store::connect(url, 4).await.expect("connecting the store");

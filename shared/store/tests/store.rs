@@ -2,49 +2,19 @@
 //! Every test gets a database of its own, dropped afterwards, so tests run in
 //! parallel and leave nothing behind.
 
-use std::future::Future;
-
 use serde_json::{json, Value};
-use tokio_postgres::{types::Json, NoTls};
+use tokio_postgres::types::Json;
 use usersync_core::{parse_tenant_file, tenant::MASK, TenantConfig};
+use usersync_store::testing::{in_fresh_database, TEST_KEY};
 use usersync_store::{Claim, NewMail, Round, RunStart, SecretKey, Store};
 use uuid::Uuid;
 
-const SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
-/// 32 bytes in base64: a key for tests only.
-const TEST_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const CLIENT_SECRET: &str = "plain-client-secret-7f3a";
 const PBX_TOKEN: &str = "plain-pbx-token-91c2";
 
 // ---------------------------------------------------------------------------
 // Database per test
 // ---------------------------------------------------------------------------
-
-/// Runs a test against a database name nobody uses yet and drops that database
-/// afterwards, also when the test fails.
-async fn in_fresh_database<F, Fut>(test: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let name = format!("usersync_test_{}", Uuid::new_v4().simple());
-    let outcome = tokio::spawn(test(format!("{SERVER_URL}/{name}"))).await;
-    drop_database(&name).await;
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
-}
-
-async fn drop_database(name: &str) {
-    let (admin, connection) = tokio_postgres::connect(&format!("{SERVER_URL}/postgres"), NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("dropping the test database");
-}
 
 async fn connect_store(url: &str) -> Store {
     Store::connect(url, 4).await.expect("connecting the store")
