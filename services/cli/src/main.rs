@@ -126,6 +126,13 @@ enum TenantCommand {
 
 #[tokio::main]
 async fn main() {
+    // Like any Unix filter, end quietly when the reader goes away
+    // (`usersync status | head`), instead of panicking on a broken pipe.
+    // SAFETY: resetting a signal's disposition to its default installs no
+    // handler of ours, and happens before any output is written.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(err) = run(Cli::parse()).await {
         eprintln!("error: {err:#}");
         std::process::exit(1);
