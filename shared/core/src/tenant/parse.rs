@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::serde_formats::hour_minute;
 use super::values::{syntax_error, Field, Obj, Problems};
 use super::{
-    default_allowed_country_prefixes, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings,
+    default_allowed_country_prefixes, AdoptMatch, FieldMapping, Mode, NotificationLevel, PbxLimits, PbxOverride, ProviderSettings,
     Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
 };
 use crate::mapping::SourcePath;
@@ -38,6 +38,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "pbx",
     "client_secret_expires_at",
     "allowed_country_prefixes",
+    "adopt_match",
+    "pbx_limits",
 ];
 
 const PROVIDER_SETTINGS_EXAMPLE: &str =
@@ -111,6 +113,11 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
     let allowed_country_prefixes = root
         .optional("allowed_country_prefixes")
         .map(|f| read_country_prefixes(&f, out));
+    let adopt_match = root.optional("adopt_match").map(|f| {
+        let names: Vec<_> = AdoptMatch::ALL.into_iter().map(|m| (m.as_str(), m)).collect();
+        f.choice(&names, out)
+    });
+    let pbx_limits = root.optional("pbx_limits").map(|f| read_pbx_limits(&f, out));
 
     Some(TenantConfig {
         id: id?,
@@ -133,6 +140,8 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
         client_secret_expires_at: absent_or_valid(client_secret_expires_at)?,
         allowed_country_prefixes: allowed_country_prefixes
             .unwrap_or(Some(default_allowed_country_prefixes()))?,
+        adopt_match: adopt_match.unwrap_or(Some(AdoptMatch::default()))?,
+        pbx_limits: pbx_limits.unwrap_or(Some(PbxLimits::default()))?,
     })
 }
 
@@ -320,6 +329,49 @@ fn read_pbx(field: &Field, out: &mut Problems) -> Option<PbxOverride> {
     Some(PbxOverride {
         api_url: api_url?,
         api_token: api_token?,
+    })
+}
+
+fn read_pbx_limits(field: &Field, out: &mut Problems) -> Option<PbxLimits> {
+    let example = r#"{"max_in_flight": 8, "requests_per_second": 20}"#;
+    let limits = field.object(example, out)?;
+    limits.refuse_unknown_keys(&["max_in_flight", "requests_per_second"], out);
+    let max_in_flight = limits.optional("max_in_flight").map(|f| {
+        let count = f.count("8", out)?;
+        if (1..=PbxLimits::MAX_IN_FLIGHT_LIMIT).contains(&count) {
+            return Some(count);
+        }
+        out.push(Problem::new(
+            f.path.clone(),
+            format!(
+                "is {count}; allow 1 to {} calls in flight, e.g. 8",
+                PbxLimits::MAX_IN_FLIGHT_LIMIT
+            ),
+        ));
+        None
+    });
+    let requests_per_second = limits.optional("requests_per_second").map(|f| {
+        match f.value.as_f64() {
+            Some(rate) if rate > 0.0 && rate.is_finite() => Some(rate),
+            Some(rate) => {
+                out.push(Problem::new(
+                    f.path.clone(),
+                    format!("is {rate}; give a rate above 0, e.g. 20, or leave the key out for no limit"),
+                ));
+                None
+            }
+            None => {
+                out.push(Problem::new(
+                    f.path.clone(),
+                    "must be a number of calls per second, e.g. 20 (without quotes)",
+                ));
+                None
+            }
+        }
+    });
+    Some(PbxLimits {
+        max_in_flight: absent_or_valid(max_in_flight)?,
+        requests_per_second: absent_or_valid(requests_per_second)?,
     })
 }
 
