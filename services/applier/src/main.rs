@@ -1,6 +1,9 @@
 //! usersync-applier: writes planned changes to the PBX, each exactly once.
 
 mod apply;
+mod limits;
+mod precheck;
+mod retry;
 
 use std::time::Duration;
 
@@ -12,6 +15,8 @@ use usersync_store::{SecretKey, Store};
 
 /// Database connections of one applier replica.
 const POOL_SIZE: usize = 16;
+/// Change batches in hand at once per replica.
+const PREFETCH: u16 = 4;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,11 +40,14 @@ async fn main() -> anyhow::Result<()> {
         },
         // Only tenants with their own PBX token need the key.
         key: SecretKey::from_env().ok(),
+        gates: limits::TenantGates::default(),
+        prechecks: precheck::Prechecks::default(),
     };
-    // Each change holds a connection while it writes: batches in hand times
-    // calls per batch stays within the pool.
+    // Each change holds a connection while it writes; a few batches in hand
+    // (of different tenants, with windowed dispatch) keep every tenant moving,
+    // and changes beyond the pool wait for a connection.
     let options = ConsumeOptions {
-        prefetch: (POOL_SIZE / apply::CALLS_PER_BATCH) as u16,
+        prefetch: PREFETCH,
         max_attempts: 6,
     };
     bus.serve(Stage::Applier, options, applier, shutdown_signal())

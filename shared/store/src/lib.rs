@@ -6,7 +6,9 @@
 mod crypto;
 mod db;
 mod directory;
+mod dispatch;
 mod mails;
+mod pbx_checks;
 mod runs;
 mod sync_users;
 mod tenants;
@@ -14,6 +16,8 @@ mod tenants;
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
+pub use dispatch::DISPATCH_WINDOW;
+pub use pbx_checks::PbxCheck;
 pub use runs::{RunRow, RunStart, RunState};
 pub use sync_users::{ChangeRecord, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};

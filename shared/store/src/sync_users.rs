@@ -86,6 +86,12 @@ pub enum ChangeRecord {
     Updated {
         fields: SyncedFields,
     },
+    /// An existing PBX user without an owner was linked to this directory
+    /// user and brought in line; counted as an update.
+    Adopted {
+        pbx_id: String,
+        fields: SyncedFields,
+    },
     Deleted,
     /// Nothing left to write: a newer desired state exists (a later change
     /// carries it), or this one was already applied through another run.
@@ -99,7 +105,7 @@ impl ChangeRecord {
     fn outcome(&self) -> &'static str {
         match self {
             ChangeRecord::Created { .. } => "created",
-            ChangeRecord::Updated { .. } => "updated",
+            ChangeRecord::Updated { .. } | ChangeRecord::Adopted { .. } => "updated",
             ChangeRecord::Deleted => "deleted",
             ChangeRecord::Superseded => "superseded",
             ChangeRecord::Failed { .. } => "failed",
@@ -303,7 +309,7 @@ impl Store {
         record: &ChangeRecord,
     ) -> Result<Option<Event>> {
         match record {
-            ChangeRecord::Created { pbx_id, fields } => {
+            ChangeRecord::Created { pbx_id, fields } | ChangeRecord::Adopted { pbx_id, fields } => {
                 tx.execute(
                     "UPDATE sync_users SET pbx_id = $3, applied = $4, applied_version = $5,
                             state = 'active', updated_at = now()
