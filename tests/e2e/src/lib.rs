@@ -371,3 +371,31 @@ async fn start_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
     .await;
     child
 }
+
+impl Stack {
+    /// SIGKILLs the `index`-th process started by [`Stack::start_service`]
+    /// (0 fetcher, 1 differ, 2 applier, 3 notifier, then added replicas in order)
+    /// and waits until it is gone.
+    pub async fn kill_service(&mut self, index: usize) {
+        let child = self.services.get_mut(index).expect("a started service");
+        child.start_kill().expect("sending SIGKILL");
+        let _ = child.wait().await;
+    }
+
+    /// Runs one SQL query in the stack's database; returns psql's unaligned
+    /// rows (`|` between columns, one row a line).
+    pub async fn sql(&self, query: &str) -> String {
+        let output = Command::new("psql")
+            .arg(&self.database_url)
+            .args(["-XAtqc", query])
+            .output()
+            .await
+            .expect("running psql");
+        assert!(
+            output.status.success(),
+            "psql {query}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
