@@ -139,6 +139,15 @@ impl Handler<ChangeBatch> for Applier {
             self.fail_run(batch.run_id, "pbx.unauthorized", &reason).await?;
             return Ok(());
         }
+        tracing::info!(
+            tenant_id = %tenant.id,
+            run_id = %batch.run_id,
+            batch = batch.batch,
+            changes = batch.changes.len(),
+            to_retry = transient.len(),
+            given_up = gave_up.len(),
+            "change batch handled"
+        );
         // The run's window moves on whatever became of this batch.
         self.send_next_batch(batch).await?;
         if let Some(err) = broken {
