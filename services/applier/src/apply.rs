@@ -87,11 +87,25 @@ impl Handler<ChangeBatch> for Applier {
             .iter()
             .any(|c| matches!(c.action, Action::Create { .. }));
         let check = if has_creates {
-            match self.prechecks.ensure(&self.store, batch.run_id, &tenant, &pbx).await? {
+            match self
+                .prechecks
+                .ensure(&self.store, batch.run_id, &tenant, &pbx)
+                .await?
+            {
                 Ok(check) => Some(check),
                 Err(CheckFailure::Run { code, reason }) => {
                     tracing::error!(tenant_id = %tenant.id, code, %reason, "the run cannot write to the PBX");
                     self.fail_run(batch.run_id, code, &reason).await?;
+                    return Ok(());
+                }
+                Err(CheckFailure::Transient(err)) if incoming.is_last_attempt() => {
+                    let reason = format!(
+                        "the PBX of company {} could not be reached after {} attempts: {}",
+                        tenant.pbx_company_id,
+                        incoming.attempt,
+                        err.describe()
+                    );
+                    self.fail_run(batch.run_id, "pbx.unavailable", &reason).await?;
                     return Ok(());
                 }
                 Err(CheckFailure::Transient(err)) => {
@@ -199,6 +213,7 @@ impl Applier {
             self.bus
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;
+            self.store.forget_unowned(run_id).await?;
         }
         Ok(())
     }
@@ -241,8 +256,7 @@ impl Applier {
         }
         let mut client = self.store.client().await?;
         let tx = client.transaction().await.context("starting a transaction")?;
-        let Some(locked) = Store::lock_user(&tx, ctx.run_id, &ctx.tenant.id, &change.object_id).await?
-        else {
+        let Some(locked) = Store::lock_user(&tx, ctx.run_id, &ctx.tenant.id, &change.object_id).await? else {
             return Ok(Outcome::Done);
         };
         if locked.outcome != "pending" {
@@ -282,9 +296,7 @@ impl Applier {
         };
         if let ChangeRecord::Failed { reason } = &record {
             tracing::warn!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, %reason, "change failed");
-            event.get_or_insert_with(|| {
-                Box::new(user_changed(ctx, change, "failed", Some(reason.clone())))
-            });
+            event.get_or_insert_with(|| Box::new(user_changed(ctx, change, "failed", Some(reason.clone()))));
         }
         let finished = Store::record_change(
             &tx,
@@ -301,6 +313,9 @@ impl Applier {
             self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
         }
         tx.commit().await.context("recording the change")?;
+        if finished.is_some() {
+            self.store.forget_unowned(ctx.run_id).await?;
+        }
         Ok(outcome)
     }
 
@@ -327,7 +342,11 @@ impl Applier {
                     return Ok(Written::Done(ChangeRecord::Superseded, None));
                 }
                 ctx.gate.pace().await;
-                match ctx.pbx.update_user(company, pbx_id, &patch_body(&patch, None), None).await {
+                match ctx
+                    .pbx
+                    .update_user(company, pbx_id, &patch_body(&patch, None), None)
+                    .await
+                {
                     Ok(_) => {
                         let detail = format!("changed {}", patch.changed_fields().join(", "));
                         let event = user_changed(ctx, change, "updated", Some(detail));
@@ -464,7 +483,11 @@ impl Applier {
         let patch = diff(&pbx_fields(&user), fields);
         let body = patch_body(&patch, Some(&change.object_id));
         ctx.gate.pace().await;
-        let result = match ctx.pbx.update_user(company, &user.id, &body, Some(user.version)).await {
+        let result = match ctx
+            .pbx
+            .update_user(company, &user.id, &body, Some(user.version))
+            .await
+        {
             Err(err) if err.kind == PbxErrorKind::Stale => {
                 // Changed since it was listed: read it again and decide afresh.
                 ctx.gate.pace().await;
@@ -473,7 +496,9 @@ impl Applier {
                         let patch = diff(&pbx_fields(&fresh), fields);
                         let body = patch_body(&patch, Some(&change.object_id));
                         ctx.gate.pace().await;
-                        ctx.pbx.update_user(company, &fresh.id, &body, Some(fresh.version)).await
+                        ctx.pbx
+                            .update_user(company, &fresh.id, &body, Some(fresh.version))
+                            .await
                     }
                     Ok(_) => return Written::Transient(err),
                     Err(err) => Err(err),
@@ -671,7 +696,10 @@ pub(crate) mod tests {
         pbx.surname = "Oberg".into();
         let patch = diff(&pbx, &fields());
         let body = patch_body(&patch, Some("obj-1"));
-        assert_eq!(body, serde_json::json!({"surname": "Öberg", "external_id": "obj-1"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"surname": "Öberg", "external_id": "obj-1"})
+        );
         let body = patch_body(&FieldPatch::default(), Some("obj-1"));
         assert_eq!(body, serde_json::json!({"external_id": "obj-1"}));
     }
@@ -706,14 +734,27 @@ pub(crate) mod tests {
     #[test]
     fn errors_are_sorted_into_retry_stop_and_fail() {
         let err = |kind| PbxError::from_kind(kind, "x");
-        assert!(matches!(classify(err(PbxErrorKind::Unavailable)), Written::Transient(_)));
-        assert!(matches!(classify(err(PbxErrorKind::Transport)), Written::Transient(_)));
+        assert!(matches!(
+            classify(err(PbxErrorKind::Unavailable)),
+            Written::Transient(_)
+        ));
+        assert!(matches!(
+            classify(err(PbxErrorKind::Transport)),
+            Written::Transient(_)
+        ));
         assert!(matches!(
             classify(err(PbxErrorKind::RateLimited { retry_after: None })),
             Written::Transient(_)
         ));
-        assert!(matches!(classify(err(PbxErrorKind::Unauthorized)), Written::Unauthorized(_)));
-        for kind in [PbxErrorKind::Validation, PbxErrorKind::BadRequest, PbxErrorKind::Conflict] {
+        assert!(matches!(
+            classify(err(PbxErrorKind::Unauthorized)),
+            Written::Unauthorized(_)
+        ));
+        for kind in [
+            PbxErrorKind::Validation,
+            PbxErrorKind::BadRequest,
+            PbxErrorKind::Conflict,
+        ] {
             assert!(matches!(
                 classify(err(kind)),
                 Written::Done(ChangeRecord::Failed { .. }, None)

@@ -152,7 +152,9 @@ mod tests {
         let _a = gate.slot().await;
         let _b = gate.slot().await;
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), gate.slot()).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(50), gate.slot())
+                .await
+                .is_err(),
             "a third call must wait"
         );
         assert!(Arc::ptr_eq(&gate, &gates.gate(&tenant)));
@@ -169,6 +171,9 @@ mod tests {
         let left = gate.paused_for().expect("paused");
         assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
         gate.pause(Duration::from_millis(1));
-        assert!(gate.paused_for().expect("still paused") > Duration::from_secs(4), "a shorter pause does not cut a longer one");
+        assert!(
+            gate.paused_for().expect("still paused") > Duration::from_secs(4),
+            "a shorter pause does not cut a longer one"
+        );
     }
 }

@@ -17,6 +17,8 @@ use usersync_store::{SecretKey, Store};
 const POOL_SIZE: usize = 16;
 /// Change batches in hand at once per replica.
 const PREFETCH: u16 = 4;
+/// Tries of a change batch before its failing changes are given up.
+const DEFAULT_MAX_ATTEMPTS: u32 = 6;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -48,8 +50,23 @@ async fn main() -> anyhow::Result<()> {
     // and changes beyond the pool wait for a connection.
     let options = ConsumeOptions {
         prefetch: PREFETCH,
-        max_attempts: 6,
+        max_attempts: max_attempts()?,
     };
     bus.serve(Stage::Applier, options, applier, shutdown_signal())
         .await
+}
+
+/// `APPLIER_MAX_ATTEMPTS`, or the default.
+fn max_attempts() -> anyhow::Result<u32> {
+    let Some(text) = env_opt("APPLIER_MAX_ATTEMPTS") else {
+        return Ok(DEFAULT_MAX_ATTEMPTS);
+    };
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=20).contains(n))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "APPLIER_MAX_ATTEMPTS={text:?} is not a number of attempts from 1 to 20; leave it unset for {DEFAULT_MAX_ATTEMPTS}"
+            )
+        })
 }

@@ -16,7 +16,7 @@ pub use mapping::SourcePath;
 pub use phone::normalize_phone;
 pub use problem::{error_chain, Problem};
 pub use tenant::{
-    parse_tenant_file, AdoptMatch, FieldMapping, Mode, NotificationLevel, PbxLimits, PbxOverride, ProviderSettings, Schedule,
-    TenantConfig, TenantType, UserFilter,
+    parse_tenant_file, AdoptMatch, FieldMapping, Mode, NotificationLevel, PbxLimits, PbxOverride,
+    ProviderSettings, Schedule, TenantConfig, TenantType, UserFilter,
 };
 pub use user::{diff, map_user, FieldPatch, SyncedFields};

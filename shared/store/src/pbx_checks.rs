@@ -83,4 +83,14 @@ impl Store {
             .context("claiming an unowned PBX user")?;
         Ok(row.map(|row| row.get::<_, Json<Value>>(0).0))
     }
+
+    /// Drops what a finished run listed of the PBX: no change of it adopts any more.
+    pub async fn forget_unowned(&self, run_id: Uuid) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM run_pbx_unowned WHERE run_id = $1", &[&run_id])
+            .await
+            .context("forgetting the run's unowned PBX users")?;
+        Ok(())
+    }
 }

@@ -175,6 +175,11 @@ impl Stack {
 
     /// Starts one more replica of a service and waits until it is healthy.
     pub async fn start_service(&mut self, service: &str) {
+        self.start_service_with(service, &[]).await;
+    }
+
+    /// [`Stack::start_service`] with more environment variables (or overrides).
+    pub async fn start_service_with(&mut self, service: &str, extra_env: &[(&str, &str)]) {
         let index = self.services.len();
         let log =
             std::fs::File::create(self.logs.join(format!("{service}-{index}.log"))).expect("a log file");
@@ -182,6 +187,7 @@ impl Stack {
         let child = Command::new(binary(service))
             .envs(self.env())
             .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)

@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::serde_formats::hour_minute;
 use super::values::{syntax_error, Field, Obj, Problems};
 use super::{
-    default_allowed_country_prefixes, AdoptMatch, FieldMapping, Mode, NotificationLevel, PbxLimits, PbxOverride, ProviderSettings,
-    Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
+    default_allowed_country_prefixes, AdoptMatch, FieldMapping, Mode, NotificationLevel, PbxLimits,
+    PbxOverride, ProviderSettings, Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
 };
 use crate::mapping::SourcePath;
 use crate::problem::Problem;
@@ -350,8 +350,9 @@ fn read_pbx_limits(field: &Field, out: &mut Problems) -> Option<PbxLimits> {
         ));
         None
     });
-    let requests_per_second = limits.optional("requests_per_second").map(|f| {
-        match f.value.as_f64() {
+    let requests_per_second = limits
+        .optional("requests_per_second")
+        .map(|f| match f.value.as_f64() {
             Some(rate) if rate > 0.0 && rate.is_finite() => Some(rate),
             Some(rate) => {
                 out.push(Problem::new(
@@ -367,8 +368,7 @@ fn read_pbx_limits(field: &Field, out: &mut Problems) -> Option<PbxLimits> {
                 ));
                 None
             }
-        }
-    });
+        });
     Some(PbxLimits {
         max_in_flight: absent_or_valid(max_in_flight)?,
         requests_per_second: absent_or_valid(requests_per_second)?,

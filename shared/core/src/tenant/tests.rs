@@ -680,7 +680,10 @@ fn adopt_match_and_pbx_limits_default_and_parse() {
     let config = parse_ok(&full_example().to_string());
     assert_eq!(config.adopt_match, AdoptMatch::Alias);
     assert_eq!(config.pbx_limits, PbxLimits::default());
-    assert_eq!(config.pbx_limits.max_in_flight(), PbxLimits::DEFAULT_MAX_IN_FLIGHT);
+    assert_eq!(
+        config.pbx_limits.max_in_flight(),
+        PbxLimits::DEFAULT_MAX_IN_FLIGHT
+    );
 
     let config = parse_ok(&edited(|map| {
         map.insert("adopt_match".into(), json!("pstn_fixed"));
@@ -698,7 +701,11 @@ fn adopt_match_and_pbx_limits_default_and_parse() {
 
 #[test]
 fn bad_adopt_match_and_pbx_limits_are_refused_with_the_fix() {
-    assert_refused(&set("adopt_match", json!("phone")), "adopt_match", "\"pstn_fixed\"");
+    assert_refused(
+        &set("adopt_match", json!("phone")),
+        "adopt_match",
+        "\"pstn_fixed\"",
+    );
     assert_refused(
         &set("pbx_limits", json!({"max_in_flight": 0})),
         "pbx_limits.max_in_flight",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use usersync_e2e::{wait_for, Stack, PBX_TOKEN};
+use usersync_e2e::{wait_for, Stack, PBX_TOKEN, RABBITMQ_API};
 
 use crate::support::CALLER_ID;
 
@@ -125,7 +125,11 @@ async fn pbx_stats(stack: &Stack, company: &str) -> Value {
 
 async fn add_fault(stack: &Stack, company: &str, fault: Value) {
     stack
-        .pbx_call(Method::POST, &format!("/_sim/companies/{company}/faults"), Some(fault))
+        .pbx_call(
+            Method::POST,
+            &format!("/_sim/companies/{company}/faults"),
+            Some(fault),
+        )
         .await;
 }
 
@@ -177,7 +181,10 @@ async fn creates_with_defaults_then_patches_only_the_difference_and_deletes_once
     for (id, user) in &pbx {
         assert!(source.contains_key(id), "{user}");
         assert_eq!(user["caller_id"], CALLER_ID, "{user}");
-        assert_eq!(user["template"], TEMPLATE_ID, "the template's name maps to its id: {user}");
+        assert_eq!(
+            user["template"], TEMPLATE_ID,
+            "the template's name maps to its id: {user}"
+        );
         assert_eq!(user["version"], 1, "{user}");
     }
     let stats = pbx_stats(&stack, "basics").await;
@@ -211,10 +218,17 @@ async fn creates_with_defaults_then_patches_only_the_difference_and_deletes_once
     let run = finished_run(&stack, "basics", Some(&run_id(&run)), Duration::from_secs(120)).await;
     assert_eq!(run["state"], "succeeded", "{run:#}");
     assert_eq!(run["counts"]["updated"], 1, "{run:#}");
-    assert_eq!(run["counts"]["deleted"], 1, "a 404 on DELETE counts as done: {run:#}");
+    assert_eq!(
+        run["counts"]["deleted"], 1,
+        "a 404 on DELETE counts as done: {run:#}"
+    );
     let stats = pbx_stats(&stack, "basics").await;
     assert_eq!(
-        (count(&stats["patches"]), count(&stats["deletes"]), count(&stats["posts"])),
+        (
+            count(&stats["patches"]),
+            count(&stats["deletes"]),
+            count(&stats["posts"])
+        ),
         (1, 1, 0),
         "unchanged users cost no call: {stats}"
     );
@@ -224,7 +238,15 @@ async fn creates_with_defaults_then_patches_only_the_difference_and_deletes_once
     assert_eq!(user["surname"], "Lindqvist-Berg");
     assert_eq!(user["version"], 2, "one PATCH: {user}");
     let before = &pbx[&renamed];
-    for field in ["alias", "first_name", "pstn_fixed", "email", "caller_id", "template", "attributes"] {
+    for field in [
+        "alias",
+        "first_name",
+        "pstn_fixed",
+        "email",
+        "caller_id",
+        "template",
+        "attributes",
+    ] {
         assert_eq!(user[field], before[field], "{field} must not change");
     }
 }
@@ -234,12 +256,21 @@ async fn an_applier_killed_after_the_post_never_creates_a_user_twice() {
     let mut stack = Stack::start("applier_killed").await;
     let entra = add_tenant(&stack, "killed", 40, |_| {}).await;
     // The PBX handles each request at once but answers only after 3 s.
-    add_fault(&stack, "killed", json!({"kind": "latency", "ms": 3000, "after": true})).await;
+    add_fault(
+        &stack,
+        "killed",
+        json!({"kind": "latency", "ms": 3000, "after": true}),
+    )
+    .await;
     resync(&stack, "killed").await;
-    let stats = wait_for("the PBX to have created users", Duration::from_secs(120), || async {
-        let stats = pbx_stats(&stack, "killed").await;
-        (stats["created"].as_u64().unwrap_or(0) >= 1).then_some(stats)
-    })
+    let stats = wait_for(
+        "the PBX to have created users",
+        Duration::from_secs(120),
+        || async {
+            let stats = pbx_stats(&stack, "killed").await;
+            (stats["created"].as_u64().unwrap_or(0) >= 1).then_some(stats)
+        },
+    )
     .await;
     stack.kill_service(APPLIER).await;
     let unrecorded = stack
@@ -384,14 +415,22 @@ async fn unowned_users_are_adopted_and_a_foreign_owner_or_a_422_fails_only_that_
 async fn a_refused_token_or_wrong_settings_stop_only_that_tenant() {
     let stack = Stack::start("applier_tenants").await;
     add_tenant(&stack, "good", 12, |_| {}).await;
-    add_tenant(&stack, "badtpl", 12, |file| file["default_template"] = "Premium".into()).await;
+    add_tenant(&stack, "badtpl", 12, |file| {
+        file["default_template"] = "Premium".into()
+    })
+    .await;
     add_tenant(&stack, "badcaller", 12, |file| {
         file["default_caller_id"] = "46899999999".into()
     })
     .await;
     add_tenant(&stack, "locked", 40, |_| {}).await;
     // The PBX refuses the token from the first POST on.
-    add_fault(&stack, "locked", json!({"kind": "status", "status": 401, "method": "POST", "count": 1000})).await;
+    add_fault(
+        &stack,
+        "locked",
+        json!({"kind": "status", "status": 401, "method": "POST", "count": 1000}),
+    )
+    .await;
     for id in ["good", "badtpl", "badcaller", "locked"] {
         resync(&stack, id).await;
     }
@@ -408,7 +447,10 @@ async fn a_refused_token_or_wrong_settings_stop_only_that_tenant() {
         let run = finished_run(&stack, id, None, Duration::from_secs(120)).await;
         assert_eq!(run["state"], "failed", "{id}: {run:#}");
         let row = stack
-            .sql(&format!("SELECT error_code, error FROM runs WHERE id = '{}'", run_id(&run)))
+            .sql(&format!(
+                "SELECT error_code, error FROM runs WHERE id = '{}'",
+                run_id(&run)
+            ))
             .await;
         let (found_code, error) = row.split_once('|').expect("code|error");
         assert_eq!(found_code, code, "{id}: {error}");
@@ -420,15 +462,23 @@ async fn a_refused_token_or_wrong_settings_stop_only_that_tenant() {
         "writes stop at the 401, apart from those already in flight"
     );
     for id in ["badtpl", "badcaller"] {
-        assert_eq!(pbx_stats(&stack, id).await["writes"], 0, "{id}: checked before any write");
+        assert_eq!(
+            pbx_stats(&stack, id).await["writes"],
+            0,
+            "{id}: checked before any write"
+        );
     }
     // The failure is reported at level error.
-    let report = wait_for("the report to it@locked.example", Duration::from_secs(60), || async {
-        stack
-            .mails()
-            .into_iter()
-            .find(|mail| mail.contains("To: it@locked.example"))
-    })
+    let report = wait_for(
+        "the report to it@locked.example",
+        Duration::from_secs(60),
+        || async {
+            stack
+                .mails()
+                .into_iter()
+                .find(|mail| mail.contains("To: it@locked.example"))
+        },
+    )
     .await;
     assert!(!report.is_empty());
 }
@@ -443,9 +493,24 @@ async fn throttling_outages_drops_and_slowness_are_retried_to_exactly_one_write_
         json!({"kind": "status", "status": 429, "retry_after": 2, "method": "POST"}),
     )
     .await;
-    add_fault(&stack, "faulty", json!({"kind": "status", "status": 503, "count": 6, "method": "POST"})).await;
-    add_fault(&stack, "faulty", json!({"kind": "drop", "count": 2, "method": "POST"})).await;
-    add_fault(&stack, "faulty", json!({"kind": "drop_before", "count": 1, "method": "POST"})).await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "status", "status": 503, "count": 6, "method": "POST"}),
+    )
+    .await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "drop", "count": 2, "method": "POST"}),
+    )
+    .await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "drop_before", "count": 1, "method": "POST"}),
+    )
+    .await;
     resync(&stack, "faulty").await;
     let run = finished_run(&stack, "faulty", None, Duration::from_secs(180)).await;
     assert_eq!(run["state"], "succeeded", "{run:#}");
@@ -508,15 +573,19 @@ async fn three_replicas_leave_every_user_in_its_latest_state() {
     })
     .await;
     resync(&stack, "order").await;
-    let state = wait_for("a run after the last change", Duration::from_secs(180), || async {
-        let state = stack
-            .sql(&format!(
-                "SELECT state FROM runs WHERE tenant_id = 'order' AND started_at > '{edits_done}'
+    let state = wait_for(
+        "a run after the last change",
+        Duration::from_secs(180),
+        || async {
+            let state = stack
+                .sql(&format!(
+                    "SELECT state FROM runs WHERE tenant_id = 'order' AND started_at > '{edits_done}'
                  AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT 1"
-            ))
-            .await;
-        (!state.is_empty()).then_some(state)
-    })
+                ))
+                .await;
+            (!state.is_empty()).then_some(state)
+        },
+    )
     .await;
     assert_eq!(state, "succeeded");
     let superseded = stack
@@ -537,7 +606,10 @@ async fn three_replicas_leave_every_user_in_its_latest_state() {
     for replica in [APPLIER, 4, 5] {
         let log = std::fs::read_to_string(stack.logs.join(format!("usersync-applier-{replica}.log")))
             .expect("the replica's log");
-        assert!(log.contains("change batch handled"), "replica {replica} handled no batch");
+        assert!(
+            log.contains("change batch handled"),
+            "replica {replica} handled no batch"
+        );
     }
 }
 
@@ -549,10 +621,14 @@ async fn a_big_first_sync_does_not_hold_up_a_small_tenant() {
     // 3,000 creates at 60 ms each, 8 at a time: about 25 s of work.
     add_fault(&stack, "big", json!({"kind": "latency", "ms": 60})).await;
     resync(&stack, "big").await;
-    wait_for("the big tenant's creates to flow", Duration::from_secs(180), || async {
-        let created = pbx_stats(&stack, "big").await["created"].as_u64().unwrap_or(0);
-        (created >= 100).then_some(())
-    })
+    wait_for(
+        "the big tenant's creates to flow",
+        Duration::from_secs(180),
+        || async {
+            let created = pbx_stats(&stack, "big").await["created"].as_u64().unwrap_or(0);
+            (created >= 100).then_some(())
+        },
+    )
     .await;
     resync(&stack, "small").await;
     let small = finished_run(&stack, "small", None, Duration::from_secs(120)).await;
@@ -568,4 +644,66 @@ async fn a_big_first_sync_does_not_hold_up_a_small_tenant() {
     );
     let big = finished_run(&stack, "big", None, Duration::from_secs(600)).await;
     assert_eq!(big["counts"]["created"], 3000, "{big:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_failing_past_the_last_attempt_land_in_the_dlq_and_the_next_run_writes_them() {
+    let mut stack = Stack::start("applier_dlq").await;
+    // Two attempts instead of six, so the test does not wait out the long retry tiers.
+    stack.kill_service(APPLIER).await;
+    stack
+        .start_service_with("usersync-applier", &[("APPLIER_MAX_ATTEMPTS", "2")])
+        .await;
+    add_tenant(&stack, "down", 5, |_| {}).await;
+    add_fault(
+        &stack,
+        "down",
+        json!({"kind": "status", "status": 503, "method": "POST", "count": 1000}),
+    )
+    .await;
+    resync(&stack, "down").await;
+    let run = finished_run(&stack, "down", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(run["counts"]["failed"], 5, "{run:#}");
+    for reason in failures(&stack, &run_id(&run)).await.values() {
+        assert!(reason.contains("503"), "{reason}");
+    }
+    let posts = count(&pbx_stats(&stack, "down").await["posts"]);
+    assert_eq!(posts, 10, "five users, two attempts each");
+
+    let dead = wait_for(
+        "the batch in the applier's DLQ",
+        Duration::from_secs(30),
+        || async {
+            let response = stack
+                .http
+                .post(format!(
+                    "{RABBITMQ_API}/queues/{}/usersync.applier.dlq/get",
+                    stack.vhost
+                ))
+                .basic_auth("guest", Some("guest"))
+                .json(&json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}))
+                .send()
+                .await
+                .ok()?;
+            let messages: Value = response.json().await.ok()?;
+            messages.as_array()?.first().cloned()
+        },
+    )
+    .await;
+    let reason = dead["properties"]["headers"]["x-usersync-reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("5 change(s) still failing after 2 attempts") && reason.contains("503"),
+        "{dead:#}"
+    );
+
+    // Level-triggered: the next run plans the failed users again.
+    clear_faults(&stack, "down").await;
+    resync(&stack, "down").await;
+    let run = finished_run(&stack, "down", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 5, "{run:#}");
+    assert_eq!(by_owner(&pbx_users(&stack, "down").await).len(), 5);
 }

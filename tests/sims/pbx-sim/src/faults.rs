@@ -112,12 +112,13 @@ impl Faults {
                 field,
                 message,
             } => {
-                let error = ApiError::injected(status, retry_after, field.as_deref(), message).ok_or_else(|| {
-                    ApiError::bad_field(
-                        "status",
-                        "status must be one of 401, 429, 500, 502, 503, 504, or 422 with a field",
-                    )
-                })?;
+                let error =
+                    ApiError::injected(status, retry_after, field.as_deref(), message).ok_or_else(|| {
+                        ApiError::bad_field(
+                            "status",
+                            "status must be one of 401, 429, 500, 502, 503, 504, or 422 with a field",
+                        )
+                    })?;
                 self.add_counted(CountedAction::Reject(error), count, method)
             }
             FaultRequest::Drop { count, method } => self.add_counted(CountedAction::DropAfter, count, method),
@@ -297,13 +298,19 @@ mod tests {
         let Verdict::Reject(error) = faults.judge(&Method::POST, now) else {
             panic!("the 422 must be answered");
         };
-        assert_eq!(error, ApiError::validation("pstn_fixed", "not in the number plan"));
+        assert_eq!(
+            error,
+            ApiError::validation("pstn_fixed", "not in the number plan")
+        );
     }
 
     #[test]
     fn latency_after_handling_is_kept_apart() {
         let mut faults = Faults::default();
-        let latency = FaultRequest::Latency { ms: 1500, after: true };
+        let latency = FaultRequest::Latency {
+            ms: 1500,
+            after: true,
+        };
         faults.add(latency, Instant::now()).expect("valid");
         assert_eq!(
             faults.latency(),
