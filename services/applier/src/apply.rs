@@ -298,6 +298,13 @@ impl Applier {
             tracing::warn!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, %reason, "change failed");
             event.get_or_insert_with(|| Box::new(user_changed(ctx, change, "failed", Some(reason.clone()))));
         }
+        // Events go out before the commit: if the commit fails the change is
+        // redone, and the events' deterministic ids keep the mails single. The
+        // user's event goes out before the run's row is locked to count the
+        // change, so that lock is held for database work only.
+        if let Some(event) = event.as_deref() {
+            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
+        }
         let finished = Store::record_change(
             &tx,
             ctx.run_id,
@@ -307,9 +314,7 @@ impl Applier {
             &record,
         )
         .await?;
-        // Events go out before the commit: if the commit fails the change is
-        // redone, and the events' deterministic ids keep the mails single.
-        for event in event.as_deref().into_iter().chain(finished.iter()) {
+        if let Some(event) = &finished {
             self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
         }
         tx.commit().await.context("recording the change")?;
