@@ -1,17 +1,24 @@
 //! One change batch: each change under its user's row lock, checked against the
-//! current desired version, written to the PBX, then recorded.
+//! current desired version, written to the PBX, then recorded. Transient PBX
+//! failures go back to the bus's delayed retry; only the changes still pending
+//! are tried again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::{stream, StreamExt};
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
-use usersync_core::{Action, SyncedFields, TenantConfig};
-use usersync_pbx::{NewUser, PbxClient, PbxError};
-use usersync_store::{ChangeRecord, LockedUser, SecretKey, Store};
+use usersync_core::{diff, Action, AdoptMatch, FieldPatch, SyncedFields, TenantConfig};
+use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxUser};
+use usersync_store::{ChangeRecord, LockedUser, PbxCheck, SecretKey, Store, DISPATCH_WINDOW};
 use uuid::Uuid;
 
-/// PBX calls in flight at once for one batch (one tenant).
-pub const CALLS_PER_BATCH: usize = 8;
+use crate::limits::{Gate, TenantGates};
+use crate::precheck::{pbx_match_value, unauthorized_reason, CheckFailure, Prechecks};
+use crate::retry::backoff;
 
 pub struct PbxTarget {
     pub api_url: Option<String>,
@@ -24,60 +31,168 @@ pub struct Applier {
     pub http: reqwest::Client,
     pub default_pbx: PbxTarget,
     pub key: Option<SecretKey>,
+    pub gates: TenantGates,
+    pub prechecks: Prechecks,
 }
 
-/// How one change went, before it is recorded.
+/// What one batch needs to know while its changes are written.
+struct BatchContext<'a> {
+    run_id: Uuid,
+    tenant: &'a TenantConfig,
+    pbx: PbxClient,
+    gate: Arc<Gate>,
+    check: Option<PbxCheck>,
+    last_attempt: bool,
+    /// The PBX refused the token: no more calls for this tenant in this batch.
+    refused: AtomicBool,
+}
+
+/// How one change went.
+enum Outcome {
+    /// Recorded (or nothing was left to do).
+    Done,
+    /// Not written now; worth another try later.
+    Retry(PbxError),
+    /// Given up after the last attempt: recorded as failed, and the batch goes
+    /// to the dead-letter queue with this reason.
+    GaveUp(String),
+    /// The PBX refused the token: the tenant's run stops.
+    Unauthorized(PbxError),
+}
+
+/// How a PBX write went, before it is recorded.
 enum Written {
     Done(ChangeRecord, Option<Box<Event>>),
-    /// Worth another try later (the PBX was busy or unreachable).
     Transient(PbxError),
+    Unauthorized(PbxError),
 }
 
 impl Handler<ChangeBatch> for Applier {
     async fn handle(&self, incoming: Incoming<ChangeBatch>) -> Result<(), Failure> {
         let batch = &incoming.message;
+        // A failed run writes nothing more; the next run plans again.
+        if !self.store.run_is_open(batch.run_id).await? {
+            return Ok(());
+        }
         let tenant = self.tenant(&batch.tenant_id).await?;
         let pbx = match self.pbx_for(&tenant) {
             Ok(pbx) => pbx,
             Err(reason) => {
-                // Nothing of this run can be written: end it, say why, and let the batch go.
-                if let Some(event) = self
-                    .store
-                    .fail_run(batch.run_id, "pbx.not_configured", &reason)
-                    .await?
-                {
-                    self.bus
-                        .send(Stage::Notifier, &event, &event.message_id())
-                        .await?;
-                }
+                self.fail_run(batch.run_id, "pbx.not_configured", &reason).await?;
                 return Ok(());
             }
         };
-        let last_attempt = incoming.is_last_attempt();
+        let has_creates = batch
+            .changes
+            .iter()
+            .any(|c| matches!(c.action, Action::Create { .. }));
+        let check = if has_creates {
+            match self
+                .prechecks
+                .ensure(&self.store, batch.run_id, &tenant, &pbx)
+                .await?
+            {
+                Ok(check) => Some(check),
+                Err(CheckFailure::Run { code, reason }) => {
+                    tracing::error!(tenant_id = %tenant.id, code, %reason, "the run cannot write to the PBX");
+                    self.fail_run(batch.run_id, code, &reason).await?;
+                    return Ok(());
+                }
+                Err(CheckFailure::Transient(err)) if incoming.is_last_attempt() => {
+                    let reason = format!(
+                        "the PBX of company {} could not be reached after {} attempts: {}",
+                        tenant.pbx_company_id,
+                        incoming.attempt,
+                        err.describe()
+                    );
+                    self.fail_run(batch.run_id, "pbx.unavailable", &reason).await?;
+                    return Ok(());
+                }
+                Err(CheckFailure::Transient(err)) => {
+                    return Err(self.retry_failure(&incoming, vec![err]));
+                }
+            }
+        } else {
+            None
+        };
+        let context = BatchContext {
+            run_id: batch.run_id,
+            tenant: &tenant,
+            gate: self.gates.gate(&tenant),
+            pbx,
+            check,
+            last_attempt: incoming.is_last_attempt(),
+            refused: AtomicBool::new(false),
+        };
         let writes: Vec<_> = batch
             .changes
             .iter()
-            .map(|change| self.apply(batch.run_id, &tenant, &pbx, change, last_attempt))
+            .map(|change| self.apply(&context, change))
             .collect();
-        let results: Vec<Result<Option<PbxError>, anyhow::Error>> = stream::iter(writes)
-            .buffer_unordered(CALLS_PER_BATCH)
+        let outcomes: Vec<anyhow::Result<Outcome>> = stream::iter(writes)
+            .buffer_unordered(context.gate.max_in_flight())
             .collect()
             .await;
-        let mut retry = None;
-        for result in results {
-            match result {
-                Ok(None) => {}
-                Ok(Some(transient)) => retry = Some(transient),
-                Err(err) => return Err(err.into()),
+
+        let mut transient = Vec::new();
+        let mut gave_up = Vec::new();
+        let mut refused = None;
+        let mut broken = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Outcome::Done) => {}
+                Ok(Outcome::Retry(err)) => transient.push(err),
+                Ok(Outcome::GaveUp(reason)) => gave_up.push(reason),
+                Ok(Outcome::Unauthorized(err)) => refused = Some(err),
+                Err(err) => broken = Some(err),
             }
         }
-        match retry {
-            None => Ok(()),
-            Some(err) => Err(Failure::Retry {
-                after: err.retry_after(),
-                reason: err.describe(),
-            }),
+        if let Some(err) = refused {
+            let reason = unauthorized_reason(&tenant, &err);
+            tracing::error!(tenant_id = %tenant.id, %reason, "stopping writes for the tenant");
+            self.fail_run(batch.run_id, "pbx.unauthorized", &reason).await?;
+            return Ok(());
         }
+        tracing::info!(
+            tenant_id = %tenant.id,
+            run_id = %batch.run_id,
+            batch = batch.batch,
+            changes = batch.changes.len(),
+            to_retry = transient.len(),
+            given_up = gave_up.len(),
+            "change batch handled"
+        );
+        // The run ends with the batch that leaves nothing pending.
+        let finished = self
+            .store
+            .settle_run(batch.run_id, |event| async move {
+                self.bus
+                    .send(Stage::Notifier, &event, &event.message_id())
+                    .await?;
+                self.store.forget_unowned(batch.run_id).await
+            })
+            .await;
+        match finished {
+            Ok(()) => {}
+            Err(err) => broken = broken.or(Some(err)),
+        }
+        // The run's window moves on whatever became of this batch.
+        self.send_next_batch(batch).await?;
+        if let Some(err) = broken {
+            return Err(err.into());
+        }
+        if !gave_up.is_empty() {
+            return Err(Failure::reject(format!(
+                "{} change(s) still failing after {} attempts, recorded as failed; the next run plans them again: {}",
+                gave_up.len(),
+                incoming.attempt,
+                gave_up.join("; ")
+            )));
+        }
+        if !transient.is_empty() {
+            return Err(self.retry_failure(&incoming, transient));
+        }
+        Ok(())
     }
 }
 
@@ -106,23 +221,60 @@ impl Applier {
         Ok(PbxClient::with_http(self.http.clone(), &url, &token))
     }
 
-    /// Applies one change in its own transaction. Returns the transient error
-    /// when the change should be tried again.
-    async fn apply(
-        &self,
-        run_id: Uuid,
-        tenant: &TenantConfig,
-        pbx: &PbxClient,
-        change: &Change,
-        last_attempt: bool,
-    ) -> anyhow::Result<Option<PbxError>> {
+    /// Ends the run as failed (once, whichever replica gets there first) and tells the notifier.
+    async fn fail_run(&self, run_id: Uuid, code: &str, reason: &str) -> anyhow::Result<()> {
+        if let Some(event) = self.store.fail_run(run_id, code, reason).await? {
+            self.bus
+                .send(Stage::Notifier, &event, &event.message_id())
+                .await?;
+            self.store.forget_unowned(run_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the run's batch one window further on to the applier. Sent again
+    /// by a redelivered batch, it is the same message, and its done changes are skipped.
+    async fn send_next_batch(&self, batch: &ChangeBatch) -> anyhow::Result<()> {
+        let next = batch.batch + DISPATCH_WINDOW;
+        let changes = self.store.pending_batch(batch.run_id, next).await?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let message = ChangeBatch {
+            run_id: batch.run_id,
+            tenant_id: batch.tenant_id.clone(),
+            batch: next,
+            changes,
+        };
+        self.bus
+            .send(Stage::Applier, &message, &message.message_id())
+            .await
+    }
+
+    /// Delayed retry: as long as the PBX asked (429), else backoff with jitter.
+    fn retry_failure(&self, incoming: &Incoming<ChangeBatch>, errors: Vec<PbxError>) -> Failure {
+        let asked = errors.iter().filter_map(PbxError::retry_after).max();
+        let after = asked.unwrap_or_else(|| backoff(incoming.attempt, &mut rand::thread_rng()));
+        let first = errors.first().map(PbxError::describe).unwrap_or_default();
+        Failure::Retry {
+            reason: format!("{} change(s) to try again: {first}", errors.len()),
+            after: Some(after),
+        }
+    }
+
+    /// Applies one change in its own transaction.
+    async fn apply(&self, ctx: &BatchContext<'_>, change: &Change) -> anyhow::Result<Outcome> {
+        let _slot = ctx.gate.slot().await;
+        if ctx.refused.load(Ordering::Relaxed) {
+            return Ok(Outcome::Done);
+        }
         let mut client = self.store.client().await?;
         let tx = client.transaction().await.context("starting a transaction")?;
-        let Some(locked) = Store::lock_user(&tx, run_id, &tenant.id, &change.object_id).await? else {
-            return Ok(None);
+        let Some(locked) = Store::lock_user(&tx, ctx.run_id, &ctx.tenant.id, &change.object_id).await? else {
+            return Ok(Outcome::Done);
         };
         if locked.outcome != "pending" {
-            return Ok(None);
+            return Ok(Outcome::Done);
         }
         // Another run planned the same change and it is done, or the user has
         // moved on since: either way this change has nothing left to write.
@@ -130,94 +282,356 @@ impl Applier {
             || locked.sync.applied_version >= change.desired_version;
         let written = if stale {
             Written::Done(ChangeRecord::Superseded, None)
+        } else if let Some(wait) = ctx.gate.paused_for() {
+            // The PBX asked for a pause (429): do not call it before then.
+            Written::Transient(paused(wait))
         } else {
-            self.write(run_id, tenant, pbx, change, &locked).await
+            self.write(ctx, &tx, change, &locked).await?
         };
-        let (record, event) = match written {
-            Written::Done(record, event) => (record, event),
-            Written::Transient(err) if !last_attempt => return Ok(Some(err)),
-            Written::Transient(err) => (
-                ChangeRecord::Failed {
+        let (record, mut event, outcome) = match written {
+            Written::Done(record, event) => (record, event, Outcome::Done),
+            Written::Unauthorized(err) => {
+                ctx.refused.store(true, Ordering::Relaxed);
+                return Ok(Outcome::Unauthorized(err));
+            }
+            Written::Transient(err) => {
+                if let Some(wait) = err.retry_after() {
+                    ctx.gate.pause(wait);
+                }
+                if !ctx.last_attempt {
+                    return Ok(Outcome::Retry(err));
+                }
+                let reason = format!("{} gave up: {}", change.object_id, err.describe());
+                let record = ChangeRecord::Failed {
                     reason: err.describe(),
-                },
-                None,
-            ),
+                };
+                (record, None, Outcome::GaveUp(reason))
+            }
         };
         if let ChangeRecord::Failed { reason } = &record {
-            tracing::warn!(tenant_id = %tenant.id, object_id = %change.object_id, %reason, "change failed");
+            tracing::warn!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, %reason, "change failed");
+            event.get_or_insert_with(|| Box::new(user_changed(ctx, change, "failed", Some(reason.clone()))));
         }
-        let finished = Store::record_change(
+        // Events go out before the commit: if the commit fails the change is
+        // redone, and the events' deterministic ids keep the mails single.
+        if let Some(event) = event.as_deref() {
+            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
+        }
+        Store::record_change(
             &tx,
-            run_id,
-            &tenant.id,
+            ctx.run_id,
+            &ctx.tenant.id,
             &change.object_id,
             change.desired_version,
             &record,
         )
         .await?;
-        // Events go out before the commit: if the commit fails the change is
-        // redone, and the events' deterministic ids keep the mails single.
-        for event in event.as_deref().into_iter().chain(finished.iter()) {
-            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
-        }
         tx.commit().await.context("recording the change")?;
-        Ok(None)
+        Ok(outcome)
     }
 
     async fn write(
         &self,
-        run_id: Uuid,
-        tenant: &TenantConfig,
-        pbx: &PbxClient,
+        ctx: &BatchContext<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         change: &Change,
         locked: &LockedUser,
-    ) -> Written {
-        let company = &tenant.pbx_company_id;
-        let result = match &change.action {
-            Action::None => return Written::Done(ChangeRecord::Superseded, None),
-            Action::Create { fields } => {
-                let user = new_user(tenant, &change.object_id, fields);
-                let key = format!(
-                    "usersync:{}:{}:{}",
-                    tenant.id, change.object_id, change.desired_version
-                );
-                pbx.create_user(company, &user, &key).await.map(|created| {
-                    let event = welcome_event(tenant, run_id, change, &created.id, fields, locked);
-                    (
-                        ChangeRecord::Created {
-                            pbx_id: created.id,
-                            fields: fields.clone(),
-                        },
-                        Some(Box::new(event)),
-                    )
-                })
-            }
-            Action::Update { pbx_id, patch } => {
-                let body = serde_json::to_value(patch).unwrap_or_default();
-                let fields = locked.sync.desired.clone().unwrap_or_default();
-                pbx.update_user(company, pbx_id, &body, None)
+    ) -> anyhow::Result<Written> {
+        let company = &ctx.tenant.pbx_company_id;
+        Ok(match &change.action {
+            Action::None => Written::Done(ChangeRecord::Superseded, None),
+            Action::Create { fields } => self.create(ctx, tx, change, fields, locked).await?,
+            Action::Update { pbx_id, .. } => {
+                // The difference between what the PBX was last told and what is
+                // wanted now, under the lock: never more than that.
+                let (Some(applied), Some(desired)) = (&locked.sync.applied, &locked.sync.desired) else {
+                    return Ok(Written::Done(ChangeRecord::Superseded, None));
+                };
+                let pbx_id = locked.sync.pbx_id.as_deref().unwrap_or(pbx_id);
+                let patch = diff(applied, desired);
+                if patch.is_empty() {
+                    return Ok(Written::Done(ChangeRecord::Superseded, None));
+                }
+                ctx.gate.pace().await;
+                match ctx
+                    .pbx
+                    .update_user(company, pbx_id, &patch_body(&patch, None), None)
                     .await
-                    .map(|_| (ChangeRecord::Updated { fields }, None))
+                {
+                    Ok(_) => {
+                        let detail = format!("changed {}", patch.changed_fields().join(", "));
+                        let event = user_changed(ctx, change, "updated", Some(detail));
+                        Written::Done(
+                            ChangeRecord::Updated {
+                                fields: desired.clone(),
+                            },
+                            Some(Box::new(event)),
+                        )
+                    }
+                    Err(err) if err.kind == PbxErrorKind::NotFound => failed(format!(
+                        "PBX user {pbx_id} no longer exists ({}); it was removed in the PBX by hand",
+                        err.describe()
+                    )),
+                    Err(err) => classify(err),
+                }
             }
-            Action::Delete { pbx_id } => pbx
-                .delete_user(company, pbx_id)
-                .await
-                .map(|_| (ChangeRecord::Deleted, None)),
+            Action::Delete { pbx_id } => {
+                let pbx_id = locked.sync.pbx_id.as_deref().unwrap_or(pbx_id);
+                ctx.gate.pace().await;
+                // 404: already gone, which is what was wanted.
+                match ctx.pbx.delete_user(company, pbx_id).await {
+                    Ok(_) => Written::Done(
+                        ChangeRecord::Deleted,
+                        Some(Box::new(user_changed(ctx, change, "deleted", None))),
+                    ),
+                    Err(err) => classify(err),
+                }
+            }
+        })
+    }
+
+    /// Creates the user, or adopts the PBX user that is already there for it.
+    async fn create(
+        &self,
+        ctx: &BatchContext<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
+        change: &Change,
+        fields: &SyncedFields,
+        locked: &LockedUser,
+    ) -> anyhow::Result<Written> {
+        let by = ctx.tenant.adopt_match;
+        if let Some(value) = directory_match_value(by, fields) {
+            if let Some(unowned) = Store::claim_unowned(tx, ctx.run_id, &value).await? {
+                if let Ok(user) = serde_json::from_value::<PbxUser>(unowned) {
+                    return Ok(self.adopt(ctx, change, fields, user).await);
+                }
+            }
+        }
+        let template = ctx.check.as_ref().and_then(|c| c.template_id.clone());
+        let user = new_user(ctx.tenant, &change.object_id, fields, template);
+        // The same change always sends the same key and body, so a crash
+        // between the PBX's answer and the commit never creates a second user.
+        let key = format!(
+            "usersync:{}:{}:{}",
+            ctx.tenant.id, change.object_id, change.desired_version
+        );
+        ctx.gate.pace().await;
+        Ok(
+            match ctx.pbx.create_user(&ctx.tenant.pbx_company_id, &user, &key).await {
+                Ok(created) => created_record(ctx, change, fields, locked, created.id),
+                Err(err) if err.kind == PbxErrorKind::Conflict && err.existing_id.is_some() => {
+                    self.resolve_conflict(ctx, change, fields, locked, err).await
+                }
+                Err(err) => classify(err),
+            },
+        )
+    }
+
+    /// A unique value is taken: the holder is ours already, adoptable, or
+    /// another directory user's.
+    async fn resolve_conflict(
+        &self,
+        ctx: &BatchContext<'_>,
+        change: &Change,
+        fields: &SyncedFields,
+        locked: &LockedUser,
+        conflict: PbxError,
+    ) -> Written {
+        let holder_id = conflict.existing_id.clone().unwrap_or_default();
+        ctx.gate.pace().await;
+        let holder = match ctx.pbx.get_user(&ctx.tenant.pbx_company_id, &holder_id).await {
+            Ok(Some(holder)) => holder,
+            // Gone since the 409: the next try creates it.
+            Ok(None) => return Written::Transient(conflict),
+            Err(err) => return classify(err),
+        };
+        let taken = conflict_field(&conflict, fields);
+        match holder.external_id.as_deref() {
+            Some(owner) if owner == change.object_id => {
+                // Created for this user before (an earlier desired version):
+                // link it and bring it in line.
+                let patch = diff(&pbx_fields(&holder), fields);
+                if !patch.is_empty() {
+                    ctx.gate.pace().await;
+                    if let Err(err) = ctx
+                        .pbx
+                        .update_user(&ctx.tenant.pbx_company_id, &holder.id, &patch_body(&patch, None), None)
+                        .await
+                    {
+                        return classify(err);
+                    }
+                }
+                created_record(ctx, change, fields, locked, holder.id)
+            }
+            Some(owner) => failed(format!(
+                "{taken} is held by PBX user {} (alias {}), which belongs to directory user {owner}; two directory users share the value: fix it in Entra ID",
+                holder.id, holder.alias
+            )),
+            None if pbx_match_value(ctx.tenant.adopt_match, &holder)
+                == directory_match_value(ctx.tenant.adopt_match, fields) =>
+            {
+                self.adopt(ctx, change, fields, holder).await
+            }
+            None => failed(format!(
+                "{taken} is held by PBX user {} (alias {}), which no directory user owns and whose {} differs; change the value in Entra ID or in the PBX, or set adopt_match to the field that identifies the user",
+                holder.id,
+                holder.alias,
+                ctx.tenant.adopt_match
+            )),
+        }
+    }
+
+    /// Links an unowned PBX user to this directory user and sends the fields
+    /// that differ, only if nobody changed it since it was read.
+    async fn adopt(
+        &self,
+        ctx: &BatchContext<'_>,
+        change: &Change,
+        fields: &SyncedFields,
+        user: PbxUser,
+    ) -> Written {
+        let company = &ctx.tenant.pbx_company_id;
+        let patch = diff(&pbx_fields(&user), fields);
+        let body = patch_body(&patch, Some(&change.object_id));
+        ctx.gate.pace().await;
+        let result = match ctx
+            .pbx
+            .update_user(company, &user.id, &body, Some(user.version))
+            .await
+        {
+            Err(err) if err.kind == PbxErrorKind::Stale => {
+                // Changed since it was listed: read it again and decide afresh.
+                ctx.gate.pace().await;
+                match ctx.pbx.get_user(company, &user.id).await {
+                    Ok(Some(fresh)) if fresh.external_id.is_none() => {
+                        let patch = diff(&pbx_fields(&fresh), fields);
+                        let body = patch_body(&patch, Some(&change.object_id));
+                        ctx.gate.pace().await;
+                        ctx.pbx
+                            .update_user(company, &fresh.id, &body, Some(fresh.version))
+                            .await
+                    }
+                    Ok(_) => return Written::Transient(err),
+                    Err(err) => Err(err),
+                }
+            }
+            other => other,
         };
         match result {
-            Ok((record, event)) => Written::Done(record, event),
-            Err(err) if err.is_transient() => Written::Transient(err),
-            Err(err) => Written::Done(
-                ChangeRecord::Failed {
-                    reason: err.describe(),
-                },
-                None,
-            ),
+            Ok(adopted) => {
+                let detail = format!(
+                    "adopted the existing PBX user {} (same {}){}",
+                    adopted.id,
+                    ctx.tenant.adopt_match,
+                    if patch.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", changed {}", patch.changed_fields().join(", "))
+                    }
+                );
+                tracing::info!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, pbx_id = %adopted.id, "adopted");
+                Written::Done(
+                    ChangeRecord::Adopted {
+                        pbx_id: adopted.id,
+                        fields: fields.clone(),
+                    },
+                    Some(Box::new(user_changed(ctx, change, "updated", Some(detail)))),
+                )
+            }
+            Err(err) => classify(err),
         }
     }
 }
 
-fn new_user(tenant: &TenantConfig, object_id: &str, fields: &SyncedFields) -> NewUser {
+fn paused(wait: Duration) -> PbxError {
+    let mut err = PbxError::from_kind(
+        PbxErrorKind::RateLimited {
+            retry_after: Some(wait),
+        },
+        "the PBX asked for a pause (429); waiting before the next call",
+    );
+    err.status = Some(429);
+    err
+}
+
+/// Transient errors are retried, a refused token stops the tenant, anything
+/// else fails this user for good (the PBX's field and message in the reason).
+fn classify(err: PbxError) -> Written {
+    match err.kind {
+        PbxErrorKind::Unauthorized => Written::Unauthorized(err),
+        _ if err.is_transient() => Written::Transient(err),
+        _ => failed(err.describe()),
+    }
+}
+
+fn failed(reason: String) -> Written {
+    Written::Done(ChangeRecord::Failed { reason }, None)
+}
+
+fn created_record(
+    ctx: &BatchContext<'_>,
+    change: &Change,
+    fields: &SyncedFields,
+    locked: &LockedUser,
+    pbx_id: String,
+) -> Written {
+    let event = welcome_event(ctx.tenant, ctx.run_id, change, &pbx_id, fields, locked);
+    Written::Done(
+        ChangeRecord::Created {
+            pbx_id,
+            fields: fields.clone(),
+        },
+        Some(Box::new(event)),
+    )
+}
+
+/// The PATCH body: the patch, plus the owner link when adopting.
+fn patch_body(patch: &FieldPatch, external_id: Option<&str>) -> serde_json::Value {
+    let mut body = serde_json::to_value(patch).unwrap_or_else(|_| serde_json::json!({}));
+    if let (Some(id), Some(map)) = (external_id, body.as_object_mut()) {
+        map.insert("external_id".into(), id.into());
+    }
+    body
+}
+
+/// "alias \"x\"": the taken field and our value, as the 409 named it.
+fn conflict_field(conflict: &PbxError, fields: &SyncedFields) -> String {
+    match conflict.field.as_deref() {
+        Some("alias") => format!("alias \"{}\"", fields.alias),
+        Some("pstn_fixed") => format!("pstn_fixed \"{}\"", fields.pstn_fixed),
+        Some(other) => format!("{other} (PBX: {})", conflict.message),
+        None => format!("a unique value (PBX: {})", conflict.message),
+    }
+}
+
+/// The synced fields as a PBX user has them.
+fn pbx_fields(user: &PbxUser) -> SyncedFields {
+    SyncedFields {
+        alias: user.alias.clone(),
+        first_name: user.first_name.clone(),
+        surname: user.surname.clone(),
+        pstn_fixed: user.pstn_fixed.clone(),
+        email: user.email.clone(),
+        attributes: user.attributes.clone(),
+    }
+}
+
+/// The directory user's value for the adopt-match field, normalised like the PBX side.
+fn directory_match_value(by: AdoptMatch, fields: &SyncedFields) -> Option<String> {
+    let value = match by {
+        AdoptMatch::Alias => Some(fields.alias.to_lowercase()),
+        AdoptMatch::Email => fields.email.as_deref().map(str::to_lowercase),
+        AdoptMatch::PstnFixed => Some(fields.pstn_fixed.clone()),
+    };
+    value.filter(|v| !v.is_empty())
+}
+
+fn new_user(
+    tenant: &TenantConfig,
+    object_id: &str,
+    fields: &SyncedFields,
+    template: Option<String>,
+) -> NewUser {
     NewUser {
         alias: fields.alias.clone(),
         first_name: fields.first_name.clone(),
@@ -225,9 +639,19 @@ fn new_user(tenant: &TenantConfig, object_id: &str, fields: &SyncedFields) -> Ne
         pstn_fixed: fields.pstn_fixed.clone(),
         email: fields.email.clone(),
         caller_id: tenant.default_caller_id.clone(),
-        template: tenant.default_template.clone(),
+        template: template.or_else(|| tenant.default_template.clone()),
         external_id: Some(object_id.to_owned()),
         attributes: fields.attributes.clone(),
+    }
+}
+
+fn user_changed(ctx: &BatchContext<'_>, change: &Change, outcome: &str, detail: Option<String>) -> Event {
+    Event::UserChanged {
+        tenant_id: ctx.tenant.id.clone(),
+        run_id: ctx.run_id,
+        object_id: change.object_id.clone(),
+        outcome: outcome.to_owned(),
+        detail,
     }
 }
 
@@ -250,5 +674,102 @@ fn welcome_event(
         pstn_fixed: fields.pstn_fixed.clone(),
         email: fields.email.clone().or_else(|| locked.mail.clone()),
         language: locked.language.clone(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn tenant_json() -> serde_json::Value {
+        serde_json::json!({
+            "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
+            "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s", "user_filter": {"memberOf": []}},
+            "pbx_company_id": "acme", "field_mapping": {}
+        })
+    }
+
+    fn fields() -> SyncedFields {
+        SyncedFields {
+            alias: "asa.oberg".into(),
+            first_name: "Åsa".into(),
+            surname: "Öberg".into(),
+            pstn_fixed: "46812345678".into(),
+            email: Some("Asa.Oberg@Acme.example".into()),
+            attributes: BTreeMap::from([("title".into(), "Telefonist".into())]),
+        }
+    }
+
+    #[test]
+    fn adoption_body_links_the_owner_and_sends_only_the_difference() {
+        let mut pbx = fields();
+        pbx.surname = "Oberg".into();
+        let patch = diff(&pbx, &fields());
+        let body = patch_body(&patch, Some("obj-1"));
+        assert_eq!(
+            body,
+            serde_json::json!({"surname": "Öberg", "external_id": "obj-1"})
+        );
+        let body = patch_body(&FieldPatch::default(), Some("obj-1"));
+        assert_eq!(body, serde_json::json!({"external_id": "obj-1"}));
+    }
+
+    #[test]
+    fn match_values_agree_between_directory_and_pbx() {
+        let user = PbxUser {
+            id: "p-1".into(),
+            alias: "asa.oberg".into(),
+            first_name: "Å".into(),
+            surname: "Ö".into(),
+            pstn_fixed: "46812345678".into(),
+            email: Some("asa.oberg@acme.example".into()),
+            caller_id: None,
+            template: None,
+            external_id: None,
+            attributes: BTreeMap::new(),
+            version: 1,
+        };
+        for by in AdoptMatch::ALL {
+            assert_eq!(
+                directory_match_value(by, &fields()),
+                pbx_match_value(by, &user),
+                "{by}"
+            );
+        }
+        let mut no_mail = fields();
+        no_mail.email = None;
+        assert_eq!(directory_match_value(AdoptMatch::Email, &no_mail), None);
+    }
+
+    #[test]
+    fn errors_are_sorted_into_retry_stop_and_fail() {
+        let err = |kind| PbxError::from_kind(kind, "x");
+        assert!(matches!(
+            classify(err(PbxErrorKind::Unavailable)),
+            Written::Transient(_)
+        ));
+        assert!(matches!(
+            classify(err(PbxErrorKind::Transport)),
+            Written::Transient(_)
+        ));
+        assert!(matches!(
+            classify(err(PbxErrorKind::RateLimited { retry_after: None })),
+            Written::Transient(_)
+        ));
+        assert!(matches!(
+            classify(err(PbxErrorKind::Unauthorized)),
+            Written::Unauthorized(_)
+        ));
+        for kind in [
+            PbxErrorKind::Validation,
+            PbxErrorKind::BadRequest,
+            PbxErrorKind::Conflict,
+        ] {
+            assert!(matches!(
+                classify(err(kind)),
+                Written::Done(ChangeRecord::Failed { .. }, None)
+            ));
+        }
     }
 }

@@ -188,19 +188,20 @@ impl Differ {
         Ok(())
     }
 
-    /// Sends the run's pending changes to the applier in batches.
+    /// Numbers the run's changes in batches and sends the first
+    /// [`DISPATCH_WINDOW`] of them; the applier sends each next one as it
+    /// finishes one (windowed dispatch, so one run cannot bury the others).
+    /// A batch already done is not sent again.
     async fn publish_changes(&self, round: &Round<'_>) -> anyhow::Result<()> {
-        let mut after = String::new();
-        let mut batch = 0u32;
-        loop {
-            let changes = self
-                .store
-                .pending_changes(round.ids.run_id, &after, CHANGE_BATCH)
-                .await?;
-            let Some(last) = changes.last() else { break };
-            after = last.object_id.clone();
+        let run_id = round.ids.run_id;
+        let batches = self.store.assign_batches(run_id, CHANGE_BATCH).await?;
+        for batch in 0..batches.min(usersync_store::DISPATCH_WINDOW) {
+            let changes = self.store.pending_batch(run_id, batch).await?;
+            if changes.is_empty() {
+                continue;
+            }
             let message = ChangeBatch {
-                run_id: round.ids.run_id,
+                run_id,
                 tenant_id: round.tenant_id.to_owned(),
                 batch,
                 changes,
@@ -208,9 +209,8 @@ impl Differ {
             self.bus
                 .send(Stage::Applier, &message, &message.message_id())
                 .await?;
-            batch += 1;
         }
-        tracing::info!(tenant_id = round.tenant_id, run_id = %round.ids.run_id, batches = batch, "changes handed to the applier");
+        tracing::info!(tenant_id = round.tenant_id, run_id = %run_id, batches, "changes handed to the applier");
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ pub use mapping::SourcePath;
 pub use phone::normalize_phone;
 pub use problem::{error_chain, Problem};
 pub use tenant::{
-    parse_tenant_file, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxOverride, ProviderSettings,
-    Schedule, TenantConfig, TenantType, UserFilter,
+    parse_tenant_file, AdoptMatch, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxLimits,
+    PbxOverride, ProviderSettings, Schedule, TenantConfig, TenantType, UserFilter,
 };
 pub use user::{diff, map_user, FieldPatch, SyncedFields};

@@ -201,7 +201,17 @@ impl PbxClient {
             .bearer_auth(self.inner.token.expose_secret());
         let started = Instant::now();
         let result = build(request).send().await;
-        let elapsed_ms = started.elapsed().as_millis();
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis();
+        let status = match &result {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "transport".to_owned(),
+        };
+        let method_label = method.as_str().to_owned();
+        metrics::counter!("usersync_pbx_requests_total", "method" => method_label.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!("usersync_pbx_request_duration_seconds", "method" => method_label)
+            .record(elapsed.as_secs_f64());
         match result {
             Ok(response) => {
                 tracing::debug!(%method, url, status = response.status().as_u16(), elapsed_ms, "PBX call");

@@ -74,7 +74,7 @@ impl PbxErrorKind {
 }
 
 /// A failed PBX call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", self.describe())]
 pub struct PbxError {
     pub kind: PbxErrorKind,
@@ -112,6 +112,11 @@ impl PbxError {
             field,
             existing_id,
         }
+    }
+
+    /// An error of `kind` made by the caller (for example a pause it keeps itself).
+    pub fn from_kind(kind: PbxErrorKind, message: impl Into<String>) -> Self {
+        Self::without_status(kind, message)
     }
 
     /// A failure without a usable answer from the PBX.

@@ -95,6 +95,12 @@ pub enum ChangeRecord {
     Updated {
         fields: SyncedFields,
     },
+    /// An existing PBX user without an owner was linked to this directory
+    /// user and brought in line; counted as an update.
+    Adopted {
+        pbx_id: String,
+        fields: SyncedFields,
+    },
     Deleted,
     /// Nothing left to write: a newer desired state exists (a later change
     /// carries it), or this one was already applied through another run.
@@ -108,7 +114,7 @@ impl ChangeRecord {
     fn outcome(&self) -> &'static str {
         match self {
             ChangeRecord::Created { .. } => "created",
-            ChangeRecord::Updated { .. } => "updated",
+            ChangeRecord::Updated { .. } | ChangeRecord::Adopted { .. } => "updated",
             ChangeRecord::Deleted => "deleted",
             ChangeRecord::Superseded => "superseded",
             ChangeRecord::Failed { .. } => "failed",
@@ -302,8 +308,9 @@ impl Store {
         }))
     }
 
-    /// Records how a change ended; when it was the run's last, ends the run and
-    /// returns its finish event (publish it before committing).
+    /// Records how a change ended, in the applier's transaction. The run is
+    /// counted down and ended by [`Store::settle_run`], once per batch, so the
+    /// changes of a run do not queue on the run's row.
     pub async fn record_change(
         tx: &deadpool_postgres::Transaction<'_>,
         run_id: Uuid,
@@ -311,9 +318,9 @@ impl Store {
         object_id: &str,
         desired_version: i64,
         record: &ChangeRecord,
-    ) -> Result<Option<Event>> {
+    ) -> Result<()> {
         match record {
-            ChangeRecord::Created { pbx_id, fields } => {
+            ChangeRecord::Created { pbx_id, fields } | ChangeRecord::Adopted { pbx_id, fields } => {
                 tx.execute(
                     "UPDATE sync_users SET pbx_id = $3, applied = $4, applied_version = $5,
                             state = 'active', updated_at = now()
@@ -345,31 +352,57 @@ impl Store {
             ChangeRecord::Failed { reason } => Some(reason.as_str()),
             _ => None,
         };
-        let changed = tx
-            .execute(
-                "UPDATE run_changes SET outcome = $3, detail = $4
-                 WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'",
-                &[&run_id, &object_id, &record.outcome(), &detail],
-            )
+        tx.execute(
+            "UPDATE run_changes SET outcome = $3, detail = $4
+             WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'",
+            &[&run_id, &object_id, &record.outcome(), &detail],
+        )
+        .await
+        .context("recording the change's outcome")?;
+        Ok(())
+    }
+
+    /// Counts the run's changes still pending (after a batch was written) and,
+    /// when none is left, ends the run and hands its finish event to `publish`
+    /// before committing (if publishing fails, the run stays open for the
+    /// batch's next try). Replicas settling together take turns on the run's
+    /// row, so the last one sees every change recorded.
+    pub async fn settle_run<F, Fut>(&self, run_id: Uuid, publish: F) -> Result<()>
+    where
+        F: FnOnce(Event) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt("SELECT state FROM runs WHERE id = $1 FOR UPDATE", &[&run_id])
             .await
-            .context("recording the change's outcome")?;
-        if changed == 0 {
-            return Ok(None);
+            .context("locking the run")?
+        else {
+            return Ok(());
+        };
+        let state: String = row.get(0);
+        if state != RunState::Applying.as_str() {
+            return Ok(());
         }
         let row = tx
             .query_one(
-                "UPDATE runs SET changes_pending = changes_pending - 1 WHERE id = $1
-                 RETURNING changes_pending, state",
+                "SELECT count(*) FROM run_changes WHERE run_id = $1 AND outcome = 'pending'",
                 &[&run_id],
             )
             .await
-            .context("counting down the run's changes")?;
-        let pending: i32 = row.get(0);
-        let state: String = row.get(1);
-        if pending > 0 || state != RunState::Applying.as_str() {
-            return Ok(None);
+            .context("counting the run's pending changes")?;
+        let pending = i32::try_from(row.get::<_, i64>(0)).unwrap_or(i32::MAX);
+        tx.execute(
+            "UPDATE runs SET changes_pending = $2 WHERE id = $1",
+            &[&run_id, &pending],
+        )
+        .await?;
+        if pending == 0 {
+            publish(finish_run(&tx, run_id, RunState::Succeeded).await?).await?;
         }
-        Ok(Some(finish_run(tx, run_id, RunState::Succeeded).await?))
+        tx.commit().await.context("settling the run")?;
+        Ok(())
     }
 }
 

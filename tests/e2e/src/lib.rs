@@ -424,3 +424,22 @@ impl Stack {
 pub async fn test_vhost(http: &reqwest::Client, vhost: &str) {
     create_vhost(http, vhost).await;
 }
+
+impl Stack {
+    /// Runs one SQL query in the stack's database; returns psql's unaligned
+    /// rows (`|` between columns, one row a line).
+    pub async fn sql(&self, query: &str) -> String {
+        let output = Command::new("psql")
+            .arg(&self.database_url)
+            .args(["-XAtqc", query])
+            .output()
+            .await
+            .expect("running psql");
+        assert!(
+            output.status.success(),
+            "psql {query}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}

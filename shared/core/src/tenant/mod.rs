@@ -61,6 +61,12 @@ pub struct TenantConfig {
     /// Country codes whose phone numbers may be synced.
     #[serde(default = "default_allowed_country_prefixes")]
     pub allowed_country_prefixes: Vec<String>,
+    /// Which field links an existing, unowned PBX user to a directory user on first sync.
+    #[serde(default)]
+    pub adopt_match: AdoptMatch,
+    /// How hard the applier may drive this company's PBX.
+    #[serde(default)]
+    pub pbx_limits: PbxLimits,
 }
 
 pub(crate) const DEFAULT_DELETE_AFTER_DAYS: u32 = 7;
@@ -332,5 +338,57 @@ impl fmt::Debug for PbxOverride {
             .field("api_url", &self.api_url)
             .field("api_token", &MASK)
             .finish()
+    }
+}
+
+/// The field that identifies an existing PBX user (one without an owner) as a
+/// directory user's, so the first sync adopts it instead of creating a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptMatch {
+    #[default]
+    Alias,
+    Email,
+    PstnFixed,
+}
+
+impl AdoptMatch {
+    pub const ALL: [AdoptMatch; 3] = [AdoptMatch::Alias, AdoptMatch::Email, AdoptMatch::PstnFixed];
+
+    /// The name used in the tenant file, which is also the PBX field's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdoptMatch::Alias => "alias",
+            AdoptMatch::Email => "email",
+            AdoptMatch::PstnFixed => "pstn_fixed",
+        }
+    }
+}
+
+impl fmt::Display for AdoptMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-company limits on PBX calls, so one company's slow or throttling PBX
+/// does not hold the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PbxLimits {
+    /// Calls in flight at once per applier replica; default
+    /// [`PbxLimits::DEFAULT_MAX_IN_FLIGHT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Calls started per second per applier replica; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+}
+
+impl PbxLimits {
+    pub const DEFAULT_MAX_IN_FLIGHT: u32 = 8;
+    pub const MAX_IN_FLIGHT_LIMIT: u32 = 256;
+
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight.unwrap_or(Self::DEFAULT_MAX_IN_FLIGHT)
     }
 }

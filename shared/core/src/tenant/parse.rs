@@ -9,8 +9,9 @@ use serde_json::Value;
 use super::serde_formats::hour_minute;
 use super::values::{syntax_error, Field, Obj, Problems};
 use super::{
-    default_allowed_country_prefixes, DeletionGuard, FieldMapping, Mode, NotificationLevel, PbxOverride,
-    ProviderSettings, Schedule, TenantConfig, TenantType, UserFilter, DEFAULT_DELETE_AFTER_DAYS,
+    default_allowed_country_prefixes, AdoptMatch, DeletionGuard, FieldMapping, Mode, NotificationLevel,
+    PbxLimits, PbxOverride, ProviderSettings, Schedule, TenantConfig, TenantType, UserFilter,
+    DEFAULT_DELETE_AFTER_DAYS,
 };
 use crate::mapping::SourcePath;
 use crate::problem::Problem;
@@ -39,6 +40,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "client_secret_expires_at",
     "deletion_guard",
     "allowed_country_prefixes",
+    "adopt_match",
+    "pbx_limits",
 ];
 
 const PROVIDER_SETTINGS_EXAMPLE: &str =
@@ -115,6 +118,11 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
     let allowed_country_prefixes = root
         .optional("allowed_country_prefixes")
         .map(|f| read_country_prefixes(&f, out));
+    let adopt_match = root.optional("adopt_match").map(|f| {
+        let names: Vec<_> = AdoptMatch::ALL.into_iter().map(|m| (m.as_str(), m)).collect();
+        f.choice(&names, out)
+    });
+    let pbx_limits = root.optional("pbx_limits").map(|f| read_pbx_limits(&f, out));
 
     Some(TenantConfig {
         id: id?,
@@ -138,6 +146,8 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
         deletion_guard: deletion_guard.unwrap_or(Some(DeletionGuard::default()))?,
         allowed_country_prefixes: allowed_country_prefixes
             .unwrap_or(Some(default_allowed_country_prefixes()))?,
+        adopt_match: adopt_match.unwrap_or(Some(AdoptMatch::default()))?,
+        pbx_limits: pbx_limits.unwrap_or(Some(PbxLimits::default()))?,
     })
 }
 
@@ -347,6 +357,49 @@ fn read_deletion_guard(field: &Field, out: &mut Problems) -> Option<DeletionGuar
     Some(DeletionGuard {
         max_percent: max_percent.unwrap_or(Some(defaults.max_percent))?,
         min_users: min_users.unwrap_or(Some(defaults.min_users))?,
+    })
+}
+
+fn read_pbx_limits(field: &Field, out: &mut Problems) -> Option<PbxLimits> {
+    let example = r#"{"max_in_flight": 8, "requests_per_second": 20}"#;
+    let limits = field.object(example, out)?;
+    limits.refuse_unknown_keys(&["max_in_flight", "requests_per_second"], out);
+    let max_in_flight = limits.optional("max_in_flight").map(|f| {
+        let count = f.count("8", out)?;
+        if (1..=PbxLimits::MAX_IN_FLIGHT_LIMIT).contains(&count) {
+            return Some(count);
+        }
+        out.push(Problem::new(
+            f.path.clone(),
+            format!(
+                "is {count}; allow 1 to {} calls in flight, e.g. 8",
+                PbxLimits::MAX_IN_FLIGHT_LIMIT
+            ),
+        ));
+        None
+    });
+    let requests_per_second = limits
+        .optional("requests_per_second")
+        .map(|f| match f.value.as_f64() {
+            Some(rate) if rate > 0.0 && rate.is_finite() => Some(rate),
+            Some(rate) => {
+                out.push(Problem::new(
+                    f.path.clone(),
+                    format!("is {rate}; give a rate above 0, e.g. 20, or leave the key out for no limit"),
+                ));
+                None
+            }
+            None => {
+                out.push(Problem::new(
+                    f.path.clone(),
+                    "must be a number of calls per second, e.g. 20 (without quotes)",
+                ));
+                None
+            }
+        });
+    Some(PbxLimits {
+        max_in_flight: absent_or_valid(max_in_flight)?,
+        requests_per_second: absent_or_valid(requests_per_second)?,
     })
 }
 

@@ -854,3 +854,56 @@ fn every_refusal_names_a_field_and_says_what_to_do() {
         );
     }
 }
+
+#[test]
+fn adopt_match_and_pbx_limits_default_and_parse() {
+    let config = parse_ok(&full_example().to_string());
+    assert_eq!(config.adopt_match, AdoptMatch::Alias);
+    assert_eq!(config.pbx_limits, PbxLimits::default());
+    assert_eq!(
+        config.pbx_limits.max_in_flight(),
+        PbxLimits::DEFAULT_MAX_IN_FLIGHT
+    );
+
+    let config = parse_ok(&edited(|map| {
+        map.insert("adopt_match".into(), json!("pstn_fixed"));
+        map.insert(
+            "pbx_limits".into(),
+            json!({"max_in_flight": 3, "requests_per_second": 12.5}),
+        );
+    }));
+    assert_eq!(config.adopt_match, AdoptMatch::PstnFixed);
+    assert_eq!(config.pbx_limits.max_in_flight(), 3);
+    assert_eq!(config.pbx_limits.requests_per_second, Some(12.5));
+    let text = serde_json::to_string(&config).expect("serialise");
+    assert_eq!(parse_ok(&text), config);
+}
+
+#[test]
+fn bad_adopt_match_and_pbx_limits_are_refused_with_the_fix() {
+    assert_refused(
+        &set("adopt_match", json!("phone")),
+        "adopt_match",
+        "\"pstn_fixed\"",
+    );
+    assert_refused(
+        &set("pbx_limits", json!({"max_in_flight": 0})),
+        "pbx_limits.max_in_flight",
+        "allow 1 to 256",
+    );
+    assert_refused(
+        &set("pbx_limits", json!({"requests_per_second": -2})),
+        "pbx_limits.requests_per_second",
+        "above 0",
+    );
+    assert_refused(
+        &set("pbx_limits", json!({"requests_per_second": "fast"})),
+        "pbx_limits.requests_per_second",
+        "calls per second",
+    );
+    assert_refused(
+        &set("pbx_limits", json!({"max_inflight": 4})),
+        "pbx_limits.max_inflight",
+        "max_in_flight",
+    );
+}

@@ -41,8 +41,13 @@ pub async fn gate(
         bearer_token(request.headers()),
         &app.default_token,
     );
-    if let Some(latency) = admission.latency {
-        tokio::time::sleep(latency).await;
+    let (before, after) = match admission.latency {
+        Some(latency) if latency.after => (None, Some(latency.delay)),
+        Some(latency) => (Some(latency.delay), None),
+        None => (None, None),
+    };
+    if let Some(delay) = before {
+        tokio::time::sleep(delay).await;
     }
     match admission.verdict {
         Verdict::Reject(error) => error.into_response(),
@@ -50,6 +55,10 @@ pub async fn gate(
         Verdict::Proceed { drop_after } => {
             request.extensions_mut().insert(company);
             let response = next.run(request).await;
+            // The write is done; a client that goes away now cannot undo it.
+            if let Some(delay) = after {
+                tokio::time::sleep(delay).await;
+            }
             if drop_after {
                 dropped_connection()
             } else {

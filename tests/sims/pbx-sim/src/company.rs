@@ -2,7 +2,7 @@
 //! only ever held for in-memory work (never across an await).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::http::{Method, StatusCode};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::directory::{Directory, Page};
 use crate::error::ApiError;
-use crate::faults::{FaultRequest, Faults, Verdict};
+use crate::faults::{FaultRequest, Faults, Latency, Verdict};
 use crate::user::{NewUser, User, UserPatch};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ pub struct StoredResponse {
 /// The result of a request that got past the gate: how long to wait first
 /// and what to do.
 pub struct Admission {
-    pub latency: Option<Duration>,
+    pub latency: Option<Latency>,
     pub verdict: Verdict,
 }
 

@@ -88,8 +88,17 @@ impl ApiError {
 
     /// The error an injected status fault answers with, or `None` when the
     /// status is not one the contract lets a PBX send spontaneously.
-    pub fn injected(status: u16, retry_after: Option<u64>) -> Option<Self> {
+    pub fn injected(
+        status: u16,
+        retry_after: Option<u64>,
+        field: Option<&str>,
+        message: Option<String>,
+    ) -> Option<Self> {
         let mut error = match status {
+            422 => Self::validation(
+                field?,
+                message.unwrap_or_else(|| format!("{} is not accepted", field.unwrap_or_default())),
+            ),
             401 => Self::unauthorized(),
             429 => Self::rate_limited(None),
             500 | 502 | 503 | 504 => Self::new(

@@ -19,6 +19,11 @@ pub enum FaultRequest {
         count: u32,
         #[serde(default)]
         method: Option<String>,
+        /// For 422: the field to blame (required) and the message.
+        #[serde(default)]
+        field: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
     },
     Drop {
         #[serde(default = "one")]
@@ -34,6 +39,10 @@ pub enum FaultRequest {
     },
     Latency {
         ms: u64,
+        /// Handle the request at once and hold back only the answer, so the
+        /// write has happened while the client still waits.
+        #[serde(default)]
+        after: bool,
     },
     RateLimit {
         per_second: u32,
@@ -77,10 +86,17 @@ struct RateLimit {
     used: u32,
 }
 
+/// A delay on every request, before handling it or before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    pub delay: Duration,
+    pub after: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Faults {
     counted: Vec<CountedFault>,
-    latency: Option<Duration>,
+    latency: Option<Latency>,
     rate_limit: Option<RateLimit>,
 }
 
@@ -93,18 +109,27 @@ impl Faults {
                 retry_after,
                 count,
                 method,
+                field,
+                message,
             } => {
-                let error = ApiError::injected(status, retry_after).ok_or_else(|| {
-                    ApiError::bad_field("status", "status must be one of 401, 429, 500, 502, 503, 504")
-                })?;
+                let error =
+                    ApiError::injected(status, retry_after, field.as_deref(), message).ok_or_else(|| {
+                        ApiError::bad_field(
+                            "status",
+                            "status must be one of 401, 429, 500, 502, 503, 504, or 422 with a field",
+                        )
+                    })?;
                 self.add_counted(CountedAction::Reject(error), count, method)
             }
             FaultRequest::Drop { count, method } => self.add_counted(CountedAction::DropAfter, count, method),
             FaultRequest::DropBefore { count, method } => {
                 self.add_counted(CountedAction::DropBefore, count, method)
             }
-            FaultRequest::Latency { ms } => {
-                self.latency = Some(Duration::from_millis(ms));
+            FaultRequest::Latency { ms, after } => {
+                self.latency = Some(Latency {
+                    delay: Duration::from_millis(ms),
+                    after,
+                });
                 Ok(())
             }
             FaultRequest::RateLimit { per_second } => {
@@ -142,7 +167,7 @@ impl Faults {
         Ok(())
     }
 
-    pub fn latency(&self) -> Option<Duration> {
+    pub fn latency(&self) -> Option<Latency> {
         self.latency
     }
 
@@ -205,6 +230,8 @@ mod tests {
             retry_after: None,
             count,
             method: method.map(str::to_owned),
+            field: None,
+            message: None,
         }
     }
 
@@ -248,7 +275,49 @@ mod tests {
             retry_after: None,
             count: 1,
             method: None,
+            field: None,
+            message: None,
         };
         assert!(faults.add(request, Instant::now()).is_err());
+    }
+
+    #[test]
+    fn an_injected_422_needs_the_field_it_blames() {
+        let now = Instant::now();
+        let mut faults = Faults::default();
+        let validation = |field: Option<&str>| FaultRequest::Status {
+            status: 422,
+            retry_after: None,
+            count: 1,
+            method: None,
+            field: field.map(str::to_owned),
+            message: Some("not in the number plan".into()),
+        };
+        assert!(faults.add(validation(None), now).is_err());
+        faults.add(validation(Some("pstn_fixed")), now).expect("valid");
+        let Verdict::Reject(error) = faults.judge(&Method::POST, now) else {
+            panic!("the 422 must be answered");
+        };
+        assert_eq!(
+            error,
+            ApiError::validation("pstn_fixed", "not in the number plan")
+        );
+    }
+
+    #[test]
+    fn latency_after_handling_is_kept_apart() {
+        let mut faults = Faults::default();
+        let latency = FaultRequest::Latency {
+            ms: 1500,
+            after: true,
+        };
+        faults.add(latency, Instant::now()).expect("valid");
+        assert_eq!(
+            faults.latency(),
+            Some(Latency {
+                delay: Duration::from_millis(1500),
+                after: true
+            })
+        );
     }
 }

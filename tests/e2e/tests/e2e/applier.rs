@@ -1,0 +1,709 @@
+//! The applier against the PBX simulator: every write exactly once, in order,
+//! under faults, a killed process, several replicas and several tenants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use usersync_e2e::{wait_for, Stack, PBX_TOKEN, RABBITMQ_API};
+
+use crate::support::CALLER_ID;
+
+const TEMPLATE_ID: &str = "tpl-standard";
+const TEMPLATE_NAME: &str = "Standard";
+/// Index of the first applier among the stack's processes.
+const APPLIER: usize = 2;
+
+/// A tenant of its own: an Entra tenant in the Graph simulator with `users`
+/// users (everyone in scope), a PBX company of the same id, and the tenant file
+/// (changed by `edit` before it is applied). Returns the Entra tenant id.
+async fn add_tenant(stack: &Stack, id: &str, users: u64, edit: impl FnOnce(&mut Value)) -> String {
+    let entra = uuid::Uuid::new_v4().to_string();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    stack
+        .graph_call(
+            Method::POST,
+            "/_sim/tenants",
+            Some(json!({
+                "tenant_id": entra, "client_id": client_id, "client_secret": "s3cret",
+                "seed": users + 11, "users": users, "page_size": 500
+            })),
+        )
+        .await;
+    stack
+        .pbx_call(
+            Method::PUT,
+            &format!("/_sim/companies/{id}"),
+            Some(json!({
+                "templates": [{"id": TEMPLATE_ID, "name": TEMPLATE_NAME}, {"id": "tpl-reception", "name": "Reception"}],
+                "numbers": [{"number": CALLER_ID, "kind": "main"}, {"number": "46812345601", "kind": "fixed"}]
+            })),
+        )
+        .await;
+    let provider = json!({
+        "tenant_id": entra, "client_id": client_id, "client_secret": "s3cret",
+        "user_filter": {"memberOf": [""]}
+    });
+    let mut file = json!({
+        "id": id, "name": format!("{id} AB"), "type": "ad_sync", "mode": "user_sync",
+        "delete_after_days": 0,
+        "error_notification_email": format!("it@{id}.example"),
+        "error_notification_level": "error",
+        "provider_settings": provider,
+        "pbx_company_id": id,
+        "default_caller_id": CALLER_ID,
+        // By name: the applier maps it to the template's id.
+        "default_template": TEMPLATE_NAME,
+        "field_mapping": {"alias": "mailNickname", "first_name": "givenName", "surname": "surname", "pstn_fixed": "businessPhones[0]"},
+        "user_field_mapping": {"email": "mail", "attributes.title": "jobTitle"}
+    });
+    edit(&mut file);
+    let (ok, _, stderr) = stack
+        .cli(&["tenant", "apply", "-"], Some(&file.to_string()))
+        .await;
+    assert!(ok, "tenant apply {id}: {stderr}");
+    entra
+}
+
+async fn resync(stack: &Stack, id: &str) {
+    let (ok, _, stderr) = stack.cli(&["resync", id], None).await;
+    assert!(ok, "resync {id}: {stderr}");
+}
+
+/// The tenant's newest run, once it is not `previous` and has finished.
+async fn finished_run(stack: &Stack, id: &str, previous: Option<&str>, deadline: Duration) -> Value {
+    wait_for(&format!("a finished run of {id}"), deadline, || async {
+        let status = stack.cli_json(&["status", id, "--json"]).await;
+        let run = status[0]["last_run"].clone();
+        let is_new = run["id"].as_str().is_some_and(|run| Some(run) != previous);
+        (is_new && !run["finished_at"].is_null()).then_some(run)
+    })
+    .await
+}
+
+fn run_id(run: &Value) -> String {
+    run["id"].as_str().expect("run id").to_owned()
+}
+
+/// The company's PBX users, by external id (None for unowned users).
+async fn pbx_users(stack: &Stack, company: &str) -> Vec<Value> {
+    let users = stack
+        .pbx_call(Method::GET, &format!("/_sim/companies/{company}/users"), None)
+        .await;
+    users["items"].as_array().expect("items").clone()
+}
+
+/// Each owned PBX user by external id; panics when one is there twice.
+fn by_owner(users: &[Value]) -> BTreeMap<String, Value> {
+    let mut owned = BTreeMap::new();
+    for user in users {
+        if let Some(owner) = user["external_id"].as_str() {
+            let before = owned.insert(owner.to_owned(), user.clone());
+            assert!(before.is_none(), "directory user {owner} is in the PBX twice");
+        }
+    }
+    owned
+}
+
+async fn directory(stack: &Stack, entra: &str) -> BTreeMap<String, Value> {
+    let users = stack
+        .graph_call(Method::GET, &format!("/_sim/tenants/{entra}/users"), None)
+        .await;
+    users["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .map(|u| (u["id"].as_str().expect("id").to_owned(), u.clone()))
+        .collect()
+}
+
+async fn pbx_stats(stack: &Stack, company: &str) -> Value {
+    let stats = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
+    stats["companies"][company].clone()
+}
+
+async fn add_fault(stack: &Stack, company: &str, fault: Value) {
+    stack
+        .pbx_call(
+            Method::POST,
+            &format!("/_sim/companies/{company}/faults"),
+            Some(fault),
+        )
+        .await;
+}
+
+async fn clear_faults(stack: &Stack, company: &str) {
+    stack
+        .pbx_call(Method::DELETE, &format!("/_sim/companies/{company}/faults"), None)
+        .await;
+}
+
+async fn set_surname(stack: &Stack, entra: &str, object_id: &str, surname: &str) {
+    stack
+        .graph_call(
+            Method::PATCH,
+            &format!("/_sim/tenants/{entra}/users/{object_id}"),
+            Some(json!({ "surname": surname })),
+        )
+        .await;
+}
+
+/// The run's failed changes: object id → reason.
+async fn failures(stack: &Stack, run: &str) -> BTreeMap<String, String> {
+    stack
+        .sql(&format!(
+            "SELECT object_id, detail FROM run_changes WHERE run_id = '{run}' AND outcome = 'failed'"
+        ))
+        .await
+        .lines()
+        .filter_map(|line| line.split_once('|'))
+        .map(|(id, reason)| (id.to_owned(), reason.to_owned()))
+        .collect()
+}
+
+fn count(value: &Value) -> u64 {
+    value.as_u64().unwrap_or_else(|| panic!("not a count: {value}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_with_defaults_then_patches_only_the_difference_and_deletes_once() {
+    let stack = Stack::start("applier_basics").await;
+    let entra = add_tenant(&stack, "basics", 30, |_| {}).await;
+    resync(&stack, "basics").await;
+    let run = finished_run(&stack, "basics", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 30, "{run:#}");
+
+    let source = directory(&stack, &entra).await;
+    let pbx = by_owner(&pbx_users(&stack, "basics").await);
+    assert_eq!(pbx.len(), 30);
+    for (id, user) in &pbx {
+        assert!(source.contains_key(id), "{user}");
+        assert_eq!(user["caller_id"], CALLER_ID, "{user}");
+        assert_eq!(
+            user["template"], TEMPLATE_ID,
+            "the template's name maps to its id: {user}"
+        );
+        assert_eq!(user["version"], 1, "{user}");
+    }
+    let stats = pbx_stats(&stack, "basics").await;
+    assert_eq!(stats["posts"], 30, "one POST per user: {stats}");
+    assert_eq!(stats["writes"], 30, "{stats}");
+
+    // One rename, one user gone from the directory who was already removed
+    // from the PBX by hand (its DELETE answers 404), everyone else unchanged.
+    let ids: Vec<&String> = pbx.keys().collect();
+    let (renamed, gone) = (ids[0].clone(), ids[1].clone());
+    set_surname(&stack, &entra, &renamed, "Lindqvist-Berg").await;
+    stack
+        .graph_call(
+            Method::DELETE,
+            &format!("/_sim/tenants/{entra}/users/{gone}?hard=true"),
+            None,
+        )
+        .await;
+    let pbx_id = pbx[&gone]["id"].as_str().unwrap();
+    let response = stack
+        .http
+        .delete(format!("{}/v1/companies/basics/users/{pbx_id}", stack.pbx.url))
+        .bearer_auth(PBX_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    stack.pbx_call(Method::POST, "/_sim/stats/reset", None).await;
+
+    resync(&stack, "basics").await;
+    let run = finished_run(&stack, "basics", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["updated"], 1, "{run:#}");
+    assert_eq!(
+        run["counts"]["deleted"], 1,
+        "a 404 on DELETE counts as done: {run:#}"
+    );
+    let stats = pbx_stats(&stack, "basics").await;
+    assert_eq!(
+        (
+            count(&stats["patches"]),
+            count(&stats["deletes"]),
+            count(&stats["posts"])
+        ),
+        (1, 1, 0),
+        "unchanged users cost no call: {stats}"
+    );
+    let after = by_owner(&pbx_users(&stack, "basics").await);
+    assert_eq!(after.len(), 29);
+    let user = &after[&renamed];
+    assert_eq!(user["surname"], "Lindqvist-Berg");
+    assert_eq!(user["version"], 2, "one PATCH: {user}");
+    let before = &pbx[&renamed];
+    for field in [
+        "alias",
+        "first_name",
+        "pstn_fixed",
+        "email",
+        "caller_id",
+        "template",
+        "attributes",
+    ] {
+        assert_eq!(user[field], before[field], "{field} must not change");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applier_killed_after_the_post_never_creates_a_user_twice() {
+    let mut stack = Stack::start("applier_killed").await;
+    let entra = add_tenant(&stack, "killed", 40, |_| {}).await;
+    // The PBX handles each request at once but answers only after 3 s.
+    add_fault(
+        &stack,
+        "killed",
+        json!({"kind": "latency", "ms": 3000, "after": true}),
+    )
+    .await;
+    resync(&stack, "killed").await;
+    let stats = wait_for(
+        "the PBX to have created users",
+        Duration::from_secs(120),
+        || async {
+            let stats = pbx_stats(&stack, "killed").await;
+            (stats["created"].as_u64().unwrap_or(0) >= 1).then_some(stats)
+        },
+    )
+    .await;
+    stack.kill_service(APPLIER).await;
+    let unrecorded = stack
+        .sql("SELECT count(*) FROM sync_users WHERE pbx_id IS NOT NULL")
+        .await;
+    assert!(count(&stats["created"]) >= 1);
+    assert_eq!(unrecorded, "0", "the killed applier recorded nothing yet");
+    clear_faults(&stack, "killed").await;
+    stack.start_service("usersync-applier").await;
+
+    let run = finished_run(&stack, "killed", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 40, "{run:#}");
+    let pbx = by_owner(&pbx_users(&stack, "killed").await);
+    let source = directory(&stack, &entra).await;
+    assert_eq!(
+        pbx.keys().collect::<BTreeSet<_>>(),
+        source.keys().collect::<BTreeSet<_>>(),
+        "every directory user exactly once"
+    );
+    let stats = pbx_stats(&stack, "killed").await;
+    assert_eq!(stats["created"], 40, "{stats}");
+    assert!(
+        count(&stats["idempotent_replays"]) >= 1,
+        "the new applier repeated a POST the PBX had handled: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unowned_users_are_adopted_and_a_foreign_owner_or_a_422_fails_only_that_user() {
+    let stack = Stack::start("applier_adopt").await;
+    let entra = add_tenant(&stack, "adopt", 20, |_| {}).await;
+    let source = directory(&stack, &entra).await;
+    // Users whose nickname is an alias as it is (lower-cased).
+    let ids: Vec<&String> = source
+        .keys()
+        .filter(|id| {
+            let nickname = source[*id]["mailNickname"].as_str().unwrap();
+            nickname.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        })
+        .collect();
+    assert!(ids.len() >= 7, "the seed gives enough plain nicknames");
+    let alias = |id: &str| source[id]["mailNickname"].as_str().unwrap().to_lowercase();
+    // Six users are in the PBX already, by alias, without an owner and with an
+    // outdated first name; a seventh's alias belongs to another directory user.
+    for (index, id) in ids[..6].iter().enumerate() {
+        stack
+            .pbx_call(
+                Method::POST,
+                "/_sim/companies/adopt/users",
+                Some(json!({
+                    "alias": alias(id), "first_name": "Old", "surname": source[*id]["surname"],
+                    "pstn_fixed": format!("4631000000{index}"),
+                })),
+            )
+            .await;
+    }
+    let foreign = ids[6];
+    stack
+        .pbx_call(
+            Method::POST,
+            "/_sim/companies/adopt/users",
+            Some(json!({
+                "alias": alias(foreign), "first_name": "Some", "surname": "One",
+                "pstn_fixed": "46310000009", "external_id": "another-directory-user"
+            })),
+        )
+        .await;
+
+    resync(&stack, "adopt").await;
+    let run = finished_run(&stack, "adopt", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(run["counts"]["updated"], 6, "adoptions count as updates: {run:#}");
+    assert_eq!(run["counts"]["created"], 13, "{run:#}");
+    assert_eq!(run["counts"]["failed"], 1, "{run:#}");
+    let failed = failures(&stack, &run_id(&run)).await;
+    let reason = &failed[foreign.as_str()];
+    assert!(
+        reason.contains("another-directory-user") && reason.contains(&alias(foreign)),
+        "{reason}"
+    );
+    let stats = pbx_stats(&stack, "adopt").await;
+    assert_eq!(
+        stats["posts"], 14,
+        "no POST for an adopted user, so no 409 storm: {stats}"
+    );
+    assert_eq!(stats["patches"], 6, "{stats}");
+    let all = pbx_users(&stack, "adopt").await;
+    assert_eq!(all.len(), 20, "6 adopted + 13 created + the foreign holder");
+    let pbx = by_owner(&all);
+    for id in &ids[..6] {
+        let user = &pbx[id.as_str()];
+        assert_eq!(user["first_name"], source[*id]["givenName"], "{user}");
+        assert_eq!(user["version"], 2, "adopted with one PATCH: {user}");
+    }
+
+    // A 422 fails the user with the PBX's field and message, with no retry.
+    // (The user held by another owner leaves the directory, so only the
+    // newcomer is written.)
+    stack
+        .graph_call(
+            Method::DELETE,
+            &format!("/_sim/tenants/{entra}/users/{foreign}?hard=true"),
+            None,
+        )
+        .await;
+    let newcomer = stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{entra}/users"),
+            Some(json!({
+                "displayName": "Åsa Öberg", "givenName": "Åsa", "surname": "Öberg",
+                "mailNickname": "asa.oberg", "userPrincipalName": "asa.oberg@adopt.example",
+                "mail": "asa.oberg@adopt.example", "businessPhones": ["08-555 123 45"],
+                "accountEnabled": true
+            })),
+        )
+        .await;
+    let newcomer = newcomer["id"].as_str().unwrap().to_owned();
+    add_fault(
+        &stack,
+        "adopt",
+        json!({"kind": "status", "status": 422, "method": "POST", "field": "pstn_fixed",
+               "message": "46855512345 is outside the company's number plan"}),
+    )
+    .await;
+    stack.pbx_call(Method::POST, "/_sim/stats/reset", None).await;
+    resync(&stack, "adopt").await;
+    let run = finished_run(&stack, "adopt", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    let failed = failures(&stack, &run_id(&run)).await;
+    let reason = &failed[&newcomer];
+    assert!(
+        reason.contains("pstn_fixed") && reason.contains("outside the company's number plan"),
+        "{reason}"
+    );
+    let stats = pbx_stats(&stack, "adopt").await;
+    assert_eq!(stats["posts"], 1, "one POST, not retried: {stats}");
+    assert_eq!(run["counts"]["failed"], 1, "{run:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_or_wrong_settings_stop_only_that_tenant() {
+    let stack = Stack::start("applier_tenants").await;
+    add_tenant(&stack, "good", 12, |_| {}).await;
+    add_tenant(&stack, "badtpl", 12, |file| {
+        file["default_template"] = "Premium".into()
+    })
+    .await;
+    add_tenant(&stack, "badcaller", 12, |file| {
+        file["default_caller_id"] = "46899999999".into()
+    })
+    .await;
+    add_tenant(&stack, "locked", 40, |_| {}).await;
+    // The PBX refuses the token from the first POST on.
+    add_fault(
+        &stack,
+        "locked",
+        json!({"kind": "status", "status": 401, "method": "POST", "count": 1000}),
+    )
+    .await;
+    for id in ["good", "badtpl", "badcaller", "locked"] {
+        resync(&stack, id).await;
+    }
+    let good = finished_run(&stack, "good", None, Duration::from_secs(120)).await;
+    assert_eq!(good["state"], "succeeded", "{good:#}");
+    assert_eq!(good["counts"]["created"], 12);
+    assert_eq!(by_owner(&pbx_users(&stack, "good").await).len(), 12);
+
+    for (id, code, named) in [
+        ("badtpl", "pbx.bad_template", "\"Premium\""),
+        ("badcaller", "pbx.bad_caller_id", "\"46899999999\""),
+        ("locked", "pbx.unauthorized", "token"),
+    ] {
+        let run = finished_run(&stack, id, None, Duration::from_secs(120)).await;
+        assert_eq!(run["state"], "failed", "{id}: {run:#}");
+        let row = stack
+            .sql(&format!(
+                "SELECT error_code, error FROM runs WHERE id = '{}'",
+                run_id(&run)
+            ))
+            .await;
+        let (found_code, error) = row.split_once('|').expect("code|error");
+        assert_eq!(found_code, code, "{id}: {error}");
+        assert!(error.contains(named), "{id}: {error}");
+        assert_eq!(pbx_users(&stack, id).await.len(), 0, "{id}: nothing written");
+    }
+    assert!(
+        count(&pbx_stats(&stack, "locked").await["posts"]) <= 8,
+        "writes stop at the 401, apart from those already in flight"
+    );
+    for id in ["badtpl", "badcaller"] {
+        assert_eq!(
+            pbx_stats(&stack, id).await["writes"],
+            0,
+            "{id}: checked before any write"
+        );
+    }
+    // The failure is reported at level error.
+    let report = wait_for(
+        "the report to it@locked.example",
+        Duration::from_secs(60),
+        || async {
+            stack
+                .mails()
+                .into_iter()
+                .find(|mail| mail.contains("To: it@locked.example"))
+        },
+    )
+    .await;
+    assert!(!report.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_outages_drops_and_slowness_are_retried_to_exactly_one_write_each() {
+    let stack = Stack::start("applier_faults").await;
+    let entra = add_tenant(&stack, "faulty", 24, |_| {}).await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "status", "status": 429, "retry_after": 2, "method": "POST"}),
+    )
+    .await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "status", "status": 503, "count": 6, "method": "POST"}),
+    )
+    .await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "drop", "count": 2, "method": "POST"}),
+    )
+    .await;
+    add_fault(
+        &stack,
+        "faulty",
+        json!({"kind": "drop_before", "count": 1, "method": "POST"}),
+    )
+    .await;
+    resync(&stack, "faulty").await;
+    let run = finished_run(&stack, "faulty", None, Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 24, "{run:#}");
+    let stats = pbx_stats(&stack, "faulty").await;
+    assert_eq!(stats["created"], 24, "{stats}");
+    assert!(count(&stats["posts"]) >= 24 + 10, "every fault was met: {stats}");
+    assert_eq!(
+        stats["idempotent_replays"], 2,
+        "the two answers lost after the write were replayed: {stats}"
+    );
+    assert_eq!(by_owner(&pbx_users(&stack, "faulty").await).len(), 24);
+    let retried = stack
+        .sql("SELECT count(*) FROM run_changes WHERE outcome = 'failed'")
+        .await;
+    assert_eq!(retried, "0");
+
+    // A PBX that takes 2 s per call is slow, not broken.
+    add_fault(&stack, "faulty", json!({"kind": "latency", "ms": 2000})).await;
+    let renamed: Vec<String> = directory(&stack, &entra).await.into_keys().take(5).collect();
+    for id in &renamed {
+        set_surname(&stack, &entra, id, "Långsam").await;
+    }
+    resync(&stack, "faulty").await;
+    let run = finished_run(&stack, "faulty", Some(&run_id(&run)), Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["updated"], 5, "{run:#}");
+    let pbx = by_owner(&pbx_users(&stack, "faulty").await);
+    for id in &renamed {
+        assert_eq!(pbx[id]["surname"], "Långsam");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_leave_every_user_in_its_latest_state() {
+    let mut stack = Stack::start("applier_replicas").await;
+    stack.start_service("usersync-applier").await;
+    stack.start_service("usersync-applier").await;
+    let entra = add_tenant(&stack, "order", 500, |_| {}).await;
+    add_fault(&stack, "order", json!({"kind": "latency", "ms": 20})).await;
+    resync(&stack, "order").await;
+    let last = finished_run(&stack, "order", None, Duration::from_secs(180)).await;
+    assert_eq!(last["counts"]["created"], 500, "{last:#}");
+
+    // The same users change again and again while runs are under way.
+    let ids: Vec<String> = directory(&stack, &entra).await.into_keys().collect();
+    for round in 0..4 {
+        for (index, id) in ids.iter().enumerate().filter(|(i, _)| i % 3 != round % 3) {
+            set_surname(&stack, &entra, id, &format!("Round{round}-{index}")).await;
+        }
+        resync(&stack, "order").await;
+    }
+    // Then a run that read the directory after the last change.
+    let edits_done = stack.sql("SELECT now()").await;
+    wait_for("the runs under way to end", Duration::from_secs(180), || async {
+        let open = stack
+            .sql("SELECT count(*) FROM runs WHERE tenant_id = 'order' AND finished_at IS NULL")
+            .await;
+        (open == "0").then_some(())
+    })
+    .await;
+    resync(&stack, "order").await;
+    let state = wait_for(
+        "a run after the last change",
+        Duration::from_secs(180),
+        || async {
+            let state = stack
+                .sql(&format!(
+                    "SELECT state FROM runs WHERE tenant_id = 'order' AND started_at > '{edits_done}'
+                 AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT 1"
+                ))
+                .await;
+            (!state.is_empty()).then_some(state)
+        },
+    )
+    .await;
+    assert_eq!(state, "succeeded");
+    let superseded = stack
+        .sql("SELECT count(*) FROM run_changes WHERE outcome = 'failed'")
+        .await;
+    assert_eq!(superseded, "0", "no change failed");
+
+    let source = directory(&stack, &entra).await;
+    let pbx = by_owner(&pbx_users(&stack, "order").await);
+    assert_eq!(pbx.len(), 500);
+    for (id, user) in &source {
+        assert_eq!(
+            pbx[id]["surname"], user["surname"],
+            "{id}: the PBX holds an older state than the directory"
+        );
+    }
+    // Every replica took its share.
+    for replica in [APPLIER, 4, 5] {
+        let log = std::fs::read_to_string(stack.logs.join(format!("usersync-applier-{replica}.log")))
+            .expect("the replica's log");
+        assert!(
+            log.contains("change batch handled"),
+            "replica {replica} handled no batch"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_first_sync_does_not_hold_up_a_small_tenant() {
+    let stack = Stack::start("applier_fairness").await;
+    add_tenant(&stack, "big", 3000, |_| {}).await;
+    add_tenant(&stack, "small", 5, |_| {}).await;
+    // 3,000 creates at 60 ms each, 8 at a time: about 25 s of work.
+    add_fault(&stack, "big", json!({"kind": "latency", "ms": 60})).await;
+    resync(&stack, "big").await;
+    wait_for(
+        "the big tenant's creates to flow",
+        Duration::from_secs(180),
+        || async {
+            let created = pbx_stats(&stack, "big").await["created"].as_u64().unwrap_or(0);
+            (created >= 100).then_some(())
+        },
+    )
+    .await;
+    resync(&stack, "small").await;
+    let small = finished_run(&stack, "small", None, Duration::from_secs(120)).await;
+    assert_eq!(small["state"], "succeeded", "{small:#}");
+    assert_eq!(small["counts"]["created"], 5);
+    let big_created = pbx_stats(&stack, "big").await["created"].as_u64().unwrap_or(0);
+    let big = stack.cli_json(&["status", "big", "--json"]).await;
+    // Without windowed dispatch the small run waits behind every batch of the
+    // big one and finishes near its end.
+    assert!(
+        big[0]["last_run"]["finished_at"].is_null() && big_created < 1500,
+        "the small tenant waited for most of the big one ({big_created} of 3000 created): {big:#}"
+    );
+    let big = finished_run(&stack, "big", None, Duration::from_secs(600)).await;
+    assert_eq!(big["counts"]["created"], 3000, "{big:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_failing_past_the_last_attempt_land_in_the_dlq_and_the_next_run_writes_them() {
+    let mut stack = Stack::start("applier_dlq").await;
+    // Two attempts instead of six, so the test does not wait out the long retry tiers.
+    stack.kill_service(APPLIER).await;
+    stack
+        .start_service_with("usersync-applier", &[("APPLIER_MAX_ATTEMPTS", "2")])
+        .await;
+    add_tenant(&stack, "down", 5, |_| {}).await;
+    add_fault(
+        &stack,
+        "down",
+        json!({"kind": "status", "status": 503, "method": "POST", "count": 1000}),
+    )
+    .await;
+    resync(&stack, "down").await;
+    let run = finished_run(&stack, "down", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(run["counts"]["failed"], 5, "{run:#}");
+    for reason in failures(&stack, &run_id(&run)).await.values() {
+        assert!(reason.contains("503"), "{reason}");
+    }
+    let posts = count(&pbx_stats(&stack, "down").await["posts"]);
+    assert_eq!(posts, 10, "five users, two attempts each");
+
+    let dead = wait_for(
+        "the batch in the applier's DLQ",
+        Duration::from_secs(30),
+        || async {
+            let response = stack
+                .http
+                .post(format!(
+                    "{RABBITMQ_API}/queues/{}/usersync.applier.dlq/get",
+                    stack.vhost
+                ))
+                .basic_auth("guest", Some("guest"))
+                .json(&json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}))
+                .send()
+                .await
+                .ok()?;
+            let messages: Value = response.json().await.ok()?;
+            messages.as_array()?.first().cloned()
+        },
+    )
+    .await;
+    let reason = dead["properties"]["headers"]["x-usersync-reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("5 change(s) still failing after 2 attempts") && reason.contains("503"),
+        "{dead:#}"
+    );
+
+    // Level-triggered: the next run plans the failed users again.
+    clear_faults(&stack, "down").await;
+    resync(&stack, "down").await;
+    let run = finished_run(&stack, "down", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 5, "{run:#}");
+    assert_eq!(by_owner(&pbx_users(&stack, "down").await).len(), 5);
+}
