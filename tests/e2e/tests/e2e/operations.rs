@@ -222,8 +222,9 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show
 
     let metrics = wait_for("the run in the metrics", Duration::from_secs(30), || async {
         let text = scrape(&stack).await;
-        text.contains(r#"usersync_runs_total{outcome="succeeded"} 1"#)
-            .then_some(text)
+        (text.contains(r#"usersync_runs_total{outcome="succeeded"} 1"#)
+            && text.contains(r#"usersync_mails_total{kind="welcome",result="sent"}"#))
+        .then_some(text)
     })
     .await;
     // Every service logs JSON lines, and what a handler logs names its tenant
@@ -259,6 +260,12 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show
         r#"usersync_retries_total{stage="differ"}"#,
         r#"usersync_retries_total{stage="applier"}"#,
         r#"usersync_retries_total{stage="notifier"}"#,
+        r#"usersync_messages_total{stage="applier",outcome="ok"}"#,
+        r#"usersync_user_decisions_total{decision="create"}"#,
+        r#"usersync_graph_requests_total{status="200"}"#,
+        "usersync_graph_request_duration_seconds_bucket{",
+        r#"usersync_pbx_requests_total{method="POST",status="201"}"#,
+        "usersync_pbx_request_duration_seconds_bucket{",
     ] {
         assert!(metrics.contains(series), "/metrics lacks {series}:\n{metrics}");
     }
