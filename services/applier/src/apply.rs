@@ -162,20 +162,6 @@ impl Handler<ChangeBatch> for Applier {
             given_up = gave_up.len(),
             "change batch handled"
         );
-        // The run ends with the batch that leaves nothing pending.
-        let finished = self
-            .store
-            .settle_run(batch.run_id, |event| async move {
-                self.bus
-                    .send(Stage::Notifier, &event, &event.message_id())
-                    .await?;
-                self.store.forget_unowned(batch.run_id).await
-            })
-            .await;
-        match finished {
-            Ok(()) => {}
-            Err(err) => broken = broken.or(Some(err)),
-        }
         // The run's window moves on whatever became of this batch.
         self.send_next_batch(batch).await?;
         if let Some(err) = broken {
@@ -313,11 +299,13 @@ impl Applier {
             event.get_or_insert_with(|| Box::new(user_changed(ctx, change, "failed", Some(reason.clone()))));
         }
         // Events go out before the commit: if the commit fails the change is
-        // redone, and the events' deterministic ids keep the mails single.
+        // redone, and the events' deterministic ids keep the mails single. The
+        // user's event goes out before the run's row is locked to count the
+        // change, so that lock is held for database work only.
         if let Some(event) = event.as_deref() {
             self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
         }
-        Store::record_change(
+        let finished = Store::record_change(
             &tx,
             ctx.run_id,
             &ctx.tenant.id,
@@ -326,7 +314,13 @@ impl Applier {
             &record,
         )
         .await?;
+        if let Some(event) = &finished {
+            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
+        }
         tx.commit().await.context("recording the change")?;
+        if finished.is_some() {
+            self.store.forget_unowned(ctx.run_id).await?;
+        }
         Ok(outcome)
     }
 

@@ -2,8 +2,6 @@
 -- the applier can hand on the next batch of a run when it finishes one.
 ALTER TABLE run_changes ADD COLUMN batch integer;
 CREATE INDEX run_changes_by_batch ON run_changes (run_id, batch);
--- The applier counts a run's pending changes after each batch.
-CREATE INDEX run_changes_pending ON run_changes (run_id) WHERE outcome = 'pending';
 
 -- What the applier checked in the tenant's PBX before a run's first create:
 -- the template (its id, when the tenant names it by name) and the caller id.

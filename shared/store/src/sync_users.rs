@@ -308,9 +308,8 @@ impl Store {
         }))
     }
 
-    /// Records how a change ended, in the applier's transaction. The run is
-    /// counted down and ended by [`Store::settle_run`], once per batch, so the
-    /// changes of a run do not queue on the run's row.
+    /// Records how a change ended; when it was the run's last, ends the run and
+    /// returns its finish event (publish it before committing).
     pub async fn record_change(
         tx: &deadpool_postgres::Transaction<'_>,
         run_id: Uuid,
@@ -318,7 +317,7 @@ impl Store {
         object_id: &str,
         desired_version: i64,
         record: &ChangeRecord,
-    ) -> Result<()> {
+    ) -> Result<Option<Event>> {
         match record {
             ChangeRecord::Created { pbx_id, fields } | ChangeRecord::Adopted { pbx_id, fields } => {
                 tx.execute(
@@ -352,57 +351,31 @@ impl Store {
             ChangeRecord::Failed { reason } => Some(reason.as_str()),
             _ => None,
         };
-        tx.execute(
-            "UPDATE run_changes SET outcome = $3, detail = $4
-             WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'",
-            &[&run_id, &object_id, &record.outcome(), &detail],
-        )
-        .await
-        .context("recording the change's outcome")?;
-        Ok(())
-    }
-
-    /// Counts the run's changes still pending (after a batch was written) and,
-    /// when none is left, ends the run and hands its finish event to `publish`
-    /// before committing (if publishing fails, the run stays open for the
-    /// batch's next try). Replicas settling together take turns on the run's
-    /// row, so the last one sees every change recorded.
-    pub async fn settle_run<F, Fut>(&self, run_id: Uuid, publish: F) -> Result<()>
-    where
-        F: FnOnce(Event) -> Fut,
-        Fut: std::future::Future<Output = Result<()>>,
-    {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let Some(row) = tx
-            .query_opt("SELECT state FROM runs WHERE id = $1 FOR UPDATE", &[&run_id])
+        let changed = tx
+            .execute(
+                "UPDATE run_changes SET outcome = $3, detail = $4
+                 WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'",
+                &[&run_id, &object_id, &record.outcome(), &detail],
+            )
             .await
-            .context("locking the run")?
-        else {
-            return Ok(());
-        };
-        let state: String = row.get(0);
-        if state != RunState::Applying.as_str() {
-            return Ok(());
+            .context("recording the change's outcome")?;
+        if changed == 0 {
+            return Ok(None);
         }
         let row = tx
             .query_one(
-                "SELECT count(*) FROM run_changes WHERE run_id = $1 AND outcome = 'pending'",
+                "UPDATE runs SET changes_pending = changes_pending - 1 WHERE id = $1
+                 RETURNING changes_pending, state",
                 &[&run_id],
             )
             .await
-            .context("counting the run's pending changes")?;
-        let pending = i32::try_from(row.get::<_, i64>(0)).unwrap_or(i32::MAX);
-        tx.execute(
-            "UPDATE runs SET changes_pending = $2 WHERE id = $1",
-            &[&run_id, &pending],
-        )
-        .await?;
-        if pending == 0 {
-            publish(finish_run(&tx, run_id, RunState::Succeeded).await?).await?;
+            .context("counting down the run's changes")?;
+        let pending: i32 = row.get(0);
+        let state: String = row.get(1);
+        if pending > 0 || state != RunState::Applying.as_str() {
+            return Ok(None);
         }
-        tx.commit().await.context("settling the run")?;
-        Ok(())
+        Ok(Some(finish_run(tx, run_id, RunState::Succeeded).await?))
     }
 }
 
