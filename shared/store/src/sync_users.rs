@@ -185,31 +185,6 @@ impl Store {
         Ok(())
     }
 
-    /// The run's planned changes still waiting for the applier, in pages by object id.
-    pub async fn pending_changes(&self, run_id: Uuid, after: &str, limit: i64) -> Result<Vec<Change>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT object_id, desired_version, action FROM run_changes
-                 WHERE run_id = $1 AND outcome = 'pending' AND object_id > $2
-                 ORDER BY object_id LIMIT $3",
-                &[&run_id, &after, &limit],
-            )
-            .await
-            .context("loading pending changes")?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let Json(action) = row.get("action");
-                Change {
-                    object_id: row.get("object_id"),
-                    desired_version: row.get("desired_version"),
-                    action,
-                }
-            })
-            .collect())
-    }
-
     /// Ends the differ's part of a run: the delta link moves on, and the run
     /// waits for `changes` changes (or finishes at once when there are none).
     /// Returns the finish event when the run ended here.

@@ -428,12 +428,11 @@ pub async fn test_vhost(http: &reqwest::Client, vhost: &str) {
 impl Stack {
     /// Runs one SQL query in the stack's database; returns psql's unaligned
     /// rows (`|` between columns, one row a line).
-    pub async fn sql(&self, query: &str) -> String {
-        let output = Command::new("psql")
+    pub fn sql(&self, query: &str) -> String {
+        let output = std::process::Command::new("psql")
             .arg(&self.database_url)
             .args(["-XAtqc", query])
             .output()
-            .await
             .expect("running psql");
         assert!(
             output.status.success(),

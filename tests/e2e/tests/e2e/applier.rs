@@ -155,7 +155,6 @@ async fn failures(stack: &Stack, run: &str) -> BTreeMap<String, String> {
         .sql(&format!(
             "SELECT object_id, detail FROM run_changes WHERE run_id = '{run}' AND outcome = 'failed'"
         ))
-        .await
         .lines()
         .filter_map(|line| line.split_once('|'))
         .map(|(id, reason)| (id.to_owned(), reason.to_owned()))
@@ -273,9 +272,7 @@ async fn an_applier_killed_after_the_post_never_creates_a_user_twice() {
     )
     .await;
     stack.kill_service(APPLIER).await;
-    let unrecorded = stack
-        .sql("SELECT count(*) FROM sync_users WHERE pbx_id IS NOT NULL")
-        .await;
+    let unrecorded = stack.sql("SELECT count(*) FROM sync_users WHERE pbx_id IS NOT NULL");
     assert!(count(&stats["created"]) >= 1);
     assert_eq!(unrecorded, "0", "the killed applier recorded nothing yet");
     clear_faults(&stack, "killed").await;
@@ -446,12 +443,10 @@ async fn a_refused_token_or_wrong_settings_stop_only_that_tenant() {
     ] {
         let run = finished_run(&stack, id, None, Duration::from_secs(120)).await;
         assert_eq!(run["state"], "failed", "{id}: {run:#}");
-        let row = stack
-            .sql(&format!(
-                "SELECT error_code, error FROM runs WHERE id = '{}'",
-                run_id(&run)
-            ))
-            .await;
+        let row = stack.sql(&format!(
+            "SELECT error_code, error FROM runs WHERE id = '{}'",
+            run_id(&run)
+        ));
         let (found_code, error) = row.split_once('|').expect("code|error");
         assert_eq!(found_code, code, "{id}: {error}");
         assert!(error.contains(named), "{id}: {error}");
@@ -523,9 +518,7 @@ async fn throttling_outages_drops_and_slowness_are_retried_to_exactly_one_write_
         "the two answers lost after the write were replayed: {stats}"
     );
     assert_eq!(by_owner(&pbx_users(&stack, "faulty").await).len(), 24);
-    let retried = stack
-        .sql("SELECT count(*) FROM run_changes WHERE outcome = 'failed'")
-        .await;
+    let retried = stack.sql("SELECT count(*) FROM run_changes WHERE outcome = 'failed'");
     assert_eq!(retried, "0");
 
     // A PBX that takes 2 s per call is slow, not broken.
@@ -564,11 +557,9 @@ async fn three_replicas_leave_every_user_in_its_latest_state() {
         resync(&stack, "order").await;
     }
     // Then a run that read the directory after the last change.
-    let edits_done = stack.sql("SELECT now()").await;
+    let edits_done = stack.sql("SELECT now()");
     wait_for("the runs under way to end", Duration::from_secs(180), || async {
-        let open = stack
-            .sql("SELECT count(*) FROM runs WHERE tenant_id = 'order' AND finished_at IS NULL")
-            .await;
+        let open = stack.sql("SELECT count(*) FROM runs WHERE tenant_id = 'order' AND finished_at IS NULL");
         (open == "0").then_some(())
     })
     .await;
@@ -577,20 +568,16 @@ async fn three_replicas_leave_every_user_in_its_latest_state() {
         "a run after the last change",
         Duration::from_secs(180),
         || async {
-            let state = stack
-                .sql(&format!(
-                    "SELECT state FROM runs WHERE tenant_id = 'order' AND started_at > '{edits_done}'
+            let state = stack.sql(&format!(
+                "SELECT state FROM runs WHERE tenant_id = 'order' AND started_at > '{edits_done}'
                  AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT 1"
-                ))
-                .await;
+            ));
             (!state.is_empty()).then_some(state)
         },
     )
     .await;
     assert_eq!(state, "succeeded");
-    let superseded = stack
-        .sql("SELECT count(*) FROM run_changes WHERE outcome = 'failed'")
-        .await;
+    let superseded = stack.sql("SELECT count(*) FROM run_changes WHERE outcome = 'failed'");
     assert_eq!(superseded, "0", "no change failed");
 
     let source = directory(&stack, &entra).await;

@@ -74,21 +74,6 @@ fn merge(target: &mut Value, changes: Value) {
     }
 }
 
-/// One value from the stack's database (psql, unaligned).
-fn sql(stack: &Stack, query: &str) -> String {
-    let output = std::process::Command::new("psql")
-        .arg(&stack.database_url)
-        .args(["-Atc", query])
-        .output()
-        .expect("running psql");
-    assert!(
-        output.status.success(),
-        "{query}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 /// Requests a resync and returns the id of the run it started.
 async fn request_resync(stack: &Stack, tenant: &str, full: bool) -> String {
     let mut args = vec!["resync", tenant];
@@ -182,11 +167,9 @@ async fn membership_follows_the_groups_delta_including_nested_groups() {
         .into_keys()
         .filter(|id| !members.contains(id))
         .collect();
-    assert!(!sql(
-        &stack,
-        "SELECT delta_link FROM tenant_groups WHERE tenant_id = 'acme'"
-    )
-    .is_empty());
+    assert!(!stack
+        .sql("SELECT delta_link FROM tenant_groups WHERE tenant_id = 'acme'")
+        .is_empty());
 
     // Joining the filter group brings a user in whose own object did not change.
     add_member(&stack, &group, &outsiders[0]).await;
@@ -236,13 +219,10 @@ async fn membership_follows_the_groups_delta_including_nested_groups() {
     add_member(&stack, twin["id"].as_str().expect("group id"), &outsiders[4]).await;
     let run = sync(&stack, "acme", false).await;
     assert_counts(&run, 1, 0, 0);
-    let warning = sql(
-        &stack,
-        &format!(
-            "SELECT warning FROM run_warnings WHERE run_id = '{}'",
-            run["id"].as_str().expect("id")
-        ),
-    );
+    let warning = stack.sql(&format!(
+        "SELECT warning FROM run_warnings WHERE run_id = '{}'",
+        run["id"].as_str().expect("id")
+    ));
     assert!(
         warning.starts_with("2 groups are named \"Telephony\""),
         "{warning}"
@@ -400,10 +380,7 @@ async fn credential_consent_and_unknown_group_errors_fail_only_their_tenant_and_
             "{run:#}"
         );
         assert_eq!(
-            sql(
-                &stack,
-                &format!("SELECT error_code FROM runs WHERE id = '{run_id}'")
-            ),
+            stack.sql(&format!("SELECT error_code FROM runs WHERE id = '{run_id}'")),
             code
         );
         let (ok, text, _) = stack.cli(&["runs", tenant], None).await;
@@ -490,10 +467,7 @@ async fn a_throttled_tenant_waits_alone_and_a_long_outage_fails_the_run() {
     assert!(error.contains("Microsoft Graph unavailable after"), "{error}");
     assert!(error.contains("503"), "{error}");
     assert_eq!(
-        sql(
-            &stack,
-            &format!("SELECT error_code FROM runs WHERE id = '{down_run}'")
-        ),
+        stack.sql(&format!("SELECT error_code FROM runs WHERE id = '{down_run}'")),
         "graph.unavailable"
     );
 }
@@ -555,7 +529,7 @@ async fn lost_delta_state_and_disabling_lose_no_deletion_and_paging_quirks_no_us
         assert_counts(&run, 0, 0, 1);
         let id = run["id"].as_str().expect("id");
         assert_eq!(
-            sql(&stack, &format!("SELECT full_round FROM runs WHERE id = '{id}'")),
+            stack.sql(&format!("SELECT full_round FROM runs WHERE id = '{id}'")),
             "t",
             "{style}"
         );
@@ -575,7 +549,7 @@ async fn lost_delta_state_and_disabling_lose_no_deletion_and_paging_quirks_no_us
     assert_counts(&run, 0, 0, 1);
     let id = run["id"].as_str().expect("id");
     assert_eq!(
-        sql(&stack, &format!("SELECT full_round FROM runs WHERE id = '{id}'")),
+        stack.sql(&format!("SELECT full_round FROM runs WHERE id = '{id}'")),
         "t"
     );
     assert_eq!(company_users(&stack, "openco").await.len(), 25);
@@ -627,20 +601,16 @@ async fn a_fetcher_killed_mid_round_loses_nothing() {
         "the differ to record the ten pages",
         Duration::from_secs(30),
         || async {
-            let pages = sql(
-                &stack,
-                &format!("SELECT count(*) FROM round_pages WHERE run_id = '{run_id}'"),
-            );
+            let pages = stack.sql(&format!(
+                "SELECT count(*) FROM round_pages WHERE run_id = '{run_id}'"
+            ));
             (pages == "10").then_some(pages)
         },
     )
     .await;
     assert_eq!(pages, "10");
     assert_eq!(
-        sql(
-            &stack,
-            "SELECT delta_link IS NULL FROM tenants WHERE id = 'bigco'"
-        ),
+        stack.sql("SELECT delta_link IS NULL FROM tenants WHERE id = 'bigco'"),
         "t"
     );
     stack.kill_service(0).await;
@@ -650,19 +620,13 @@ async fn a_fetcher_killed_mid_round_loses_nothing() {
     let done = finished(&stack, "bigco", &run_id, Duration::from_secs(240)).await;
     assert_counts(&done, 600, 0, 0);
     assert_eq!(
-        sql(
-            &stack,
-            "SELECT delta_link IS NOT NULL FROM tenants WHERE id = 'bigco'"
-        ),
+        stack.sql("SELECT delta_link IS NOT NULL FROM tenants WHERE id = 'bigco'"),
         "t"
     );
     let writes = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
     assert_eq!(writes["companies"]["bigco"]["created"], 600, "{writes}");
     assert_eq!(
-        sql(
-            &stack,
-            "SELECT count(*) FROM directory_users WHERE tenant_id = 'bigco' AND NOT removed"
-        ),
+        stack.sql("SELECT count(*) FROM directory_users WHERE tenant_id = 'bigco' AND NOT removed"),
         "600"
     );
 }

@@ -40,21 +40,6 @@ fn small_pools() -> (&'static str, String) {
     ("DATABASE_POOL_SIZE", "3".to_owned())
 }
 
-/// Runs a query in the stack's database with psql; returns its unaligned output.
-fn sql(stack: &Stack, query: &str) -> String {
-    let output = std::process::Command::new("psql")
-        .arg(&stack.database_url)
-        .args(["-Atqc", query])
-        .output()
-        .expect("running psql");
-    assert!(
-        output.status.success(),
-        "{query}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 /// How many times a line containing `needle` was logged by a service's replicas.
 fn logged(stack: &Stack, service: &str, needle: &str) -> usize {
     std::fs::read_dir(&stack.logs)
@@ -105,8 +90,7 @@ async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after
 
     // The schedulers computed the due time: when the clock resumes at 03:00 CEST.
     wait_for("the due time to be computed", Duration::from_secs(30), || async {
-        (sql(
-            &stack,
+        (stack.sql(
             "SELECT to_char(next_due AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI') FROM tenant_schedule",
         ) == "2026-03-29T01:00")
             .then_some(())
@@ -129,7 +113,7 @@ async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after
     })
     .await;
     assert_eq!(logged(&stack, "usersync-fetcher", "nightly run requested"), 1);
-    assert_eq!(sql(&stack, "SELECT count(*) FROM runs"), "1");
+    assert_eq!(stack.sql("SELECT count(*) FROM runs"), "1");
 
     // Down for three nights: one run when time resumes, not three.
     clock.set("2026-04-02T12:00:00Z");
@@ -142,7 +126,7 @@ async fn the_nightly_run_fires_once_with_two_schedulers_on_a_dst_night_and_after
     .await;
     assert_eq!(logged(&stack, "usersync-fetcher", "nightly run requested"), 2);
     assert_eq!(
-        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
+        stack.sql("SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
         "2"
     );
 }
@@ -597,7 +581,7 @@ async fn a_due_deletion_gets_one_sweep_run_between_nightly_runs() {
     let first = finished_run(&stack, None).await;
     assert_eq!(first["last_run"]["state"], "succeeded", "{first:#}");
     wait_for("the due time to be computed", Duration::from_secs(30), || async {
-        (sql(&stack, "SELECT count(*) FROM tenant_schedule") == "1").then_some(())
+        (stack.sql("SELECT count(*) FROM tenant_schedule") == "1").then_some(())
     })
     .await;
 
@@ -635,11 +619,11 @@ async fn a_due_deletion_gets_one_sweep_run_between_nightly_runs() {
         1
     );
     assert_eq!(
-        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'sweep'"),
+        stack.sql("SELECT count(*) FROM runs WHERE trigger = 'sweep'"),
         "1"
     );
     assert_eq!(
-        sql(&stack, "SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
+        stack.sql("SELECT count(*) FROM runs WHERE trigger = 'scheduled'"),
         "1"
     );
 }
