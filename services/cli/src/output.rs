@@ -21,10 +21,19 @@ fn time(value: Option<DateTime<Utc>>) -> String {
 }
 
 fn counts_text(c: &RunCounts) -> String {
-    format!(
+    let text = format!(
         "created {} updated {} deleted {} skipped {} failed {}",
         c.created, c.updated, c.deleted, c.skipped, c.failed
-    )
+    );
+    // Deletions held by the mass-deletion guard are named only when there are some.
+    if c.held > 0 {
+        format!(
+            "{text} held {} (see `usersync plan`, `usersync approve-deletions`)",
+            c.held
+        )
+    } else {
+        text
+    }
 }
 
 pub fn tenant_list(tenants: &[TenantSummary], json: bool) -> anyhow::Result<()> {
@@ -266,5 +275,20 @@ mod tests {
         assert_eq!(age_text(chrono::TimeDelta::minutes(5)), "5m");
         assert_eq!(age_text(chrono::TimeDelta::hours(30)), "30h");
         assert_eq!(age_text(chrono::TimeDelta::days(3)), "3d");
+    }
+
+    #[test]
+    fn held_deletions_are_named_only_when_there_are_some() {
+        let clean = RunCounts {
+            created: 2,
+            ..RunCounts::default()
+        };
+        assert_eq!(
+            counts_text(&clean),
+            "created 2 updated 0 deleted 0 skipped 0 failed 0"
+        );
+        let held = RunCounts { held: 12, ..clean };
+        assert!(counts_text(&held)
+            .ends_with("failed 0 held 12 (see `usersync plan`, `usersync approve-deletions`)"));
     }
 }
