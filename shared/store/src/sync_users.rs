@@ -261,19 +261,7 @@ impl Store {
             .await
             .context("locking the user")?;
         Ok(row.map(|row| {
-            let sync = SyncRow {
-                state: row.get("state"),
-                desired: row
-                    .get::<_, Option<Json<SyncedFields>>>("desired")
-                    .map(|Json(f)| f),
-                desired_version: row.get("desired_version"),
-                pbx_id: row.get("pbx_id"),
-                applied: row
-                    .get::<_, Option<Json<SyncedFields>>>("applied")
-                    .map(|Json(f)| f),
-                applied_version: row.get("applied_version"),
-                pending_delete_at: row.get("pending_delete_at"),
-            };
+            let sync = SyncRow::from_row(&row);
             LockedUser {
                 sync,
                 outcome: row.get("outcome"),

@@ -301,26 +301,31 @@ impl Drop for Stack {
         for child in &mut self.services {
             let _ = child.start_kill();
         }
-        let _ = std::process::Command::new("curl")
-            .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
-            .arg(format!("{RABBITMQ_API}/vhosts/{}", self.vhost))
-            .status();
-        let database = format!("usersync_e2e_{}", self.name);
-        if std::thread::panicking() {
-            eprintln!(
-                "kept database {database} and logs in {} for inspection",
-                self.logs.display()
-            );
-            return;
-        }
-        let _ = std::process::Command::new("psql")
-            .arg(POSTGRES_ADMIN_URL)
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
-            ])
-            .status();
+        remove_test_resources(&self.vhost, &format!("usersync_e2e_{}", self.name), &self.logs);
     }
+}
+
+/// A test's teardown: removes its vhost (quorum queues hold memory) and its
+/// database, unless the test is failing: then the database is kept for a look.
+pub fn remove_test_resources(vhost: &str, database: &str, logs: &Path) {
+    let _ = std::process::Command::new("curl")
+        .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
+        .arg(format!("{RABBITMQ_API}/vhosts/{vhost}"))
+        .status();
+    if std::thread::panicking() {
+        eprintln!(
+            "kept database {database} and logs in {} for inspection",
+            logs.display()
+        );
+        return;
+    }
+    let _ = std::process::Command::new("psql")
+        .arg(POSTGRES_ADMIN_URL)
+        .args([
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
+        ])
+        .status();
 }
 
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
@@ -342,7 +347,8 @@ async fn call(http: &reqwest::Client, method: reqwest::Method, url: &str, body: 
     }
 }
 
-fn workspace_target() -> PathBuf {
+/// The workspace's `target/` folder (logs of the e2e tests go below it).
+pub fn workspace_target() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.ancestors().nth(3).expect("target/").to_path_buf()
 }

@@ -16,7 +16,9 @@ use tokio::process::{Child, Command};
 use usersync_bus::Bus;
 use usersync_contract::{topology::Stage, Event, RunCounts, UserProblem};
 use usersync_core::{parse_tenant_file, Problem};
-use usersync_e2e::{binary, free_port, test_vhost, wait_for, POSTGRES_ADMIN_URL, RABBITMQ_API, SECRET_KEY};
+use usersync_e2e::{
+    binary, free_port, remove_test_resources, test_vhost, wait_for, workspace_target, SECRET_KEY,
+};
 use usersync_store::{SecretKey, Store};
 use uuid::Uuid;
 
@@ -76,7 +78,7 @@ impl Mailroom {
         let suffix = &Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
-        let logs = target_dir().join("e2e-logs").join(&name);
+        let logs = workspace_target().join("e2e-logs").join(&name);
         std::fs::create_dir_all(&logs).expect("the log folder");
         let http = reqwest::Client::new();
         let vhost = format!("usersync-e2e-{name}");
@@ -251,28 +253,8 @@ impl Drop for Mailroom {
             let _ = child.start_kill();
         }
         let _ = std::fs::write(self.maildir.join("release"), "");
-        let _ = std::process::Command::new("curl")
-            .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
-            .arg(format!("{RABBITMQ_API}/vhosts/{}", self.vhost))
-            .status();
-        let database = format!("usersync_e2e_{}", self.name);
-        if std::thread::panicking() {
-            eprintln!("kept database {database} and logs in {}", self.logs.display());
-            return;
-        }
-        let _ = std::process::Command::new("psql")
-            .arg(POSTGRES_ADMIN_URL)
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
-            ])
-            .status();
+        remove_test_resources(&self.vhost, &format!("usersync_e2e_{}", self.name), &self.logs);
     }
-}
-
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    exe.ancestors().nth(3).expect("target/").to_path_buf()
 }
 
 async fn start_scripted_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
