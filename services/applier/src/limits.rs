@@ -11,6 +11,12 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use usersync_core::{PbxLimits, TenantConfig};
 
+/// The longest pause one 429 gets: a PBX that asks for more is asked again
+/// then (and its 429s count against the changes that meet them).
+pub const LONGEST_PAUSE: Duration = Duration::from_secs(300);
+/// The pause after a 429 that did not say how long.
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+
 /// The gates of every tenant this replica has written for.
 #[derive(Default)]
 pub struct TenantGates {
@@ -71,8 +77,10 @@ impl Gate {
         }
     }
 
-    /// No calls for `wait` (the PBX answered 429 with Retry-After).
+    /// No calls for `wait` (the PBX answered 429 with Retry-After), at most
+    /// [`LONGEST_PAUSE`].
     pub fn pause(&self, wait: Duration) {
+        let wait = wait.min(LONGEST_PAUSE);
         let until = Instant::now() + wait;
         let mut paused = self.paused_until.lock();
         if paused.is_none_or(|current| current < until) {
@@ -174,6 +182,11 @@ mod tests {
         assert!(
             gate.paused_for().expect("still paused") > Duration::from_secs(4),
             "a shorter pause does not cut a longer one"
+        );
+        gate.pause(Duration::from_secs(86_400));
+        assert!(
+            gate.paused_for().expect("paused") <= LONGEST_PAUSE,
+            "a day's Retry-After is honoured for five minutes"
         );
     }
 }
