@@ -255,7 +255,7 @@ impl Throttle {
             return None;
         }
         self.seen += 1;
-        (self.seen % self.every == 0).then_some(self.retry_after)
+        self.seen.is_multiple_of(self.every).then_some(self.retry_after)
     }
 }
 
