@@ -112,10 +112,26 @@ impl Handler<ChangeBatch> for Applier {
             .changes
             .iter()
             .any(|c| matches!(c.action, Action::Create { .. }));
+        let gate = self.gates.gate(&tenant);
+        let taken = Instant::now();
+        // A tenant paused for longer than a batch waits in-process: come back then.
+        if let Some(wait) = gate.paused_for().filter(|wait| *wait > IN_PROCESS_WAIT) {
+            return Err(Failure::Later {
+                reason: format!("the PBX asked for a pause (429); {wait:.0?} left"),
+                after: wait,
+            });
+        }
         let check = if has_creates {
             match self
                 .prechecks
-                .ensure(&self.store, batch.run_id, &tenant, &pbx)
+                .ensure(
+                    &self.store,
+                    batch.run_id,
+                    &tenant,
+                    &pbx,
+                    &gate,
+                    taken + IN_PROCESS_WAIT,
+                )
                 .await?
             {
                 Ok(check) => Some(check),
@@ -123,15 +139,6 @@ impl Handler<ChangeBatch> for Applier {
                     tracing::error!(tenant_id = %tenant.id, code, %reason, "the run cannot write to the PBX");
                     self.fail_run(batch.run_id, code, &reason).await?;
                     return Ok(());
-                }
-                Err(CheckFailure::Transient(err)) if matches!(err.kind, PbxErrorKind::RateLimited { .. }) => {
-                    // A 429: not a failed attempt; every batch of the tenant waits.
-                    let wait = err.retry_after().unwrap_or(DEFAULT_PAUSE);
-                    self.gates.gate(&tenant).pause(wait);
-                    return Err(Failure::Later {
-                        reason: format!("waiting out the PBX's pause before the check: {}", err.describe()),
-                        after: wait,
-                    });
                 }
                 Err(CheckFailure::Transient(err)) if incoming.is_last_attempt() => {
                     let reason = format!(
@@ -144,7 +151,7 @@ impl Handler<ChangeBatch> for Applier {
                     return Ok(());
                 }
                 Err(CheckFailure::Transient(err)) => {
-                    return Err(self.retry_failure(&incoming, vec![err]));
+                    return Err(check_retry(&incoming, &err));
                 }
             }
         } else {
@@ -153,10 +160,10 @@ impl Handler<ChangeBatch> for Applier {
         let context = BatchContext {
             run_id: batch.run_id,
             tenant: &tenant,
-            gate: self.gates.gate(&tenant),
+            gate,
             pbx,
             check,
-            taken: Instant::now(),
+            taken,
             refused: AtomicBool::new(false),
         };
         let writes: Vec<_> = batch
@@ -275,16 +282,6 @@ impl Applier {
         self.bus
             .send(Stage::Applier, &message, &message.message_id())
             .await
-    }
-
-    /// Delayed retry of a failed pre-check: backoff with jitter, counted as an attempt.
-    fn retry_failure(&self, incoming: &Incoming<ChangeBatch>, errors: Vec<PbxError>) -> Failure {
-        let after = backoff(incoming.attempt, &mut rand::thread_rng());
-        let first = errors.first().map(PbxError::describe).unwrap_or_default();
-        Failure::Retry {
-            reason: format!("{} change(s) to try again: {first}", errors.len()),
-            after: Some(after),
-        }
     }
 
     /// Applies one change, waiting out the tenant's pauses first: a change
@@ -616,6 +613,15 @@ impl Applier {
             }
             Err(err) => classify(err),
         }
+    }
+}
+
+/// Delayed retry of a pre-check the PBX could not answer: backoff with
+/// jitter, counted as an attempt of the batch.
+fn check_retry(incoming: &Incoming<ChangeBatch>, err: &PbxError) -> Failure {
+    Failure::Retry {
+        reason: format!("the PBX pre-check is tried again: {}", err.describe()),
+        after: Some(backoff(incoming.attempt, &mut rand::thread_rng())),
     }
 }
 
