@@ -1,11 +1,14 @@
 //! One change batch: each change under its user's row lock, checked against the
-//! current desired version, written to the PBX, then recorded. Transient PBX
-//! failures go back to the bus's delayed retry; only the changes still pending
-//! are tried again.
+//! current desired version, written to the PBX, then recorded. A pause the PBX
+//! asks for (429) is waited out, in-process while it is short, else through the
+//! bus's delayed retry, and is never a failure. A change's own transient
+//! failure is recorded on the change and tried again after backoff, through
+//! the delayed retry; the change is given up once its own failures span the
+//! give-up bound. A retried batch writes only its changes still pending.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{stream, StreamExt};
@@ -16,9 +19,15 @@ use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxUser};
 use usersync_store::{ChangeRecord, LockedUser, PbxCheck, SecretKey, Store, DISPATCH_WINDOW};
 use uuid::Uuid;
 
-use crate::limits::{Gate, TenantGates};
+use crate::limits::{Gate, TenantGates, DEFAULT_PAUSE};
 use crate::precheck::{pbx_match_value, unauthorized_reason, CheckFailure, Prechecks};
-use crate::retry::backoff;
+use crate::retry::{after_failure, backoff, gave_up_reason, AfterFailure};
+
+/// How long a batch waits for the tenant's pauses in-process, from when it was
+/// taken; a change that would wait longer goes back through the delayed retry,
+/// so a throttled tenant's batches give the replica's prefetch to others now
+/// and then, and a long pause holds no message.
+const IN_PROCESS_WAIT: Duration = Duration::from_secs(30);
 
 pub struct PbxTarget {
     pub api_url: Option<String>,
@@ -33,6 +42,8 @@ pub struct Applier {
     pub key: Option<SecretKey>,
     pub gates: TenantGates,
     pub prechecks: Prechecks,
+    /// How long a change's own writes may keep failing before it is given up.
+    pub give_up_after: Duration,
 }
 
 /// What one batch needs to know while its changes are written.
@@ -42,22 +53,37 @@ struct BatchContext<'a> {
     pbx: PbxClient,
     gate: Arc<Gate>,
     check: Option<PbxCheck>,
-    last_attempt: bool,
+    /// When the batch was taken: pauses are waited in-process until [`IN_PROCESS_WAIT`] after it.
+    taken: Instant,
     /// The PBX refused the token: no more calls for this tenant in this batch.
     refused: AtomicBool,
+}
+
+impl BatchContext<'_> {
+    /// Whether a pause of `wait` is waited out here rather than through the bus.
+    fn may_wait(&self, wait: Duration) -> bool {
+        self.taken.elapsed() + wait <= IN_PROCESS_WAIT
+    }
 }
 
 /// How one change went.
 enum Outcome {
     /// Recorded (or nothing was left to do).
     Done,
-    /// Not written now; worth another try later.
-    Retry(PbxError),
-    /// Given up after the last attempt: recorded as failed, and the batch goes
-    /// to the dead-letter queue with this reason.
+    /// Not written yet: to be tried again, not before `after`. Not a failure
+    /// of the batch (a pause, or its own failure still within the bound).
+    Later { after: Duration, why: String },
+    /// Its own writes failed for the whole bound: recorded as failed with this reason.
     GaveUp(String),
     /// The PBX refused the token: the tenant's run stops.
     Unauthorized(PbxError),
+}
+
+/// One try at a change, within its transaction.
+enum Step {
+    Finished(Outcome),
+    /// The tenant is paused (a 429, maybe this change's own): wait, then try again.
+    Paused,
 }
 
 /// How a PBX write went, before it is recorded.
@@ -86,10 +112,26 @@ impl Handler<ChangeBatch> for Applier {
             .changes
             .iter()
             .any(|c| matches!(c.action, Action::Create { .. }));
+        let gate = self.gates.gate(&tenant);
+        let taken = Instant::now();
+        // A tenant paused for longer than a batch waits in-process: come back then.
+        if let Some(wait) = gate.paused_for().filter(|wait| *wait > IN_PROCESS_WAIT) {
+            return Err(Failure::Later {
+                reason: format!("the PBX asked for a pause (429); {wait:.0?} left"),
+                after: wait,
+            });
+        }
         let check = if has_creates {
             match self
                 .prechecks
-                .ensure(&self.store, batch.run_id, &tenant, &pbx)
+                .ensure(
+                    &self.store,
+                    batch.run_id,
+                    &tenant,
+                    &pbx,
+                    &gate,
+                    taken + IN_PROCESS_WAIT,
+                )
                 .await?
             {
                 Ok(check) => Some(check),
@@ -109,7 +151,7 @@ impl Handler<ChangeBatch> for Applier {
                     return Ok(());
                 }
                 Err(CheckFailure::Transient(err)) => {
-                    return Err(self.retry_failure(&incoming, vec![err]));
+                    return Err(check_retry(&incoming, &err));
                 }
             }
         } else {
@@ -118,10 +160,10 @@ impl Handler<ChangeBatch> for Applier {
         let context = BatchContext {
             run_id: batch.run_id,
             tenant: &tenant,
-            gate: self.gates.gate(&tenant),
+            gate,
             pbx,
             check,
-            last_attempt: incoming.is_last_attempt(),
+            taken,
             refused: AtomicBool::new(false),
         };
         let writes: Vec<_> = batch
@@ -134,14 +176,14 @@ impl Handler<ChangeBatch> for Applier {
             .collect()
             .await;
 
-        let mut transient = Vec::new();
+        let mut later: Vec<(Duration, String)> = Vec::new();
         let mut gave_up = Vec::new();
         let mut refused = None;
         let mut broken = None;
         for outcome in outcomes {
             match outcome {
                 Ok(Outcome::Done) => {}
-                Ok(Outcome::Retry(err)) => transient.push(err),
+                Ok(Outcome::Later { after, why }) => later.push((after, why)),
                 Ok(Outcome::GaveUp(reason)) => gave_up.push(reason),
                 Ok(Outcome::Unauthorized(err)) => refused = Some(err),
                 Err(err) => broken = Some(err),
@@ -158,7 +200,7 @@ impl Handler<ChangeBatch> for Applier {
             run_id = %batch.run_id,
             batch = batch.batch,
             changes = batch.changes.len(),
-            to_retry = transient.len(),
+            to_retry = later.len(),
             given_up = gave_up.len(),
             "change batch handled"
         );
@@ -167,16 +209,21 @@ impl Handler<ChangeBatch> for Applier {
         if let Some(err) = broken {
             return Err(err.into());
         }
+        // Changes still to write bring the batch back, whatever else became
+        // of it; neither a pause nor a failure within the bound is an attempt.
+        if let Some(after) = later.iter().map(|(after, _)| *after).min() {
+            return Err(Failure::Later {
+                reason: format!("{} change(s) not written yet: {}", later.len(), later[0].1),
+                after,
+            });
+        }
         if !gave_up.is_empty() {
             return Err(Failure::reject(format!(
-                "{} change(s) still failing after {} attempts, recorded as failed; the next run plans them again: {}",
+                "{} change(s) still failing after {} of their own failures, recorded as failed; the next run plans them again: {}",
                 gave_up.len(),
-                incoming.attempt,
+                crate::retry::whole_seconds(self.give_up_after),
                 gave_up.join("; ")
             )));
-        }
-        if !transient.is_empty() {
-            return Err(self.retry_failure(&incoming, transient));
         }
         Ok(())
     }
@@ -237,30 +284,41 @@ impl Applier {
             .await
     }
 
-    /// Delayed retry: as long as the PBX asked (429), else backoff with jitter.
-    fn retry_failure(&self, incoming: &Incoming<ChangeBatch>, errors: Vec<PbxError>) -> Failure {
-        let asked = errors.iter().filter_map(PbxError::retry_after).max();
-        let after = asked.unwrap_or_else(|| backoff(incoming.attempt, &mut rand::thread_rng()));
-        let first = errors.first().map(PbxError::describe).unwrap_or_default();
-        Failure::Retry {
-            reason: format!("{} change(s) to try again: {first}", errors.len()),
-            after: Some(after),
+    /// Applies one change, waiting out the tenant's pauses first: a change
+    /// that waits for a pause has not failed, whoever's 429 caused it.
+    async fn apply(&self, ctx: &BatchContext<'_>, change: &Change) -> anyhow::Result<Outcome> {
+        let _slot = ctx.gate.slot().await;
+        loop {
+            if ctx.refused.load(Ordering::Relaxed) {
+                return Ok(Outcome::Done);
+            }
+            // Waited before a connection or the user's lock is taken.
+            if let Some(wait) = ctx.gate.paused_for() {
+                if !ctx.may_wait(wait) {
+                    return Ok(Outcome::Later {
+                        after: wait,
+                        why: "waiting out the PBX's pause (429)".to_owned(),
+                    });
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            match self.try_change(ctx, change).await? {
+                Step::Finished(outcome) => return Ok(outcome),
+                Step::Paused => {}
+            }
         }
     }
 
-    /// Applies one change in its own transaction.
-    async fn apply(&self, ctx: &BatchContext<'_>, change: &Change) -> anyhow::Result<Outcome> {
-        let _slot = ctx.gate.slot().await;
-        if ctx.refused.load(Ordering::Relaxed) {
-            return Ok(Outcome::Done);
-        }
+    /// One try at a change, in its own transaction.
+    async fn try_change(&self, ctx: &BatchContext<'_>, change: &Change) -> anyhow::Result<Step> {
         let mut client = self.store.client().await?;
         let tx = client.transaction().await.context("starting a transaction")?;
         let Some(locked) = Store::lock_user(&tx, ctx.run_id, &ctx.tenant.id, &change.object_id).await? else {
-            return Ok(Outcome::Done);
+            return Ok(Step::Finished(Outcome::Done));
         };
         if locked.outcome != "pending" {
-            return Ok(Outcome::Done);
+            return Ok(Step::Finished(Outcome::Done));
         }
         // Another run planned the same change and it is done, or the user has
         // moved on since: either way this change has nothing left to write.
@@ -268,9 +326,9 @@ impl Applier {
             || locked.sync.applied_version >= change.desired_version;
         let written = if stale {
             Written::Done(ChangeRecord::Superseded, None)
-        } else if let Some(wait) = ctx.gate.paused_for() {
-            // The PBX asked for a pause (429): do not call it before then.
-            Written::Transient(paused(wait))
+        } else if ctx.gate.paused_for().is_some() {
+            // Paused while this change was being locked: wait without the lock.
+            return Ok(Step::Paused);
         } else {
             self.write(ctx, &tx, change, &locked).await?
         };
@@ -278,20 +336,41 @@ impl Applier {
             Written::Done(record, event) => (record, event, Outcome::Done),
             Written::Unauthorized(err) => {
                 ctx.refused.store(true, Ordering::Relaxed);
-                return Ok(Outcome::Unauthorized(err));
+                return Ok(Step::Finished(Outcome::Unauthorized(err)));
             }
             Written::Transient(err) => {
-                if let Some(wait) = err.retry_after() {
-                    ctx.gate.pause(wait);
+                let throttled = matches!(err.kind, PbxErrorKind::RateLimited { .. });
+                if throttled {
+                    ctx.gate.pause(err.retry_after().unwrap_or(DEFAULT_PAUSE));
                 }
-                if !ctx.last_attempt {
-                    return Ok(Outcome::Retry(err));
-                }
-                let reason = format!("{} gave up: {}", change.object_id, err.describe());
-                let record = ChangeRecord::Failed {
-                    reason: err.describe(),
+                let describe = err.describe();
+                let Some(tried) =
+                    Store::record_failed_try(&tx, ctx.run_id, &change.object_id, &describe).await?
+                else {
+                    return Ok(Step::Finished(Outcome::Done));
                 };
-                (record, None, Outcome::GaveUp(reason))
+                let next = after_failure(
+                    tried.tries,
+                    tried.failing_for,
+                    self.give_up_after,
+                    &mut rand::thread_rng(),
+                );
+                match next {
+                    AfterFailure::TryAgain(after) => {
+                        tx.commit().await.context("recording a failed try")?;
+                        tracing::info!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, tries = tried.tries, error = %describe, "write failed; trying again");
+                        // A 429 waits for its pause like every other change.
+                        if throttled {
+                            return Ok(Step::Paused);
+                        }
+                        return Ok(Step::Finished(Outcome::Later { after, why: describe }));
+                    }
+                    AfterFailure::GiveUp => {
+                        let reason = gave_up_reason(&describe, tried.tries, tried.failing_for);
+                        let gave_up = format!("{}: {reason}", change.object_id);
+                        (ChangeRecord::Failed { reason }, None, Outcome::GaveUp(gave_up))
+                    }
+                }
             }
         };
         if let ChangeRecord::Failed { reason } = &record {
@@ -321,7 +400,7 @@ impl Applier {
         if finished.is_some() {
             self.store.forget_unowned(ctx.run_id).await?;
         }
-        Ok(outcome)
+        Ok(Step::Finished(outcome))
     }
 
     async fn write(
@@ -537,15 +616,13 @@ impl Applier {
     }
 }
 
-fn paused(wait: Duration) -> PbxError {
-    let mut err = PbxError::from_kind(
-        PbxErrorKind::RateLimited {
-            retry_after: Some(wait),
-        },
-        "the PBX asked for a pause (429); waiting before the next call",
-    );
-    err.status = Some(429);
-    err
+/// Delayed retry of a pre-check the PBX could not answer: backoff with
+/// jitter, counted as an attempt of the batch.
+fn check_retry(incoming: &Incoming<ChangeBatch>, err: &PbxError) -> Failure {
+    Failure::Retry {
+        reason: format!("the PBX pre-check is tried again: {}", err.describe()),
+        after: Some(backoff(incoming.attempt, &mut rand::thread_rng())),
+    }
 }
 
 /// Transient errors are retried, a refused token stops the tenant, anything

@@ -3,6 +3,7 @@
 //! one company's slow or throttling PBX never holds the others.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use usersync_core::{PbxLimits, TenantConfig};
+use usersync_pbx::{PbxError, PbxErrorKind};
+
+/// The longest pause one 429 gets: a PBX that asks for more is asked again
+/// then (and its 429s count against the changes that meet them).
+pub const LONGEST_PAUSE: Duration = Duration::from_secs(300);
+/// The pause after a 429 that did not say how long.
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 /// The gates of every tenant this replica has written for.
 #[derive(Default)]
@@ -71,13 +79,48 @@ impl Gate {
         }
     }
 
-    /// No calls for `wait` (the PBX answered 429 with Retry-After).
+    /// No calls for `wait` (the PBX answered 429 with Retry-After), at most
+    /// [`LONGEST_PAUSE`].
     pub fn pause(&self, wait: Duration) {
+        let wait = wait.min(LONGEST_PAUSE);
         let until = Instant::now() + wait;
         let mut paused = self.paused_until.lock();
         if paused.is_none_or(|current| current < until) {
             throttled(wait);
             *paused = Some(until);
+        }
+    }
+
+    /// One PBX call as the gate allows: after the tenant's pause and pace, and
+    /// again after each 429 (which pauses the tenant) while that pause ends
+    /// before `until`; past `until` the 429 is the answer.
+    pub async fn call<T, Fut>(&self, until: Instant, mut call: impl FnMut() -> Fut) -> Result<T, PbxError>
+    where
+        Fut: Future<Output = Result<T, PbxError>>,
+    {
+        loop {
+            if let Some(wait) = self.paused_for() {
+                if Instant::now() + wait > until {
+                    return Err(PbxError::from_kind(
+                        PbxErrorKind::RateLimited {
+                            retry_after: Some(wait),
+                        },
+                        format!("the tenant is paused for {wait:.1?} more after a 429"),
+                    ));
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            self.pace().await;
+            match call().await {
+                Err(err) if matches!(err.kind, PbxErrorKind::RateLimited { .. }) => {
+                    self.pause(err.retry_after().unwrap_or(DEFAULT_PAUSE));
+                    if Instant::now() + self.paused_for().unwrap_or_default() > until {
+                        return Err(err);
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -163,6 +206,44 @@ mod tests {
         assert_eq!(changed.max_in_flight(), 3);
     }
 
+    #[tokio::test]
+    async fn a_call_waits_out_the_429s_it_meets_until_its_deadline() {
+        let gate = Gate::new(PbxLimits::default());
+        let throttled = || {
+            Err::<(), _>(PbxError::from_kind(
+                PbxErrorKind::RateLimited {
+                    retry_after: Some(Duration::from_millis(20)),
+                },
+                "too many requests",
+            ))
+        };
+        let mut answers = vec![Ok(()), throttled(), throttled()];
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let soon = Instant::now() + Duration::from_secs(5);
+        let answer = gate
+            .call(soon, || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                let next = answers.pop().expect("an answer");
+                async move { next }
+            })
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(calls.load(Ordering::Relaxed), 3, "called again after each pause");
+
+        // A 429 whose pause ends past the deadline is the answer, and no
+        // call goes out while the tenant is paused beyond it.
+        let now = Instant::now();
+        let answer = gate.call(now, || async { throttled() }).await;
+        assert!(
+            matches!(answer, Err(ref err) if err.retry_after().is_some()),
+            "{answer:?}"
+        );
+        let answer: Result<(), _> = gate
+            .call(Instant::now(), || async { panic!("called while paused") })
+            .await;
+        assert!(answer.is_err());
+    }
+
     #[test]
     fn a_pause_runs_out() {
         let gate = Gate::new(PbxLimits::default());
@@ -174,6 +255,11 @@ mod tests {
         assert!(
             gate.paused_for().expect("still paused") > Duration::from_secs(4),
             "a shorter pause does not cut a longer one"
+        );
+        gate.pause(Duration::from_secs(86_400));
+        assert!(
+            gate.paused_for().expect("paused") <= LONGEST_PAUSE,
+            "a day's Retry-After is honoured for five minutes"
         );
     }
 }

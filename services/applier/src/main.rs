@@ -17,8 +17,12 @@ use usersync_store::{SecretKey, Store};
 const POOL_SIZE: usize = 16;
 /// Change batches in hand at once per replica.
 const PREFETCH: u16 = 4;
-/// Tries of a change batch before its failing changes are given up.
+/// Tries of a change batch that fails on our side (database, broker) or in
+/// the PBX pre-check before it is parked; the PBX's throttling and a change's
+/// own failures within its bound are not counted.
 const DEFAULT_MAX_ATTEMPTS: u32 = 6;
+/// Longest give-up bound accepted, in seconds (a day).
+const MAX_GIVE_UP_SECS: u64 = 86_400;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         key: SecretKey::from_env().ok(),
         gates: limits::TenantGates::default(),
         prechecks: precheck::Prechecks::default(),
+        give_up_after: give_up_after()?,
     };
     // Each change holds a connection while it writes; a few batches in hand
     // (of different tenants, with windowed dispatch) keep every tenant moving,
@@ -54,6 +59,23 @@ async fn main() -> anyhow::Result<()> {
     };
     bus.serve(Stage::Applier, options, applier, shutdown_signal())
         .await
+}
+
+/// `APPLIER_GIVE_UP_AFTER_SECS`, or the default.
+fn give_up_after() -> anyhow::Result<Duration> {
+    let default = retry::DEFAULT_GIVE_UP_AFTER.as_secs();
+    let Some(text) = env_opt("APPLIER_GIVE_UP_AFTER_SECS") else {
+        return Ok(retry::DEFAULT_GIVE_UP_AFTER);
+    };
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_GIVE_UP_SECS).contains(n))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "APPLIER_GIVE_UP_AFTER_SECS={text:?} is not a number of seconds from 1 to {MAX_GIVE_UP_SECS}: it is how long a change's own writes may keep failing before it is recorded as failed; leave it unset for {default}"
+            )
+        })
 }
 
 /// `APPLIER_MAX_ATTEMPTS`, or the default.

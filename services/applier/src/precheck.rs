@@ -4,6 +4,7 @@
 //! remembered per replica.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -11,6 +12,8 @@ use usersync_core::{AdoptMatch, TenantConfig};
 use usersync_pbx::{PbxClient, PbxError, PbxErrorKind, PbxUser};
 use usersync_store::{PbxCheck, Store};
 use uuid::Uuid;
+
+use crate::limits::Gate;
 
 /// Users per page when listing a company.
 const LIST_PAGE: u32 = 1000;
@@ -31,19 +34,23 @@ pub struct Prechecks {
 }
 
 impl Prechecks {
+    /// The run's check, made now if it was not. Its calls go through the
+    /// tenant's gate and wait out the 429s they meet until `until`.
     pub async fn ensure(
         &self,
         store: &Store,
         run_id: Uuid,
         tenant: &TenantConfig,
         pbx: &PbxClient,
+        gate: &Gate,
+        until: Instant,
     ) -> anyhow::Result<Result<PbxCheck, CheckFailure>> {
         if let Some(check) = self.passed.lock().get(&run_id) {
             return Ok(Ok(check.clone()));
         }
         let check = match store.pbx_check(run_id).await? {
             Some(check) => check,
-            None => match check_pbx(store, run_id, tenant, pbx).await? {
+            None => match check_pbx(store, run_id, tenant, &Calls { pbx, gate, until }).await? {
                 Ok(check) => {
                     store.save_pbx_check(run_id, &check).await?;
                     tracing::info!(tenant_id = %tenant.id, %run_id, template_id = ?check.template_id, "PBX checked before the first create");
@@ -61,17 +68,25 @@ impl Prechecks {
     }
 }
 
+/// The PBX as the check calls it: through the tenant's gate, until a deadline.
+struct Calls<'a> {
+    pbx: &'a PbxClient,
+    gate: &'a Gate,
+    until: Instant,
+}
+
 async fn check_pbx(
     store: &Store,
     run_id: Uuid,
     tenant: &TenantConfig,
-    pbx: &PbxClient,
+    calls: &Calls<'_>,
 ) -> anyhow::Result<Result<PbxCheck, CheckFailure>> {
+    let Calls { pbx, gate, until } = *calls;
     let company = &tenant.pbx_company_id;
     let template_id = match &tenant.default_template {
         None => None,
         Some(wanted) => {
-            let templates = match pbx.list_templates(company).await {
+            let templates = match gate.call(until, || pbx.list_templates(company)).await {
                 Ok(templates) => templates,
                 Err(err) => return Ok(Err(failure(tenant, err))),
             };
@@ -100,7 +115,7 @@ async fn check_pbx(
         }
     };
     if let Some(caller_id) = &tenant.default_caller_id {
-        let numbers = match pbx.list_numbers(company).await {
+        let numbers = match gate.call(until, || pbx.list_numbers(company)).await {
             Ok(numbers) => numbers,
             Err(err) => return Ok(Err(failure(tenant, err))),
         };
@@ -115,7 +130,7 @@ async fn check_pbx(
             }));
         }
     }
-    if let Err(err) = list_unowned(store, run_id, tenant, pbx).await? {
+    if let Err(err) = list_unowned(store, run_id, tenant, calls).await? {
         return Ok(Err(failure(tenant, err)));
     }
     Ok(Ok(PbxCheck { template_id }))
@@ -126,14 +141,16 @@ async fn list_unowned(
     store: &Store,
     run_id: Uuid,
     tenant: &TenantConfig,
-    pbx: &PbxClient,
+    calls: &Calls<'_>,
 ) -> anyhow::Result<Result<(), PbxError>> {
     let mut cursor: Option<String> = None;
     loop {
-        let page = match pbx
-            .list_users_page(&tenant.pbx_company_id, LIST_PAGE, cursor.as_deref())
-            .await
-        {
+        let page = calls.gate.call(calls.until, || {
+            calls
+                .pbx
+                .list_users_page(&tenant.pbx_company_id, LIST_PAGE, cursor.as_deref())
+        });
+        let page = match page.await {
             Ok(page) => page,
             Err(err) => return Ok(Err(err)),
         };

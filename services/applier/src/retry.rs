@@ -1,10 +1,59 @@
-//! When to try a change again: what the PBX asked for (429 Retry-After), else
-//! exponential backoff with jitter. The wait itself happens in the bus's
-//! delayed-retry queues, never in a consumer.
+//! When to try a change again, and when to give it up. A change is given up
+//! only once its own writes have failed (transient PBX errors) for the whole
+//! give-up bound; until then it is tried again after exponential backoff with
+//! jitter, waited in the bus's delayed-retry queues. Pauses the PBX asks for
+//! (429 Retry-After) are the gate's business, not a failure (see `limits`).
 
 use std::time::Duration;
 
 use rand::Rng;
+
+/// How long a change's own writes may keep failing before it is recorded as failed.
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// What becomes of a change whose own write just failed with a transient error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try it again, not before this (a 429 waits for its pause instead).
+    TryAgain(Duration),
+    /// Its own writes have failed for the whole bound: record it as failed.
+    GiveUp,
+}
+
+/// The give-up rule: only the change's own failures count, measured from its
+/// first, so a change is never given up for the time it waited for others or
+/// for a pause, and never before its failures span `bound`.
+pub fn after_failure(
+    tries: u32,
+    failing_for: Duration,
+    bound: Duration,
+    jitter: &mut impl Rng,
+) -> AfterFailure {
+    if failing_for >= bound {
+        AfterFailure::GiveUp
+    } else {
+        AfterFailure::TryAgain(backoff(tries, jitter))
+    }
+}
+
+/// The reason a given-up change carries: its own last error and how long it was tried.
+pub fn gave_up_reason(last_error: &str, tries: u32, failing_for: Duration) -> String {
+    format!(
+        "{last_error} (tried {tries} times over {}; the next run tries again)",
+        whole_seconds(failing_for)
+    )
+}
+
+/// "42 s", "15 min 3 s", "2 h 5 min".
+pub fn whole_seconds(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
 
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 const LONGEST_DELAY: Duration = Duration::from_secs(300);
@@ -36,6 +85,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_change_is_given_up_only_once_its_own_failures_span_the_bound() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let bound = Duration::from_secs(900);
+        // However many tries: under the bound it goes on, with growing backoff.
+        for (tries, failing_for) in [(1, 0), (2, 1), (40, 899)] {
+            let next = after_failure(tries, Duration::from_secs(failing_for), bound, &mut rng);
+            let AfterFailure::TryAgain(after) = next else {
+                panic!("{tries} tries over {failing_for} s must go on: {next:?}");
+            };
+            let base = (1u64 << (tries - 1).min(16)).min(300) as f64;
+            assert!(after.as_secs_f64() >= base * 0.5 && after.as_secs_f64() < base * 1.5);
+        }
+        for (tries, failing_for) in [(2, 900), (12, 961)] {
+            assert_eq!(
+                after_failure(tries, Duration::from_secs(failing_for), bound, &mut rng),
+                AfterFailure::GiveUp,
+                "{tries} tries over {failing_for} s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_given_up_change_names_its_error_and_how_long_it_was_tried() {
+        let reason = gave_up_reason("PBX answered 503 unavailable: down", 9, Duration::from_secs(963));
+        assert_eq!(
+            reason,
+            "PBX answered 503 unavailable: down (tried 9 times over 16 min 3 s; the next run tries again)"
+        );
+        assert_eq!(whole_seconds(Duration::from_millis(3400)), "3 s");
+        assert_eq!(whole_seconds(Duration::from_secs(900)), "15 min");
+        assert_eq!(whole_seconds(Duration::from_secs(7500)), "2 h 5 min");
     }
 
     #[test]

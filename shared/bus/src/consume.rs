@@ -37,7 +37,12 @@ impl<M> Incoming<M> {
 #[derive(Debug)]
 pub enum Failure {
     /// Try again later (after `after` when the other side said how long).
+    /// Counts as a failed attempt.
     Retry { reason: String, after: Option<Duration> },
+    /// Not yet, and not a failure: come back after `after` (rounded up to a
+    /// retry tier) with the attempt count unchanged. For waits the other side
+    /// asked for (a throttling PBX) and work whose own limits the handler keeps.
+    Later { reason: String, after: Duration },
     /// Never going to work: park it in the dead-letter queue.
     Reject { reason: String },
 }
@@ -239,6 +244,7 @@ impl Bus {
         };
         let label = match &outcome {
             Ok(()) => "ok",
+            Err(Failure::Later { .. }) => "retried",
             Err(Failure::Retry { .. }) if attempt < options.max_attempts => "retried",
             Err(_) => "dead_lettered",
         };
@@ -254,7 +260,14 @@ impl Bus {
                 self.republish(&delivery, &stage.retry_queue(tier), attempt + 1, None)
                     .await?;
             }
-            Err(Failure::Retry { reason, .. }) | Err(Failure::Reject { reason }) => {
+            Err(Failure::Later { reason, after }) => {
+                let tier = retry_tier(after);
+                tracing::info!(stage = stage.name(), attempt, delay_s = tier, %reason, "not yet: will come back");
+                metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(1);
+                self.republish(&delivery, &stage.retry_queue(tier), attempt, None)
+                    .await?;
+            }
+            Err(Failure::Retry { reason, .. } | Failure::Reject { reason }) => {
                 tracing::error!(stage = stage.name(), attempt, %reason, "moved to the dead-letter queue");
                 self.republish(&delivery, &stage.dead_letter_queue(), attempt, Some(&reason))
                     .await?;

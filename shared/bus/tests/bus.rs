@@ -413,6 +413,43 @@ async fn a_retried_message_comes_back_through_the_shortest_tier_and_then_succeed
 }
 
 #[tokio::test]
+async fn a_message_put_off_comes_back_without_using_up_its_attempts() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = vhost.bus().await;
+        // Two attempts at most, and put off three times: only failures count.
+        let deliveries = std::sync::atomic::AtomicU32::new(0);
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Applier, 2, move |_| {
+            if deliveries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+                Err(Failure::Later {
+                    reason: "the PBX asked for a pause".into(),
+                    after: Duration::from_millis(300),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        let request = resync_request("acme", "manual");
+        bus.send(Stage::Applier, &request, "msg-later")
+            .await
+            .expect("send");
+        let mut attempts = Vec::new();
+        for _ in 0..4 {
+            attempts.push(next_seen(&mut seen).await.attempt);
+        }
+        assert_eq!(attempts, [1, 1, 1, 1]);
+        let work = Stage::Applier.queue();
+        eventually("every delivery to be acked", || async {
+            (vhost.acks_counted(&work).await >= 4).then_some(())
+        })
+        .await;
+        assert_queue_empty(&bus, &Stage::Applier.dead_letter_queue()).await;
+        assert!(seen.try_recv().is_err(), "a fifth delivery after success");
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_reason() {
     in_fresh_vhost(|vhost| async move {
         let bus = vhost.bus().await;

@@ -190,15 +190,23 @@ fn truncate_chars(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// Reads `Retry-After` as (possibly fractional) seconds, or as an HTTP date.
+/// Reads `Retry-After` tolerantly, as PBXes send it: whole or fractional
+/// seconds, or a date in any of HTTP's three formats (or RFC 2822 with an
+/// offset). A date in the past means now; a negative or unreadable value is
+/// no advice at all.
 fn retry_after_from(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<f64>() {
         return Duration::try_from_secs_f64(seconds).ok();
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    let at = match httpdate::parse_http_date(value) {
+        Ok(at) => at,
+        Err(_) => chrono::DateTime::parse_from_rfc2822(value).ok()?.into(),
+    };
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 #[cfg(test)]
@@ -233,8 +241,46 @@ mod tests {
 
     #[test]
     fn retry_after_in_the_past_as_date_means_now() {
-        let headers = headers_with_retry_after("Wed, 21 Oct 2015 07:28:00 GMT");
-        assert_eq!(retry_after_from(&headers), Some(Duration::ZERO));
+        for past in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Wed, 21 Oct 2015 09:28:00 +0200",
+        ] {
+            let headers = headers_with_retry_after(past);
+            assert_eq!(retry_after_from(&headers), Some(Duration::ZERO), "{past}");
+        }
+    }
+
+    #[test]
+    fn retry_after_as_a_future_date_is_the_time_left() {
+        let at = std::time::SystemTime::now() + Duration::from_secs(30);
+        let imf = httpdate::fmt_http_date(at);
+        let offset = chrono::DateTime::<chrono::Utc>::from(at)
+            .with_timezone(&chrono::FixedOffset::east_opt(3600).unwrap())
+            .to_rfc2822();
+        for date in [imf, offset] {
+            let wait = retry_after_from(&headers_with_retry_after(&date)).expect(&date);
+            assert!(
+                wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
+                "{date}: {wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_tolerates_spaces_and_refuses_nonsense_numbers() {
+        assert_eq!(
+            retry_after_from(&headers_with_retry_after(" 1.5 ")),
+            Some(Duration::from_millis(1500))
+        );
+        for nonsense in ["NaN", "inf", "1e400"] {
+            assert_eq!(
+                retry_after_from(&headers_with_retry_after(nonsense)),
+                None,
+                "{nonsense}"
+            );
+        }
     }
 
     #[test]

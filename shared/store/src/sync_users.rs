@@ -122,6 +122,14 @@ impl ChangeRecord {
     }
 }
 
+/// A change's own failed tries so far, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailedTries {
+    pub tries: u32,
+    /// From its first failed try to the latest, by the database's clock.
+    pub failing_for: std::time::Duration,
+}
+
 /// Most user problems one digest carries; the rest are counted, not listed.
 const MAX_PROBLEMS_IN_EVENT: i64 = 200;
 
@@ -268,6 +276,42 @@ impl Store {
                 mail: row.get("mail"),
                 language: row.get("language"),
             }
+        }))
+    }
+
+    /// Records a failed try of the change's own write, with its error; the
+    /// change stays pending. A run whose changes are being tried is alive, so
+    /// its heartbeat moves on too. None when the change is no longer pending.
+    pub async fn record_failed_try(
+        tx: &deadpool_postgres::Transaction<'_>,
+        run_id: Uuid,
+        object_id: &str,
+        error: &str,
+    ) -> Result<Option<FailedTries>> {
+        let row = tx
+            .query_opt(
+                "WITH at AS (SELECT clock_timestamp() AS now)
+                 UPDATE run_changes c SET tries = c.tries + 1, detail = $3,
+                        first_failed_at = coalesce(c.first_failed_at, at.now), last_failed_at = at.now
+                 FROM at
+                 WHERE c.run_id = $1 AND c.object_id = $2 AND c.outcome = 'pending'
+                 RETURNING c.tries, extract(epoch FROM c.last_failed_at - c.first_failed_at)::float8",
+                &[&run_id, &object_id, &error],
+            )
+            .await
+            .context("recording a failed try of the change")?;
+        let Some(row) = row else { return Ok(None) };
+        // At most one heartbeat a second, however many changes fail.
+        tx.execute(
+            "UPDATE runs SET heartbeat_at = now() WHERE id = $1 AND finished_at IS NULL
+               AND heartbeat_at < clock_timestamp() - interval '1 second'",
+            &[&run_id],
+        )
+        .await
+        .context("refreshing the run's heartbeat")?;
+        Ok(Some(FailedTries {
+            tries: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
+            failing_for: std::time::Duration::try_from_secs_f64(row.get::<_, f64>(1)).unwrap_or_default(),
         }))
     }
 

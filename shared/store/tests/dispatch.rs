@@ -8,7 +8,7 @@ use serde_json::json;
 use usersync_contract::Change;
 use usersync_core::{parse_tenant_file, Action};
 use usersync_store::testing::{in_fresh_database, TEST_KEY};
-use usersync_store::{PbxCheck, PlannedUser, SecretKey, Store};
+use usersync_store::{ChangeRecord, PbxCheck, PlannedUser, SecretKey, Store};
 use uuid::Uuid;
 
 /// Runs `test` with a store on a new database with tenant `acme` and one
@@ -63,6 +63,73 @@ fn planned_delete(index: usize) -> PlannedUser {
             },
         }),
     }
+}
+
+#[tokio::test]
+async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
+    with_run(|store, run| async move {
+        let planned: Vec<_> = (0..2).map(planned_delete).collect();
+        store
+            .save_plan(run, "acme", &planned)
+            .await
+            .expect("saving the plan");
+        let mut client = store.client().await.expect("a connection");
+        let mut tried = Vec::new();
+        for error in ["PBX answered 503 unavailable", "PBX answered 429 rate_limited"] {
+            let tx = client.transaction().await.expect("a transaction");
+            let tries = Store::record_failed_try(&tx, run, "u000", error)
+                .await
+                .expect("recording a try")
+                .expect("the change is pending");
+            tx.commit().await.expect("commit");
+            tried.push(tries);
+        }
+        assert_eq!((tried[0].tries, tried[1].tries), (1, 2));
+        assert_eq!(tried[0].failing_for, std::time::Duration::ZERO, "from the first try on");
+        assert!(tried[1].failing_for > tried[0].failing_for);
+        let row = client
+            .query_one(
+                "SELECT outcome, detail, tries FROM run_changes WHERE run_id = $1 AND object_id = 'u000'",
+                &[&run],
+            )
+            .await
+            .expect("the change");
+        assert_eq!(row.get::<_, String>(0), "pending");
+        assert_eq!(row.get::<_, String>(1), "PBX answered 429 rate_limited", "its latest error");
+        let neighbour = client
+            .query_one(
+                "SELECT tries, first_failed_at IS NULL FROM run_changes WHERE run_id = $1 AND object_id = 'u001'",
+                &[&run],
+            )
+            .await
+            .expect("the other change");
+        assert_eq!((neighbour.get::<_, i32>(0), neighbour.get::<_, bool>(1)), (0, true));
+
+        // Its outcome clears the latest error; a done change takes no more tries.
+        let tx = client.transaction().await.expect("a transaction");
+        Store::record_change(&tx, run, "acme", "u000", 1, &ChangeRecord::Deleted)
+            .await
+            .expect("recording the outcome");
+        assert_eq!(
+            Store::record_failed_try(&tx, run, "u000", "late")
+                .await
+                .expect("recording a try"),
+            None
+        );
+        tx.commit().await.expect("commit");
+        let row = client
+            .query_one(
+                "SELECT outcome, detail IS NULL, tries FROM run_changes WHERE run_id = $1 AND object_id = 'u000'",
+                &[&run],
+            )
+            .await
+            .expect("the change");
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, bool>(1), row.get::<_, i32>(2)),
+            ("deleted".to_owned(), true, 2)
+        );
+    })
+    .await;
 }
 
 #[tokio::test]

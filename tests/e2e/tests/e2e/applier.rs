@@ -633,14 +633,116 @@ async fn a_big_first_sync_does_not_hold_up_a_small_tenant() {
     assert_eq!(big["counts"]["created"], 3000, "{big:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_failing_past_the_last_attempt_land_in_the_dlq_and_the_next_run_writes_them() {
-    let mut stack = Stack::start("applier_dlq").await;
-    // Two attempts instead of six, so the test does not wait out the long retry tiers.
+/// A stack whose applier gives a change up after `secs` seconds of its own failures.
+async fn stack_giving_up_after(test: &str, secs: &str) -> Stack {
+    let mut stack = Stack::start(test).await;
     stack.kill_service(APPLIER).await;
     stack
-        .start_service_with("usersync-applier", &[("APPLIER_MAX_ATTEMPTS", "2")])
+        .start_service_with("usersync-applier", &[("APPLIER_GIVE_UP_AFTER_SECS", secs)])
         .await;
+    stack
+}
+
+/// The run's changes by outcome: (outcome, changes, changes with a detail, their own failed tries).
+fn change_summary(stack: &Stack, run: &str) -> Vec<(String, u64, u64, u64)> {
+    stack
+        .sql(&format!(
+            "SELECT outcome, count(*), count(detail), coalesce(sum(tries), 0) FROM run_changes
+             WHERE run_id = '{run}' GROUP BY outcome ORDER BY outcome"
+        ))
+        .lines()
+        .map(|line| {
+            let cols: Vec<&str> = line.split('|').collect();
+            let n = |i: usize| cols[i].parse::<u64>().expect("a count");
+            (cols[0].to_owned(), n(1), n(2), n(3))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_throttling_one_write_in_ten_slows_a_300_user_first_sync_and_fails_nothing() {
+    let stack = Stack::start("applier_throttled").await;
+    add_tenant(&stack, "throttled", 300, |_| {}).await;
+    for fault in [
+        json!({"kind": "throttle", "every": 10, "retry_after": 1, "method": "POST"}),
+        json!({"kind": "status", "status": 503, "count": 3, "method": "POST"}),
+        json!({"kind": "drop", "count": 2, "method": "POST"}),
+        json!({"kind": "drop_before", "count": 1, "method": "POST"}),
+    ] {
+        add_fault(&stack, "throttled", fault).await;
+    }
+    resync(&stack, "throttled").await;
+    let run = finished_run(&stack, "throttled", None, Duration::from_secs(600)).await;
+    let stats = pbx_stats(&stack, "throttled").await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{stats}");
+    assert_eq!(run["counts"]["created"], 300, "{run:#}");
+    assert_eq!(run["counts"]["failed"], 0, "{run:#}");
+    assert_eq!(stats["created"], 300, "each user created once: {stats}");
+    assert_eq!(
+        stats["idempotent_replays"], 2,
+        "the answers lost after the write were replayed: {stats}"
+    );
+    let throttled = count(&stats["throttled"]);
+    assert!(throttled >= 30, "one POST in ten was throttled: {stats}");
+    assert_eq!(by_owner(&pbx_users(&stack, "throttled").await).len(), 300);
+    // Every refused or lost POST is a failed try of the change that sent it,
+    // and of no other; a created change carries no reason.
+    let failed_posts = count(&stats["posts"]) - 300;
+    assert_eq!(failed_posts, throttled + 3 + 2 + 1, "{stats}");
+    assert_eq!(
+        change_summary(&stack, &run_id(&run)),
+        [("created".to_owned(), 300, 0, failed_posts)]
+    );
+    let took = stack.sql(&format!(
+        "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 1) FROM runs WHERE id = '{}'",
+        run_id(&run)
+    ));
+    eprintln!(
+        "300 users against a PBX throttling one POST in ten: {throttled} answers 429 \
+         (Retry-After 1 s each), {} POSTs; the run took {took} s",
+        stats["posts"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbours_429_never_fails_a_change() {
+    // Changes give up after 3 s of their own failures; the pauses of the
+    // run below add up to 14 s.
+    let stack = stack_giving_up_after("applier_neighbours", "3").await;
+    // One call at a time, and every second POST throttled for 2 s: every user
+    // but the first is answered 429 once, and all others wait each time.
+    add_tenant(&stack, "polite", 8, |file| {
+        file["pbx_limits"] = json!({"max_in_flight": 1});
+    })
+    .await;
+    add_fault(
+        &stack,
+        "polite",
+        json!({"kind": "throttle", "every": 2, "retry_after": 2, "method": "POST"}),
+    )
+    .await;
+    resync(&stack, "polite").await;
+    let run = finished_run(&stack, "polite", None, Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 8, "{run:#}");
+    let stats = pbx_stats(&stack, "polite").await;
+    assert_eq!(stats["throttled"], 7, "{stats}");
+    assert_eq!(stats["posts"], 15, "{stats}");
+    // Each 429 was charged to the change that got it; none carries a reason.
+    assert_eq!(
+        change_summary(&stack, &run_id(&run)),
+        [("created".to_owned(), 8, 0, 7)]
+    );
+    let tries = stack.sql(&format!(
+        "SELECT string_agg(tries::text, ',' ORDER BY tries) FROM run_changes WHERE run_id = '{}'",
+        run_id(&run)
+    ));
+    assert_eq!(tries, "0,1,1,1,1,1,1,1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_whose_own_writes_keep_failing_fail_once_the_bound_passed_and_the_next_run_writes_them() {
+    let stack = stack_giving_up_after("applier_dlq", "3").await;
     add_tenant(&stack, "down", 5, |_| {}).await;
     add_fault(
         &stack,
@@ -653,10 +755,24 @@ async fn changes_failing_past_the_last_attempt_land_in_the_dlq_and_the_next_run_
     assert_eq!(run["state"], "partial", "{run:#}");
     assert_eq!(run["counts"]["failed"], 5, "{run:#}");
     for reason in failures(&stack, &run_id(&run)).await.values() {
-        assert!(reason.contains("503"), "{reason}");
+        assert!(
+            reason.contains("503") && reason.contains("tried"),
+            "its own last error and how long it was tried: {reason}"
+        );
     }
+    // Each change failed only after its own tries spanned the bound.
+    let early = stack.sql(&format!(
+        "SELECT count(*) FROM run_changes WHERE run_id = '{}'
+           AND (tries < 2 OR last_failed_at - first_failed_at < interval '3 seconds')",
+        run_id(&run)
+    ));
+    assert_eq!(early, "0", "a change was given up before the bound");
     let posts = count(&pbx_stats(&stack, "down").await["posts"]);
-    assert_eq!(posts, 10, "five users, two attempts each");
+    assert_eq!(
+        change_summary(&stack, &run_id(&run)),
+        [("failed".to_owned(), 5, 5, posts)],
+        "every POST is a try of its own change"
+    );
 
     let dead = wait_for(
         "the batch in the applier's DLQ",
@@ -682,7 +798,7 @@ async fn changes_failing_past_the_last_attempt_land_in_the_dlq_and_the_next_run_
         .as_str()
         .unwrap_or_default();
     assert!(
-        reason.contains("5 change(s) still failing after 2 attempts") && reason.contains("503"),
+        reason.contains("still failing") && reason.contains("503"),
         "{dead:#}"
     );
 

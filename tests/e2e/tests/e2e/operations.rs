@@ -469,7 +469,9 @@ async fn ten_tenants_on_two_replicas_of_each_service_bad_and_throttled_ones_hold
                 "the throttled tenant is still waiting: {line:#}"
             );
         } else if id == format!("co{PBX_THROTTLED}") {
-            // Slowed on its own; how it ends is the applier's business.
+            // Slowed on its own, and throttling fails no change.
+            assert_eq!(state, "succeeded", "{line:#}");
+            assert_eq!(line["last_run"]["counts"]["created"], 20, "{line:#}");
         } else {
             assert_eq!(state, "succeeded", "{line:#}");
             let users = stack

@@ -60,6 +60,8 @@ pub struct Stats {
     pub deletes: u64,
     /// POSTs answered from the idempotency record instead of creating.
     pub idempotent_replays: u64,
+    /// Requests answered 429 (injected, throttled or over the rate limit).
+    pub throttled: u64,
     /// Users actually created, changed or deleted through /v1.
     pub created: u64,
     pub updated: u64,
@@ -148,6 +150,9 @@ impl Company {
         } else {
             Verdict::Reject(ApiError::unauthorized())
         };
+        if matches!(&verdict, Verdict::Reject(error) if error.is_rate_limited()) {
+            state.stats.throttled += 1;
+        }
         Admission {
             latency: state.faults.latency(),
             verdict,

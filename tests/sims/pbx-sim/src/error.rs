@@ -112,6 +112,11 @@ impl ApiError {
         Some(error)
     }
 
+    /// A 429: the PBX asked the client to slow down.
+    pub fn is_rate_limited(&self) -> bool {
+        self.status == StatusCode::TOO_MANY_REQUESTS
+    }
+
     pub fn with_field(mut self, field: &str) -> Self {
         self.field = Some(field.to_owned());
         self

@@ -47,9 +47,22 @@ pub enum FaultRequest {
     RateLimit {
         per_second: u32,
     },
+    /// Every `every`-th matching request is answered 429 with `Retry-After`,
+    /// as a PBX that throttles a steady share of its traffic does.
+    Throttle {
+        every: u32,
+        #[serde(default = "one_second")]
+        retry_after: u64,
+        #[serde(default)]
+        method: Option<String>,
+    },
 }
 
 fn one() -> u32 {
+    1
+}
+
+fn one_second() -> u64 {
     1
 }
 
@@ -79,6 +92,15 @@ struct CountedFault {
     method: Option<Method>,
 }
 
+/// Counts the matching requests and throttles every `every`-th.
+#[derive(Debug)]
+struct Throttle {
+    every: u32,
+    retry_after: u64,
+    method: Option<Method>,
+    seen: u32,
+}
+
 #[derive(Debug)]
 struct RateLimit {
     per_second: u32,
@@ -98,6 +120,7 @@ pub struct Faults {
     counted: Vec<CountedFault>,
     latency: Option<Latency>,
     rate_limit: Option<RateLimit>,
+    throttle: Option<Throttle>,
 }
 
 impl Faults {
@@ -143,6 +166,22 @@ impl Faults {
                 });
                 Ok(())
             }
+            FaultRequest::Throttle {
+                every,
+                retry_after,
+                method,
+            } => {
+                if every == 0 {
+                    return Err(ApiError::bad_field("every", "every must be >= 1"));
+                }
+                self.throttle = Some(Throttle {
+                    every,
+                    retry_after,
+                    method: parse_method(method)?,
+                    seen: 0,
+                });
+                Ok(())
+            }
         }
     }
 
@@ -155,14 +194,10 @@ impl Faults {
         if count == 0 {
             return Err(ApiError::bad_field("count", "count must be >= 1"));
         }
-        let method = method
-            .map(|name| Method::from_bytes(name.to_ascii_uppercase().as_bytes()))
-            .transpose()
-            .map_err(|_| ApiError::bad_field("method", "method is not an HTTP method"))?;
         self.counted.push(CountedFault {
             action,
             remaining: count,
-            method,
+            method: parse_method(method)?,
         });
         Ok(())
     }
@@ -171,11 +206,17 @@ impl Faults {
         self.latency
     }
 
-    /// Decides the fate of one request, consuming rate-limit budget and one
-    /// use of the oldest counted fault that matches its method.
+    /// Decides the fate of one request, consuming rate-limit budget, the
+    /// throttle's count and one use of the oldest counted fault that matches
+    /// its method.
     pub fn judge(&mut self, method: &Method, now: Instant) -> Verdict {
         if let Some(limit) = &mut self.rate_limit {
             if let Some(retry_after) = limit.take(now) {
+                return Verdict::Reject(ApiError::rate_limited(Some(retry_after)));
+            }
+        }
+        if let Some(throttle) = &mut self.throttle {
+            if let Some(retry_after) = throttle.take(method) {
                 return Verdict::Reject(ApiError::rate_limited(Some(retry_after)));
             }
         }
@@ -197,6 +238,24 @@ impl Faults {
             CountedAction::DropAfter => Verdict::Proceed { drop_after: true },
             CountedAction::DropBefore => Verdict::DropBefore,
         }
+    }
+}
+
+fn parse_method(method: Option<String>) -> Result<Option<Method>, ApiError> {
+    method
+        .map(|name| Method::from_bytes(name.to_ascii_uppercase().as_bytes()))
+        .transpose()
+        .map_err(|_| ApiError::bad_field("method", "method is not an HTTP method"))
+}
+
+impl Throttle {
+    /// Counts a matching request; `Some(seconds)` when it is the one to throttle.
+    fn take(&mut self, method: &Method) -> Option<u64> {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return None;
+        }
+        self.seen += 1;
+        self.seen.is_multiple_of(self.every).then_some(self.retry_after)
     }
 }
 
@@ -265,6 +324,43 @@ mod tests {
         assert_eq!(error, ApiError::rate_limited(Some(1)));
         let later = start + Duration::from_millis(1000);
         assert!(is_proceed(&faults.judge(&Method::GET, later)));
+    }
+
+    #[test]
+    fn throttle_answers_every_nth_matching_request() {
+        let now = Instant::now();
+        let mut faults = Faults::default();
+        let throttle = FaultRequest::Throttle {
+            every: 3,
+            retry_after: 2,
+            method: Some("post".into()),
+        };
+        faults.add(throttle, now).expect("valid");
+        let verdicts: Vec<bool> = (0..9)
+            .map(|_| matches!(faults.judge(&Method::POST, now), Verdict::Reject(_)))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [false, false, true, false, false, true, false, false, true]
+        );
+        assert!(
+            is_proceed(&faults.judge(&Method::GET, now)),
+            "other methods are neither throttled nor counted"
+        );
+        let Verdict::Reject(error) = (0..3)
+            .map(|_| faults.judge(&Method::POST, now))
+            .last()
+            .expect("three verdicts")
+        else {
+            panic!("the third POST after a GET is throttled");
+        };
+        assert_eq!(error, ApiError::rate_limited(Some(2)));
+        let zero = FaultRequest::Throttle {
+            every: 0,
+            retry_after: 1,
+            method: None,
+        };
+        assert!(faults.add(zero, now).is_err());
     }
 
     #[test]

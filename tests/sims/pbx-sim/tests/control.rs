@@ -177,11 +177,41 @@ async fn rate_limit_answers_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn throttle_answers_every_nth_write_with_429_and_counts_it() {
+    let sim = Sim::start().await;
+    sim.add_fault(json!({"kind": "throttle", "every": 3, "retry_after": 1, "method": "POST"}))
+        .await;
+    let mut statuses = Vec::new();
+    for n in 1..=6 {
+        let response = sim.create(user_body(n)).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(
+                response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+            expect_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+        }
+    }
+    assert_eq!(statuses, [201, 201, 429, 201, 201, 429]);
+    let get = sim.v1(Method::GET, "/users").send().await.expect("get");
+    assert_eq!(get.status(), StatusCode::OK, "GETs are not throttled");
+    let stats = sim.stats().await;
+    assert_eq!(stats["throttled"], 2, "{stats}");
+    assert_eq!(stats["created"], 4, "a throttled POST creates nothing: {stats}");
+    assert_eq!(sim.all_users().await.len(), 4);
+}
+
+#[tokio::test]
 async fn invalid_faults_are_refused() {
     let sim = Sim::start().await;
     for fault in [
         json!({"kind": "status", "status": 418}),
         json!({"kind": "drop", "count": 0}),
+        json!({"kind": "throttle", "every": 0}),
         json!({"kind": "explode"}),
     ] {
         let response = sim
@@ -220,7 +250,7 @@ async fn stats_count_every_request_including_faulted_ones() {
     let stats = sim.stats().await;
     let expected = json!({
         "requests": 7, "writes": 6, "posts": 3, "patches": 1, "deletes": 2,
-        "idempotent_replays": 0, "created": 2, "updated": 1, "deleted": 1
+        "idempotent_replays": 0, "throttled": 0, "created": 2, "updated": 1, "deleted": 1
     });
     assert_eq!(stats, expected);
 
