@@ -2,7 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::body::Bytes;
 use serde::Serialize;
 
 /// An error answer: HTTP status, machine-readable code and the optional
@@ -112,6 +112,21 @@ impl ApiError {
         Some(error)
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body the error is answered with.
+    pub fn body(&self) -> Bytes {
+        let body = ErrorBody {
+            error: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+            existing_id: self.existing_id.as_deref(),
+        };
+        crate::company::to_json_bytes(&body)
+    }
+
     pub fn with_field(mut self, field: &str) -> Self {
         self.field = Some(field.to_owned());
         self
@@ -120,13 +135,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.code,
-            message: &self.message,
-            field: self.field.as_deref(),
-            existing_id: self.existing_id.as_deref(),
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        let mut response = (self.status, headers, self.body()).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
