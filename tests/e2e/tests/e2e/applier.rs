@@ -758,7 +758,10 @@ async fn a_number_held_by_a_foreign_pbx_user_is_rechecked_by_reads_and_created_o
         "reported again with the same reason"
     );
     let stats = pbx_stats(&stack, "held").await;
-    assert_eq!(stats["writes"], 0, "a run with nothing changed writes nothing: {stats}");
+    assert_eq!(
+        stats["writes"], 0,
+        "a run with nothing changed writes nothing: {stats}"
+    );
 
     // The holder goes: the next run creates the user, once.
     pbx_delete(&stack, "held", &holder_id).await;

@@ -1,8 +1,8 @@
 //! The error body every PBX endpoint answers with, plus the status it travels with.
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::body::Bytes;
 use serde::Serialize;
 
 /// An error answer: HTTP status, machine-readable code and the optional
