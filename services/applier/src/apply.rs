@@ -401,24 +401,8 @@ impl Applier {
                 }
             }
         }
-        // Refused for a conflict before: while the holder still holds the
-        // value, a POST would only be refused again, so it is read, not posted.
-        if let Some(conflict) = &locked.create_conflict {
-            ctx.gate.pace().await;
-            match ctx
-                .pbx
-                .get_user(&ctx.tenant.pbx_company_id, &conflict.holder_id)
-                .await
-            {
-                Ok(Some(holder)) if holds(&holder, &conflict.field, change, fields) => {
-                    return self
-                        .resolve_conflict(ctx, tx, change, fields, locked, Some(&conflict.field), holder)
-                        .await;
-                }
-                // Gone or changed: post.
-                Ok(_) => {}
-                Err(err) => return Ok(classify(err)),
-            }
+        if let Some(written) = self.recheck_conflict(ctx, tx, change, fields, locked).await? {
+            return Ok(written);
         }
         let template = ctx.check.as_ref().and_then(|c| c.template_id.clone());
         let user = new_user(ctx.tenant, &change.object_id, fields, template);
@@ -465,13 +449,45 @@ impl Applier {
                     Store::create_answered(tx, &ctx.tenant.id, &change.object_id, conflict.as_ref()).await?;
                     return Ok(written);
                 }
-                // Freed since the 409: post again, with the next key.
+                // Freed since the 409: post again, with the next key (once;
+                // a value that keeps changing hands is tried again later).
                 _ if posts < 2 => {
                     Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
                     generation += 1;
                 }
                 _ => return Ok(Written::Transient(err)),
             }
+        }
+    }
+
+    /// Refused for a conflict before: while the holder still holds the value,
+    /// a POST would only be refused again, so the holder is read, not posted
+    /// against. None when it is gone or holds another value now: post.
+    async fn recheck_conflict(
+        &self,
+        ctx: &BatchContext<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
+        change: &Change,
+        fields: &SyncedFields,
+        locked: &LockedUser,
+    ) -> anyhow::Result<Option<Written>> {
+        let Some(conflict) = &locked.create_conflict else {
+            return Ok(None);
+        };
+        ctx.gate.pace().await;
+        match ctx
+            .pbx
+            .get_user(&ctx.tenant.pbx_company_id, &conflict.holder_id)
+            .await
+        {
+            Ok(Some(holder)) if holds(&holder, &conflict.field, change, fields) => {
+                let field = Some(conflict.field.as_str());
+                self.resolve_conflict(ctx, tx, change, fields, locked, field, holder)
+                    .await
+                    .map(Some)
+            }
+            Ok(_) => Ok(None),
+            Err(err) => Ok(Some(classify(err))),
         }
     }
 
