@@ -311,23 +311,6 @@ impl Store {
         Ok(())
     }
 
-    /// Remembers (or forgets, with None) the holder of a value the user's
-    /// create needs, without a new answer from the PBX.
-    pub async fn remember_conflict(
-        tx: &deadpool_postgres::Transaction<'_>,
-        tenant_id: &str,
-        object_id: &str,
-        conflict: Option<&CreateConflict>,
-    ) -> Result<()> {
-        tx.execute(
-            "UPDATE sync_users SET create_conflict = $3 WHERE tenant_id = $1 AND object_id = $2",
-            &[&tenant_id, &object_id, &conflict.map(Json)],
-        )
-        .await
-        .context("remembering the conflict")?;
-        Ok(())
-    }
-
     /// How a directory user of the tenant is called (nickname, else UPN), or
     /// None when the tenant's directory has no such user.
     pub async fn directory_user_name(
