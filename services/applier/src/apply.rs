@@ -16,7 +16,7 @@ use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
 use usersync_core::{diff, Action, AdoptMatch, FieldPatch, SyncedFields, TenantConfig};
 use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxUser};
-use usersync_store::{ChangeRecord, LockedUser, PbxCheck, SecretKey, Store, DISPATCH_WINDOW};
+use usersync_store::{ChangeRecord, CreateConflict, LockedUser, PbxCheck, SecretKey, Store, DISPATCH_WINDOW};
 use uuid::Uuid;
 
 use crate::limits::{Gate, TenantGates, DEFAULT_PAUSE};
@@ -480,46 +480,121 @@ impl Applier {
                 }
             }
         }
+        if let Some(written) = self.recheck_conflict(ctx, tx, change, fields, locked).await? {
+            return Ok(written);
+        }
         let template = ctx.check.as_ref().and_then(|c| c.template_id.clone());
         let user = new_user(ctx.tenant, &change.object_id, fields, template);
-        // The same change always sends the same key and body, so a crash
-        // between the PBX's answer and the commit never creates a second user.
-        let key = format!(
-            "usersync:{}:{}:{}",
-            ctx.tenant.id, change.object_id, change.desired_version
-        );
-        ctx.gate.pace().await;
-        Ok(
-            match ctx.pbx.create_user(&ctx.tenant.pbx_company_id, &user, &key).await {
-                Ok(created) => created_record(ctx, change, fields, locked, created.id),
-                Err(err) if err.kind == PbxErrorKind::Conflict && err.existing_id.is_some() => {
-                    self.resolve_conflict(ctx, change, fields, locked, err).await
+        let mut generation = locked.create_generation;
+        let mut posts = 0;
+        loop {
+            posts += 1;
+            let key = create_key(ctx.tenant, change, generation);
+            ctx.gate.pace().await;
+            let answer = ctx.pbx.create_user(&ctx.tenant.pbx_company_id, &user, &key).await;
+            // An unknown outcome keeps the key, so repeating the POST creates
+            // nothing twice; a definite one uses it up. Either way the key's
+            // state is committed with the change's record, or not at all.
+            let err = match answer {
+                Ok(created) => {
+                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
+                    return Ok(created_record(ctx, change, fields, locked, created.id));
                 }
-                Err(err) => classify(err),
-            },
-        )
+                Err(err) if !is_definite(&err) => return Ok(classify(err)),
+                Err(err) => err,
+            };
+            let holder = match (&err.kind, &err.existing_id) {
+                (PbxErrorKind::Conflict, Some(holder_id)) => {
+                    ctx.gate.pace().await;
+                    match ctx.pbx.get_user(&ctx.tenant.pbx_company_id, holder_id).await {
+                        Ok(holder) => holder,
+                        Err(read) => return Ok(classify(read)),
+                    }
+                }
+                _ => {
+                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
+                    return Ok(failed(err.describe()));
+                }
+            };
+            let field = err.field.as_deref().unwrap_or_default();
+            match holder {
+                Some(holder) if field.is_empty() || holds(&holder, field, change, fields) => {
+                    let remembered = remembered_conflict(field, &holder);
+                    let written = self
+                        .resolve_conflict(ctx, tx, change, fields, locked, err.field.as_deref(), holder)
+                        .await?;
+                    let standing = matches!(&written, Written::Done(ChangeRecord::Failed { .. }, _));
+                    let conflict = remembered.filter(|_| standing);
+                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, conflict.as_ref()).await?;
+                    return Ok(written);
+                }
+                // Freed since the 409: post again, with the next key (once;
+                // a value that keeps changing hands is tried again later).
+                _ if posts < 2 => {
+                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
+                    generation += 1;
+                }
+                _ => return Ok(Written::Transient(err)),
+            }
+        }
     }
 
-    /// A unique value is taken: the holder is ours already, adoptable, or
-    /// another directory user's.
-    async fn resolve_conflict(
+    /// Refused for a conflict before: while the holder still holds the value,
+    /// a POST would only be refused again, so the holder is read, not posted
+    /// against. None when it is gone or holds another value now: post.
+    async fn recheck_conflict(
         &self,
         ctx: &BatchContext<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
         change: &Change,
         fields: &SyncedFields,
         locked: &LockedUser,
-        conflict: PbxError,
-    ) -> Written {
-        let holder_id = conflict.existing_id.clone().unwrap_or_default();
-        ctx.gate.pace().await;
-        let holder = match ctx.pbx.get_user(&ctx.tenant.pbx_company_id, &holder_id).await {
-            Ok(Some(holder)) => holder,
-            // Gone since the 409: the next try creates it.
-            Ok(None) => return Written::Transient(conflict),
-            Err(err) => return classify(err),
+    ) -> anyhow::Result<Option<Written>> {
+        let Some(conflict) = &locked.create_conflict else {
+            return Ok(None);
         };
-        let taken = conflict_field(&conflict, fields);
-        match holder.external_id.as_deref() {
+        ctx.gate.pace().await;
+        match ctx
+            .pbx
+            .get_user(&ctx.tenant.pbx_company_id, &conflict.holder_id)
+            .await
+        {
+            Ok(Some(holder)) if holds(&holder, &conflict.field, change, fields) => {
+                let field = Some(conflict.field.as_str());
+                self.resolve_conflict(ctx, tx, change, fields, locked, field, holder)
+                    .await
+                    .map(Some)
+            }
+            Ok(_) => Ok(None),
+            Err(err) => Ok(Some(classify(err))),
+        }
+    }
+
+    /// A PBX user holds a unique value this user needs: it is ours already,
+    /// adoptable, or someone else's (the user fails, the reason says whose and
+    /// what to do).
+    #[allow(clippy::too_many_arguments)]
+    async fn resolve_conflict(
+        &self,
+        ctx: &BatchContext<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
+        change: &Change,
+        fields: &SyncedFields,
+        locked: &LockedUser,
+        field: Option<&str>,
+        holder: PbxUser,
+    ) -> anyhow::Result<Written> {
+        let foreign_owner = match holder.external_id.as_deref() {
+            Some(owner) if owner != change.object_id => Some((
+                owner.to_owned(),
+                Store::directory_user_name(tx, &ctx.tenant.id, owner).await?,
+            )),
+            _ => None,
+        };
+        let adoptable = holder.external_id.is_none()
+            && pbx_match_value(ctx.tenant.adopt_match, &holder)
+                == directory_match_value(ctx.tenant.adopt_match, fields);
+        Ok(match holder.external_id.as_deref() {
             Some(owner) if owner == change.object_id => {
                 // Created for this user before (an earlier desired version):
                 // link it and bring it in line.
@@ -528,30 +603,29 @@ impl Applier {
                     ctx.gate.pace().await;
                     if let Err(err) = ctx
                         .pbx
-                        .update_user(&ctx.tenant.pbx_company_id, &holder.id, &patch_body(&patch, None), None)
+                        .update_user(
+                            &ctx.tenant.pbx_company_id,
+                            &holder.id,
+                            &patch_body(&patch, None),
+                            None,
+                        )
                         .await
                     {
-                        return classify(err);
+                        return Ok(classify(err));
                     }
                 }
                 created_record(ctx, change, fields, locked, holder.id)
             }
-            Some(owner) => failed(format!(
-                "{taken} is held by PBX user {} (alias {}), which belongs to directory user {owner}; two directory users share the value: fix it in Entra ID",
-                holder.id, holder.alias
+            None if adoptable => self.adopt(ctx, change, fields, holder).await,
+            _ => failed(held_reason(
+                ctx.tenant.adopt_match,
+                &conflict_field(field, fields),
+                &holder,
+                foreign_owner
+                    .as_ref()
+                    .map(|(id, name)| (id.as_str(), name.as_deref())),
             )),
-            None if pbx_match_value(ctx.tenant.adopt_match, &holder)
-                == directory_match_value(ctx.tenant.adopt_match, fields) =>
-            {
-                self.adopt(ctx, change, fields, holder).await
-            }
-            None => failed(format!(
-                "{taken} is held by PBX user {} (alias {}), which no directory user owns and whose {} differs; change the value in Entra ID or in the PBX, or set adopt_match to the field that identifies the user",
-                holder.id,
-                holder.alias,
-                ctx.tenant.adopt_match
-            )),
-        }
+        })
     }
 
     /// Links an unowned PBX user to this directory user and sends the fields
@@ -666,12 +740,79 @@ fn patch_body(patch: &FieldPatch, external_id: Option<&str>) -> serde_json::Valu
 }
 
 /// "alias \"x\"": the taken field and our value, as the 409 named it.
-fn conflict_field(conflict: &PbxError, fields: &SyncedFields) -> String {
-    match conflict.field.as_deref() {
+fn conflict_field(field: Option<&str>, fields: &SyncedFields) -> String {
+    match field {
         Some("alias") => format!("alias \"{}\"", fields.alias),
         Some("pstn_fixed") => format!("pstn_fixed \"{}\"", fields.pstn_fixed),
-        Some(other) => format!("{other} (PBX: {})", conflict.message),
-        None => format!("a unique value (PBX: {})", conflict.message),
+        Some(other) if !other.is_empty() => other.to_owned(),
+        _ => "a unique value".to_owned(),
+    }
+}
+
+/// The Idempotency-Key of a create: the same for every try of one POST whose
+/// outcome is unknown, a new one after each definite answer (`generation`).
+fn create_key(tenant: &TenantConfig, change: &Change, generation: i64) -> String {
+    let key = format!(
+        "usersync:{}:{}:{}",
+        tenant.id, change.object_id, change.desired_version
+    );
+    if generation == 0 {
+        key
+    } else {
+        format!("{key}:{generation}")
+    }
+}
+
+/// The PBX answered the POST for certain (any 4xx but 401 and 429): a repeat
+/// with the same key would only replay that answer.
+fn is_definite(err: &PbxError) -> bool {
+    !err.is_transient()
+        && err.kind != PbxErrorKind::Unauthorized
+        && err.status.is_some_and(|status| (400..500).contains(&status))
+}
+
+/// Whether `holder` still has this user's value of the field a 409 named.
+fn holds(holder: &PbxUser, field: &str, change: &Change, fields: &SyncedFields) -> bool {
+    match field {
+        "alias" => holder.alias.eq_ignore_ascii_case(&fields.alias),
+        "pstn_fixed" => holder.pstn_fixed == fields.pstn_fixed,
+        "external_id" => holder.external_id.as_deref() == Some(change.object_id.as_str()),
+        // A field this code does not know: trust the 409.
+        _ => true,
+    }
+}
+
+/// The conflict to check by reads next time, for the fields a read can decide.
+fn remembered_conflict(field: &str, holder: &PbxUser) -> Option<CreateConflict> {
+    matches!(field, "alias" | "pstn_fixed").then(|| CreateConflict {
+        holder_id: holder.id.clone(),
+        field: field.to_owned(),
+    })
+}
+
+/// Why the user cannot be created while `holder` has the value, and what to do.
+/// `owner`: the holder's external id and, when it is a directory user of
+/// this tenant, that user's name.
+fn held_reason(
+    adopt_match: AdoptMatch,
+    taken: &str,
+    holder: &PbxUser,
+    owner: Option<(&str, Option<&str>)>,
+) -> String {
+    let held = format!(
+        "{taken} is held by PBX user {} (alias {})",
+        holder.id, holder.alias
+    );
+    match owner {
+        Some((id, Some(name))) => format!(
+            "{held}, which belongs to directory user {name} ({id}): two directory users of this tenant have the same value; fix it in Entra ID"
+        ),
+        Some((id, None)) => format!(
+            "{held}, which no directory user of this tenant owns (its external_id {id} is no user of this directory); remove or rename that PBX user, or change the value in Entra ID"
+        ),
+        None => format!(
+            "{held}, which no directory user of this tenant owns and whose {adopt_match} differs; remove or rename that PBX user, change the value in Entra ID, or set adopt_match to the field that identifies the user"
+        ),
     }
 }
 
@@ -811,6 +952,103 @@ pub(crate) mod tests {
         let mut no_mail = fields();
         no_mail.email = None;
         assert_eq!(directory_match_value(AdoptMatch::Email, &no_mail), None);
+    }
+
+    fn holder() -> PbxUser {
+        PbxUser {
+            id: "p-9".into(),
+            alias: "reception".into(),
+            first_name: "Front".into(),
+            surname: "Desk".into(),
+            pstn_fixed: "46812345699".into(),
+            email: None,
+            caller_id: None,
+            template: None,
+            external_id: None,
+            attributes: BTreeMap::new(),
+            version: 1,
+        }
+    }
+
+    fn change(version: i64) -> Change {
+        Change {
+            object_id: "obj-1".into(),
+            desired_version: version,
+            action: Action::None,
+        }
+    }
+
+    #[test]
+    fn a_create_key_changes_only_with_a_definite_answer() {
+        let tenant: TenantConfig = serde_json::from_value(tenant_json()).unwrap();
+        assert_eq!(create_key(&tenant, &change(3), 0), "usersync:acme:obj-1:3");
+        assert_eq!(create_key(&tenant, &change(3), 2), "usersync:acme:obj-1:3:2");
+        let status = |kind, status| {
+            let mut err = PbxError::from_kind(kind, "x");
+            err.status = Some(status);
+            err
+        };
+        for definite in [
+            status(PbxErrorKind::Conflict, 409),
+            status(PbxErrorKind::Validation, 422),
+            status(PbxErrorKind::BadRequest, 400),
+        ] {
+            assert!(is_definite(&definite), "{definite:?}");
+        }
+        for unknown in [
+            status(PbxErrorKind::Unavailable, 503),
+            status(PbxErrorKind::RateLimited { retry_after: None }, 429),
+            status(PbxErrorKind::Unauthorized, 401),
+            PbxError::from_kind(PbxErrorKind::Transport, "connection dropped"),
+        ] {
+            assert!(!is_definite(&unknown), "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn a_holder_holds_the_value_until_it_changes() {
+        let mut ours = fields();
+        ours.pstn_fixed = holder().pstn_fixed;
+        ours.alias = "Reception".into();
+        assert!(holds(&holder(), "pstn_fixed", &change(1), &ours));
+        assert!(holds(&holder(), "alias", &change(1), &ours));
+        assert!(!holds(&holder(), "external_id", &change(1), &ours));
+        assert!(!holds(&holder(), "pstn_fixed", &change(1), &fields()));
+        assert!(!holds(&holder(), "alias", &change(1), &fields()));
+        assert_eq!(remembered_conflict("email", &holder()), None);
+        assert_eq!(
+            remembered_conflict("pstn_fixed", &holder()).map(|c| c.holder_id),
+            Some("p-9".into())
+        );
+    }
+
+    #[test]
+    fn the_reason_names_whose_value_it_is_and_what_to_do() {
+        let taken = conflict_field(Some("pstn_fixed"), &fields());
+        let unowned = held_reason(AdoptMatch::Alias, &taken, &holder(), None);
+        assert_eq!(
+            unowned,
+            "pstn_fixed \"46812345678\" is held by PBX user p-9 (alias reception), which no directory user of this tenant owns and whose alias differs; remove or rename that PBX user, change the value in Entra ID, or set adopt_match to the field that identifies the user"
+        );
+        let stranger = held_reason(AdoptMatch::Alias, &taken, &holder(), Some(("ext-7", None)));
+        assert!(
+            stranger.contains("no directory user of this tenant owns (its external_id ext-7")
+                && stranger.contains("remove or rename that PBX user")
+                && !stranger.contains("two directory users"),
+            "{stranger}"
+        );
+        let colleague = held_reason(
+            AdoptMatch::Alias,
+            &taken,
+            &holder(),
+            Some(("obj-2", Some("bo.ek"))),
+        );
+        assert!(
+            colleague.contains("belongs to directory user bo.ek (obj-2)")
+                && colleague.contains("two directory users of this tenant")
+                && colleague.contains("fix it in Entra ID"),
+            "{colleague}"
+        );
     }
 
     #[test]

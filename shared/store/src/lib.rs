@@ -29,7 +29,7 @@ pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use pbx_checks::PbxCheck;
 pub use planning::{ChangeHistory, ClaimSession};
 pub use runs::{RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES};
-pub use sync_users::{ChangeRecord, FailedTries, LockedUser, PlannedUser, RoundEnd, SyncRow};
+pub use sync_users::{ChangeRecord, CreateConflict, FailedTries, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
 
 /// Errors from the store. Database errors keep their cause for the logs.

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::types::Json;
 use usersync_contract::{Change, Event, RunCounts, UserProblem};
@@ -51,6 +52,19 @@ pub struct LockedUser {
     pub outcome: String,
     pub mail: Option<String>,
     pub language: Option<String>,
+    /// Definite answers (201, 4xx) to this user's creates so far: part of the
+    /// next create's Idempotency-Key.
+    pub create_generation: i64,
+    /// The holder that refused the last create, to check before posting again.
+    pub create_conflict: Option<CreateConflict>,
+}
+
+/// The PBX user that held one of a user's unique values (`alias`,
+/// `pstn_fixed`) when its create was refused with 409.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateConflict {
+    pub holder_id: String,
+    pub field: String,
 }
 
 /// The differ's verdict on one user in one run, to store.
@@ -257,7 +271,7 @@ impl Store {
         let row = tx
             .query_opt(
                 "SELECT s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version,
-                        s.pending_delete_at, c.outcome,
+                        s.pending_delete_at, s.create_generation, s.create_conflict, c.outcome,
                         d.source->>'mail' AS mail, d.source->>'preferredLanguage' AS language
                  FROM sync_users s
                  JOIN run_changes c ON c.run_id = $1 AND c.object_id = s.object_id
@@ -275,6 +289,11 @@ impl Store {
                 outcome: row.get("outcome"),
                 mail: row.get("mail"),
                 language: row.get("language"),
+                create_generation: row.get("create_generation"),
+                // A value this code cannot read is no remembered conflict: posting decides afresh.
+                create_conflict: row
+                    .get::<_, Option<Json<Value>>>("create_conflict")
+                    .and_then(|Json(value)| serde_json::from_value(value).ok()),
             }
         }))
     }
@@ -315,6 +334,45 @@ impl Store {
         }))
     }
 
+    /// Records that the PBX gave a definite answer to the user's create (201
+    /// or 4xx): the next create uses a new Idempotency-Key. Remembers the
+    /// holder when the answer was a conflict that stands. Call it in the
+    /// transaction that records the change, so a crash before the commit
+    /// repeats the same key.
+    pub async fn create_answered(
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant_id: &str,
+        object_id: &str,
+        conflict: Option<&CreateConflict>,
+    ) -> Result<()> {
+        tx.execute(
+            "UPDATE sync_users SET create_generation = create_generation + 1, create_conflict = $3
+             WHERE tenant_id = $1 AND object_id = $2",
+            &[&tenant_id, &object_id, &conflict.map(Json)],
+        )
+        .await
+        .context("recording the PBX's answer to the create")?;
+        Ok(())
+    }
+
+    /// How a directory user of the tenant is called (nickname, else UPN), or
+    /// None when the tenant's directory has no such user.
+    pub async fn directory_user_name(
+        tx: &deadpool_postgres::Transaction<'_>,
+        tenant_id: &str,
+        object_id: &str,
+    ) -> Result<Option<String>> {
+        let row = tx
+            .query_opt(
+                "SELECT coalesce(source->>'mailNickname', source->>'userPrincipalName', object_id)
+                 FROM directory_users WHERE tenant_id = $1 AND object_id = $2 AND NOT removed",
+                &[&tenant_id, &object_id],
+            )
+            .await
+            .context("looking up a directory user")?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
     /// Records how a change ended; when it was the run's last, ends the run and
     /// returns its finish event (publish it before committing).
     pub async fn record_change(
@@ -329,7 +387,7 @@ impl Store {
             ChangeRecord::Created { pbx_id, fields } | ChangeRecord::Adopted { pbx_id, fields } => {
                 tx.execute(
                     "UPDATE sync_users SET pbx_id = $3, applied = $4, applied_version = $5,
-                            state = 'active', updated_at = now()
+                            state = 'active', create_conflict = NULL, updated_at = now()
                      WHERE tenant_id = $1 AND object_id = $2",
                     &[&tenant_id, &object_id, pbx_id, &Json(fields), &desired_version],
                 )

@@ -495,3 +495,84 @@ async fn a_standing_error_is_opened_once_and_resolved_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_kept_until_created() {
+    in_fresh_database(|url| async move {
+        use usersync_store::{ChangeRecord, CreateConflict};
+        let store = store_with_tenant(&url, "acme").await;
+        let run = Uuid::new_v4();
+        store.start_run(run, "acme", "manual", false).await.expect("a run");
+        let mut client = store.client().await.expect("a connection");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO sync_users (tenant_id, object_id, state, desired_version) VALUES ('acme', 'obj-1', 'active', 1);
+                 INSERT INTO run_changes (run_id, object_id, desired_version, action) VALUES ('{run}', 'obj-1', 1, '\"None\"');
+                 INSERT INTO directory_users (tenant_id, object_id, source, removed) VALUES
+                   ('acme', 'obj-2', '{{\"mailNickname\": \"bo.ek\"}}', false),
+                   ('acme', 'obj-3', '{{\"mailNickname\": \"gone\"}}', true);"
+            ))
+            .await
+            .expect("a user with a planned change");
+        let conflict = CreateConflict {
+            holder_id: "p-9".into(),
+            field: "pstn_fixed".into(),
+        };
+
+        // Answered, then a crash before the commit: the same key next time.
+        let tx = client.transaction().await.unwrap();
+        let locked = Store::lock_user(&tx, run, "acme", "obj-1").await.unwrap().expect("locked");
+        assert_eq!((locked.create_generation, locked.create_conflict), (0, None));
+        Store::create_answered(&tx, "acme", "obj-1", Some(&conflict)).await.unwrap();
+        drop(tx);
+        let tx = client.transaction().await.unwrap();
+        let locked = Store::lock_user(&tx, run, "acme", "obj-1").await.unwrap().expect("locked");
+        assert_eq!((locked.create_generation, locked.create_conflict), (0, None));
+
+        // Committed with the change: a new key, and the holder to re-check.
+        Store::create_answered(&tx, "acme", "obj-1", Some(&conflict)).await.unwrap();
+        tx.commit().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let locked = Store::lock_user(&tx, run, "acme", "obj-1").await.unwrap().expect("locked");
+        assert_eq!(locked.create_generation, 1);
+        assert_eq!(locked.create_conflict.as_ref(), Some(&conflict));
+        assert_eq!(
+            Store::directory_user_name(&tx, "acme", "obj-2").await.unwrap().as_deref(),
+            Some("bo.ek")
+        );
+        for stranger in ["obj-3", "another-directory-user"] {
+            assert_eq!(
+                Store::directory_user_name(&tx, "acme", stranger).await.unwrap(),
+                None,
+                "{stranger}"
+            );
+        }
+
+        // Created at last: nothing left to re-check.
+        let fields = usersync_core::SyncedFields {
+            alias: "asa".into(),
+            first_name: "Åsa".into(),
+            surname: "Öberg".into(),
+            pstn_fixed: "46812345678".into(),
+            email: None,
+            attributes: Default::default(),
+        };
+        let created = ChangeRecord::Created {
+            pbx_id: "p-1".into(),
+            fields,
+        };
+        Store::record_change(&tx, run, "acme", "obj-1", 1, &created).await.unwrap();
+        tx.commit().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT create_generation, create_conflict IS NULL, pbx_id FROM sync_users WHERE object_id = 'obj-1'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1);
+        assert!(row.get::<_, bool>(1), "the conflict is forgotten once created");
+        assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("p-1"));
+    })
+    .await;
+}

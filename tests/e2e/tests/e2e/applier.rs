@@ -123,6 +123,18 @@ async fn pbx_stats(stack: &Stack, company: &str) -> Value {
     stats["companies"][company].clone()
 }
 
+/// Deletes a PBX user through the PBX's own API, as an administrator would.
+async fn pbx_delete(stack: &Stack, company: &str, pbx_id: &str) {
+    let response = stack
+        .http
+        .delete(format!("{}/v1/companies/{company}/users/{pbx_id}", stack.pbx.url))
+        .bearer_auth(PBX_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "deleting PBX user {pbx_id}");
+}
+
 async fn add_fault(stack: &Stack, company: &str, fault: Value) {
     stack
         .pbx_call(
@@ -202,15 +214,7 @@ async fn creates_with_defaults_then_patches_only_the_difference_and_deletes_once
             None,
         )
         .await;
-    let pbx_id = pbx[&gone]["id"].as_str().unwrap();
-    let response = stack
-        .http
-        .delete(format!("{}/v1/companies/basics/users/{pbx_id}", stack.pbx.url))
-        .bearer_auth(PBX_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    pbx_delete(&stack, "basics", pbx[&gone]["id"].as_str().unwrap()).await;
     stack.pbx_call(Method::POST, "/_sim/stats/reset", None).await;
 
     resync(&stack, "basics").await;
@@ -809,4 +813,84 @@ async fn changes_whose_own_writes_keep_failing_fail_once_the_bound_passed_and_th
     assert_eq!(run["state"], "succeeded", "{run:#}");
     assert_eq!(run["counts"]["created"], 5, "{run:#}");
     assert_eq!(by_owner(&pbx_users(&stack, "down").await).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_held_by_a_foreign_pbx_user_is_rechecked_by_reads_and_created_once_it_is_free() {
+    let stack = Stack::start("applier_held").await;
+    let entra = add_tenant(&stack, "held", 5, |_| {}).await;
+    let newcomer = stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{entra}/users"),
+            Some(json!({
+                "displayName": "Åsa Öberg", "givenName": "Åsa", "surname": "Öberg",
+                "mailNickname": "asa.oberg", "userPrincipalName": "asa.oberg@held.example",
+                "mail": "asa.oberg@held.example", "businessPhones": ["08-555 123 45"],
+                "accountEnabled": true
+            })),
+        )
+        .await;
+    let newcomer = newcomer["id"].as_str().unwrap().to_owned();
+    // Put into the PBX by hand: nobody owns it, and its alias differs, so it
+    // is not adoptable.
+    let holder = stack
+        .pbx_call(
+            Method::POST,
+            "/_sim/companies/held/users",
+            Some(json!({
+                "alias": "reception", "first_name": "Front", "surname": "Desk",
+                "pstn_fixed": "46855512345"
+            })),
+        )
+        .await;
+    let holder_id = holder["id"].as_str().unwrap().to_owned();
+
+    resync(&stack, "held").await;
+    let run = finished_run(&stack, "held", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(run["counts"]["created"], 5, "{run:#}");
+    assert_eq!(run["counts"]["failed"], 1, "{run:#}");
+    let reason = failures(&stack, &run_id(&run)).await[&newcomer].clone();
+    for part in [
+        "pstn_fixed \"46855512345\"",
+        holder_id.as_str(),
+        "reception",
+        "no directory user of this tenant owns",
+    ] {
+        assert!(reason.contains(part), "{part} missing: {reason}");
+    }
+    assert!(!reason.contains("two directory users"), "{reason}");
+
+    // Nothing changed: the conflict is checked with reads, nothing is written.
+    stack.pbx_call(Method::POST, "/_sim/stats/reset", None).await;
+    resync(&stack, "held").await;
+    let run = finished_run(&stack, "held", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(run["counts"]["failed"], 1, "{run:#}");
+    assert_eq!(
+        failures(&stack, &run_id(&run)).await[&newcomer],
+        reason,
+        "reported again with the same reason"
+    );
+    let stats = pbx_stats(&stack, "held").await;
+    assert_eq!(
+        stats["writes"], 0,
+        "a run with nothing changed writes nothing: {stats}"
+    );
+
+    // The holder goes: the next run creates the user, once.
+    pbx_delete(&stack, "held", &holder_id).await;
+    resync(&stack, "held").await;
+    let run = finished_run(&stack, "held", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 1, "{run:#}");
+    let numbered: Vec<Value> = pbx_users(&stack, "held")
+        .await
+        .into_iter()
+        .filter(|user| user["pstn_fixed"] == "46855512345")
+        .collect();
+    assert_eq!(numbered.len(), 1, "{numbered:#?}");
+    assert_eq!(numbered[0]["external_id"], newcomer.as_str(), "{numbered:#?}");
+    assert_eq!(by_owner(&pbx_users(&stack, "held").await).len(), 6);
 }

@@ -213,7 +213,8 @@ impl Company {
     }
 
     /// Creates a user for a /v1 POST, honouring an idempotency key: a repeat
-    /// with the same body replays the first successful answer.
+    /// with the same body replays the first answer, a refusal (409, 422) as
+    /// much as a 201. Injected faults come before and are never recorded.
     pub fn create_user(
         &self,
         request: &Map<String, Value>,
@@ -235,11 +236,21 @@ impl Company {
                 return Ok(replay);
             }
         }
-        let user = state.insert_new(NewUser::from_object(request)?)?;
-        state.stats.created += 1;
-        let response = StoredResponse {
-            status: StatusCode::CREATED,
-            body: to_json_bytes(&user),
+        let inserted = NewUser::from_object(request).and_then(|fields| state.insert_new(fields));
+        let response = match (inserted, idempotency_key) {
+            (Ok(user), _) => {
+                state.stats.created += 1;
+                StoredResponse {
+                    status: StatusCode::CREATED,
+                    body: to_json_bytes(&user),
+                }
+            }
+            (Err(error), None) => return Err(error),
+            // A refusal is the first answer too: the contract replays it, status included.
+            (Err(error), Some(_)) => StoredResponse {
+                status: error.status(),
+                body: error.body(),
+            },
         };
         if let Some(key) = idempotency_key {
             let outcome = IdempotentOutcome {

@@ -1,8 +1,8 @@
 //! The error body every PBX endpoint answers with, plus the status it travels with.
 
+use axum::body::Bytes;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
 
 /// An error answer: HTTP status, machine-readable code and the optional
@@ -117,6 +117,21 @@ impl ApiError {
         self.status == StatusCode::TOO_MANY_REQUESTS
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body the error is answered with.
+    pub fn body(&self) -> Bytes {
+        let body = ErrorBody {
+            error: self.code,
+            message: &self.message,
+            field: self.field.as_deref(),
+            existing_id: self.existing_id.as_deref(),
+        };
+        crate::company::to_json_bytes(&body)
+    }
+
     pub fn with_field(mut self, field: &str) -> Self {
         self.field = Some(field.to_owned());
         self
@@ -125,13 +140,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.code,
-            message: &self.message,
-            field: self.field.as_deref(),
-            existing_id: self.existing_id.as_deref(),
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        let mut response = (self.status, headers, self.body()).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

@@ -476,6 +476,35 @@ async fn idempotent_repeat_replays_the_first_answer_and_creates_nothing() {
 }
 
 #[tokio::test]
+async fn an_idempotent_repeat_of_a_refusal_replays_the_refusal() {
+    let sim = Sim::start().await;
+    let holder = sim.create_ok(user_body(1)).await;
+    let mut body = user_body(2);
+    body["pstn_fixed"] = holder["pstn_fixed"].clone();
+    let post = || {
+        sim.v1(Method::POST, "/users")
+            .header("Idempotency-Key", "key-409")
+            .json(&body)
+            .send()
+    };
+    let first = post().await.expect("post");
+    let refusal = expect_error(first, StatusCode::CONFLICT, "conflict", Some("pstn_fixed")).await;
+    assert_eq!(refusal["existing_id"], holder["id"]);
+
+    // The number is free now, but the key already has its answer.
+    let path = format!("/users/{}", holder["id"].as_str().unwrap());
+    let deleted = sim.v1(Method::DELETE, &path).send().await.expect("delete");
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let repeat = post().await.expect("post");
+    assert_eq!(
+        expect_error(repeat, StatusCode::CONFLICT, "conflict", Some("pstn_fixed")).await,
+        refusal
+    );
+    assert!(sim.all_users().await.is_empty());
+    assert_eq!(sim.stats().await["idempotent_replays"], 1);
+}
+
+#[tokio::test]
 async fn concurrent_creations_are_all_kept() {
     let sim = Sim::start().await;
     let creations = (0..200).map(|n| sim.create(user_body(n)));
