@@ -255,54 +255,78 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show
     }
 }
 
+/// `usersync resync acme --wait` in the background: its exit code and output.
+fn resync_and_wait(stack: &Stack, extra: &[&str]) -> tokio::task::JoinHandle<(Option<i32>, String)> {
+    let stack_env = stack.env();
+    let mut args = vec!["resync", "acme", "--wait", "--timeout", "240"];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    tokio::spawn(async move {
+        let output = tokio::process::Command::new(usersync_e2e::binary("usersync"))
+            .args(args)
+            .envs(stack_env)
+            .output()
+            .await
+            .expect("usersync resync --wait");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    })
+}
+
+/// The run whose end `resync --wait` printed.
+fn ended_run(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("run ")?.split_once(" ended ").map(|(id, _)| id.to_owned()))
+        .unwrap_or_else(|| panic!("no run ended in:\n{output}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_end() {
-    let stack = Stack::start_with("coalesce", vec![small_pools()]).await;
+async fn a_resync_before_the_run_reads_its_round_joins_it_and_wait_follows_it_to_the_end() {
+    // Graph retries the held token request as long as the test needs.
+    let stack = Stack::start_with(
+        "coalesce",
+        vec![small_pools(), ("GRAPH_RETRY_ATTEMPTS", "1000".to_owned())],
+    )
+    .await;
     seed(&stack).await;
     apply(&stack, &tenant_file()).await;
-    // Graph throttles the first delta page for 3 s: the run is in progress long enough.
+    // Entra throttles every token request until the faults are cleared: the run
+    // is recorded but has not started reading the directory.
+    let faults = format!("/_sim/tenants/{ENTRA_TENANT}/faults");
     stack
         .graph_call(
             Method::POST,
-            &format!("/_sim/tenants/{ENTRA_TENANT}/faults"),
-            Some(json!({"kind": "throttle", "retry_after": "3", "count": 1, "path_prefix": "/v1.0/users/delta"})),
+            &faults,
+            Some(json!({"kind": "throttle", "retry_after": "0.5", "count": 100000,
+                        "path_prefix": format!("/{ENTRA_TENANT}/oauth2")})),
         )
         .await;
-    let first = {
-        let stack_env = stack.env();
-        tokio::spawn(async move {
-            let output = tokio::process::Command::new(usersync_e2e::binary("usersync"))
-                .args(["resync", "acme", "--wait", "--timeout", "120"])
-                .envs(stack_env)
-                .output()
-                .await
-                .expect("usersync resync --wait");
-            (
-                output.status.code(),
-                String::from_utf8_lossy(&output.stdout).into_owned(),
-            )
-        })
-    };
+    let first = resync_and_wait(&stack, &[]);
     let running = wait_for("the first run to start", Duration::from_secs(30), || async {
         let status = status(&stack, "acme").await;
-        (status["state"] != "idle").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
+        (status["state"] == "fetching").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
     })
     .await;
-    let (ok, joined, stderr) = stack
-        .cli(&["resync", "acme", "--wait", "--timeout", "120"], None)
-        .await;
-    assert!(ok, "{joined}\n{stderr}");
+    let second = resync_and_wait(&stack, &[]);
+    wait_for("the second request to join", Duration::from_secs(30), || async {
+        (stack.sql(&format!("SELECT count(*) FROM run_joins WHERE run_id = '{running}'")) == "1").then_some(())
+    })
+    .await;
+    stack.graph_call(Method::DELETE, &faults, None).await;
+
+    let (code, joined) = second.await.unwrap();
+    assert_eq!(code, Some(0), "{joined}");
     assert!(joined.contains(&format!("joined run {running}")), "{joined}");
-    assert!(joined.contains("ended succeeded"), "{joined}");
+    assert_eq!(ended_run(&joined), running, "{joined}");
     let (code, first_out) = first.await.unwrap();
     assert_eq!(code, Some(0), "{first_out}");
     assert!(first_out.contains(&format!("run {running} ")), "{first_out}");
     assert!(first_out.contains("pages fetched"), "{first_out}");
-    assert!(
-        first_out.contains("120 users differed") || first_out.contains("users differed"),
-        "{first_out}"
-    );
-    assert!(first_out.contains("ended succeeded"), "{first_out}");
+    assert!(first_out.contains("users differed"), "{first_out}");
+    assert_eq!(ended_run(&first_out), running, "{first_out}");
     assert_eq!(
         stack
             .cli_json(&["runs", "acme", "--json"])
@@ -311,7 +335,7 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
             .unwrap()
             .len(),
         1,
-        "the second request joined the first run"
+        "the second request joined the first run: no follow-up"
     );
 
     // A failed run ends --wait with exit code 3.
@@ -319,6 +343,82 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
     let (ok, out, _) = stack.cli(&["resync", "acme", "--wait"], None).await;
     assert!(!ok);
     assert!(out.contains("ended failed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_and_wait_follows_it() {
+    let stack = Stack::start_with(
+        "follow_up",
+        vec![small_pools(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
+    )
+    .await;
+    seed(&stack).await;
+    apply(&stack, &tenant_file()).await;
+    // Every PBX write takes 100 ms: the first sync's 120 creates keep it applying.
+    stack
+        .pbx_call(
+            Method::POST,
+            "/_sim/companies/acme/faults",
+            Some(json!({"kind": "latency", "ms": 100})),
+        )
+        .await;
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let first = wait_for("the first run to apply", Duration::from_secs(60), || async {
+        let status = status(&stack, "acme").await;
+        (status["state"] == "applying").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+
+    // A member changes in Entra after the first run read its round.
+    let (_, members) = telephony_members(&stack).await;
+    let changed = members[0].clone();
+    stack
+        .graph_call(
+            Method::PATCH,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/users/{changed}"),
+            Some(json!({"surname": "Efteråt"})),
+        )
+        .await;
+    let waiting = resync_and_wait(&stack, &[]);
+    // More requests meanwhile, one of them for a full read: still one follow-up.
+    let (ok, _, stderr) = stack.cli(&["resync", "acme", "--full"], None).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let queued = wait_for("the follow-up to be queued", Duration::from_secs(30), || async {
+        let status = status(&stack, "acme").await;
+        let queued = status["queued_run"].as_str()?.to_owned();
+        (status["state"] == "applying" && status["last_run"]["id"] == first.as_str()).then_some(queued)
+    })
+    .await;
+    assert_ne!(queued, first);
+    let (ok, text, _) = stack.cli(&["status", "acme"], None).await;
+    assert!(ok && text.contains(&format!("queued: run {queued}")), "{text}");
+
+    let (code, out) = waiting.await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(ended_run(&out), queued, "wait follows the follow-up, not the first run:\n{out}");
+    let runs = stack.cli_json(&["runs", "acme", "--json"]).await;
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "one follow-up however many requests: {runs:#?}");
+    assert_eq!(runs[0]["id"], queued.as_str(), "{runs:#?}");
+    assert_eq!(runs[1]["id"], first.as_str(), "{runs:#?}");
+    assert_eq!(runs[0]["state"], "succeeded", "{runs:#?}");
+    let first_end = runs[1]["finished_at"].as_str().expect("the first run ended");
+    let follow_up_start = runs[0]["started_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(follow_up_start).unwrap()
+            >= chrono::DateTime::parse_from_rfc3339(first_end).unwrap(),
+        "the follow-up started after the first run ended: {runs:#?}"
+    );
+    assert_eq!(
+        stack.sql(&format!("SELECT full_round FROM runs WHERE id = '{queued}'")),
+        "t",
+        "a --full request made the follow-up read the whole directory"
+    );
+    assert_eq!(pbx_users(&stack).await[&changed]["surname"], "Efteråt");
+    assert_eq!(status(&stack, "acme").await["queued_run"], Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
