@@ -65,10 +65,13 @@ pub fn tenant_show(config: &TenantConfig, _json: bool) -> anyhow::Result<()> {
 pub struct StatusLine {
     pub id: String,
     pub mode: String,
-    /// The run in progress (`fetching`, `differing`, `applying`), or `idle`.
+    /// The run in progress (`fetching`, `differing`, `applying`), `queued`
+    /// when only a follow-up waits to start, or `idle`.
     pub state: String,
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_run: Option<RunSummary>,
+    /// The follow-up run queued to start when the run in progress ends.
+    pub queued_run: Option<String>,
     pub pending_deletions: i64,
     pub next_run_at: Option<DateTime<Utc>>,
 }
@@ -103,8 +106,10 @@ impl From<&RunRow> for RunSummary {
 impl StatusLine {
     /// `schedule` is the tenant's schedule, for a tenant the scheduler has not seen yet.
     pub fn new(tenant: TenantOverview, schedule: Option<&Schedule>, now: DateTime<Utc>) -> StatusLine {
-        let state = match &tenant.last_run {
-            Some(run) if run.finished_at.is_none() => run.state.clone(),
+        let state = match (&tenant.last_run, tenant.queued_run) {
+            (Some(run), _) if run.finished_at.is_none() => run.state.clone(),
+            // The run it waited for has ended; the scheduler starts it next.
+            (_, Some(_)) => "queued".to_owned(),
             _ => "idle".to_owned(),
         };
         StatusLine {
@@ -116,6 +121,7 @@ impl StatusLine {
             state,
             last_success_at: tenant.last_success_at,
             last_run: tenant.last_run.as_ref().map(RunSummary::from),
+            queued_run: tenant.queued_run.map(|id| id.to_string()),
             pending_deletions: tenant.pending_deletions,
         }
     }
@@ -174,6 +180,9 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
             }
         }
         None => println!("  last run: none yet"),
+    }
+    if let Some(queued) = &line.queued_run {
+        println!("  queued: run {queued}, starts when the run in progress ends");
     }
     println!("  pending deletions: {}", line.pending_deletions);
     println!("  next scheduled run: {}", time(line.next_run_at));
@@ -255,7 +264,12 @@ pub fn runs(runs: &[RunRow], json: bool) -> anyhow::Result<()> {
             run.id,
             run.state,
             run.trigger,
-            time(Some(run.started_at)),
+            // A queued run's start time is only when it was asked for.
+            if run.state == "queued" {
+                "not yet".to_owned()
+            } else {
+                time(Some(run.started_at))
+            },
             counts_text(&run.counts)
         );
         if let Some(error) = &run.error {

@@ -66,34 +66,52 @@ impl From<GraphError> for RoundError {
 impl Handler<ResyncRequest> for Fetcher {
     async fn handle(&self, incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
         let request = &incoming.message;
-        let run_id = run_id_for(incoming.message_id.as_deref());
         let Some(tenant) = self.store.tenant(&request.tenant_id, Some(&self.key)).await? else {
             return Err(Failure::reject(format!(
                 "no tenant {:?}: create it with `usersync tenant apply FILE`",
                 request.tenant_id
             )));
         };
-        if request.full {
-            self.store.drop_delta_state(&request.tenant_id).await?;
-        }
-        let full_round = request.full || tenant.delta_link.is_none();
-        match self
-            .store
-            .start_run(run_id, &request.tenant_id, &request.trigger, full_round)
-            .await?
-        {
+        let (run_id, start) = match follow_up_start(incoming.message_id.as_deref()) {
+            Some((run_id, number)) => {
+                let start = self
+                    .store
+                    .start_follow_up(run_id, &request.tenant_id, number)
+                    .await?;
+                (run_id, start)
+            }
+            None => {
+                let run_id = run_id_for(incoming.message_id.as_deref());
+                let full_round = request.full || tenant.delta_link.is_none();
+                let start = self
+                    .store
+                    .start_run(run_id, &request.tenant_id, &request.trigger, full_round)
+                    .await?;
+                (run_id, start)
+            }
+        };
+        match start {
             RunStart::Started | RunStart::Resumed => {}
             RunStart::AlreadyFetched => return Ok(()),
             RunStart::Coalesced(active) => {
-                tracing::info!(tenant_id = %request.tenant_id, %active, "a run is already in progress; request joined it");
+                tracing::info!(tenant_id = %request.tenant_id, %active, "a run is already in progress and has not read its round; request joined it");
+                return Ok(());
+            }
+            RunStart::Queued(queued) => {
+                tracing::info!(tenant_id = %request.tenant_id, %queued, "the run in progress has read its round; request served by the follow-up run queued after it");
                 return Ok(());
             }
         }
-        let delta_link = if request.full {
-            None
-        } else {
-            tenant.delta_link.clone()
+        // The run's own record says whether to read everything: a follow-up
+        // reads the full directory when any request it serves asked for that.
+        let full = match self.store.run(run_id).await? {
+            Some(run) => run.full_round,
+            None => request.full,
         };
+        if full {
+            self.store.drop_delta_state(&request.tenant_id).await?;
+        }
+        let delta_link = if full { None } else { tenant.delta_link.clone() };
         // Instrumented, not entered: the span must follow the future across awaits.
         let span = tracing::info_span!("round", tenant_id = %request.tenant_id, %run_id);
         match self
@@ -130,6 +148,10 @@ impl Fetcher {
             client_id: tenant.provider_settings.client_id.clone(),
             client_secret: tenant.provider_settings.client_secret.clone(),
         };
+        // The token is not the directory: only once it is here does the round
+        // start reading, and requests from then on queue a follow-up.
+        self.graph.token(&credentials).await?;
+        self.store.mark_round_started(run_id).await?;
         let mut pages = 0u32;
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
         let groups = if scoped {
@@ -353,6 +375,20 @@ fn run_id_for(message_id: Option<&str>) -> Uuid {
     }
 }
 
+/// Prefix of the message id of a queued follow-up's start request:
+/// `follow-up:<run id>:<start request number>` (see `schedule.rs`).
+pub const FOLLOW_UP_PREFIX: &str = "follow-up:";
+
+pub fn follow_up_message_id(run_id: Uuid, number: i32) -> String {
+    format!("{FOLLOW_UP_PREFIX}{run_id}:{number}")
+}
+
+/// The run and start request number of a follow-up's start request.
+fn follow_up_start(message_id: Option<&str>) -> Option<(Uuid, i32)> {
+    let (run_id, number) = message_id?.strip_prefix(FOLLOW_UP_PREFIX)?.split_once(':')?;
+    Some((Uuid::parse_str(run_id).ok()?, number.parse().ok()?))
+}
+
 /// Standard properties plus every top-level property the mapping reads.
 fn select_list(tenant: &TenantConfig) -> Vec<String> {
     let mut select: Vec<String> = STANDARD_PROPERTIES.iter().map(|p| (*p).to_owned()).collect();
@@ -403,6 +439,18 @@ mod tests {
         let selected: Vec<&str> = query.split(',').collect();
         assert!(selected.contains(&"accountEnabled"), "{url}");
         assert!(selected.contains(&"extension_0a1b2c_alias"), "{url}");
+    }
+
+    #[test]
+    fn a_follow_up_start_request_names_its_run_and_number() {
+        let run = Uuid::new_v4();
+        assert_eq!(
+            follow_up_start(Some(&follow_up_message_id(run, 3))),
+            Some((run, 3))
+        );
+        assert_eq!(follow_up_start(Some(&run.to_string())), None);
+        assert_eq!(follow_up_start(Some("follow-up:not-a-uuid:1")), None);
+        assert_eq!(follow_up_start(None), None);
     }
 
     #[test]

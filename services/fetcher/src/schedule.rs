@@ -1,8 +1,10 @@
-//! The scheduler: asks for each tenant's nightly run when it is due, and for a
-//! run when a tenant's deletions fall due. Every fetcher replica runs it; a due
-//! run is claimed in PostgreSQL (compare-and-swap on its due time), so it fires
-//! once however many replicas run. A run missed while nothing was running is
-//! due at once when a replica starts.
+//! The scheduler: asks for each tenant's nightly run when it is due, for a
+//! run when a tenant's deletions fall due, and starts a queued follow-up run
+//! once the tenant's run in progress has ended (whichever service ended it).
+//! Every fetcher replica runs it; a due run is claimed in PostgreSQL
+//! (compare-and-swap on its due time, or on a follow-up's start request
+//! count), so it fires once however many replicas run. A run missed while
+//! nothing was running is due at once when a replica starts.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use usersync_contract::ResyncRequest;
 use usersync_core::{schedule::next_due, Schedule};
 use usersync_runtime::{clock, env_or};
 use usersync_store::Store;
+
+use crate::round::follow_up_message_id;
 
 /// Runs until the process ends; a failed poll is logged and tried again.
 pub async fn run(store: Store, bus: Bus) {
@@ -63,6 +67,22 @@ async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Resu
             return Err(err);
         }
         tracing::info!(tenant_id = %row.tenant_id, %due, %next, "nightly run requested");
+    }
+    for due in store.due_follow_ups().await? {
+        let Some(number) = store.claim_follow_up(&due).await? else {
+            continue; // another replica took it
+        };
+        let request = ResyncRequest {
+            tenant_id: due.tenant_id.clone(),
+            full: due.full_round,
+            trigger: due.trigger.clone(),
+        };
+        let id = follow_up_message_id(due.run_id, number);
+        if let Err(err) = bus.request_resync(&request, &id).await {
+            store.release_follow_up(due.run_id, number).await?;
+            return Err(err);
+        }
+        tracing::info!(tenant_id = %due.tenant_id, run_id = %due.run_id, "follow-up run requested");
     }
     for (tenant_id, earliest) in store.due_sweeps(now).await? {
         if !store.claim_sweep(&tenant_id, earliest).await? {

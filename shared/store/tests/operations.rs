@@ -143,7 +143,10 @@ async fn a_request_joins_a_run_until_it_reads_its_round_then_all_share_one_follo
 
         let [manual, scheduled, full] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
         assert_eq!(start(manual, "manual", false).await, RunStart::Queued(manual));
-        assert_eq!(start(scheduled, "scheduled", false).await, RunStart::Queued(manual));
+        assert_eq!(
+            start(scheduled, "scheduled", false).await,
+            RunStart::Queued(manual)
+        );
         assert_eq!(start(full, "manual", true).await, RunStart::Queued(manual));
         assert_eq!(
             start(manual, "manual", false).await,
@@ -241,7 +244,12 @@ async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
         );
         // A start request that arrives while the first run is still in
         // progress leaves it queued, to be asked for again.
-        execute(&store, "UPDATE runs SET start_requests = 4 WHERE id = $1", &[&follow_up]).await;
+        execute(
+            &store,
+            "UPDATE runs SET start_requests = 4 WHERE id = $1",
+            &[&follow_up],
+        )
+        .await;
         assert_eq!(
             store.start_follow_up(follow_up, "acme", 4).await.unwrap(),
             RunStart::Queued(follow_up)
@@ -258,7 +266,11 @@ async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
         // Publishing failed: released, it is due again at once.
         store.release_follow_up(follow_up, number).await.unwrap();
         let due = store.due_follow_ups().await.unwrap();
-        let number = store.claim_follow_up(&due[0]).await.unwrap().expect("claimed again");
+        let number = store
+            .claim_follow_up(&due[0])
+            .await
+            .unwrap()
+            .expect("claimed again");
         // A start request lost in a crash: published again after a while.
         execute(
             &store,
@@ -267,7 +279,11 @@ async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
         )
         .await;
         let due = store.due_follow_ups().await.unwrap();
-        let republished = store.claim_follow_up(&due[0]).await.unwrap().expect("claimed again");
+        let republished = store
+            .claim_follow_up(&due[0])
+            .await
+            .unwrap()
+            .expect("claimed again");
         assert_ne!(republished, number);
 
         // The older request arrives first: it starts the run; the newer one then changes nothing.
@@ -276,7 +292,10 @@ async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
             RunStart::Started
         );
         assert_eq!(
-            store.start_follow_up(follow_up, "acme", republished).await.unwrap(),
+            store
+                .start_follow_up(follow_up, "acme", republished)
+                .await
+                .unwrap(),
             RunStart::AlreadyFetched
         );
         let stale = store.run(first).await.unwrap().unwrap();

@@ -279,7 +279,11 @@ fn resync_and_wait(stack: &Stack, extra: &[&str]) -> tokio::task::JoinHandle<(Op
 fn ended_run(output: &str) -> String {
     output
         .lines()
-        .find_map(|line| line.strip_prefix("run ")?.split_once(" ended ").map(|(id, _)| id.to_owned()))
+        .find_map(|line| {
+            line.strip_prefix("run ")?
+                .split_once(" ended ")
+                .map(|(id, _)| id.to_owned())
+        })
         .unwrap_or_else(|| panic!("no run ended in:\n{output}"))
 }
 
@@ -312,7 +316,10 @@ async fn a_resync_before_the_run_reads_its_round_joins_it_and_wait_follows_it_to
     .await;
     let second = resync_and_wait(&stack, &[]);
     wait_for("the second request to join", Duration::from_secs(30), || async {
-        (stack.sql(&format!("SELECT count(*) FROM run_joins WHERE run_id = '{running}'")) == "1").then_some(())
+        (stack.sql(&format!(
+            "SELECT count(*) FROM run_joins WHERE run_id = '{running}'"
+        )) == "1")
+            .then_some(())
     })
     .await;
     stack.graph_call(Method::DELETE, &faults, None).await;
@@ -398,7 +405,11 @@ async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_a
 
     let (code, out) = waiting.await.unwrap();
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(ended_run(&out), queued, "wait follows the follow-up, not the first run:\n{out}");
+    assert_eq!(
+        ended_run(&out),
+        queued,
+        "wait follows the follow-up, not the first run:\n{out}"
+    );
     let runs = stack.cli_json(&["runs", "acme", "--json"]).await;
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 2, "one follow-up however many requests: {runs:#?}");
