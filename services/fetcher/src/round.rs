@@ -82,10 +82,9 @@ impl Handler<ResyncRequest> for Fetcher {
             }
             None => {
                 let run_id = run_id_for(incoming.message_id.as_deref());
-                let full_round = request.full || tenant.delta_link.is_none();
                 let start = self
                     .store
-                    .start_run(run_id, &request.tenant_id, &request.trigger, full_round)
+                    .start_run(run_id, &request.tenant_id, &request.trigger, request.full)
                     .await?;
                 (run_id, start)
             }
@@ -102,20 +101,10 @@ impl Handler<ResyncRequest> for Fetcher {
                 return Ok(());
             }
         }
-        // The run's own record says whether to read everything: a follow-up
-        // reads the full directory when any request it serves asked for that.
-        let full = match self.store.run(run_id).await? {
-            Some(run) => run.full_round,
-            None => request.full,
-        };
-        if full {
-            self.store.drop_delta_state(&request.tenant_id).await?;
-        }
-        let delta_link = if full { None } else { tenant.delta_link.clone() };
         // Instrumented, not entered: the span must follow the future across awaits.
         let span = tracing::info_span!("round", tenant_id = %request.tenant_id, %run_id);
         match self
-            .round(run_id, &tenant.config, delta_link)
+            .round(run_id, &tenant.config, tenant.delta_link.clone())
             .instrument(span.clone())
             .await
         {
@@ -131,6 +120,7 @@ impl Handler<ResyncRequest> for Fetcher {
 }
 
 impl Fetcher {
+    /// `delta_link` is the tenant's stored one; a full round reads without it.
     async fn round(
         &self,
         run_id: Uuid,
@@ -149,9 +139,14 @@ impl Fetcher {
             client_secret: tenant.provider_settings.client_secret.clone(),
         };
         // The token is not the directory: only once it is here does the round
-        // start reading, and requests from then on queue a follow-up.
+        // start reading, and requests from then on queue a follow-up. The run's
+        // record says whether to read everything: so does any request it serves.
         self.graph.token(&credentials).await?;
-        self.store.mark_round_started(run_id).await?;
+        let full = self.store.mark_round_started(run_id).await?;
+        if full {
+            self.store.drop_delta_state(&tenant.id).await?;
+        }
+        let delta_link = delta_link.filter(|_| !full);
         let mut pages = 0u32;
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
         let groups = if scoped {

@@ -13,7 +13,7 @@ use usersync_bus::Bus;
 use usersync_contract::ResyncRequest;
 use usersync_core::{schedule::next_due, Schedule};
 use usersync_runtime::{clock, env_or};
-use usersync_store::Store;
+use usersync_store::{RunEnds, Store};
 
 use crate::round::follow_up_message_id;
 
@@ -27,11 +27,39 @@ pub async fn run(store: Store, bus: Bus) {
     tracing::info!(poll_s = poll.as_secs_f64(), "scheduler started");
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut run_ends = None;
     loop {
-        ticks.tick().await;
-        if let Err(err) = poll_once(&store, &bus, clock::now()).await {
-            tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(err) = poll_once(&store, &bus, clock::now()).await {
+                    tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
+                }
+                if run_ends.is_none() {
+                    run_ends = store
+                        .run_ends()
+                        .await
+                        .inspect_err(|err| tracing::warn!(error = %format!("{err:#}"), "not told when runs end; follow-ups start on the next poll"))
+                        .ok();
+                }
+            }
+            ended = next_end(&mut run_ends) => match ended {
+                // A run ended: its tenant's follow-up may be due now.
+                Some(_) => {
+                    if let Err(err) = start_follow_ups(&store, &bus).await {
+                        tracing::warn!(error = %format!("{err:#}"), "starting follow-up runs failed; trying again");
+                    }
+                }
+                None => run_ends = None,
+            },
         }
+    }
+}
+
+/// The tenant of the next run that ends; pending forever while not listening.
+async fn next_end(run_ends: &mut Option<RunEnds>) -> Option<String> {
+    match run_ends {
+        Some(ends) => ends.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -68,6 +96,21 @@ async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Resu
         }
         tracing::info!(tenant_id = %row.tenant_id, %due, %next, "nightly run requested");
     }
+    start_follow_ups(store, bus).await?;
+    for (tenant_id, earliest) in store.due_sweeps(now).await? {
+        if !store.claim_sweep(&tenant_id, earliest).await? {
+            continue;
+        }
+        let id = format!("sweep:{tenant_id}:{}", earliest.to_rfc3339());
+        request(bus, &tenant_id, "sweep", &id).await?;
+        tracing::info!(%tenant_id, %earliest, "run requested for due deletions");
+    }
+    Ok(())
+}
+
+/// Publishes the start request of every queued follow-up whose run before it
+/// has ended; each is claimed first, so one replica publishes it.
+async fn start_follow_ups(store: &Store, bus: &Bus) -> anyhow::Result<()> {
     for due in store.due_follow_ups().await? {
         let Some(number) = store.claim_follow_up(&due).await? else {
             continue; // another replica took it
@@ -83,14 +126,6 @@ async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Resu
             return Err(err);
         }
         tracing::info!(tenant_id = %due.tenant_id, run_id = %due.run_id, "follow-up run requested");
-    }
-    for (tenant_id, earliest) in store.due_sweeps(now).await? {
-        if !store.claim_sweep(&tenant_id, earliest).await? {
-            continue;
-        }
-        let id = format!("sweep:{tenant_id}:{}", earliest.to_rfc3339());
-        request(bus, &tenant_id, "sweep", &id).await?;
-        tracing::info!(%tenant_id, %earliest, "run requested for due deletions");
     }
     Ok(())
 }

@@ -19,3 +19,15 @@ CREATE UNIQUE INDEX runs_one_queued ON runs (tenant_id) WHERE state = 'queued';
 ALTER TABLE runs DISABLE TRIGGER runs_heartbeat;
 UPDATE runs SET round_started_at = started_at WHERE finished_at IS NULL;
 ALTER TABLE runs ENABLE TRIGGER runs_heartbeat;
+
+-- Tells the fetchers' schedulers at once when a run ends, whichever service
+-- ended it, so a queued follow-up starts without waiting for the next poll
+-- (the poll still finds it if the notification is lost).
+CREATE FUNCTION runs_notify_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('usersync_run_ended', NEW.tenant_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER runs_notify_ended AFTER UPDATE OF finished_at ON runs
+    FOR EACH ROW WHEN (OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL)
+    EXECUTE FUNCTION runs_notify_ended();

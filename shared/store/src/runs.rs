@@ -138,6 +138,24 @@ pub struct DueFollowUp {
 /// long (lost in a crash between claim and publish) is published again.
 pub const FOLLOW_UP_REPUBLISH_SECS: f64 = 30.0;
 
+/// The PostgreSQL channel told the tenant id of every run that ends (see V12).
+const RUN_ENDED_CHANNEL: &str = "usersync_run_ended";
+
+/// Notifications of runs that end, whichever service ended them: a prompt
+/// nudge only; what is due is always read from the tables.
+pub struct RunEnds {
+    // Keeps the listening connection open.
+    _client: tokio_postgres::Client,
+    ended: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl RunEnds {
+    /// The tenant of the next run that ends; None once the connection is lost.
+    pub async fn next(&mut self) -> Option<String> {
+        self.ended.recv().await
+    }
+}
+
 /// The live (not stale) run in progress of the tenant, if any; queued
 /// follow-ups are not in progress. Locks the run's row so that the round
 /// cannot start reading while a request decides to join it.
@@ -216,6 +234,7 @@ impl Store {
     /// Records the start of a run, unless the tenant already has one in
     /// progress: a request joins that run while it has not started reading its
     /// round, and is served by the tenant's one follow-up run after.
+    /// `full_round`: the request asks to read the whole directory.
     pub async fn start_run(
         &self,
         run_id: Uuid,
@@ -257,16 +276,8 @@ impl Store {
         let joined = match (&active, queued) {
             // Not read yet: what this request wants to see, that run will see.
             (Some(row), _) if !row.get::<_, bool>("read") => Some(row.get::<_, Uuid>("id")),
-            // The follow-up already queued serves this request too (a full read if any asked for one).
-            (_, Some(queued)) => {
-                tx.execute(
-                    "UPDATE runs SET full_round = full_round OR $2 WHERE id = $1",
-                    &[&queued, &full_round],
-                )
-                .await
-                .context("widening the queued run")?;
-                Some(queued)
-            }
+            // The follow-up already queued serves this request too.
+            (_, Some(queued)) => Some(queued),
             (Some(_), None) => {
                 tx.execute(
                     "INSERT INTO runs (id, tenant_id, trigger, full_round, state) VALUES ($1, $2, $3, $4, 'queued')",
@@ -280,6 +291,13 @@ impl Store {
             (None, None) => None,
         };
         if let Some(joined) = joined {
+            // A full read if any request the run serves asks for one.
+            tx.execute(
+                "UPDATE runs SET full_round = true WHERE id = $1 AND $2 AND NOT full_round",
+                &[&joined, &full_round],
+            )
+            .await
+            .context("widening the joined run")?;
             // Whoever asked can follow the run this request joined.
             tx.execute(
                 "INSERT INTO run_joins (request_id, run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -305,19 +323,59 @@ impl Store {
         Ok(RunStart::Started)
     }
 
+    /// Listens, on a connection of its own, for runs that end.
+    pub async fn run_ends(&self) -> Result<RunEnds> {
+        let (client, mut connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting to PostgreSQL to listen for runs that end")?;
+        let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                        if sender.send(note.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "lost the connection listening for runs that end");
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {RUN_ENDED_CHANNEL}"))
+            .await
+            .context("listening for runs that end")?;
+        Ok(RunEnds {
+            _client: client,
+            ended,
+        })
+    }
+
     /// Records that the fetcher starts reading the run's round from the
     /// directory: requests from now on queue a follow-up instead of joining.
-    /// Waits for a request deciding to join it (which locks the row) to commit.
-    pub async fn mark_round_started(&self, run_id: Uuid) -> Result<()> {
+    /// Waits for a request deciding to join it (which locks the row) to commit,
+    /// and returns whether the round reads the full directory (the run's own
+    /// request or one that joined it asked for that, or there is no delta link).
+    pub async fn mark_round_started(&self, run_id: Uuid) -> Result<bool> {
         let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE runs SET round_started_at = now() WHERE id = $1 AND round_started_at IS NULL",
+        let row = client
+            .query_opt(
+                "UPDATE runs r SET round_started_at = coalesce(r.round_started_at, now()),
+                        full_round = r.full_round OR t.delta_link IS NULL
+                 FROM tenants t WHERE r.id = $1 AND t.id = r.tenant_id
+                 RETURNING r.full_round",
                 &[&run_id],
             )
             .await
-            .context("recording the start of the round")?;
-        Ok(())
+            .context("recording the start of the round")?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} is not recorded"))?;
+        Ok(row.get(0))
     }
 
     /// Queued follow-ups whose tenant has no run in progress (a stale one does

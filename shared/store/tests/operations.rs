@@ -127,6 +127,12 @@ async fn age_heartbeats(store: &Store, minutes: i32) {
 async fn a_request_joins_a_run_until_it_reads_its_round_then_all_share_one_follow_up() {
     in_fresh_database(|url| async move {
         let store = store_with_tenants(&url, &["acme"]).await;
+        execute(
+            &store,
+            "UPDATE tenants SET delta_link = 'https://graph.example/delta'",
+            &[],
+        )
+        .await;
         let start = |run_id: Uuid, trigger: &'static str, full: bool| {
             let store = store.clone();
             async move { store.start_run(run_id, "acme", trigger, full).await.unwrap() }
@@ -135,11 +141,14 @@ async fn a_request_joins_a_run_until_it_reads_its_round_then_all_share_one_follo
         assert_eq!(start(first, "manual", false).await, RunStart::Started);
         let early = Uuid::new_v4();
         assert_eq!(
-            start(early, "manual", false).await,
+            start(early, "manual", true).await,
             RunStart::Coalesced(first),
             "the round is not read yet"
         );
-        store.mark_round_started(first).await.unwrap();
+        assert!(
+            store.mark_round_started(first).await.unwrap(),
+            "a request for a full read joined: the round reads everything"
+        );
 
         let [manual, scheduled, full] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
         assert_eq!(start(manual, "manual", false).await, RunStart::Queued(manual));
@@ -218,6 +227,7 @@ async fn a_request_joins_a_run_until_it_reads_its_round_then_all_share_one_follo
             RunStart::AlreadyFetched,
             "another start request"
         );
+        assert!(store.mark_round_started(manual).await.unwrap());
         let started = store.run(manual).await.unwrap().unwrap();
         let ended = store.run(first).await.unwrap().unwrap();
         assert_eq!(started.state, "fetching");
@@ -307,6 +317,48 @@ async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
             store.start_run(joined, "acme", "manual", false).await.unwrap(),
             RunStart::Coalesced(follow_up)
         );
+        assert!(
+            store.mark_round_started(follow_up).await.unwrap(),
+            "no delta link yet: the round reads everything"
+        );
+        assert!(store.run(follow_up).await.unwrap().unwrap().full_round);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_is_told_of_each_run_that_ends_whoever_ends_it() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenants(&url, &["acme", "globex"]).await;
+        let mut ends = store.run_ends().await.expect("listening");
+        let [acme, globex] = [Uuid::new_v4(), Uuid::new_v4()];
+        store.start_run(acme, "acme", "manual", false).await.unwrap();
+        store.start_run(globex, "globex", "manual", false).await.unwrap();
+        // Progress is not an end.
+        store.set_run_state(globex, RunState::Applying).await.unwrap();
+        // However a run ends, the same column says so.
+        execute(
+            &store,
+            "UPDATE runs SET state = 'succeeded', finished_at = now() WHERE id = $1",
+            &[&globex],
+        )
+        .await;
+        store.fail_run(acme, "test.refused", "no").await.unwrap();
+        store.fail_run(acme, "test.refused", "again").await.unwrap();
+        // Notifications arrive in commit order: this one marks the end of the test.
+        let last = Uuid::new_v4();
+        store.start_run(last, "globex", "manual", false).await.unwrap();
+        store.fail_run(last, "test.refused", "no").await.unwrap();
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(30), ends.next());
+            told.push(
+                next.await
+                    .expect("told within the deadline")
+                    .expect("still listening"),
+            );
+        }
+        assert_eq!(told, ["globex", "acme", "globex"], "each ended run told once");
     })
     .await;
 }
