@@ -157,12 +157,13 @@ impl RunEnds {
 }
 
 /// The live (not stale) run in progress of the tenant, if any; queued
-/// follow-ups are not in progress. Locks the run's row so that the round
-/// cannot start reading while a request decides to join it.
+/// follow-ups are not in progress. Read under the tenant's lock, which
+/// [`Store::mark_round_started`] takes too: a request decides to join before
+/// the round starts reading, or sees that it has.
 const ACTIVE_RUN: &str = "SELECT id, state, round_started_at IS NOT NULL AS read FROM runs
      WHERE tenant_id = $1 AND finished_at IS NULL AND state <> 'queued'
        AND heartbeat_at > now() - make_interval(mins => $2)
-     ORDER BY started_at DESC LIMIT 1 FOR UPDATE";
+     ORDER BY started_at DESC LIMIT 1";
 
 /// A run that has made no progress (no page recorded, no change planned or
 /// applied) for this many minutes no longer blocks new ones. Override with
@@ -359,12 +360,20 @@ impl Store {
 
     /// Records that the fetcher starts reading the run's round from the
     /// directory: requests from now on queue a follow-up instead of joining.
-    /// Waits for a request deciding to join it (which locks the row) to commit,
-    /// and returns whether the round reads the full directory (the run's own
-    /// request or one that joined it asked for that, or there is no delta link).
+    /// Takes the tenant's lock (tenant before run, as everywhere), so a request
+    /// deciding to join commits first; returns whether the round reads the
+    /// full directory (the run's own request or one that joined it asked for
+    /// that, or there is no delta link).
     pub async fn mark_round_started(&self, run_id: Uuid) -> Result<bool> {
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT 1 FROM tenants t JOIN runs r ON r.tenant_id = t.id WHERE r.id = $1 FOR UPDATE OF t",
+            &[&run_id],
+        )
+        .await
+        .context("locking the run's tenant")?;
+        let row = tx
             .query_opt(
                 "UPDATE runs r SET round_started_at = coalesce(r.round_started_at, now()),
                         full_round = r.full_round OR t.delta_link IS NULL
@@ -375,6 +384,7 @@ impl Store {
             .await
             .context("recording the start of the round")?
             .ok_or_else(|| anyhow::anyhow!("run {run_id} is not recorded"))?;
+        tx.commit().await?;
         Ok(row.get(0))
     }
 

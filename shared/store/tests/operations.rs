@@ -241,6 +241,58 @@ async fn a_request_joins_a_run_until_it_reads_its_round_then_all_share_one_follo
 }
 
 #[tokio::test]
+async fn the_round_starts_reading_only_after_a_request_deciding_to_join_has_committed() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenants(&url, &["acme"]).await;
+        let first = Uuid::new_v4();
+        store.start_run(first, "acme", "manual", false).await.unwrap();
+        // A request deciding under the tenant's lock, as start_run does.
+        let mut deciding = store.client().await.unwrap();
+        let decision = deciding.transaction().await.unwrap();
+        decision
+            .execute("SELECT 1 FROM tenants WHERE id = 'acme' FOR UPDATE", &[])
+            .await
+            .unwrap();
+        let marking = tokio::spawn({
+            let store = store.clone();
+            async move { store.mark_round_started(first).await.unwrap() }
+        });
+        let observer = store.client().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the mark never waited for the tenant");
+            tokio::task::yield_now().await;
+        }
+        let read: Option<DateTime<Utc>> = observer
+            .query_one("SELECT round_started_at FROM runs WHERE id = $1", &[&first])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(read, None, "not read while the request decides");
+        decision.commit().await.unwrap();
+        marking.await.unwrap();
+        let read: Option<DateTime<Utc>> = observer
+            .query_one("SELECT round_started_at FROM runs WHERE id = $1", &[&first])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(read.is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
     in_fresh_database(|url| async move {
         let store = store_with_tenants(&url, &["acme"]).await;
