@@ -30,7 +30,7 @@ pub async fn resync(store: &Store, id: &str, full: bool, wait: Option<Duration>)
     let request_id = Uuid::new_v4();
     bus.request_resync(&request, &request_id.to_string()).await?;
     println!(
-        "resync of {id} requested{}: run {request_id}, or the run already in progress",
+        "resync of {id} requested{}: run {request_id}, or the run in progress it joins, or the follow-up queued after it",
         if full { " with a full read" } else { "" }
     );
     let Some(timeout) = wait else {

@@ -352,15 +352,11 @@ async fn a_resync_before_the_run_reads_its_round_joins_it_and_wait_follows_it_to
     assert!(out.contains("ended failed"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_and_wait_follows_it() {
-    let stack = Stack::start_with(
-        "follow_up",
-        vec![small_pools(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
-    )
-    .await;
-    seed(&stack).await;
-    apply(&stack, &tenant_file()).await;
+/// Seeds acme and starts its first sync, slowed down so it is still applying
+/// (past reading its round) when this returns its id.
+async fn first_sync_applying(stack: &Stack) -> String {
+    seed(stack).await;
+    apply(stack, &tenant_file()).await;
     // Every PBX write takes 100 ms: the first sync's 120 creates keep it applying.
     stack
         .pbx_call(
@@ -371,11 +367,21 @@ async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_a
         .await;
     let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
     assert!(ok, "{stderr}");
-    let first = wait_for("the first run to apply", Duration::from_secs(60), || async {
-        let status = status(&stack, "acme").await;
+    wait_for("the first run to apply", Duration::from_secs(60), || async {
+        let status = status(stack, "acme").await;
         (status["state"] == "applying").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
     })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_and_wait_follows_it() {
+    let stack = Stack::start_with(
+        "follow_up",
+        vec![small_pools(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
+    )
     .await;
+    let first = first_sync_applying(&stack).await;
 
     // A member changes in Entra after the first run read its round.
     let (_, members) = telephony_members(&stack).await;
@@ -434,6 +440,52 @@ async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_a
     );
     assert_eq!(pbx_users(&stack).await[&changed]["surname"], "Efteråt");
     assert_eq!(status(&stack, "acme").await["queued_run"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_queued_before_the_fetcher_dies_is_started_by_the_next_one() {
+    let mut stack = Stack::start_with("follow_up_crash", vec![small_pools()]).await;
+    let first = first_sync_applying(&stack).await;
+    let (ok, out, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let queued = wait_for("the follow-up to be queued", Duration::from_secs(30), || async {
+        status(&stack, "acme").await["queued_run"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        out.contains(&queued),
+        "the request's own run is the follow-up: {out}"
+    );
+
+    // The fetcher dies; the applier ends the first run meanwhile. The
+    // follow-up is a row in PostgreSQL, not something a process holds.
+    stack.kill_service(0).await;
+    wait_for("the first run to end", Duration::from_secs(120), || async {
+        (stack.sql(&format!(
+            "SELECT finished_at IS NOT NULL FROM runs WHERE id = '{first}'"
+        )) == "t")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.sql(&format!("SELECT state FROM runs WHERE id = '{queued}'")),
+        "queued"
+    );
+    assert_eq!(status(&stack, "acme").await["state"], "queued");
+    stack.start_service("usersync-fetcher").await;
+    let done = finished_run(&stack, Some(&first)).await;
+    assert_eq!(done["last_run"]["id"], queued.as_str(), "{done:#}");
+    assert_eq!(done["last_run"]["state"], "succeeded", "{done:#}");
+    assert_eq!(stack.sql("SELECT count(*) FROM runs"), "2");
+    assert_eq!(
+        stack.sql(&format!(
+            "SELECT started_by_request FROM runs WHERE id = '{queued}'"
+        )),
+        "1",
+        "one start request published, by the new fetcher"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
