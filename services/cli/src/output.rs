@@ -6,7 +6,7 @@ use serde_json::json;
 use usersync_bus::DeadLetter;
 use usersync_contract::RunCounts;
 use usersync_core::{schedule::next_due, Schedule, TenantConfig};
-use usersync_store::{RunProgress, RunRow, TenantOverview, TenantSummary};
+use usersync_store::{RunProgress, RunRow, RunState, TenantOverview, TenantSummary};
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -81,7 +81,8 @@ pub struct RunSummary {
     pub id: String,
     pub state: String,
     pub trigger: String,
-    pub started_at: DateTime<Utc>,
+    /// None while the run is queued.
+    pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub counts: RunCounts,
     pub error: Option<String>,
@@ -94,7 +95,7 @@ impl From<&RunRow> for RunSummary {
             id: run.id.to_string(),
             state: run.state.clone(),
             trigger: run.trigger.clone(),
-            started_at: run.started_at,
+            started_at: (run.state != RunState::Queued.as_str()).then_some(run.started_at),
             finished_at: run.finished_at,
             counts: run.counts,
             error: run.error.clone(),
@@ -172,7 +173,7 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
                 "  last run: {} ({}, started {})",
                 run.state,
                 run.trigger,
-                time(Some(run.started_at))
+                time(run.started_at)
             );
             println!("    {}", counts_text(&run.counts));
             if let Some(error) = &run.error {
@@ -264,12 +265,8 @@ pub fn runs(runs: &[RunRow], json: bool) -> anyhow::Result<()> {
             run.id,
             run.state,
             run.trigger,
-            // A queued run's start time is only when it was asked for.
-            if run.state == "queued" {
-                "not yet".to_owned()
-            } else {
-                time(Some(run.started_at))
-            },
+            run.started_at
+                .map_or_else(|| "not yet".to_owned(), |at| time(Some(at))),
             counts_text(&run.counts)
         );
         if let Some(error) = &run.error {

@@ -135,7 +135,9 @@ pub struct DueFollowUp {
 }
 
 /// A published start request that has not started its queued run after this
-/// long (lost in a crash between claim and publish) is published again.
+/// long (lost in a crash between claim and publish) is published again; the
+/// wait doubles with each request (up to an hour), so a request that keeps
+/// failing does not flood the dead-letter queue.
 pub const FOLLOW_UP_REPUBLISH_SECS: f64 = 30.0;
 
 /// The PostgreSQL channel told the tenant id of every run that ends (see V12).
@@ -398,7 +400,8 @@ impl Store {
                 "SELECT q.id, q.tenant_id, q.trigger, q.full_round, q.start_requests FROM runs q
                  WHERE q.state = 'queued'
                    AND (q.start_requested_at IS NULL
-                        OR q.start_requested_at < now() - make_interval(secs => $2))
+                        OR q.start_requested_at < now() - make_interval(
+                               secs => least($2 * power(2, greatest(q.start_requests - 1, 0)), 3600)))
                    AND NOT EXISTS (SELECT 1 FROM runs r
                         WHERE r.tenant_id = q.tenant_id AND r.finished_at IS NULL AND r.state <> 'queued'
                           AND r.heartbeat_at > now() - make_interval(mins => $1))

@@ -333,10 +333,18 @@ async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
             .await
             .unwrap()
             .expect("claimed again");
-        // A start request lost in a crash: published again after a while.
+        // A start request lost in a crash: published again after a while,
+        // longer the more were published (this is the sixth).
         execute(
             &store,
             "UPDATE runs SET start_requested_at = now() - interval '1 minute' WHERE id = $1",
+            &[&follow_up],
+        )
+        .await;
+        assert_eq!(store.due_follow_ups().await.unwrap(), vec![]);
+        execute(
+            &store,
+            "UPDATE runs SET start_requested_at = now() - interval '17 minutes' WHERE id = $1",
             &[&follow_up],
         )
         .await;
