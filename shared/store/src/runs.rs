@@ -362,8 +362,8 @@ impl Store {
 
     /// Records that the fetcher starts reading the run's round from the
     /// directory: requests from now on queue a follow-up instead of joining.
-    /// Takes the tenant's lock (tenant before run, as everywhere), so a request
-    /// deciding to join commits first; returns whether the round reads the
+    /// Takes the tenant's lock, as `start_run` does before reading the run, so
+    /// a request deciding to join commits first; returns whether the round reads the
     /// full directory (the run's own request or one that joined it asked for
     /// that, or there is no delta link).
     pub async fn mark_round_started(&self, run_id: Uuid) -> Result<bool> {
