@@ -103,11 +103,7 @@ impl Handler<ResyncRequest> for Fetcher {
         }
         // Instrumented, not entered: the span must follow the future across awaits.
         let span = tracing::info_span!("round", tenant_id = %request.tenant_id, %run_id);
-        match self
-            .round(run_id, &tenant.config, tenant.delta_link.clone())
-            .instrument(span.clone())
-            .await
-        {
+        match self.round(run_id, &tenant.config).instrument(span.clone()).await {
             Ok(()) => Ok(()),
             Err(RoundError::Infrastructure(err)) => Err(err.into()),
             Err(RoundError::Directory { code, reason }) => {
@@ -120,8 +116,29 @@ impl Handler<ResyncRequest> for Fetcher {
 }
 
 impl Fetcher {
-    /// `delta_link` is the tenant's stored one; a full round reads without it.
-    async fn round(
+    /// Takes a token, records that the round starts reading, then reads it.
+    async fn round(&self, run_id: Uuid, tenant: &TenantConfig) -> Result<(), RoundError> {
+        // The token is not the directory: until it is here, requests join this run.
+        self.graph.token(&credentials(tenant)).await?;
+        // From now on requests queue a follow-up. The run's record says whether
+        // to read everything (so may a request that joined it), and the tenant
+        // file is read again: a change made before a request that joined is in
+        // this round.
+        let full = self.store.mark_round_started(run_id).await?;
+        let tenant = self
+            .store
+            .tenant(&tenant.id, Some(&self.key))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("tenant {:?} is gone", tenant.id))?;
+        if full {
+            self.store.drop_delta_state(&tenant.config.id).await?;
+        }
+        let delta_link = tenant.delta_link.filter(|_| !full);
+        self.read_round(run_id, &tenant.config, delta_link).await
+    }
+
+    /// `delta_link`: where the users delta goes on from; none for a full round.
+    async fn read_round(
         &self,
         run_id: Uuid,
         tenant: &TenantConfig,
@@ -133,20 +150,7 @@ impl Fetcher {
             round_id: Uuid::new_v4(),
             tenant_id: &tenant.id,
         };
-        let credentials = Credentials {
-            tenant_id: tenant.provider_settings.tenant_id.clone(),
-            client_id: tenant.provider_settings.client_id.clone(),
-            client_secret: tenant.provider_settings.client_secret.clone(),
-        };
-        // The token is not the directory: only once it is here does the round
-        // start reading, and requests from then on queue a follow-up. The run's
-        // record says whether to read everything: so does any request it serves.
-        self.graph.token(&credentials).await?;
-        let full = self.store.mark_round_started(run_id).await?;
-        if full {
-            self.store.drop_delta_state(&tenant.id).await?;
-        }
-        let delta_link = delta_link.filter(|_| !full);
+        let credentials = credentials(tenant);
         let mut pages = 0u32;
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
         let groups = if scoped {
@@ -382,6 +386,14 @@ pub fn follow_up_message_id(run_id: Uuid, number: i32) -> String {
 fn follow_up_start(message_id: Option<&str>) -> Option<(Uuid, i32)> {
     let (run_id, number) = message_id?.strip_prefix(FOLLOW_UP_PREFIX)?.split_once(':')?;
     Some((Uuid::parse_str(run_id).ok()?, number.parse().ok()?))
+}
+
+fn credentials(tenant: &TenantConfig) -> Credentials {
+    Credentials {
+        tenant_id: tenant.provider_settings.tenant_id.clone(),
+        client_id: tenant.provider_settings.client_id.clone(),
+        client_secret: tenant.provider_settings.client_secret.clone(),
+    }
 }
 
 /// Standard properties plus every top-level property the mapping reads.

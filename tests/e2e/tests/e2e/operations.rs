@@ -314,6 +314,13 @@ async fn a_resync_before_the_run_reads_its_round_joins_it_and_wait_follows_it_to
         (status["state"] == "fetching").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
     })
     .await;
+    // The tenant file changes before the second request: the run reads with
+    // the new one (no group filter: every user, not only Telephony's 120).
+    let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
+    let mut provider: Value = serde_json::from_str(file["provider_settings"].as_str().unwrap()).unwrap();
+    provider["user_filter"]["memberOf"] = json!([]);
+    file["provider_settings"] = json!(provider.to_string());
+    apply(&stack, &file.to_string()).await;
     let second = resync_and_wait(&stack, &[]);
     wait_for("the second request to join", Duration::from_secs(30), || async {
         (stack.sql(&format!(
@@ -343,6 +350,11 @@ async fn a_resync_before_the_run_reads_its_round_joins_it_and_wait_follows_it_to
             .len(),
         1,
         "the second request joined the first run: no follow-up"
+    );
+    let synced = pbx_users(&stack).await.len();
+    assert!(
+        synced > 120,
+        "the run read with the changed tenant file: {synced} users"
     );
 
     // A failed run ends --wait with exit code 3.
