@@ -39,7 +39,8 @@ enum Command {
         /// Drop the delta state first and read the whole directory.
         #[arg(long)]
         full: bool,
-        /// Follow the run (or the run in progress it joined) to its end, showing
+        /// Follow the run (or the run in progress it joined, or the follow-up
+        /// queued after a run that had read its round) to its end, showing
         /// progress; exit 0 when it succeeded, 2 when partial, 3 when failed.
         #[arg(long)]
         wait: bool,

@@ -17,7 +17,8 @@ pub const EXIT_PARTIAL: i32 = 2;
 pub const EXIT_FAILED: i32 = 3;
 
 /// Publishes a resync request; with `wait`, follows the run it started or
-/// joined and returns the exit code for its outcome.
+/// joined (the run in progress, or the follow-up queued after it) and returns
+/// the exit code for its outcome.
 pub async fn resync(store: &Store, id: &str, full: bool, wait: Option<Duration>) -> anyhow::Result<i32> {
     store.require_tenant(id, None).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-cli").await?;
@@ -29,7 +30,7 @@ pub async fn resync(store: &Store, id: &str, full: bool, wait: Option<Duration>)
     let request_id = Uuid::new_v4();
     bus.request_resync(&request, &request_id.to_string()).await?;
     println!(
-        "resync of {id} requested{}: run {request_id}, or the run already in progress",
+        "resync of {id} requested{}: run {request_id}, or the run in progress it joins, or the follow-up queued after it",
         if full { " with a full read" } else { "" }
     );
     let Some(timeout) = wait else {
@@ -49,8 +50,17 @@ pub async fn resync(store: &Store, id: &str, full: bool, wait: Option<Duration>)
         overdue()?;
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    if run_id != request_id {
-        println!("joined run {run_id}, already in progress");
+    let queued = store
+        .run(run_id)
+        .await?
+        .is_some_and(|run| run.state == RunState::Queued.as_str());
+    match (run_id == request_id, queued) {
+        (false, false) => println!("joined run {run_id}, already in progress"),
+        (false, true) => println!("joined run {run_id}, queued to start when the run in progress ends"),
+        (true, true) => println!(
+            "run {run_id} queued: the run in progress read the directory before this request; this one starts when it ends"
+        ),
+        (true, false) => {}
     }
     let mut shown = None;
     loop {

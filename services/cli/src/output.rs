@@ -6,7 +6,7 @@ use serde_json::json;
 use usersync_bus::DeadLetter;
 use usersync_contract::RunCounts;
 use usersync_core::{schedule::next_due, Schedule, TenantConfig};
-use usersync_store::{RunProgress, RunRow, TenantOverview, TenantSummary};
+use usersync_store::{RunProgress, RunRow, RunState, TenantOverview, TenantSummary};
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -65,10 +65,13 @@ pub fn tenant_show(config: &TenantConfig, _json: bool) -> anyhow::Result<()> {
 pub struct StatusLine {
     pub id: String,
     pub mode: String,
-    /// The run in progress (`fetching`, `differing`, `applying`), or `idle`.
+    /// The run in progress (`fetching`, `differing`, `applying`), `queued`
+    /// when only a follow-up waits to start, or `idle`.
     pub state: String,
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_run: Option<RunSummary>,
+    /// The follow-up run queued to start when the run in progress ends.
+    pub queued_run: Option<String>,
     pub pending_deletions: i64,
     pub next_run_at: Option<DateTime<Utc>>,
 }
@@ -78,7 +81,8 @@ pub struct RunSummary {
     pub id: String,
     pub state: String,
     pub trigger: String,
-    pub started_at: DateTime<Utc>,
+    /// None while the run is queued.
+    pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub counts: RunCounts,
     pub error: Option<String>,
@@ -91,7 +95,7 @@ impl From<&RunRow> for RunSummary {
             id: run.id.to_string(),
             state: run.state.clone(),
             trigger: run.trigger.clone(),
-            started_at: run.started_at,
+            started_at: (run.state != RunState::Queued.as_str()).then_some(run.started_at),
             finished_at: run.finished_at,
             counts: run.counts,
             error: run.error.clone(),
@@ -103,8 +107,10 @@ impl From<&RunRow> for RunSummary {
 impl StatusLine {
     /// `schedule` is the tenant's schedule, for a tenant the scheduler has not seen yet.
     pub fn new(tenant: TenantOverview, schedule: Option<&Schedule>, now: DateTime<Utc>) -> StatusLine {
-        let state = match &tenant.last_run {
-            Some(run) if run.finished_at.is_none() => run.state.clone(),
+        let state = match (&tenant.last_run, tenant.queued_run) {
+            (Some(run), _) if run.finished_at.is_none() => run.state.clone(),
+            // The run it waited for has ended; the scheduler starts it next.
+            (_, Some(_)) => "queued".to_owned(),
             _ => "idle".to_owned(),
         };
         StatusLine {
@@ -116,6 +122,7 @@ impl StatusLine {
             state,
             last_success_at: tenant.last_success_at,
             last_run: tenant.last_run.as_ref().map(RunSummary::from),
+            queued_run: tenant.queued_run.map(|id| id.to_string()),
             pending_deletions: tenant.pending_deletions,
         }
     }
@@ -166,7 +173,7 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
                 "  last run: {} ({}, started {})",
                 run.state,
                 run.trigger,
-                time(Some(run.started_at))
+                time(run.started_at)
             );
             println!("    {}", counts_text(&run.counts));
             if let Some(error) = &run.error {
@@ -174,6 +181,9 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
             }
         }
         None => println!("  last run: none yet"),
+    }
+    if let Some(queued) = &line.queued_run {
+        println!("  queued: run {queued}, starts when the run in progress ends");
     }
     println!("  pending deletions: {}", line.pending_deletions);
     println!("  next scheduled run: {}", time(line.next_run_at));
@@ -255,7 +265,8 @@ pub fn runs(runs: &[RunRow], json: bool) -> anyhow::Result<()> {
             run.id,
             run.state,
             run.trigger,
-            time(Some(run.started_at)),
+            run.started_at
+                .map_or_else(|| "not yet".to_owned(), |at| time(Some(at))),
             counts_text(&run.counts)
         );
         if let Some(error) = &run.error {

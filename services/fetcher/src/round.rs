@@ -66,41 +66,44 @@ impl From<GraphError> for RoundError {
 impl Handler<ResyncRequest> for Fetcher {
     async fn handle(&self, incoming: Incoming<ResyncRequest>) -> Result<(), Failure> {
         let request = &incoming.message;
-        let run_id = run_id_for(incoming.message_id.as_deref());
         let Some(tenant) = self.store.tenant(&request.tenant_id, Some(&self.key)).await? else {
             return Err(Failure::reject(format!(
                 "no tenant {:?}: create it with `usersync tenant apply FILE`",
                 request.tenant_id
             )));
         };
-        if request.full {
-            self.store.drop_delta_state(&request.tenant_id).await?;
-        }
-        let full_round = request.full || tenant.delta_link.is_none();
-        match self
-            .store
-            .start_run(run_id, &request.tenant_id, &request.trigger, full_round)
-            .await?
-        {
+        let (run_id, start) = match follow_up_start(incoming.message_id.as_deref()) {
+            Some((run_id, number)) => {
+                let start = self
+                    .store
+                    .start_follow_up(run_id, &request.tenant_id, number)
+                    .await?;
+                (run_id, start)
+            }
+            None => {
+                let run_id = run_id_for(incoming.message_id.as_deref());
+                let start = self
+                    .store
+                    .start_run(run_id, &request.tenant_id, &request.trigger, request.full)
+                    .await?;
+                (run_id, start)
+            }
+        };
+        match start {
             RunStart::Started | RunStart::Resumed => {}
             RunStart::AlreadyFetched => return Ok(()),
             RunStart::Coalesced(active) => {
-                tracing::info!(tenant_id = %request.tenant_id, %active, "a run is already in progress; request joined it");
+                tracing::info!(tenant_id = %request.tenant_id, %active, "a run is already in progress and has not read its round; request joined it");
+                return Ok(());
+            }
+            RunStart::Queued(queued) => {
+                tracing::info!(tenant_id = %request.tenant_id, %queued, "the run in progress has read its round; request served by the follow-up run queued after it");
                 return Ok(());
             }
         }
-        let delta_link = if request.full {
-            None
-        } else {
-            tenant.delta_link.clone()
-        };
         // Instrumented, not entered: the span must follow the future across awaits.
         let span = tracing::info_span!("round", tenant_id = %request.tenant_id, %run_id);
-        match self
-            .round(run_id, &tenant.config, delta_link)
-            .instrument(span.clone())
-            .await
-        {
+        match self.round(run_id, &tenant.config).instrument(span.clone()).await {
             Ok(()) => Ok(()),
             Err(RoundError::Infrastructure(err)) => Err(err.into()),
             Err(RoundError::Directory { code, reason }) => {
@@ -113,7 +116,29 @@ impl Handler<ResyncRequest> for Fetcher {
 }
 
 impl Fetcher {
-    async fn round(
+    /// Takes a token, records that the round starts reading, then reads it.
+    async fn round(&self, run_id: Uuid, tenant: &TenantConfig) -> Result<(), RoundError> {
+        // The token is not the directory: until it is here, requests join this run.
+        self.graph.token(&credentials(tenant)).await?;
+        // From now on requests queue a follow-up. The run's record says whether
+        // to read everything (so may a request that joined it), and the tenant
+        // file is read again: a change made before a request that joined is in
+        // this round.
+        let full = self.store.mark_round_started(run_id).await?;
+        let tenant = self
+            .store
+            .tenant(&tenant.id, Some(&self.key))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("tenant {:?} is gone", tenant.id))?;
+        if full {
+            self.store.drop_delta_state(&tenant.config.id).await?;
+        }
+        let delta_link = tenant.delta_link.filter(|_| !full);
+        self.read_round(run_id, &tenant.config, delta_link).await
+    }
+
+    /// `delta_link`: where the users delta goes on from; none for a full round.
+    async fn read_round(
         &self,
         run_id: Uuid,
         tenant: &TenantConfig,
@@ -125,11 +150,7 @@ impl Fetcher {
             round_id: Uuid::new_v4(),
             tenant_id: &tenant.id,
         };
-        let credentials = Credentials {
-            tenant_id: tenant.provider_settings.tenant_id.clone(),
-            client_id: tenant.provider_settings.client_id.clone(),
-            client_secret: tenant.provider_settings.client_secret.clone(),
-        };
+        let credentials = credentials(tenant);
         let mut pages = 0u32;
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
         let groups = if scoped {
@@ -353,6 +374,28 @@ fn run_id_for(message_id: Option<&str>) -> Uuid {
     }
 }
 
+/// Prefix of the message id of a queued follow-up's start request:
+/// `follow-up:<run id>:<start request number>` (see `schedule.rs`).
+pub const FOLLOW_UP_PREFIX: &str = "follow-up:";
+
+pub fn follow_up_message_id(run_id: Uuid, number: i32) -> String {
+    format!("{FOLLOW_UP_PREFIX}{run_id}:{number}")
+}
+
+/// The run and start request number of a follow-up's start request.
+fn follow_up_start(message_id: Option<&str>) -> Option<(Uuid, i32)> {
+    let (run_id, number) = message_id?.strip_prefix(FOLLOW_UP_PREFIX)?.split_once(':')?;
+    Some((Uuid::parse_str(run_id).ok()?, number.parse().ok()?))
+}
+
+fn credentials(tenant: &TenantConfig) -> Credentials {
+    Credentials {
+        tenant_id: tenant.provider_settings.tenant_id.clone(),
+        client_id: tenant.provider_settings.client_id.clone(),
+        client_secret: tenant.provider_settings.client_secret.clone(),
+    }
+}
+
 /// Standard properties plus every top-level property the mapping reads.
 fn select_list(tenant: &TenantConfig) -> Vec<String> {
     let mut select: Vec<String> = STANDARD_PROPERTIES.iter().map(|p| (*p).to_owned()).collect();
@@ -403,6 +446,18 @@ mod tests {
         let selected: Vec<&str> = query.split(',').collect();
         assert!(selected.contains(&"accountEnabled"), "{url}");
         assert!(selected.contains(&"extension_0a1b2c_alias"), "{url}");
+    }
+
+    #[test]
+    fn a_follow_up_start_request_names_its_run_and_number() {
+        let run = Uuid::new_v4();
+        assert_eq!(
+            follow_up_start(Some(&follow_up_message_id(run, 3))),
+            Some((run, 3))
+        );
+        assert_eq!(follow_up_start(Some(&run.to_string())), None);
+        assert_eq!(follow_up_start(Some("follow-up:not-a-uuid:1")), None);
+        assert_eq!(follow_up_start(None), None);
     }
 
     #[test]

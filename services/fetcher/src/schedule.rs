@@ -1,8 +1,10 @@
-//! The scheduler: asks for each tenant's nightly run when it is due, and for a
-//! run when a tenant's deletions fall due. Every fetcher replica runs it; a due
-//! run is claimed in PostgreSQL (compare-and-swap on its due time), so it fires
-//! once however many replicas run. A run missed while nothing was running is
-//! due at once when a replica starts.
+//! The scheduler: asks for each tenant's nightly run when it is due, for a
+//! run when a tenant's deletions fall due, and starts a queued follow-up run
+//! once the tenant's run in progress has ended (whichever service ended it).
+//! Every fetcher replica runs it; a due run is claimed in PostgreSQL
+//! (compare-and-swap on its due time, or on a follow-up's start request
+//! count), so it fires once however many replicas run. A run missed while
+//! nothing was running is due at once when a replica starts.
 
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use usersync_bus::Bus;
 use usersync_contract::ResyncRequest;
 use usersync_core::{schedule::next_due, Schedule};
 use usersync_runtime::{clock, env_or};
-use usersync_store::Store;
+use usersync_store::{RunEnds, Store};
+
+use crate::round::follow_up_message_id;
 
 /// Runs until the process ends; a failed poll is logged and tried again.
 pub async fn run(store: Store, bus: Bus) {
@@ -23,11 +27,39 @@ pub async fn run(store: Store, bus: Bus) {
     tracing::info!(poll_s = poll.as_secs_f64(), "scheduler started");
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut run_ends = None;
     loop {
-        ticks.tick().await;
-        if let Err(err) = poll_once(&store, &bus, clock::now()).await {
-            tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(err) = poll_once(&store, &bus, clock::now()).await {
+                    tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
+                }
+                if run_ends.is_none() {
+                    run_ends = store
+                        .run_ends()
+                        .await
+                        .inspect_err(|err| tracing::warn!(error = %format!("{err:#}"), "not told when runs end; follow-ups start on the next poll"))
+                        .ok();
+                }
+            }
+            ended = next_end(&mut run_ends) => match ended {
+                // A run ended: its tenant's follow-up may be due now.
+                Some(_) => {
+                    if let Err(err) = start_follow_ups(&store, &bus).await {
+                        tracing::warn!(error = %format!("{err:#}"), "starting follow-up runs failed; trying again");
+                    }
+                }
+                None => run_ends = None,
+            },
         }
+    }
+}
+
+/// The tenant of the next run that ends; pending forever while not listening.
+async fn next_end(run_ends: &mut Option<RunEnds>) -> Option<String> {
+    match run_ends {
+        Some(ends) => ends.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -64,6 +96,7 @@ async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Resu
         }
         tracing::info!(tenant_id = %row.tenant_id, %due, %next, "nightly run requested");
     }
+    start_follow_ups(store, bus).await?;
     for (tenant_id, earliest) in store.due_sweeps(now).await? {
         if !store.claim_sweep(&tenant_id, earliest).await? {
             continue;
@@ -71,6 +104,28 @@ async fn poll_once(store: &Store, bus: &Bus, now: DateTime<Utc>) -> anyhow::Resu
         let id = format!("sweep:{tenant_id}:{}", earliest.to_rfc3339());
         request(bus, &tenant_id, "sweep", &id).await?;
         tracing::info!(%tenant_id, %earliest, "run requested for due deletions");
+    }
+    Ok(())
+}
+
+/// Publishes the start request of every queued follow-up whose run before it
+/// has ended; each is claimed first, so one replica publishes it.
+async fn start_follow_ups(store: &Store, bus: &Bus) -> anyhow::Result<()> {
+    for due in store.due_follow_ups().await? {
+        let Some(number) = store.claim_follow_up(&due).await? else {
+            continue; // another replica took it
+        };
+        let request = ResyncRequest {
+            tenant_id: due.tenant_id.clone(),
+            full: due.full_round,
+            trigger: due.trigger.clone(),
+        };
+        let id = follow_up_message_id(due.run_id, number);
+        if let Err(err) = bus.request_resync(&request, &id).await {
+            store.release_follow_up(due.run_id, number).await?;
+            return Err(err);
+        }
+        tracing::info!(tenant_id = %due.tenant_id, run_id = %due.run_id, "follow-up run requested");
     }
     Ok(())
 }

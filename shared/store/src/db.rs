@@ -17,6 +17,8 @@ const MIGRATION_LOCK: i64 = 0x7573_6572_7379_6e63; // "usersync"
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// For connections of their own, outside the pool (LISTEN).
+    pub(crate) config: tokio_postgres::Config,
 }
 
 impl Store {
@@ -27,7 +29,7 @@ impl Store {
         create_database_if_absent(&config).await?;
         migrate(&config).await?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -37,7 +39,7 @@ impl Store {
             .max_size(pool_size_cap(pool_size))
             .build()
             .context("building the PostgreSQL pool")?;
-        Ok(Store { pool })
+        Ok(Store { pool, config })
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Object> {

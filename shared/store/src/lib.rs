@@ -28,7 +28,9 @@ pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use pbx_checks::PbxCheck;
 pub use planning::{ChangeHistory, ClaimSession};
-pub use runs::{RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES};
+pub use runs::{
+    DueFollowUp, RunEnds, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,
+};
 pub use sync_users::{ChangeRecord, CreateConflict, FailedTries, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
 

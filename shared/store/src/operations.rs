@@ -25,7 +25,10 @@ pub struct TenantOverview {
     pub tenant_id: String,
     pub mode: String,
     pub last_success_at: Option<DateTime<Utc>>,
+    /// The tenant's latest run that is not queued.
     pub last_run: Option<RunRow>,
+    /// The follow-up queued to start when the run in progress ends.
+    pub queued_run: Option<Uuid>,
     pub pending_deletions: i64,
     pub next_due: Option<DateTime<Utc>>,
 }
@@ -179,10 +182,11 @@ impl Store {
                             AND u.pbx_id IS NOT NULL) AS pending_deletions,
                         r.id, r.tenant_id, r.trigger, r.full_round, r.state, r.started_at, r.finished_at,
                         r.created, r.updated, r.deleted, r.skipped, r.failed, r.held,
-                        r.changes_pending, r.error, r.error_code
+                        r.changes_pending, r.error, r.error_code,
+                        (SELECT q.id FROM runs q WHERE q.tenant_id = t.id AND q.state = 'queued') AS queued_run
                  FROM tenants t
                  LEFT JOIN tenant_schedule s ON s.tenant_id = t.id
-                 LEFT JOIN LATERAL (SELECT * FROM runs WHERE runs.tenant_id = t.id
+                 LEFT JOIN LATERAL (SELECT * FROM runs WHERE runs.tenant_id = t.id AND runs.state <> 'queued'
                                      ORDER BY started_at DESC LIMIT 1) r ON true
                  WHERE $1::text IS NULL OR t.id = $1
                  ORDER BY t.id",
@@ -197,6 +201,7 @@ impl Store {
                 mode: row.get::<_, Option<String>>("mode").unwrap_or_default(),
                 last_success_at: row.get("last_success_at"),
                 last_run: row.get::<_, Option<Uuid>>("id").map(|_| RunRow::from_row(row)),
+                queued_run: row.get("queued_run"),
                 pending_deletions: row.get("pending_deletions"),
                 next_due: row.get("next_due"),
             })

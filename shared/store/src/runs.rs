@@ -9,6 +9,9 @@ use crate::{Result, Store};
 /// Where a run is. The last four are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunState {
+    /// A follow-up: asked for while the tenant's run was past reading its
+    /// round; starts when that run has ended.
+    Queued,
     Fetching,
     Differing,
     Applying,
@@ -23,6 +26,7 @@ pub enum RunState {
 impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
+            RunState::Queued => "queued",
             RunState::Fetching => "fetching",
             RunState::Differing => "differing",
             RunState::Applying => "applying",
@@ -35,6 +39,7 @@ impl RunState {
 
     pub fn parse(text: &str) -> Option<RunState> {
         [
+            RunState::Queued,
             RunState::Fetching,
             RunState::Differing,
             RunState::Applying,
@@ -102,15 +107,65 @@ const RUN_COLUMNS: &str = "id, tenant_id, trigger, full_round, state, started_at
 /// What asking for a run led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunStart {
-    /// A new run was recorded.
+    /// A new run was recorded (or a queued follow-up started): read the round.
     Started,
     /// This run was started before (a redelivered request) and has not finished: go on with it.
     Resumed,
-    /// This run's round was already read (or the run has finished): nothing to do.
+    /// This run's round was already read (or the run has finished, or another
+    /// request started it): nothing to do.
     AlreadyFetched,
-    /// Another run of the tenant is in progress; this request joins it.
+    /// Another run of the tenant is in progress and has not started reading its
+    /// round; this request joins it.
     Coalesced(Uuid),
+    /// The tenant's run in progress has read its round: this request is served
+    /// by the tenant's one follow-up run (recorded as `queued`, possibly by an
+    /// earlier request), which starts once that run has ended.
+    Queued(Uuid),
 }
+
+/// A queued follow-up whose tenant has no run in progress: due to be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueFollowUp {
+    pub run_id: Uuid,
+    pub tenant_id: String,
+    pub trigger: String,
+    pub full_round: bool,
+    /// Start requests published for it so far: the claim's compare-and-swap value.
+    pub start_requests: i32,
+}
+
+/// A published start request that has not started its queued run after this
+/// long (lost in a crash between claim and publish) is published again; the
+/// wait doubles with each request (up to an hour), so a request that keeps
+/// failing does not flood the dead-letter queue.
+pub const FOLLOW_UP_REPUBLISH_SECS: f64 = 30.0;
+
+/// The PostgreSQL channel told the tenant id of every run that ends (see V12).
+const RUN_ENDED_CHANNEL: &str = "usersync_run_ended";
+
+/// Notifications of runs that end, whichever service ended them: a prompt
+/// nudge only; what is due is always read from the tables.
+pub struct RunEnds {
+    // Keeps the listening connection open.
+    _client: tokio_postgres::Client,
+    ended: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl RunEnds {
+    /// The tenant of the next run that ends; None once the connection is lost.
+    pub async fn next(&mut self) -> Option<String> {
+        self.ended.recv().await
+    }
+}
+
+/// The live (not stale) run in progress of the tenant, if any; queued
+/// follow-ups are not in progress. Read under the tenant's lock, which
+/// [`Store::mark_round_started`] takes too: a request decides to join before
+/// the round starts reading, or sees that it has.
+const ACTIVE_RUN: &str = "SELECT id, state, round_started_at IS NOT NULL AS read FROM runs
+     WHERE tenant_id = $1 AND finished_at IS NULL AND state <> 'queued'
+       AND heartbeat_at > now() - make_interval(mins => $2)
+     ORDER BY started_at DESC LIMIT 1";
 
 /// A run that has made no progress (no page recorded, no change planned or
 /// applied) for this many minutes no longer blocks new ones. Override with
@@ -148,8 +203,41 @@ pub(crate) fn record_finished(
     metrics::histogram!("usersync_run_duration_seconds").record(seconds);
 }
 
+/// Ends the tenant's runs that stopped making progress (only stale ones are
+/// left in progress when no live run was found), so they do not stay "in
+/// progress" forever.
+async fn end_stale_runs(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant_id: &str,
+    stale_minutes: i32,
+    superseded_by: Uuid,
+) -> Result<()> {
+    let stale = tx
+        .query(
+            "UPDATE runs SET state = 'failed', error_code = 'run.stale', finished_at = now(),
+                    error = format('no progress for %s minutes; superseded by run %s', $2::int, $3::uuid)
+             WHERE tenant_id = $1 AND finished_at IS NULL AND state <> 'queued'
+             RETURNING requested_at",
+            &[&tenant_id, &stale_minutes, &superseded_by],
+        )
+        .await
+        .context("ending stale runs")?;
+    for row in &stale {
+        record_finished(
+            tenant_id,
+            RunState::Failed.as_str(),
+            Some("run.stale"),
+            row.get(0),
+        );
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Records the start of a run, unless the tenant already has one in progress.
+    /// Records the start of a run, unless the tenant already has one in
+    /// progress: a request joins that run while it has not started reading its
+    /// round, and is served by the tenant's one follow-up run after.
+    /// `full_round`: the request asks to read the whole directory.
     pub async fn start_run(
         &self,
         run_id: Uuid,
@@ -168,58 +256,247 @@ impl Store {
             .await?
         {
             let state: String = row.get(0);
-            return Ok(if state == RunState::Fetching.as_str() {
-                RunStart::Resumed
-            } else {
-                RunStart::AlreadyFetched
+            return Ok(match RunState::parse(&state) {
+                Some(RunState::Fetching) => RunStart::Resumed,
+                // A redelivered request that queued the follow-up: the scheduler starts it.
+                Some(RunState::Queued) => RunStart::Queued(run_id),
+                _ => RunStart::AlreadyFetched,
             });
         }
         let stale_minutes = stale_run_minutes();
         let active = tx
+            .query_opt(ACTIVE_RUN, &[&tenant_id, &stale_minutes])
+            .await
+            .context("finding the run in progress")?;
+        let queued = tx
             .query_opt(
-                "SELECT id FROM runs WHERE tenant_id = $1 AND finished_at IS NULL
-                   AND heartbeat_at > now() - make_interval(mins => $2)
-                 ORDER BY started_at DESC LIMIT 1",
-                &[&tenant_id, &stale_minutes],
+                "SELECT id FROM runs WHERE tenant_id = $1 AND state = 'queued'",
+                &[&tenant_id],
             )
-            .await?;
-        if let Some(row) = active {
-            let active: Uuid = row.get(0);
+            .await
+            .context("finding the queued run")?
+            .map(|row| row.get::<_, Uuid>(0));
+        let joined = match (&active, queued) {
+            // Not read yet: what this request wants to see, that run will see.
+            (Some(row), _) if !row.get::<_, bool>("read") => Some(row.get::<_, Uuid>("id")),
+            // The follow-up already queued serves this request too.
+            (_, Some(queued)) => Some(queued),
+            (Some(_), None) => {
+                tx.execute(
+                    "INSERT INTO runs (id, tenant_id, trigger, full_round, state) VALUES ($1, $2, $3, $4, 'queued')",
+                    &[&run_id, &tenant_id, &trigger, &full_round],
+                )
+                .await
+                .context("queueing a follow-up run")?;
+                tx.commit().await?;
+                return Ok(RunStart::Queued(run_id));
+            }
+            (None, None) => None,
+        };
+        if let Some(joined) = joined {
+            // A full read if any request the run serves asks for one.
+            tx.execute(
+                "UPDATE runs SET full_round = true WHERE id = $1 AND $2 AND NOT full_round",
+                &[&joined, &full_round],
+            )
+            .await
+            .context("widening the joined run")?;
             // Whoever asked can follow the run this request joined.
             tx.execute(
                 "INSERT INTO run_joins (request_id, run_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&run_id, &active],
+                &[&run_id, &joined],
             )
             .await
             .context("recording the joined run")?;
             tx.commit().await?;
-            return Ok(RunStart::Coalesced(active));
+            return Ok(if Some(joined) == queued {
+                RunStart::Queued(joined)
+            } else {
+                RunStart::Coalesced(joined)
+            });
         }
-        // Runs that stopped making progress end here, so they do not stay "in progress" forever.
-        let stale = tx
-            .query(
-                "UPDATE runs SET state = 'failed', error_code = 'run.stale', finished_at = now(),
-                        error = format('no progress for %s minutes; superseded by run %s', $2::int, $3::uuid)
-                 WHERE tenant_id = $1 AND finished_at IS NULL
-                 RETURNING requested_at",
-                &[&tenant_id, &stale_minutes, &run_id],
-            )
-            .await
-            .context("ending stale runs")?;
-        for row in &stale {
-            record_finished(
-                tenant_id,
-                RunState::Failed.as_str(),
-                Some("run.stale"),
-                row.get(0),
-            );
-        }
+        end_stale_runs(&tx, tenant_id, stale_minutes, run_id).await?;
         tx.execute(
             "INSERT INTO runs (id, tenant_id, trigger, full_round, state) VALUES ($1, $2, $3, $4, 'fetching')",
             &[&run_id, &tenant_id, &trigger, &full_round],
         )
         .await
         .context("recording the run")?;
+        tx.commit().await?;
+        Ok(RunStart::Started)
+    }
+
+    /// Listens, on a connection of its own, for runs that end.
+    pub async fn run_ends(&self) -> Result<RunEnds> {
+        let (client, mut connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting to PostgreSQL to listen for runs that end")?;
+        let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                        if sender.send(note.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "lost the connection listening for runs that end");
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {RUN_ENDED_CHANNEL}"))
+            .await
+            .context("listening for runs that end")?;
+        Ok(RunEnds {
+            _client: client,
+            ended,
+        })
+    }
+
+    /// Records that the fetcher starts reading the run's round from the
+    /// directory: requests from now on queue a follow-up instead of joining.
+    /// Takes the tenant's lock, as `start_run` does before reading the run, so
+    /// a request deciding to join commits first; returns whether the round reads the
+    /// full directory (the run's own request or one that joined it asked for
+    /// that, or there is no delta link).
+    pub async fn mark_round_started(&self, run_id: Uuid) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT 1 FROM tenants t JOIN runs r ON r.tenant_id = t.id WHERE r.id = $1 FOR UPDATE OF t",
+            &[&run_id],
+        )
+        .await
+        .context("locking the run's tenant")?;
+        let row = tx
+            .query_opt(
+                "UPDATE runs r SET round_started_at = coalesce(r.round_started_at, now()),
+                        full_round = r.full_round OR t.delta_link IS NULL
+                 FROM tenants t WHERE r.id = $1 AND t.id = r.tenant_id
+                 RETURNING r.full_round",
+                &[&run_id],
+            )
+            .await
+            .context("recording the start of the round")?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} is not recorded"))?;
+        tx.commit().await?;
+        Ok(row.get(0))
+    }
+
+    /// Queued follow-ups whose tenant has no run in progress (a stale one does
+    /// not count), and no start request published within
+    /// [`FOLLOW_UP_REPUBLISH_SECS`].
+    pub async fn due_follow_ups(&self) -> Result<Vec<DueFollowUp>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT q.id, q.tenant_id, q.trigger, q.full_round, q.start_requests FROM runs q
+                 WHERE q.state = 'queued'
+                   AND (q.start_requested_at IS NULL
+                        OR q.start_requested_at < now() - make_interval(
+                               secs => least($2 * power(2, greatest(q.start_requests - 1, 0)), 3600)))
+                   AND NOT EXISTS (SELECT 1 FROM runs r
+                        WHERE r.tenant_id = q.tenant_id AND r.finished_at IS NULL AND r.state <> 'queued'
+                          AND r.heartbeat_at > now() - make_interval(mins => $1))
+                 ORDER BY q.requested_at",
+                &[&stale_run_minutes(), &FOLLOW_UP_REPUBLISH_SECS],
+            )
+            .await
+            .context("listing due follow-up runs")?;
+        Ok(rows
+            .iter()
+            .map(|row| DueFollowUp {
+                run_id: row.get(0),
+                tenant_id: row.get(1),
+                trigger: row.get(2),
+                full_round: row.get(3),
+                start_requests: row.get(4),
+            })
+            .collect())
+    }
+
+    /// Claims the next start request of a due follow-up: its number, for
+    /// exactly one of the replicas that saw `due`, none for the others.
+    pub async fn claim_follow_up(&self, due: &DueFollowUp) -> Result<Option<i32>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE runs SET start_requests = start_requests + 1, start_requested_at = now()
+                 WHERE id = $1 AND state = 'queued' AND start_requests = $2
+                 RETURNING start_requests",
+                &[&due.run_id, &due.start_requests],
+            )
+            .await
+            .context("claiming a follow-up run")?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// A claimed start request could not be published: the next poll tries again.
+    pub async fn release_follow_up(&self, run_id: Uuid, request: i32) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE runs SET start_requested_at = NULL
+                 WHERE id = $1 AND state = 'queued' AND start_requests = $2",
+                &[&run_id, &request],
+            )
+            .await
+            .context("releasing a follow-up run")?;
+        Ok(())
+    }
+
+    /// Starts a queued follow-up on its start request number `request`: the
+    /// first request to arrive starts it, a redelivery of that one resumes it,
+    /// any other changes nothing. While another run is in progress it stays
+    /// queued, to be asked for again once that run has ended.
+    pub async fn start_follow_up(&self, run_id: Uuid, tenant_id: &str, request: i32) -> Result<RunStart> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&tenant_id])
+            .await
+            .context("locking the tenant")?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT state, started_by_request FROM runs WHERE id = $1 AND tenant_id = $2",
+                &[&run_id, &tenant_id],
+            )
+            .await?
+        else {
+            return Ok(RunStart::AlreadyFetched);
+        };
+        let state: String = row.get(0);
+        let started_by: Option<i32> = row.get(1);
+        match RunState::parse(&state) {
+            Some(RunState::Queued) => {}
+            Some(RunState::Fetching) if started_by == Some(request) => return Ok(RunStart::Resumed),
+            _ => return Ok(RunStart::AlreadyFetched),
+        }
+        let stale_minutes = stale_run_minutes();
+        if let Some(active) = tx.query_opt(ACTIVE_RUN, &[&tenant_id, &stale_minutes]).await? {
+            tx.execute(
+                "UPDATE runs SET start_requested_at = NULL WHERE id = $1",
+                &[&run_id],
+            )
+            .await
+            .context("keeping the follow-up queued")?;
+            tx.commit().await?;
+            tracing::info!(%run_id, active = %active.get::<_, Uuid>("id"), "follow-up stays queued behind the run in progress");
+            return Ok(RunStart::Queued(run_id));
+        }
+        end_stale_runs(&tx, tenant_id, stale_minutes, run_id).await?;
+        tx.execute(
+            "UPDATE runs SET state = 'fetching', started_at = now(), started_by_request = $2 WHERE id = $1",
+            &[&run_id, &request],
+        )
+        .await
+        .context("starting the follow-up run")?;
         tx.commit().await?;
         Ok(RunStart::Started)
     }

@@ -111,6 +111,318 @@ async fn a_request_joins_a_run_that_makes_progress_and_replaces_one_that_stopped
     .await;
 }
 
+/// Ages the tenant's runs' heartbeat without it counting as progress.
+async fn age_heartbeats(store: &Store, minutes: i32) {
+    execute(store, "ALTER TABLE runs DISABLE TRIGGER runs_heartbeat", &[]).await;
+    execute(
+        store,
+        "UPDATE runs SET heartbeat_at = now() - make_interval(mins => $1) WHERE state <> 'queued'",
+        &[&minutes],
+    )
+    .await;
+    execute(store, "ALTER TABLE runs ENABLE TRIGGER runs_heartbeat", &[]).await;
+}
+
+#[tokio::test]
+async fn a_request_joins_a_run_until_it_reads_its_round_then_all_share_one_follow_up() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenants(&url, &["acme"]).await;
+        execute(
+            &store,
+            "UPDATE tenants SET delta_link = 'https://graph.example/delta'",
+            &[],
+        )
+        .await;
+        let start = |run_id: Uuid, trigger: &'static str, full: bool| {
+            let store = store.clone();
+            async move { store.start_run(run_id, "acme", trigger, full).await.unwrap() }
+        };
+        let first = Uuid::new_v4();
+        assert_eq!(start(first, "manual", false).await, RunStart::Started);
+        let early = Uuid::new_v4();
+        assert_eq!(
+            start(early, "manual", true).await,
+            RunStart::Coalesced(first),
+            "the round is not read yet"
+        );
+        assert!(
+            store.mark_round_started(first).await.unwrap(),
+            "a request for a full read joined: the round reads everything"
+        );
+
+        let [manual, scheduled, full] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+        assert_eq!(start(manual, "manual", false).await, RunStart::Queued(manual));
+        assert_eq!(
+            start(scheduled, "scheduled", false).await,
+            RunStart::Queued(manual)
+        );
+        assert_eq!(start(full, "manual", true).await, RunStart::Queued(manual));
+        assert_eq!(
+            start(manual, "manual", false).await,
+            RunStart::Queued(manual),
+            "a redelivered request"
+        );
+        for request in [manual, scheduled, full] {
+            assert_eq!(store.run_for_request(request).await.unwrap(), Some(manual));
+        }
+        assert_eq!(store.run_for_request(early).await.unwrap(), Some(first));
+        let queued = store.run(manual).await.unwrap().expect("the follow-up");
+        assert_eq!(
+            (queued.state.as_str(), queued.trigger.as_str(), queued.full_round),
+            ("queued", "manual", true),
+            "one --full request makes the follow-up read everything"
+        );
+        assert_eq!(
+            store.runs("acme", 10).await.unwrap().len(),
+            2,
+            "one follow-up however many requests"
+        );
+        let overview = &store.tenant_overview(Some("acme")).await.unwrap()[0];
+        assert_eq!(overview.last_run.as_ref().map(|run| run.id), Some(first));
+        assert_eq!(overview.queued_run, Some(manual));
+
+        // Not while the first run is in progress, however long it takes: a
+        // queued run does not go stale.
+        assert_eq!(store.due_follow_ups().await.unwrap(), vec![]);
+        execute(
+            &store,
+            "UPDATE runs SET requested_at = now() - interval '1 hour' WHERE id = $1",
+            &[&manual],
+        )
+        .await;
+        let later = Uuid::new_v4();
+        assert_eq!(start(later, "manual", false).await, RunStart::Queued(manual));
+
+        store.fail_run(first, "test.refused", "no").await.unwrap();
+        let due = store.due_follow_ups().await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].run_id, due[0].full_round), (manual, true));
+        // Two replicas saw it due: one claims it.
+        let claims = [
+            store.claim_follow_up(&due[0]).await.unwrap(),
+            store.claim_follow_up(&due[0]).await.unwrap(),
+        ];
+        assert_eq!(claims, [Some(1), None]);
+        assert_eq!(
+            store.due_follow_ups().await.unwrap(),
+            vec![],
+            "claimed: not published again soon"
+        );
+        // Between the first run's end and the follow-up's start a request joins the follow-up.
+        let between = Uuid::new_v4();
+        assert_eq!(start(between, "manual", false).await, RunStart::Queued(manual));
+
+        // The start request it was claimed for starts it, once.
+        assert_eq!(
+            store.start_follow_up(manual, "acme", 1).await.unwrap(),
+            RunStart::Started
+        );
+        assert_eq!(
+            store.start_follow_up(manual, "acme", 1).await.unwrap(),
+            RunStart::Resumed,
+            "a redelivery of that request"
+        );
+        assert_eq!(
+            store.start_follow_up(manual, "acme", 2).await.unwrap(),
+            RunStart::AlreadyFetched,
+            "another start request"
+        );
+        assert!(store.mark_round_started(manual).await.unwrap());
+        let started = store.run(manual).await.unwrap().unwrap();
+        let ended = store.run(first).await.unwrap().unwrap();
+        assert_eq!(started.state, "fetching");
+        assert!(started.started_at >= ended.finished_at.unwrap());
+        assert_eq!(store.due_follow_ups().await.unwrap(), vec![]);
+        let overview = &store.tenant_overview(Some("acme")).await.unwrap()[0];
+        assert_eq!(overview.last_run.as_ref().map(|run| run.id), Some(manual));
+        assert_eq!(overview.queued_run, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_round_starts_reading_only_after_a_request_deciding_to_join_has_committed() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenants(&url, &["acme"]).await;
+        let first = Uuid::new_v4();
+        store.start_run(first, "acme", "manual", false).await.unwrap();
+        // A request deciding under the tenant's lock, as start_run does.
+        let mut deciding = store.client().await.unwrap();
+        let decision = deciding.transaction().await.unwrap();
+        decision
+            .execute("SELECT 1 FROM tenants WHERE id = 'acme' FOR UPDATE", &[])
+            .await
+            .unwrap();
+        let marking = tokio::spawn({
+            let store = store.clone();
+            async move { store.mark_round_started(first).await.unwrap() }
+        });
+        let observer = store.client().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the mark never waited for the tenant");
+            tokio::task::yield_now().await;
+        }
+        let read: Option<DateTime<Utc>> = observer
+            .query_one("SELECT round_started_at FROM runs WHERE id = $1", &[&first])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(read, None, "not read while the request decides");
+        decision.commit().await.unwrap();
+        marking.await.unwrap();
+        let read: Option<DateTime<Utc>> = observer
+            .query_one("SELECT round_started_at FROM runs WHERE id = $1", &[&first])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(read.is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_follow_up_waits_for_the_run_in_progress_and_replaces_a_stale_one() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenants(&url, &["acme"]).await;
+        let first = Uuid::new_v4();
+        store.start_run(first, "acme", "manual", false).await.unwrap();
+        store.mark_round_started(first).await.unwrap();
+        let follow_up = Uuid::new_v4();
+        assert_eq!(
+            store.start_run(follow_up, "acme", "sweep", false).await.unwrap(),
+            RunStart::Queued(follow_up)
+        );
+        // A start request that arrives while the first run is still in
+        // progress leaves it queued, to be asked for again.
+        execute(
+            &store,
+            "UPDATE runs SET start_requests = 4 WHERE id = $1",
+            &[&follow_up],
+        )
+        .await;
+        assert_eq!(
+            store.start_follow_up(follow_up, "acme", 4).await.unwrap(),
+            RunStart::Queued(follow_up)
+        );
+        assert_eq!(store.run(follow_up).await.unwrap().unwrap().state, "queued");
+
+        // The first run stops making progress: it no longer holds the follow-up back.
+        age_heartbeats(&store, 16).await;
+        let due = store.due_follow_ups().await.unwrap();
+        assert_eq!(due.iter().map(|d| d.run_id).collect::<Vec<_>>(), vec![follow_up]);
+        assert_eq!(due[0].trigger, "sweep");
+        let number = store.claim_follow_up(&due[0]).await.unwrap().expect("claimed");
+        assert_eq!(number, 5);
+        // Publishing failed: released, it is due again at once.
+        store.release_follow_up(follow_up, number).await.unwrap();
+        let due = store.due_follow_ups().await.unwrap();
+        let number = store
+            .claim_follow_up(&due[0])
+            .await
+            .unwrap()
+            .expect("claimed again");
+        // A start request lost in a crash: published again after a while,
+        // longer the more were published (this is the sixth).
+        execute(
+            &store,
+            "UPDATE runs SET start_requested_at = now() - interval '1 minute' WHERE id = $1",
+            &[&follow_up],
+        )
+        .await;
+        assert_eq!(store.due_follow_ups().await.unwrap(), vec![]);
+        execute(
+            &store,
+            "UPDATE runs SET start_requested_at = now() - interval '17 minutes' WHERE id = $1",
+            &[&follow_up],
+        )
+        .await;
+        let due = store.due_follow_ups().await.unwrap();
+        let republished = store
+            .claim_follow_up(&due[0])
+            .await
+            .unwrap()
+            .expect("claimed again");
+        assert_ne!(republished, number);
+
+        // The older request arrives first: it starts the run; the newer one then changes nothing.
+        assert_eq!(
+            store.start_follow_up(follow_up, "acme", number).await.unwrap(),
+            RunStart::Started
+        );
+        assert_eq!(
+            store
+                .start_follow_up(follow_up, "acme", republished)
+                .await
+                .unwrap(),
+            RunStart::AlreadyFetched
+        );
+        let stale = store.run(first).await.unwrap().unwrap();
+        assert_eq!(stale.error_code.as_deref(), Some("run.stale"));
+        assert!(stale.error.unwrap().contains(&follow_up.to_string()));
+        // A request now joins the follow-up, which has not read its round yet.
+        let joined = Uuid::new_v4();
+        assert_eq!(
+            store.start_run(joined, "acme", "manual", false).await.unwrap(),
+            RunStart::Coalesced(follow_up)
+        );
+        assert!(
+            store.mark_round_started(follow_up).await.unwrap(),
+            "no delta link yet: the round reads everything"
+        );
+        assert!(store.run(follow_up).await.unwrap().unwrap().full_round);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_listener_is_told_of_each_run_that_ends_whoever_ends_it() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenants(&url, &["acme", "globex"]).await;
+        let mut ends = store.run_ends().await.expect("listening");
+        let [acme, globex] = [Uuid::new_v4(), Uuid::new_v4()];
+        store.start_run(acme, "acme", "manual", false).await.unwrap();
+        store.start_run(globex, "globex", "manual", false).await.unwrap();
+        // Progress is not an end.
+        store.set_run_state(globex, RunState::Applying).await.unwrap();
+        // However a run ends, the same column says so.
+        execute(
+            &store,
+            "UPDATE runs SET state = 'succeeded', finished_at = now() WHERE id = $1",
+            &[&globex],
+        )
+        .await;
+        store.fail_run(acme, "test.refused", "no").await.unwrap();
+        store.fail_run(acme, "test.refused", "again").await.unwrap();
+        // Notifications arrive in commit order: this one marks the end of the test.
+        let last = Uuid::new_v4();
+        store.start_run(last, "globex", "manual", false).await.unwrap();
+        store.fail_run(last, "test.refused", "no").await.unwrap();
+        let mut told = Vec::new();
+        for _ in 0..3 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(30), ends.next());
+            told.push(
+                next.await
+                    .expect("told within the deadline")
+                    .expect("still listening"),
+            );
+        }
+        assert_eq!(told, ["globex", "acme", "globex"], "each ended run told once");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_due_run_is_claimed_by_exactly_one_of_many_replicas() {
     in_fresh_database(|url| async move {

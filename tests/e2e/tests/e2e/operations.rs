@@ -255,54 +255,92 @@ async fn a_resync_published_by_rabbitmqadmin_runs_and_metrics_and_json_logs_show
     }
 }
 
+/// `usersync resync acme --wait` in the background: its exit code and output.
+fn resync_and_wait(stack: &Stack, extra: &[&str]) -> tokio::task::JoinHandle<(Option<i32>, String)> {
+    let stack_env = stack.env();
+    let mut args = vec!["resync", "acme", "--wait", "--timeout", "240"];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    tokio::spawn(async move {
+        let output = tokio::process::Command::new(usersync_e2e::binary("usersync"))
+            .args(args)
+            .envs(stack_env)
+            .output()
+            .await
+            .expect("usersync resync --wait");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    })
+}
+
+/// The run whose end `resync --wait` printed.
+fn ended_run(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("run ")?
+                .split_once(" ended ")
+                .map(|(id, _)| id.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no run ended in:\n{output}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_end() {
-    let stack = Stack::start_with("coalesce", vec![small_pools()]).await;
+async fn a_resync_before_the_run_reads_its_round_joins_it_and_wait_follows_it_to_the_end() {
+    // Graph retries the held token request as long as the test needs.
+    let stack = Stack::start_with(
+        "coalesce",
+        vec![small_pools(), ("GRAPH_RETRY_ATTEMPTS", "1000".to_owned())],
+    )
+    .await;
     seed(&stack).await;
     apply(&stack, &tenant_file()).await;
-    // Graph throttles the first delta page for 3 s: the run is in progress long enough.
+    // Entra throttles every token request until the faults are cleared: the run
+    // is recorded but has not started reading the directory.
+    let faults = format!("/_sim/tenants/{ENTRA_TENANT}/faults");
     stack
         .graph_call(
             Method::POST,
-            &format!("/_sim/tenants/{ENTRA_TENANT}/faults"),
-            Some(json!({"kind": "throttle", "retry_after": "3", "count": 1, "path_prefix": "/v1.0/users/delta"})),
+            &faults,
+            Some(json!({"kind": "throttle", "retry_after": "0.5", "count": 100000,
+                        "path_prefix": format!("/{ENTRA_TENANT}/oauth2")})),
         )
         .await;
-    let first = {
-        let stack_env = stack.env();
-        tokio::spawn(async move {
-            let output = tokio::process::Command::new(usersync_e2e::binary("usersync"))
-                .args(["resync", "acme", "--wait", "--timeout", "120"])
-                .envs(stack_env)
-                .output()
-                .await
-                .expect("usersync resync --wait");
-            (
-                output.status.code(),
-                String::from_utf8_lossy(&output.stdout).into_owned(),
-            )
-        })
-    };
+    let first = resync_and_wait(&stack, &[]);
     let running = wait_for("the first run to start", Duration::from_secs(30), || async {
         let status = status(&stack, "acme").await;
-        (status["state"] != "idle").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
+        (status["state"] == "fetching").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
     })
     .await;
-    let (ok, joined, stderr) = stack
-        .cli(&["resync", "acme", "--wait", "--timeout", "120"], None)
-        .await;
-    assert!(ok, "{joined}\n{stderr}");
+    // The tenant file changes before the second request: the run reads with
+    // the new one (no group filter: every user, not only Telephony's 120).
+    let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
+    let mut provider: Value = serde_json::from_str(file["provider_settings"].as_str().unwrap()).unwrap();
+    provider["user_filter"]["memberOf"] = json!([]);
+    file["provider_settings"] = json!(provider.to_string());
+    apply(&stack, &file.to_string()).await;
+    let second = resync_and_wait(&stack, &[]);
+    wait_for("the second request to join", Duration::from_secs(30), || async {
+        (stack.sql(&format!(
+            "SELECT count(*) FROM run_joins WHERE run_id = '{running}'"
+        )) == "1")
+            .then_some(())
+    })
+    .await;
+    stack.graph_call(Method::DELETE, &faults, None).await;
+
+    let (code, joined) = second.await.unwrap();
+    assert_eq!(code, Some(0), "{joined}");
     assert!(joined.contains(&format!("joined run {running}")), "{joined}");
-    assert!(joined.contains("ended succeeded"), "{joined}");
+    assert_eq!(ended_run(&joined), running, "{joined}");
     let (code, first_out) = first.await.unwrap();
     assert_eq!(code, Some(0), "{first_out}");
     assert!(first_out.contains(&format!("run {running} ")), "{first_out}");
     assert!(first_out.contains("pages fetched"), "{first_out}");
-    assert!(
-        first_out.contains("120 users differed") || first_out.contains("users differed"),
-        "{first_out}"
-    );
-    assert!(first_out.contains("ended succeeded"), "{first_out}");
+    assert!(first_out.contains("users differed"), "{first_out}");
+    assert_eq!(ended_run(&first_out), running, "{first_out}");
     assert_eq!(
         stack
             .cli_json(&["runs", "acme", "--json"])
@@ -311,7 +349,12 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
             .unwrap()
             .len(),
         1,
-        "the second request joined the first run"
+        "the second request joined the first run: no follow-up"
+    );
+    let synced = pbx_users(&stack).await.len();
+    assert!(
+        synced > 120,
+        "the run read with the changed tenant file: {synced} users"
     );
 
     // A failed run ends --wait with exit code 3.
@@ -319,6 +362,142 @@ async fn a_resync_for_a_running_tenant_joins_its_run_and_wait_follows_it_to_the_
     let (ok, out, _) = stack.cli(&["resync", "acme", "--wait"], None).await;
     assert!(!ok);
     assert!(out.contains("ended failed"), "{out}");
+}
+
+/// Seeds acme and starts its first sync, slowed down so it is still applying
+/// (past reading its round) when this returns its id.
+async fn first_sync_applying(stack: &Stack) -> String {
+    seed(stack).await;
+    apply(stack, &tenant_file()).await;
+    // Every PBX write takes 100 ms: the first sync's 120 creates keep it applying.
+    stack
+        .pbx_call(
+            Method::POST,
+            "/_sim/companies/acme/faults",
+            Some(json!({"kind": "latency", "ms": 100})),
+        )
+        .await;
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    wait_for("the first run to apply", Duration::from_secs(60), || async {
+        let status = status(stack, "acme").await;
+        (status["state"] == "applying").then(|| status["last_run"]["id"].as_str().unwrap().to_owned())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_while_a_run_applies_gets_one_follow_up_that_reads_the_change_and_wait_follows_it() {
+    let stack = Stack::start_with(
+        "follow_up",
+        vec![small_pools(), ("USERSYNC_SCHEDULE_POLL_SECS", "0.5".to_owned())],
+    )
+    .await;
+    let first = first_sync_applying(&stack).await;
+
+    // A member changes in Entra after the first run read its round.
+    let (_, members) = telephony_members(&stack).await;
+    let changed = members[0].clone();
+    stack
+        .graph_call(
+            Method::PATCH,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/users/{changed}"),
+            Some(json!({"surname": "Efteråt"})),
+        )
+        .await;
+    let waiting = resync_and_wait(&stack, &[]);
+    // More requests meanwhile, one of them for a full read: still one follow-up.
+    let (ok, _, stderr) = stack.cli(&["resync", "acme", "--full"], None).await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let queued = wait_for("the follow-up to be queued", Duration::from_secs(30), || async {
+        let status = status(&stack, "acme").await;
+        let queued = status["queued_run"].as_str()?.to_owned();
+        (status["state"] == "applying" && status["last_run"]["id"] == first.as_str()).then_some(queued)
+    })
+    .await;
+    assert_ne!(queued, first);
+    let (ok, text, _) = stack.cli(&["status", "acme"], None).await;
+    assert!(ok && text.contains(&format!("queued: run {queued}")), "{text}");
+
+    let (code, out) = waiting.await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        ended_run(&out),
+        queued,
+        "wait follows the follow-up, not the first run:\n{out}"
+    );
+    let runs = stack.cli_json(&["runs", "acme", "--json"]).await;
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "one follow-up however many requests: {runs:#?}");
+    assert_eq!(runs[0]["id"], queued.as_str(), "{runs:#?}");
+    assert_eq!(runs[1]["id"], first.as_str(), "{runs:#?}");
+    assert_eq!(runs[0]["state"], "succeeded", "{runs:#?}");
+    let time = |field: &Value| chrono::DateTime::parse_from_rfc3339(field.as_str().unwrap()).unwrap();
+    let gap = time(&runs[0]["started_at"]) - time(&runs[1]["finished_at"]);
+    assert!(
+        gap >= chrono::TimeDelta::zero(),
+        "the follow-up started after the first run ended: {runs:#?}"
+    );
+    // A figure, not a limit: how soon the follow-up started.
+    println!(
+        "follow-up started {} ms after the first run ended",
+        gap.num_milliseconds()
+    );
+    assert_eq!(
+        stack.sql(&format!("SELECT full_round FROM runs WHERE id = '{queued}'")),
+        "t",
+        "a --full request made the follow-up read the whole directory"
+    );
+    assert_eq!(pbx_users(&stack).await[&changed]["surname"], "Efteråt");
+    assert_eq!(status(&stack, "acme").await["queued_run"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_queued_before_the_fetcher_dies_is_started_by_the_next_one() {
+    let mut stack = Stack::start_with("follow_up_crash", vec![small_pools()]).await;
+    let first = first_sync_applying(&stack).await;
+    let (ok, out, stderr) = stack.cli(&["resync", "acme"], None).await;
+    assert!(ok, "{stderr}");
+    let queued = wait_for("the follow-up to be queued", Duration::from_secs(30), || async {
+        status(&stack, "acme").await["queued_run"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        out.contains(&queued),
+        "the request's own run is the follow-up: {out}"
+    );
+
+    // The fetcher dies; the applier ends the first run meanwhile. The
+    // follow-up is a row in PostgreSQL, not something a process holds.
+    stack.kill_service(0).await;
+    wait_for("the first run to end", Duration::from_secs(120), || async {
+        (stack.sql(&format!(
+            "SELECT finished_at IS NOT NULL FROM runs WHERE id = '{first}'"
+        )) == "t")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.sql(&format!("SELECT state FROM runs WHERE id = '{queued}'")),
+        "queued"
+    );
+    assert_eq!(status(&stack, "acme").await["state"], "queued");
+    stack.start_service("usersync-fetcher").await;
+    let done = finished_run(&stack, Some(&first)).await;
+    assert_eq!(done["last_run"]["id"], queued.as_str(), "{done:#}");
+    assert_eq!(done["last_run"]["state"], "succeeded", "{done:#}");
+    assert_eq!(stack.sql("SELECT count(*) FROM runs"), "2");
+    assert_eq!(
+        stack.sql(&format!(
+            "SELECT started_by_request FROM runs WHERE id = '{queued}'"
+        )),
+        "1",
+        "one start request published, by the new fetcher"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

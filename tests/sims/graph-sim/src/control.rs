@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::directory::{DirError, Directory, Props, SeedGroup};
-use crate::faults::FaultSpec;
+use crate::faults::{FaultQueue, FaultSpec};
 use crate::seed::{guid, looks_like_guid, seeded_users, IdStream};
 use crate::server::{lock, Sim, TenantHandle};
 use crate::tenant::{ExpiryStyle, Tenant, TenantSettings, DEFAULT_TOKEN_MAX_AGE_SECS};
@@ -40,7 +40,7 @@ pub fn routes() -> Router<Arc<Sim>> {
             &format!("{tenant}/groups/{{group}}/members/{{id}}"),
             delete(remove_member),
         )
-        .route(&format!("{tenant}/faults"), post(add_fault))
+        .route(&format!("{tenant}/faults"), post(add_fault).delete(clear_faults))
         .route(&format!("{tenant}/stats"), get(stats))
         .route(
             &format!("{tenant}/expire-delta-tokens"),
@@ -369,6 +369,13 @@ async fn add_fault(
     fault.validate().map_err(invalid)?;
     let handle = tenant_handle(&sim, &id)?;
     lock(&handle).faults.push(fault);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Drops every fault not yet served, e.g. to release a request held by a long fault.
+async fn clear_faults(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Reply {
+    let handle = tenant_handle(&sim, &id)?;
+    lock(&handle).faults = FaultQueue::default();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -142,3 +142,22 @@ async fn paging_quirks_empty_pages_disorder_and_repeats_lose_no_user() {
     let distinct: std::collections::BTreeSet<_> = quirky_ids.iter().collect();
     assert_eq!(distinct, plain_ids.iter().collect());
 }
+
+#[tokio::test]
+async fn clearing_the_faults_drops_those_not_yet_served() {
+    let sim = TestSim::start().await;
+    sim.create_tenant(tenant_body(3, json!({}))).await;
+    let token = sim.token().await;
+    inject(
+        &sim,
+        json!({"kind": "throttle", "retry_after": "1", "count": 1000, "path_prefix": USERS}),
+    )
+    .await;
+    assert_eq!(
+        sim.graph(&token, USERS).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    sim.ok(Method::DELETE, &tenant_path("/faults"), None).await;
+    assert_eq!(sim.graph(&token, USERS).await.status(), StatusCode::OK);
+}
