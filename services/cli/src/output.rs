@@ -80,7 +80,10 @@ pub struct RunSummary {
     pub trigger: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// So far while the run is in progress; final once it ended.
     pub counts: RunCounts,
+    /// Planned changes not applied yet (while the run is in progress).
+    pub changes_pending: i64,
     pub error: Option<String>,
     pub error_code: Option<String>,
 }
@@ -94,6 +97,7 @@ impl From<&RunRow> for RunSummary {
             started_at: run.started_at,
             finished_at: run.finished_at,
             counts: run.counts,
+            changes_pending: run.changes_pending.into(),
             error: run.error.clone(),
             error_code: run.error_code.clone(),
         }
@@ -169,6 +173,9 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
                 time(Some(run.started_at))
             );
             println!("    {}", counts_text(&run.counts));
+            if run.finished_at.is_none() {
+                println!("    {} changes still to do", run.changes_pending);
+            }
             if let Some(error) = &run.error {
                 println!("    error: {error}");
             }
@@ -180,16 +187,24 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `resync --wait` prints whenever a run moves on.
+/// What `resync --wait` prints whenever a run moves on: the counts so far
+/// and the changes still to do.
 pub fn progress_line(run: &RunRow, progress: &RunProgress) -> String {
+    let c = &run.counts;
     format!(
-        "run {} {}: {} pages fetched, {} users differed ({} skipped), {} of them applied, {} mails sent",
+        "run {} {}: {} pages fetched, {} users differed ({} skipped), {} of them applied \
+         (created {} updated {} deleted {} failed {}), {} to do, {} mails sent",
         run.id,
         run.state,
         progress.pages,
         progress.planned + progress.skipped,
         progress.skipped,
         progress.applied,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.failed,
+        progress.planned - progress.applied,
         progress.mails
     )
 }

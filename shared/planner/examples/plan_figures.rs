@@ -150,7 +150,10 @@ async fn old_numbering(store: &Store, run_id: Uuid) -> anyhow::Result<()> {
         .unwrap_or(600);
     let client = store.client().await?;
     client
-        .execute("UPDATE run_changes SET batch = NULL WHERE run_id = $1", &[&run_id])
+        .execute(
+            "UPDATE run_changes SET batch = NULL WHERE run_id = $1",
+            &[&run_id],
+        )
         .await?;
     client
         .batch_execute(&format!("SET statement_timeout = '{timeout}s'"))

@@ -175,7 +175,7 @@ impl Store {
         let rows = client
             .query(
                 &format!(
-                "SELECT t.id AS tenant, t.config->>'mode' AS mode, t.last_success_at, s.next_due,
+                    "SELECT t.id AS tenant, t.config->>'mode' AS mode, t.last_success_at, s.next_due,
                         (SELECT count(*) FROM sync_users u
                           WHERE u.tenant_id = t.id AND u.pending_delete_at IS NOT NULL
                             AND u.pbx_id IS NOT NULL) AS pending_deletions,

@@ -181,14 +181,20 @@ async fn changes_are_numbered_in_object_id_order_without_statistics() {
             .await
             .expect("keeping autovacuum off the table");
         number_and_check(&store, first, 20_000).await;
-        store.fail_run(first, "test", "next run").await.expect("ending the run");
+        store
+            .fail_run(first, "test", "next run")
+            .await
+            .expect("ending the run");
         let second = Uuid::new_v4();
         store
             .start_run(second, "acme", "manual", false)
             .await
             .expect("starting the second run");
         number_and_check(&store, second, 100_000).await;
-        assert!(!analysed(&store, "run_changes").await, "the table was never analysed");
+        assert!(
+            !analysed(&store, "run_changes").await,
+            "the table was never analysed"
+        );
     })
     .await;
 }
@@ -229,7 +235,10 @@ async fn number_and_check(store: &Store, run: Uuid, changes: usize) {
         assert_eq!(batch_changes.len(), 100, "batch {batch} is full");
         handed.extend(batch_changes.into_iter().map(|c| c.object_id));
     }
-    println!("{batches} batches read in {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "{batches} batches read in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let expected: Vec<String> = (0..changes).map(|i| format!("u{i:06}")).collect();
     assert!(handed == expected, "every change once, in object-id order");
 }
@@ -248,7 +257,11 @@ async fn save_pages(store: &Store, run: Uuid, pages: &[Vec<PlannedUser>]) -> u64
 /// Every change in batch `position / 100` of its place in object-id order,
 /// and each batch's counters holding exactly its changes.
 async fn check_batches(store: &Store, run: Uuid, changes: usize) {
-    assert_eq!(misnumbered(store, run).await, 0, "batches of 100 in object-id order");
+    assert_eq!(
+        misnumbered(store, run).await,
+        0,
+        "batches of 100 in object-id order"
+    );
     let client = store.client().await.expect("a connection");
     let row = client
         .query_one(
@@ -260,7 +273,10 @@ async fn check_batches(store: &Store, run: Uuid, changes: usize) {
         .await
         .expect("reading the batch counters");
     let (batches, counted, odd): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    assert_eq!((batches, counted, odd), ((changes / 100) as i64, changes as i64, 0));
+    assert_eq!(
+        (batches, counted, odd),
+        ((changes / 100) as i64, changes as i64, 0)
+    );
 }
 
 #[tokio::test]
