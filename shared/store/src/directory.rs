@@ -131,18 +131,6 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Refreshes the query planner's statistics of the directory tables, after
-    /// a large round: until autovacuum catches up, a tenant's freshly recorded
-    /// users look like a handful and paging them gets slower page by page.
-    pub async fn refresh_statistics(&self) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .batch_execute("ANALYZE directory_users, sync_users")
-            .await
-            .context("refreshing planner statistics")?;
-        Ok(())
-    }
-
     /// After a full round: every user the round did not return is gone.
     pub async fn mark_unseen_removed(&self, tenant_id: &str, round: Round) -> Result<u64> {
         let client = self.client().await?;
@@ -164,20 +152,32 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
-        let client = self.client().await?;
-        reconcile_page(&client, tenant_id, round, after, limit).await
+        let mut client = self.client().await?;
+        reconcile_page(&mut client, tenant_id, round, after, limit).await
     }
 }
 
 /// A keyset page of users to reconcile, on a connection the caller holds.
+///
+/// The page is read by walking the primary key from `after`, whatever the
+/// planner's statistics say: with none (a table never analysed) or stale ones
+/// (a new tenant among analysed ones) it estimates a handful of rows and would
+/// rather fetch every user after `after` and sort them for the first `limit`,
+/// which makes each page cost the rest of the tenant and the pass quadratic.
+/// Sorting and bitmap scans are ruled out for this one statement, which
+/// leaves the ordered index scan that stops after `limit` users.
 pub(crate) async fn reconcile_page(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Object,
     tenant_id: &str,
     round: Round,
     after: &str,
     limit: i64,
 ) -> Result<Vec<ReconcileRow>> {
-    let rows = client
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
+        .await
+        .context("pinning the page to the primary key")?;
+    let rows = tx
         .query(
             // The page of directory users first, then each one's rows by key:
             // the cost of a page does not grow with the tenant.
@@ -192,6 +192,7 @@ pub(crate) async fn reconcile_page(
         )
         .await
         .context("loading users to reconcile")?;
+    tx.commit().await?;
     Ok(rows.iter().map(ReconcileRow::from_row).collect())
 }
 
