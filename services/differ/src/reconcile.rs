@@ -85,9 +85,8 @@ impl Differ {
             anyhow::bail!("run {} is not recorded", round.ids.run_id);
         };
         match RunState::parse(&run.state) {
-            Some(RunState::Fetching) => self.plan(round).await?,
-            // An earlier attempt stopped part-way: plan again from the start.
-            Some(RunState::Differing) => {
+            Some(RunState::Fetching | RunState::Differing) => {
+                // What an earlier attempt stored goes: the batches are numbered from the start.
                 self.store.restart_plan(round.ids.run_id).await?;
                 self.plan(round).await?;
             }

@@ -215,21 +215,27 @@ impl Store {
     /// Forgets what an earlier, unfinished attempt at planning the run stored
     /// (its changes, batches and skips), so planning again numbers the batches
     /// from the start as if it were the first attempt. Only before the run
-    /// applies anything.
+    /// applies anything; with nothing stored yet it only reads the run's row.
     pub async fn restart_plan(&self, run_id: Uuid) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
-                "UPDATE runs SET skipped = 0, batches = 0, batches_pending = 0, changes_pending = 0
-                 WHERE id = $1 AND state IN ('fetching', 'differing') RETURNING id",
+                "SELECT skipped > 0 OR EXISTS (SELECT 1 FROM run_batches WHERE run_id = $1)
+                 FROM runs WHERE id = $1 AND state IN ('fetching', 'differing') FOR UPDATE",
                 &[&run_id],
             )
             .await
-            .context("resetting the run's plan")?;
-        if row.is_none() {
+            .context("loading the run's plan")?;
+        if !row.is_some_and(|row| row.get::<_, bool>(0)) {
             return Ok(());
         }
+        tx.execute(
+            "UPDATE runs SET skipped = 0, batches = 0, batches_pending = 0, changes_pending = 0 WHERE id = $1",
+            &[&run_id],
+        )
+        .await
+        .context("resetting the run's plan")?;
         for table in ["run_batches", "run_changes", "run_skips"] {
             tx.execute(&format!("DELETE FROM {table} WHERE run_id = $1"), &[&run_id])
                 .await
