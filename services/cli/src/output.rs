@@ -293,6 +293,43 @@ mod tests {
     }
 
     #[test]
+    fn a_progress_line_shows_the_counts_so_far_and_the_changes_to_do() {
+        let run = RunRow {
+            id: uuid::Uuid::nil(),
+            tenant_id: "acme".into(),
+            trigger: "manual".into(),
+            full_round: true,
+            state: "applying".into(),
+            started_at: Utc::now(),
+            finished_at: None,
+            counts: RunCounts {
+                created: 40,
+                updated: 2,
+                failed: 1,
+                ..RunCounts::default()
+            },
+            changes_pending: 57,
+            error: None,
+            error_code: None,
+        };
+        let progress = RunProgress {
+            pages: 3,
+            planned: 100,
+            applied: 43,
+            skipped: 5,
+            mails: 40,
+        };
+        assert!(
+            progress_line(&run, &progress).ends_with(
+                "applying: 3 pages fetched, 105 users differed (5 skipped), 43 of them applied \
+                 (created 40 updated 2 deleted 0 failed 1), 57 to do, 40 mails sent"
+            ),
+            "{}",
+            progress_line(&run, &progress)
+        );
+    }
+
+    #[test]
     fn held_deletions_are_named_only_when_there_are_some() {
         let clean = RunCounts {
             created: 2,
