@@ -84,7 +84,10 @@ pub struct RunSummary {
     /// None while the run is queued.
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// So far while the run is in progress; final once it ended.
     pub counts: RunCounts,
+    /// Planned changes not applied yet (while the run is in progress).
+    pub changes_pending: i64,
     pub error: Option<String>,
     pub error_code: Option<String>,
 }
@@ -98,6 +101,7 @@ impl From<&RunRow> for RunSummary {
             started_at: (run.state != RunState::Queued.as_str()).then_some(run.started_at),
             finished_at: run.finished_at,
             counts: run.counts,
+            changes_pending: run.changes_pending.into(),
             error: run.error.clone(),
             error_code: run.error_code.clone(),
         }
@@ -176,6 +180,9 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
                 time(run.started_at)
             );
             println!("    {}", counts_text(&run.counts));
+            if run.finished_at.is_none() {
+                println!("    {} changes still to do", run.changes_pending);
+            }
             if let Some(error) = &run.error {
                 println!("    error: {error}");
             }
@@ -190,16 +197,24 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `resync --wait` prints whenever a run moves on.
+/// What `resync --wait` prints whenever a run moves on: the counts so far
+/// and the changes still to do.
 pub fn progress_line(run: &RunRow, progress: &RunProgress) -> String {
+    let c = &run.counts;
     format!(
-        "run {} {}: {} pages fetched, {} users differed ({} skipped), {} of them applied, {} mails sent",
+        "run {} {}: {} pages fetched, {} users differed ({} skipped), {} of them applied \
+         (created {} updated {} deleted {} failed {}), {} to do, {} mails sent",
         run.id,
         run.state,
         progress.pages,
         progress.planned + progress.skipped,
         progress.skipped,
         progress.applied,
+        c.created,
+        c.updated,
+        c.deleted,
+        c.failed,
+        progress.planned - progress.applied,
         progress.mails
     )
 }
@@ -286,6 +301,43 @@ mod tests {
         assert_eq!(age_text(chrono::TimeDelta::minutes(5)), "5m");
         assert_eq!(age_text(chrono::TimeDelta::hours(30)), "30h");
         assert_eq!(age_text(chrono::TimeDelta::days(3)), "3d");
+    }
+
+    #[test]
+    fn a_progress_line_shows_the_counts_so_far_and_the_changes_to_do() {
+        let run = RunRow {
+            id: uuid::Uuid::nil(),
+            tenant_id: "acme".into(),
+            trigger: "manual".into(),
+            full_round: true,
+            state: "applying".into(),
+            started_at: Utc::now(),
+            finished_at: None,
+            counts: RunCounts {
+                created: 40,
+                updated: 2,
+                failed: 1,
+                ..RunCounts::default()
+            },
+            changes_pending: 57,
+            error: None,
+            error_code: None,
+        };
+        let progress = RunProgress {
+            pages: 3,
+            planned: 100,
+            applied: 43,
+            skipped: 5,
+            mails: 40,
+        };
+        assert!(
+            progress_line(&run, &progress).ends_with(
+                "applying: 3 pages fetched, 105 users differed (5 skipped), 43 of them applied \
+                 (created 40 updated 2 deleted 0 failed 1), 57 to do, 40 mails sent"
+            ),
+            "{}",
+            progress_line(&run, &progress)
+        );
     }
 
     #[test]

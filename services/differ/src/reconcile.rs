@@ -10,11 +10,6 @@ use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
 
 use usersync_planner::{decision_label, Planner};
 use usersync_runtime::clock;
-/// A round of this many pages or more (thousands of users) refreshes the
-/// planner statistics before planning.
-const LARGE_ROUND_PAGES: u32 = 20;
-/// Changes per message to the applier.
-const CHANGE_BATCH: i64 = 100;
 
 pub struct Differ {
     pub store: Store,
@@ -70,9 +65,6 @@ impl Handler<DirectoryPage> for Differ {
                         after: Some(Duration::from_secs(1)),
                     });
                 }
-                if *pages >= LARGE_ROUND_PAGES {
-                    self.store.refresh_statistics().await?;
-                }
                 let round = Round {
                     ids: round,
                     tenant_id: &page.tenant_id,
@@ -93,7 +85,11 @@ impl Differ {
             anyhow::bail!("run {} is not recorded", round.ids.run_id);
         };
         match RunState::parse(&run.state) {
-            Some(RunState::Fetching | RunState::Differing) => self.plan(round).await?,
+            Some(RunState::Fetching | RunState::Differing) => {
+                // What an earlier attempt stored goes: the batches are numbered from the start.
+                self.store.restart_plan(round.ids.run_id).await?;
+                self.plan(round).await?;
+            }
             // A redelivered end of round: the plan is stored, only publishing may be missing.
             Some(RunState::Applying) => {}
             _ => return Ok(()),
@@ -137,6 +133,8 @@ impl Differ {
         let approved = survey.guard_trips && approval;
         let hold = survey.hold_reason(&tenant.config, approved);
         let mut held = 0i64;
+        // Changes stored so far: the next page's changes are numbered on from here.
+        let mut numbered = 0u64;
         let mut after = String::new();
         loop {
             let page = planner.plan_page(&survey, hold.as_deref(), &after).await?;
@@ -148,8 +146,9 @@ impl Differ {
                 held += i64::from(decision == "held");
                 metrics::counter!("usersync_user_decisions_total", "decision" => decision).increment(1);
             }
-            self.store
-                .save_plan(round.ids.run_id, round.tenant_id, &planned)
+            numbered += self
+                .store
+                .save_plan(round.ids.run_id, round.tenant_id, &planned, numbered)
                 .await?;
         }
         let mut warnings = survey.warnings(hold.as_deref());
@@ -188,13 +187,13 @@ impl Differ {
         Ok(())
     }
 
-    /// Numbers the run's changes in batches and sends the first
-    /// [`DISPATCH_WINDOW`] of them; the applier sends each next one as it
-    /// finishes one (windowed dispatch, so one run cannot bury the others).
-    /// A batch already done is not sent again.
+    /// Sends the first [`DISPATCH_WINDOW`] of the run's batches (numbered as
+    /// the plan was stored); the applier sends each next one as it finishes
+    /// one (windowed dispatch, so one run cannot bury the others). A batch
+    /// already done is not sent again.
     async fn publish_changes(&self, round: &Round<'_>) -> anyhow::Result<()> {
         let run_id = round.ids.run_id;
-        let batches = self.store.assign_batches(run_id, CHANGE_BATCH).await?;
+        let batches = self.store.batch_count(run_id).await?;
         for batch in 0..batches.min(usersync_store::DISPATCH_WINDOW) {
             let changes = self.store.pending_batch(run_id, batch).await?;
             if changes.is_empty() {

@@ -1,8 +1,15 @@
 //! Prints how long planning one tenant takes against a real PostgreSQL:
 //! the survey (conflicts and the guard), the per-user decisions, and storing
-//! them, for N synthetic users (default 20,000), plus the process's peak memory.
+//! them with their change batches numbered, for N synthetic users (default
+//! 20,000), plus the process's peak memory. The tables are never analysed,
+//! as on a fresh database with autovacuum off.
 //!
 //! `cargo run --release -p usersync-planner --example plan_figures -- 100000`
+//!
+//! With `PLAN_FIGURES_OLD_NUMBERING=1` it also times the single statement
+//! that numbered the batches after planning before they were numbered as
+//! the plan is stored (for comparison; cut off after
+//! `PLAN_FIGURES_OLD_TIMEOUT_SECS`, default 600).
 
 use std::time::Instant;
 
@@ -71,8 +78,6 @@ async fn measure(url: &str, users: usize) -> anyhow::Result<()> {
             .record_users_page(round, "figures", u32::try_from(page)?, &page_users)
             .await?;
     }
-    // As the differ does after a large round.
-    store.refresh_statistics().await?;
     let recorded = started.elapsed();
 
     let planner = Planner {
@@ -89,6 +94,7 @@ async fn measure(url: &str, users: usize) -> anyhow::Result<()> {
     let mut after = String::new();
     let mut planned_users = 0usize;
     let mut saving = std::time::Duration::ZERO;
+    let mut numbered = 0;
     loop {
         let page = planner.plan_page(&survey, None, &after).await?;
         let Some(last) = page.last() else { break };
@@ -96,7 +102,9 @@ async fn measure(url: &str, users: usize) -> anyhow::Result<()> {
         planned_users += page.len();
         let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
         let saved = Instant::now();
-        store.save_plan(round.run_id, "figures", &planned).await?;
+        numbered += store
+            .save_plan(round.run_id, "figures", &planned, numbered)
+            .await?;
         saving += saved.elapsed();
     }
     let planned = started.elapsed();
@@ -117,10 +125,67 @@ async fn measure(url: &str, users: usize) -> anyhow::Result<()> {
         rate(planned),
         saving.as_secs_f64()
     );
+    println!(
+        "changes planned and numbered: {numbered} in {} batches",
+        numbered.div_ceil(usersync_store::BATCH_SIZE)
+    );
+    if std::env::var_os("PLAN_FIGURES_OLD_NUMBERING").is_some() {
+        old_numbering(&store, round.run_id).await?;
+    }
     let peak = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(str::to_owned))
         .unwrap_or_default();
     println!("peak memory: {}", peak.trim_start_matches("VmHWM:").trim());
+    Ok(())
+}
+
+/// Times the statement that numbered a run's batches after planning, before
+/// they were numbered as the plan is stored. It ran right after the changes
+/// were inserted, so it runs here on a fresh, never-analysed copy of them:
+/// there the planner may join the changes with themselves in a nested loop.
+async fn old_numbering(store: &Store, run_id: Uuid) -> anyhow::Result<()> {
+    let timeout: u64 = std::env::var("PLAN_FIGURES_OLD_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let client = store.client().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE numbering_before (LIKE run_changes INCLUDING ALL)
+               WITH (autovacuum_enabled = false)",
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO numbering_before (run_id, object_id, desired_version, action)
+             SELECT run_id, object_id, desired_version, action FROM run_changes WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await?;
+    client
+        .batch_execute(&format!("SET statement_timeout = '{timeout}s'"))
+        .await?;
+    let started = Instant::now();
+    let numbered = client
+        .execute(
+            "UPDATE numbering_before c SET batch = n.batch
+             FROM (SELECT object_id, ((row_number() OVER (ORDER BY object_id)) - 1) / 100 AS batch
+                   FROM numbering_before WHERE run_id = $1) n
+             WHERE c.run_id = $1 AND c.object_id = n.object_id AND c.batch IS NULL",
+            &[&run_id],
+        )
+        .await;
+    let took = started.elapsed().as_secs_f64();
+    client
+        .batch_execute("RESET statement_timeout; DROP TABLE numbering_before")
+        .await?;
+    match numbered {
+        Ok(rows) => println!("old numbering statement: {rows} changes in {took:.2} s"),
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            println!("old numbering statement: not done after {timeout} s (cancelled)");
+        }
+        Err(err) => return Err(err.into()),
+    }
     Ok(())
 }

@@ -68,7 +68,7 @@ impl Planner<'_> {
         let context = self.context();
         // Paused or unable to build users: nothing is written, nothing conflicts.
         let writes = self.tenant.mode != Mode::Pause && self.tenant.field_mapping.is_complete();
-        let claims = self.store.claim_session().await?;
+        let mut claims = self.store.claim_session().await?;
         let mut survey = Survey::default();
         let mut after = String::new();
         loop {

@@ -131,18 +131,6 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Refreshes the query planner's statistics of the directory tables, after
-    /// a large round: until autovacuum catches up, a tenant's freshly recorded
-    /// users look like a handful and paging them gets slower page by page.
-    pub async fn refresh_statistics(&self) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .batch_execute("ANALYZE directory_users, sync_users")
-            .await
-            .context("refreshing planner statistics")?;
-        Ok(())
-    }
-
     /// After a full round: every user the round did not return is gone.
     pub async fn mark_unseen_removed(&self, tenant_id: &str, round: Round) -> Result<u64> {
         let client = self.client().await?;
@@ -164,35 +152,56 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
-        let client = self.client().await?;
-        reconcile_page(&client, tenant_id, round, after, limit).await
+        let mut client = self.client().await?;
+        reconcile_page(&mut client, tenant_id, round, after, limit).await
     }
 }
 
 /// A keyset page of users to reconcile, on a connection the caller holds.
+///
+/// The page is read by walking the primary key from `after`, whatever the
+/// planner's statistics say: with none (a table never analysed) or stale ones
+/// (a new tenant among analysed ones) it estimates a handful of rows and would
+/// rather fetch every user after `after` and sort them for the first `limit`,
+/// which makes each page cost the rest of the tenant and the pass quadratic.
+/// Sorting and bitmap scans are ruled out for this one statement, which
+/// leaves the ordered index scan that stops after `limit` users.
 pub(crate) async fn reconcile_page(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Object,
     tenant_id: &str,
     round: Round,
     after: &str,
     limit: i64,
 ) -> Result<Vec<ReconcileRow>> {
-    let rows = client
+    let tx = client.transaction().await?;
+    tx.batch_execute(PIN_PAGE_PLAN)
+        .await
+        .context("pinning the page to the primary key")?;
+    let rows = tx
         .query(
-            // The page of directory users first, then each one's rows by key:
-            // the cost of a page does not grow with the tenant.
-            &format!(
-                "SELECT {RECONCILE_COLUMNS}
-                 FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
-                       ORDER BY object_id LIMIT $4) d
-                 {RECONCILE_JOINS}
-                 ORDER BY d.object_id"
-            ),
+            &reconcile_page_statement(),
             &[&tenant_id, &round.round_id, &after, &limit],
         )
         .await
         .context("loading users to reconcile")?;
+    tx.commit().await?;
     Ok(rows.iter().map(ReconcileRow::from_row).collect())
+}
+
+/// Leaves the planner no way to read a page but the ordered primary key.
+const PIN_PAGE_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
+
+/// `$1` tenant, `$2` round, `$3` after, `$4` limit. The page of directory
+/// users first, then each one's rows by key: the cost of a page does not grow
+/// with the tenant.
+fn reconcile_page_statement() -> String {
+    format!(
+        "SELECT {RECONCILE_COLUMNS}
+         FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
+               ORDER BY object_id LIMIT $4) d
+         {RECONCILE_JOINS}
+         ORDER BY d.object_id"
+    )
 }
 
 /// A user's source, scope facts and sync state, over `directory_users d`
@@ -236,9 +245,88 @@ async fn claim_page(tx: &deadpool_postgres::Transaction<'_>, round: Round, page:
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
+    use uuid::Uuid;
 
-    use super::fold_page;
+    use super::{fold_page, reconcile_page_statement, Round, PIN_PAGE_PLAN};
+    use crate::testing::{in_fresh_database, TEST_KEY};
+    use crate::{SecretKey, Store};
+
+    /// Rows read from `table` by the plan's nodes (a JSON plan of EXPLAIN ANALYZE).
+    fn rows_read(plan: &Value, table: &str) -> f64 {
+        let own = if plan["Relation Name"] == table {
+            plan["Actual Rows"].as_f64().unwrap_or(0.0) * plan["Actual Loops"].as_f64().unwrap_or(1.0)
+        } else {
+            0.0
+        };
+        let children = plan["Plans"].as_array().map_or(0.0, |plans| {
+            plans.iter().map(|child| rows_read(child, table)).sum()
+        });
+        own + children
+    }
+
+    /// On tables the planner has no statistics of, a page of a 5,000-user
+    /// tenant (scoped: every user a member) reads its 500 users and their
+    /// members, not the whole tenant and round.
+    #[tokio::test]
+    async fn a_page_reads_its_own_users_only_without_statistics() {
+        in_fresh_database(|url| async move {
+            let store = Store::connect(&url, 2).await.expect("connecting");
+            let tenant = usersync_core::parse_tenant_file(
+                &json!({
+                    "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
+                    "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
+                                          "user_filter": {"memberOf": []}},
+                    "pbx_company_id": "acme", "field_mapping": {}
+                })
+                .to_string(),
+            )
+            .expect("a valid tenant file");
+            let key = SecretKey::from_base64(TEST_KEY).expect("a valid key");
+            store
+                .upsert_tenant(&tenant, &key)
+                .await
+                .expect("saving the tenant");
+            let round = Round {
+                run_id: Uuid::new_v4(),
+                round_id: Uuid::new_v4(),
+            };
+            store
+                .start_run(round.run_id, "acme", "manual", false)
+                .await
+                .expect("starting the run");
+            let ids: Vec<String> = (0..5000).map(|i| format!("u{i:06}")).collect();
+            for (page, chunk) in ids.chunks(500).enumerate() {
+                let users: Vec<Value> = chunk
+                    .iter()
+                    .map(|id| json!({"id": id, "givenName": "Anna"}))
+                    .collect();
+                let page = u32::try_from(page).expect("a page number");
+                store
+                    .record_users_page(round, "acme", page, &users)
+                    .await
+                    .expect("recording users");
+                store
+                    .record_members_page(round, 100 + page, chunk)
+                    .await
+                    .expect("recording members");
+            }
+            let mut client = store.client().await.expect("a connection");
+            let tx = client.transaction().await.expect("a transaction");
+            tx.batch_execute(PIN_PAGE_PLAN).await.expect("pinning");
+            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", reconcile_page_statement());
+            let row = tx
+                .query_one(&explain, &[&"acme", &round.round_id, &"", &500i64])
+                .await
+                .expect("explaining a page");
+            let tokio_postgres::types::Json(plan): tokio_postgres::types::Json<Value> = row.get(0);
+            let plan = &plan[0]["Plan"];
+            assert_eq!(plan["Actual Rows"], 500, "{plan:#}");
+            assert!(rows_read(plan, "directory_users") <= 500.0, "{plan:#}");
+            assert!(rows_read(plan, "round_members") <= 500.0, "{plan:#}");
+        })
+        .await;
+    }
 
     #[test]
     fn later_entries_win_and_annotations_are_dropped() {

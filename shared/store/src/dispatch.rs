@@ -1,5 +1,5 @@
-//! Windowed dispatch of a run's changes: the differ numbers the batches and
-//! sends the first [`DISPATCH_WINDOW`]; the applier, finishing batch `n`,
+//! Windowed dispatch of a run's changes: the batches are numbered as the plan
+//! is stored, the differ sends the first [`DISPATCH_WINDOW`]; the applier, finishing batch `n`,
 //! sends batch `n + DISPATCH_WINDOW`. A run never has more than the window in
 //! the applier's queue, so a huge first sync cannot bury a small tenant's run.
 
@@ -13,29 +13,20 @@ use crate::{Result, Store};
 /// Batches of one run in the applier's queue (or in hand) at once.
 pub const DISPATCH_WINDOW: u32 = 4;
 
+/// Changes per batch: batch `n` of a run holds its changes `n * BATCH_SIZE`
+/// to `(n + 1) * BATCH_SIZE - 1` in object-id order, numbered as the plan is
+/// stored ([`Store::save_plan`]).
+pub const BATCH_SIZE: u64 = 100;
+
 impl Store {
-    /// Puts every planned change of the run into a batch of `size`, by object
-    /// id, once: a second call changes nothing. Returns how many batches the run has.
-    pub async fn assign_batches(&self, run_id: Uuid, size: i64) -> Result<u32> {
+    /// How many batches the run's plan has (0 until planning completed).
+    pub async fn batch_count(&self, run_id: Uuid) -> Result<u32> {
         let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE run_changes c SET batch = n.batch
-                 FROM (SELECT object_id, ((row_number() OVER (ORDER BY object_id)) - 1) / $2 AS batch
-                       FROM run_changes WHERE run_id = $1) n
-                 WHERE c.run_id = $1 AND c.object_id = n.object_id AND c.batch IS NULL",
-                &[&run_id, &size.max(1)],
-            )
-            .await
-            .context("numbering the run's change batches")?;
         let row = client
-            .query_one(
-                "SELECT coalesce(max(batch) + 1, 0) FROM run_changes WHERE run_id = $1",
-                &[&run_id],
-            )
+            .query_opt("SELECT batches FROM runs WHERE id = $1", &[&run_id])
             .await
             .context("counting the run's change batches")?;
-        Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+        Ok(row.map_or(0, |row| u32::try_from(row.get::<_, i32>(0)).unwrap_or(0)))
     }
 
     /// The changes of one batch still waiting for the applier, by object id.

@@ -21,7 +21,7 @@ pub mod testing;
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
-pub use dispatch::DISPATCH_WINDOW;
+pub use dispatch::{BATCH_SIZE, DISPATCH_WINDOW};
 pub use fields::DiscoveredField;
 pub use mails::{Claim, MailProblem, NewMail, StandingError};
 pub use membership::GroupsState;

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+use crate::runs::{LIVE_COUNTS, RUN_COLUMNS};
 use crate::{Result, RunRow, Store};
 
 /// A tenant's schedule as the scheduler sees it.
@@ -176,20 +177,21 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT t.id AS tenant, t.config->>'mode' AS mode, t.last_success_at, s.next_due,
+                &format!(
+                    "SELECT t.id AS tenant, t.config->>'mode' AS mode, t.last_success_at, s.next_due,
                         (SELECT count(*) FROM sync_users u
                           WHERE u.tenant_id = t.id AND u.pending_delete_at IS NOT NULL
                             AND u.pbx_id IS NOT NULL) AS pending_deletions,
-                        r.id, r.tenant_id, r.trigger, r.full_round, r.state, r.started_at, r.finished_at,
-                        r.created, r.updated, r.deleted, r.skipped, r.failed, r.held,
-                        r.changes_pending, r.error, r.error_code,
+                        {RUN_COLUMNS},
                         (SELECT q.id FROM runs q WHERE q.tenant_id = t.id AND q.state = 'queued') AS queued_run
                  FROM tenants t
                  LEFT JOIN tenant_schedule s ON s.tenant_id = t.id
                  LEFT JOIN LATERAL (SELECT * FROM runs WHERE runs.tenant_id = t.id AND runs.state <> 'queued'
                                      ORDER BY started_at DESC LIMIT 1) r ON true
+                 {LIVE_COUNTS}
                  WHERE $1::text IS NULL OR t.id = $1
-                 ORDER BY t.id",
+                 ORDER BY t.id"
+                ),
                 &[&tenant_id],
             )
             .await
@@ -227,11 +229,14 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_one(
+                // Changes from the run's batch counters: one row per 100 changes.
                 "SELECT (SELECT count(*) FROM round_pages WHERE run_id = $1) AS pages,
-                        (SELECT count(*) FROM run_changes WHERE run_id = $1) AS planned,
-                        (SELECT count(*) FROM run_changes WHERE run_id = $1 AND outcome <> 'pending') AS applied,
-                        (SELECT count(*) FROM run_skips WHERE run_id = $1) AS skipped,
-                        (SELECT count(*) FROM mails WHERE run_id = $1 AND state = 'sent') AS mails",
+                        b.planned, b.applied,
+                        coalesce((SELECT skipped::int8 FROM runs WHERE id = $1), 0) AS skipped,
+                        (SELECT count(*) FROM mails WHERE run_id = $1 AND state = 'sent') AS mails
+                 FROM (SELECT coalesce(sum(changes), 0)::int8 AS planned,
+                              coalesce(sum(changes - pending), 0)::int8 AS applied
+                       FROM run_batches WHERE run_id = $1) b",
                 &[&run_id],
             )
             .await

@@ -23,13 +23,13 @@ impl ClaimSession {
     /// survey never waits for a second connection while it holds one, so
     /// concurrent surveys cannot starve a small pool.
     pub async fn reconcile_rows(
-        &self,
+        &mut self,
         tenant_id: &str,
         round: Round,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
-        crate::directory::reconcile_page(&self.client, tenant_id, round, after, limit).await
+        crate::directory::reconcile_page(&mut self.client, tenant_id, round, after, limit).await
     }
 
     pub async fn add(&self, claims: &[Claim]) -> Result<()> {

@@ -4,6 +4,7 @@ use tokio_postgres::Row;
 use usersync_contract::{Event, RunCounts};
 use uuid::Uuid;
 
+use crate::sync_users::BATCH_TOTALS;
 use crate::{Result, Store};
 
 /// Where a run is. The last four are final.
@@ -101,8 +102,20 @@ impl RunRow {
     }
 }
 
-const RUN_COLUMNS: &str = "id, tenant_id, trigger, full_round, state, started_at, finished_at,
-    created, updated, deleted, skipped, failed, held, changes_pending, error, error_code";
+/// A run's columns, over `runs r` joined with [`LIVE_COUNTS`]: an open run's
+/// counts and pending changes are the sums of its batches so far, a finished
+/// run's are those recorded when it ended.
+pub(crate) const RUN_COLUMNS: &str = "r.id, r.tenant_id, r.trigger, r.full_round, r.state, r.started_at,
+    r.finished_at, coalesce(live.created, r.created) AS created, coalesce(live.updated, r.updated) AS updated,
+    coalesce(live.deleted, r.deleted) AS deleted, r.skipped, coalesce(live.failed, r.failed) AS failed, r.held,
+    coalesce(live.pending, r.changes_pending) AS changes_pending, r.error, r.error_code";
+
+/// The open run's sums over its batches (one row per batch: a read that
+/// grows with the run's size / 100, and no row any change has to wait for).
+pub(crate) const LIVE_COUNTS: &str = "LEFT JOIN LATERAL
+    (SELECT sum(b.created)::int4 AS created, sum(b.updated)::int4 AS updated,
+            sum(b.deleted)::int4 AS deleted, sum(b.failed)::int4 AS failed, sum(b.pending)::int4 AS pending
+     FROM run_batches b WHERE b.run_id = r.id AND r.finished_at IS NULL) live ON true";
 
 /// What asking for a run led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,9 +534,14 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "UPDATE runs SET state = 'failed', error = $2, error_code = $3, finished_at = now()
-                 WHERE id = $1 AND finished_at IS NULL
-                 RETURNING tenant_id, requested_at",
+                &format!(
+                    "UPDATE runs r SET state = 'failed', error = $2, error_code = $3, finished_at = now(),
+                            created = totals.created, updated = totals.updated, deleted = totals.deleted,
+                            failed = totals.failed, changes_pending = totals.pending
+                     FROM {BATCH_TOTALS}
+                     WHERE r.id = $1 AND r.finished_at IS NULL
+                     RETURNING r.tenant_id, r.requested_at"
+                ),
                 &[&run_id, &error, &code],
             )
             .await
@@ -547,7 +565,7 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
+                &format!("SELECT {RUN_COLUMNS} FROM runs r {LIVE_COUNTS} WHERE r.id = $1"),
                 &[&run_id],
             )
             .await
@@ -561,7 +579,8 @@ impl Store {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 ORDER BY started_at DESC LIMIT $2"
+                    "SELECT {RUN_COLUMNS} FROM runs r {LIVE_COUNTS}
+                     WHERE r.tenant_id = $1 ORDER BY r.started_at DESC LIMIT $2"
                 ),
                 &[&tenant_id, &limit],
             )

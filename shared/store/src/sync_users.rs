@@ -11,7 +11,7 @@ use usersync_contract::{Change, Event, RunCounts, UserProblem};
 use usersync_core::{Problem, SyncedFields};
 use uuid::Uuid;
 
-use crate::{Result, RunState, Store};
+use crate::{Result, RunState, Store, BATCH_SIZE};
 
 /// A user's sync state as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,9 +148,19 @@ pub struct FailedTries {
 const MAX_PROBLEMS_IN_EVENT: i64 = 200;
 
 impl Store {
-    /// Stores the differ's verdicts for a batch of users, with the run's planned
-    /// changes and skips, in one transaction.
-    pub async fn save_plan(&self, run_id: Uuid, tenant_id: &str, planned: &[PlannedUser]) -> Result<()> {
+    /// Stores the differ's verdicts for a page of users, with the run's planned
+    /// changes and skips, in one transaction. The pages come in object-id
+    /// order; `numbered` is how many changes the run's earlier pages held, so
+    /// each change is put in its batch ([`BATCH_SIZE`]) as it is stored, with
+    /// no statement over the whole run. Returns how many changes this page
+    /// holds. Storing a page again (same `numbered`) changes nothing.
+    pub async fn save_plan(
+        &self,
+        run_id: Uuid,
+        tenant_id: &str,
+        planned: &[PlannedUser],
+        numbered: u64,
+    ) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let ids: Vec<&str> = planned.iter().map(|p| p.object_id.as_str()).collect();
@@ -182,12 +192,24 @@ impl Store {
         let change_ids: Vec<&str> = changes.iter().map(|c| c.object_id.as_str()).collect();
         let change_versions: Vec<i64> = changes.iter().map(|c| c.desired_version).collect();
         let actions: Vec<Json<&usersync_core::Action>> = changes.iter().map(|c| Json(&c.action)).collect();
+        let batches = (numbered..)
+            .take(changes.len())
+            .map(|position| i32::try_from(position / BATCH_SIZE).context("too many changes in one run"))
+            .collect::<Result<Vec<i32>>>()?;
+        // Each batch's counters grow by the changes actually inserted, so a
+        // page stored twice counts once.
         tx.execute(
-            "INSERT INTO run_changes (run_id, object_id, desired_version, action)
-             SELECT $1, c.id, c.version, c.action
-             FROM unnest($2::text[], $3::int8[], $4::jsonb[]) AS c(id, version, action)
-             ON CONFLICT DO NOTHING",
-            &[&run_id, &change_ids, &change_versions, &actions],
+            "WITH stored AS (
+               INSERT INTO run_changes (run_id, object_id, desired_version, action, batch)
+               SELECT $1, c.id, c.version, c.action, c.batch
+               FROM unnest($2::text[], $3::int8[], $4::jsonb[], $5::int4[]) AS c(id, version, action, batch)
+               ON CONFLICT DO NOTHING
+               RETURNING batch)
+             INSERT INTO run_batches AS b (run_id, batch, changes, pending)
+             SELECT $1, batch, count(*), count(*) FROM stored GROUP BY batch
+             ON CONFLICT (run_id, batch) DO UPDATE
+               SET changes = b.changes + EXCLUDED.changes, pending = b.pending + EXCLUDED.pending",
+            &[&run_id, &change_ids, &change_versions, &actions, &batches],
         )
         .await
         .context("storing planned changes")?;
@@ -195,14 +217,52 @@ impl Store {
         let skipped: Vec<&PlannedUser> = planned.iter().filter(|p| !p.problems.is_empty()).collect();
         let skip_ids: Vec<&str> = skipped.iter().map(|p| p.object_id.as_str()).collect();
         let skip_problems: Vec<Json<&Vec<Problem>>> = skipped.iter().map(|p| Json(&p.problems)).collect();
+        if !skip_ids.is_empty() {
+            tx.execute(
+                "WITH stored AS (
+                   INSERT INTO run_skips (run_id, object_id, problems)
+                   SELECT $1, s.id, s.problems FROM unnest($2::text[], $3::jsonb[]) AS s(id, problems)
+                   ON CONFLICT DO NOTHING
+                   RETURNING 1)
+                 UPDATE runs SET skipped = skipped + (SELECT count(*) FROM stored) WHERE id = $1",
+                &[&run_id, &skip_ids, &skip_problems],
+            )
+            .await
+            .context("storing skipped users")?;
+        }
+        tx.commit().await?;
+        Ok(changes.len() as u64)
+    }
+
+    /// Forgets what an earlier, unfinished attempt at planning the run stored
+    /// (its changes, batches and skips), so planning again numbers the batches
+    /// from the start as if it were the first attempt. Only before the run
+    /// applies anything; with nothing stored yet it only reads the run's row.
+    pub async fn restart_plan(&self, run_id: Uuid) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT skipped > 0 OR EXISTS (SELECT 1 FROM run_batches WHERE run_id = $1)
+                 FROM runs WHERE id = $1 AND state IN ('fetching', 'differing') FOR UPDATE",
+                &[&run_id],
+            )
+            .await
+            .context("loading the run's plan")?;
+        if !row.is_some_and(|row| row.get::<_, bool>(0)) {
+            return Ok(());
+        }
         tx.execute(
-            "INSERT INTO run_skips (run_id, object_id, problems)
-             SELECT $1, s.id, s.problems FROM unnest($2::text[], $3::jsonb[]) AS s(id, problems)
-             ON CONFLICT DO NOTHING",
-            &[&run_id, &skip_ids, &skip_problems],
+            "UPDATE runs SET skipped = 0, batches = 0, batches_pending = 0, changes_pending = 0 WHERE id = $1",
+            &[&run_id],
         )
         .await
-        .context("storing skipped users")?;
+        .context("resetting the run's plan")?;
+        for table in ["run_batches", "run_changes", "run_skips"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE run_id = $1"), &[&run_id])
+                .await
+                .with_context(|| format!("forgetting the run's earlier plan ({table})"))?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -219,20 +279,23 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_one(
-                "SELECT state, (SELECT count(*) FROM run_changes WHERE run_id = $1 AND outcome = 'pending') AS pending,
-                        (SELECT count(*) FROM run_skips WHERE run_id = $1) AS skipped
-                 FROM runs WHERE id = $1 FOR UPDATE",
-                &[&run_id],
-            )
+            .query_one("SELECT state FROM runs WHERE id = $1 FOR UPDATE", &[&run_id])
             .await
             .context("loading the run")?;
         let state: String = row.get("state");
         if state != RunState::Differing.as_str() && state != RunState::Fetching.as_str() {
             return Ok(None);
         }
-        let pending = i32::try_from(row.get::<_, i64>("pending")).unwrap_or(i32::MAX);
-        let skipped = i32::try_from(row.get::<_, i64>("skipped")).unwrap_or(i32::MAX);
+        // Per batch, not per change: the counters save_plan kept.
+        let row = tx
+            .query_one(
+                "SELECT coalesce(sum(pending), 0)::int4, count(*)::int4 FROM run_batches WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+            .context("counting the run's batches")?;
+        let pending: i32 = row.get(0);
+        let batches: i32 = row.get(1);
         tx.execute(
             "UPDATE tenants SET delta_link = $2 WHERE id = $1",
             &[&tenant_id, &end.delta_link],
@@ -240,9 +303,10 @@ impl Store {
         .await
         .context("moving the delta state")?;
         tx.execute(
-            "UPDATE runs SET state = 'applying', changes_pending = $2, skipped = $3, full_round = $4
+            "UPDATE runs SET state = 'applying', changes_pending = $2, batches = $3,
+                    batches_pending = $3, full_round = $4
              WHERE id = $1",
-            &[&run_id, &pending, &skipped, &end.full_round],
+            &[&run_id, &pending, &batches, &end.full_round],
         )
         .await?;
         let event = if pending == 0 {
@@ -416,80 +480,89 @@ impl Store {
             ChangeRecord::Failed { reason } => Some(reason.as_str()),
             _ => None,
         };
-        let changed = tx
-            .execute(
+        let outcome = record.outcome();
+        let Some(row) = tx
+            .query_opt(
                 "UPDATE run_changes SET outcome = $3, detail = $4
-                 WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'",
-                &[&run_id, &object_id, &record.outcome(), &detail],
+                 WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'
+                 RETURNING batch",
+                &[&run_id, &object_id, &outcome, &detail],
             )
             .await
-            .context("recording the change's outcome")?;
-        if changed == 0 {
+            .context("recording the change's outcome")?
+        else {
             return Ok(None);
-        }
+        };
+        let batch: Option<i32> = row.get(0);
+        let batch = batch.with_context(|| format!("change of {object_id} in run {run_id} has no batch"))?;
+        // Counted on the batch's row: changes of other batches do not wait for
+        // this one, and the run's live counts are the sum over its batches.
         let row = tx
             .query_one(
-                "UPDATE runs SET changes_pending = changes_pending - 1 WHERE id = $1
-                 RETURNING changes_pending, state",
+                "UPDATE run_batches SET pending = pending - 1,
+                        created = created + ($3 = 'created')::int, updated = updated + ($3 = 'updated')::int,
+                        deleted = deleted + ($3 = 'deleted')::int, failed = failed + ($3 = 'failed')::int
+                 WHERE run_id = $1 AND batch = $2 RETURNING pending",
+                &[&run_id, &batch, &outcome],
+            )
+            .await
+            .context("counting the change in its batch")?;
+        if row.get::<_, i32>(0) > 0 {
+            return Ok(None);
+        }
+        // The batch's last change: the run's row is touched once per batch.
+        let row = tx
+            .query_one(
+                "UPDATE runs SET batches_pending = batches_pending - 1 WHERE id = $1
+                 RETURNING batches_pending, state",
                 &[&run_id],
             )
             .await
-            .context("counting down the run's changes")?;
-        let pending: i32 = row.get(0);
+            .context("counting down the run's batches")?;
+        let open: i32 = row.get(0);
         let state: String = row.get(1);
-        if pending > 0 || state != RunState::Applying.as_str() {
+        if open > 0 || state != RunState::Applying.as_str() {
             return Ok(None);
         }
         Ok(Some(finish_run(tx, run_id, RunState::Succeeded).await?))
     }
 }
 
-/// Counts the outcomes, ends the run (partial when a change failed) and builds its event.
+/// The run's counts summed over its batches (a row of zeros before it has any).
+pub(crate) const BATCH_TOTALS: &str = "(SELECT coalesce(sum(created), 0)::int4 AS created,
+        coalesce(sum(updated), 0)::int4 AS updated, coalesce(sum(deleted), 0)::int4 AS deleted,
+        coalesce(sum(failed), 0)::int4 AS failed, coalesce(sum(pending), 0)::int4 AS pending
+     FROM run_batches WHERE run_id = $1) totals";
+
+/// Ends the run with the counts of its batches (partial when a change failed)
+/// and builds its event.
 async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) -> Result<Event> {
-    let rows = client
-        .query(
-            "SELECT outcome, count(*) FROM run_changes WHERE run_id = $1 GROUP BY outcome",
-            &[&run_id],
-        )
-        .await?;
-    let mut counts = RunCounts::default();
-    for row in rows {
-        let outcome: String = row.get(0);
-        let count: i64 = row.get(1);
-        match outcome.as_str() {
-            "created" => counts.created = count,
-            "updated" => counts.updated = count,
-            "deleted" => counts.deleted = count,
-            "failed" => counts.failed = count,
-            _ => {}
-        }
-    }
-    let skipped = client
-        .query_one("SELECT count(*) FROM run_skips WHERE run_id = $1", &[&run_id])
-        .await?;
-    counts.skipped = skipped.get(0);
-    let state = if state == RunState::Succeeded && counts.failed > 0 {
-        RunState::Partial
-    } else {
-        state
-    };
-    let to_i32 = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
     let row = client
         .query_one(
-            "UPDATE runs SET state = $2, finished_at = now(), created = $3, updated = $4, deleted = $5,
-                    skipped = $6, failed = $7
-             WHERE id = $1 RETURNING tenant_id, held, warnings, requested_at",
-            &[
-                &run_id,
-                &state.as_str(),
-                &to_i32(counts.created),
-                &to_i32(counts.updated),
-                &to_i32(counts.deleted),
-                &to_i32(counts.skipped),
-                &to_i32(counts.failed),
-            ],
+            &format!(
+                "UPDATE runs r SET finished_at = now(),
+                        state = CASE WHEN $2 = 'succeeded' AND totals.failed > 0 THEN 'partial' ELSE $2 END,
+                        created = totals.created, updated = totals.updated, deleted = totals.deleted,
+                        failed = totals.failed, changes_pending = totals.pending
+                 FROM {BATCH_TOTALS}
+                 WHERE r.id = $1
+                 RETURNING r.tenant_id, r.state, r.held, r.warnings, r.requested_at,
+                           r.created, r.updated, r.deleted, r.skipped, r.failed"
+            ),
+            &[&run_id, &state.as_str()],
         )
-        .await?;
+        .await
+        .context("ending the run")?;
+    let count = |name: &str| i64::from(row.get::<_, i32>(name));
+    let mut counts = RunCounts {
+        created: count("created"),
+        updated: count("updated"),
+        deleted: count("deleted"),
+        skipped: count("skipped"),
+        failed: count("failed"),
+        held: 0,
+    };
+    let state = RunState::parse(row.get("state")).unwrap_or(state);
     let tenant_id: String = row.get(0);
     counts.held = row.get::<_, i32>("held").into();
     let Json(mut warnings): Json<Vec<String>> = row.get("warnings");

@@ -3,22 +3,40 @@
 //! of its own.
 
 use std::future::Future;
+use std::time::Instant;
 
 use serde_json::json;
 use usersync_contract::Change;
 use usersync_core::{parse_tenant_file, Action};
 use usersync_store::testing::{in_fresh_database, TEST_KEY};
-use usersync_store::{ChangeRecord, PbxCheck, PlannedUser, SecretKey, Store};
+use usersync_store::{ChangeRecord, PbxCheck, PlannedUser, RoundEnd, SecretKey, Store};
 use uuid::Uuid;
 
 /// Runs `test` with a store on a new database with tenant `acme` and one
 /// started run; the database is dropped afterwards, also when the test fails.
+/// A statement still running after a minute fails the test instead of
+/// stalling it: every statement here takes milliseconds, one that grows with
+/// the square of the run (as the numbering once did: minutes for 20,000
+/// changes) does not.
 async fn with_run<F, Fut>(test: F)
 where
     F: FnOnce(Store, Uuid) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     in_fresh_database(|url| async move {
+        let setup = Store::connect(&url, 1).await.expect("creating the database");
+        setup
+            .client()
+            .await
+            .expect("a connection")
+            .batch_execute(
+                "DO $$ BEGIN
+                   EXECUTE format('ALTER DATABASE %I SET statement_timeout = %L', current_database(), '60s');
+                 END $$",
+            )
+            .await
+            .expect("limiting statements to a minute");
+        drop(setup);
         let store = Store::connect(&url, 4).await.expect("connecting the store");
         let tenant = parse_tenant_file(
             &json!({
@@ -46,7 +64,7 @@ where
 }
 
 fn planned_delete(index: usize) -> PlannedUser {
-    let object_id = format!("u{index:03}");
+    let object_id = format!("u{index:06}");
     PlannedUser {
         object_id: object_id.clone(),
         state: "deleted",
@@ -65,12 +83,25 @@ fn planned_delete(index: usize) -> PlannedUser {
     }
 }
 
+/// Ends the run's planning, as the differ does after storing the plan.
+async fn complete_planning(store: &Store, run: Uuid) {
+    let end = RoundEnd {
+        delta_link: "https://graph/users/delta?$deltatoken=1",
+        full_round: false,
+        paused: false,
+    };
+    store
+        .complete_planning(run, "acme", &end)
+        .await
+        .expect("completing the planning");
+}
+
 #[tokio::test]
 async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
     with_run(|store, run| async move {
         let planned: Vec<_> = (0..2).map(planned_delete).collect();
         store
-            .save_plan(run, "acme", &planned)
+            .save_plan(run, "acme", &planned, 0)
             .await
             .expect("saving the plan");
         let mut client = store.client().await.expect("a connection");
@@ -133,32 +164,36 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
 }
 
 #[tokio::test]
-async fn batches_are_numbered_once_and_hand_out_only_pending_changes() {
+async fn batches_are_numbered_as_pages_are_stored_and_hand_out_only_pending_changes() {
     with_run(|store, run| async move {
         let planned: Vec<_> = (0..250).map(planned_delete).collect();
-        store
-            .save_plan(run, "acme", &planned)
-            .await
-            .expect("saving the plan");
-        assert_eq!(store.assign_batches(run, 100).await.expect("numbering"), 3);
+        // Pages that do not end on a batch boundary.
+        let mut numbered = 0;
+        for page in planned.chunks(130) {
+            numbered += store
+                .save_plan(run, "acme", page, numbered)
+                .await
+                .expect("saving a page");
+        }
+        assert_eq!(numbered, 250);
+        complete_planning(&store, run).await;
+        assert_eq!(store.batch_count(run).await.expect("counting"), 3);
         let first = store.pending_batch(run, 0).await.expect("batch 0");
         let ids: Vec<&str> = first.iter().map(|c| c.object_id.as_str()).collect();
         assert_eq!(ids.len(), 100);
         assert_eq!(
             (ids[0], ids[99]),
-            ("u000", "u099"),
+            ("u000000", "u000099"),
             "batches follow the object ids"
         );
-
-        // Numbered once: a redelivered end of round keeps the batches as they were.
-        assert_eq!(store.assign_batches(run, 7).await.expect("numbering again"), 3);
+        assert_eq!(store.pending_batch(run, 1).await.expect("batch 1").len(), 100);
         assert_eq!(store.pending_batch(run, 2).await.expect("batch 2").len(), 50);
         assert!(store.pending_batch(run, 3).await.expect("batch 3").is_empty());
 
         let client = store.client().await.expect("a connection");
         client
             .execute(
-                "UPDATE run_changes SET outcome = 'deleted' WHERE run_id = $1 AND object_id = 'u000'",
+                "UPDATE run_changes SET outcome = 'deleted' WHERE run_id = $1 AND object_id = 'u000000'",
                 &[&run],
             )
             .await
@@ -168,6 +203,147 @@ async fn batches_are_numbered_once_and_hand_out_only_pending_changes() {
         assert!(store.run_is_open(run).await.expect("the run's state"));
     })
     .await;
+}
+
+/// Checks every change of the run is in batch `position / 100` of its place
+/// in object-id order, in one statement; returns the offenders.
+async fn misnumbered(store: &Store, run: Uuid) -> i64 {
+    let client = store.client().await.expect("a connection");
+    client
+        .query_one(
+            "SELECT count(*) FROM (SELECT batch, row_number() OVER (ORDER BY object_id) - 1 AS position
+                                   FROM run_changes WHERE run_id = $1) c
+             WHERE c.batch IS DISTINCT FROM c.position / 100",
+            &[&run],
+        )
+        .await
+        .expect("checking the numbering")
+        .get(0)
+}
+
+/// Whether PostgreSQL has statistics of the table (it has none until ANALYZE).
+async fn analysed(store: &Store, table: &str) -> bool {
+    let client = store.client().await.expect("a connection");
+    client
+        .query_one(
+            "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL
+             FROM pg_stat_user_tables WHERE relname = $1",
+            &[&table],
+        )
+        .await
+        .expect("reading the table's statistics")
+        .get(0)
+}
+
+/// First syncs of 20,000 and 100,000 users on tables the planner knows
+/// nothing about (never analysed, as on a fresh database with autovacuum off):
+/// storing and numbering a run's changes has to be linear whatever plan
+/// PostgreSQL picks. Prints the times; asserts the numbering.
+#[tokio::test]
+async fn changes_are_numbered_in_object_id_order_without_statistics() {
+    with_run(|store, first| async move {
+        let client = store.client().await.expect("a connection");
+        client
+            .batch_execute("ALTER TABLE run_changes SET (autovacuum_enabled = false)")
+            .await
+            .expect("keeping autovacuum off the table");
+        number_and_check(&store, first, 20_000).await;
+        store
+            .fail_run(first, "test", "next run")
+            .await
+            .expect("ending the run");
+        let second = Uuid::new_v4();
+        store
+            .start_run(second, "acme", "manual", false)
+            .await
+            .expect("starting the second run");
+        number_and_check(&store, second, 100_000).await;
+        assert!(
+            !analysed(&store, "run_changes").await,
+            "the table was never analysed"
+        );
+    })
+    .await;
+}
+
+/// Stores `changes` planned deletions in pages of 500, as the differ does,
+/// and checks the batches; then stores every page again (a redelivered page)
+/// and plans the run again from the start (a redelivered end of round), and
+/// checks nothing moved.
+async fn number_and_check(store: &Store, run: Uuid, changes: usize) {
+    let pages: Vec<Vec<PlannedUser>> = (0..changes)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(|page| page.iter().copied().map(planned_delete).collect())
+        .collect();
+    let started = Instant::now();
+    let numbered = save_pages(store, run, &pages).await;
+    println!(
+        "{changes} changes stored and numbered in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(numbered as usize, changes);
+    check_batches(store, run, changes).await;
+
+    save_pages(store, run, &pages).await;
+    check_batches(store, run, changes).await;
+    store.restart_plan(run).await.expect("planning again");
+    save_pages(store, run, &pages).await;
+    check_batches(store, run, changes).await;
+
+    complete_planning(store, run).await;
+    let batches = store.batch_count(run).await.expect("counting the batches");
+    assert_eq!(batches as usize, changes / 100);
+    // Each change in exactly one batch, handed out in object-id order.
+    let started = Instant::now();
+    let mut handed = Vec::with_capacity(changes);
+    for batch in 0..batches {
+        let batch_changes = store.pending_batch(run, batch).await.expect("a batch");
+        assert_eq!(batch_changes.len(), 100, "batch {batch} is full");
+        handed.extend(batch_changes.into_iter().map(|c| c.object_id));
+    }
+    println!(
+        "{batches} batches read in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let expected: Vec<String> = (0..changes).map(|i| format!("u{i:06}")).collect();
+    assert!(handed == expected, "every change once, in object-id order");
+}
+
+async fn save_pages(store: &Store, run: Uuid, pages: &[Vec<PlannedUser>]) -> u64 {
+    let mut numbered = 0;
+    for page in pages {
+        numbered += store
+            .save_plan(run, "acme", page, numbered)
+            .await
+            .expect("saving a page");
+    }
+    numbered
+}
+
+/// Every change in batch `position / 100` of its place in object-id order,
+/// and each batch's counters holding exactly its changes.
+async fn check_batches(store: &Store, run: Uuid, changes: usize) {
+    assert_eq!(
+        misnumbered(store, run).await,
+        0,
+        "batches of 100 in object-id order"
+    );
+    let client = store.client().await.expect("a connection");
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(changes), 0)::int8,
+                    count(*) FILTER (WHERE changes <> 100 OR pending <> changes)
+             FROM run_batches WHERE run_id = $1",
+            &[&run],
+        )
+        .await
+        .expect("reading the batch counters");
+    let (batches, counted, odd): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (batches, counted, odd),
+        ((changes / 100) as i64, changes as i64, 0)
+    );
 }
 
 #[tokio::test]

@@ -894,3 +894,62 @@ async fn a_number_held_by_a_foreign_pbx_user_is_rechecked_by_reads_and_created_o
     assert_eq!(numbered[0]["external_id"], newcomer.as_str(), "{numbered:#?}");
     assert_eq!(by_owner(&pbx_users(&stack, "held").await).len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_held_mid_way_shows_its_counts_so_far_in_status_and_resync_wait() {
+    let stack = Stack::start("applier_live_counts").await;
+    add_tenant(&stack, "slow", 120, |_| {}).await;
+    // Every PBX call takes 1.5 s, 8 at a time: the 120 creates take 20 s at
+    // the very least, however fast the machine.
+    add_fault(&stack, "slow", json!({"kind": "latency", "ms": 1500})).await;
+    // The run is asked for and followed by `resync --wait`, while `status`
+    // is read beside it.
+    let follow = stack.cli(&["resync", "slow", "--wait", "--timeout", "300"], None);
+    let watch = async {
+        let run = wait_for(
+            "status to show creates while the run goes on",
+            Duration::from_secs(120),
+            || async {
+                let status = stack.cli_json(&["status", "slow", "--json"]).await;
+                let run = status[0]["last_run"].clone();
+                let created = run["counts"]["created"].as_u64().unwrap_or(0);
+                (run["finished_at"].is_null() && created > 0).then_some(run)
+            },
+        )
+        .await;
+        let (ok, text, stderr) = stack.cli(&["status", "slow"], None).await;
+        (run, ok, text, stderr)
+    };
+    let ((ok, out, stderr), (run, status_ok, text, status_stderr)) = tokio::join!(follow, watch);
+    assert_eq!(run["state"], "applying", "{run:#}");
+    // Read in one statement: what is done and what is to do add up to the plan.
+    let created = count(&run["counts"]["created"]);
+    let to_do = count(&run["changes_pending"]);
+    assert!(to_do > 0, "{run:#}");
+    assert_eq!(created + to_do, 120, "{run:#}");
+    assert!(status_ok, "{status_stderr}");
+    assert!(text.contains("changes still to do"), "{text}");
+
+    assert!(ok, "resync --wait: {out}{stderr}");
+    let live: Vec<(u64, u64)> = out
+        .lines()
+        .filter(|line| line.contains(" applying: "))
+        .filter_map(|line| Some((number_after(line, "(created ")?, number_after(line, "), ")?)))
+        .collect();
+    assert!(
+        live.iter().any(|&(created, to_do)| created > 0 && to_do > 0),
+        "no progress line with creates so far and changes to do:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|line| line.contains("ended succeeded: created 120 ")),
+        "{out}"
+    );
+}
+
+/// The number right after `marker` in `line`.
+fn number_after(line: &str, marker: &str) -> Option<u64> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
