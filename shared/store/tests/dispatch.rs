@@ -108,7 +108,7 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
         let mut tried = Vec::new();
         for error in ["PBX answered 503 unavailable", "PBX answered 429 rate_limited"] {
             let tx = client.transaction().await.expect("a transaction");
-            let tries = Store::record_failed_try(&tx, run, "u000", error)
+            let tries = Store::record_failed_try(&tx, run, "u000000", error)
                 .await
                 .expect("recording a try")
                 .expect("the change is pending");
@@ -120,7 +120,7 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
         assert!(tried[1].failing_for > tried[0].failing_for);
         let row = client
             .query_one(
-                "SELECT outcome, detail, tries FROM run_changes WHERE run_id = $1 AND object_id = 'u000'",
+                "SELECT outcome, detail, tries FROM run_changes WHERE run_id = $1 AND object_id = 'u000000'",
                 &[&run],
             )
             .await
@@ -129,7 +129,7 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
         assert_eq!(row.get::<_, String>(1), "PBX answered 429 rate_limited", "its latest error");
         let neighbour = client
             .query_one(
-                "SELECT tries, first_failed_at IS NULL FROM run_changes WHERE run_id = $1 AND object_id = 'u001'",
+                "SELECT tries, first_failed_at IS NULL FROM run_changes WHERE run_id = $1 AND object_id = 'u000001'",
                 &[&run],
             )
             .await
@@ -138,11 +138,11 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
 
         // Its outcome clears the latest error; a done change takes no more tries.
         let tx = client.transaction().await.expect("a transaction");
-        Store::record_change(&tx, run, "acme", "u000", 1, &ChangeRecord::Deleted)
+        Store::record_change(&tx, run, "acme", "u000000", 1, &ChangeRecord::Deleted)
             .await
             .expect("recording the outcome");
         assert_eq!(
-            Store::record_failed_try(&tx, run, "u000", "late")
+            Store::record_failed_try(&tx, run, "u000000", "late")
                 .await
                 .expect("recording a try"),
             None
@@ -150,7 +150,7 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
         tx.commit().await.expect("commit");
         let row = client
             .query_one(
-                "SELECT outcome, detail IS NULL, tries FROM run_changes WHERE run_id = $1 AND object_id = 'u000'",
+                "SELECT outcome, detail IS NULL, tries FROM run_changes WHERE run_id = $1 AND object_id = 'u000000'",
                 &[&run],
             )
             .await
