@@ -196,15 +196,6 @@ async fn invalid_recipient_is_a_permanent_failure() {
     assert!(matches!(err, MailError::Permanent(_)), "{err:?}");
 }
 
-#[test]
-fn creating_outside_a_runtime_is_a_config_error() {
-    let outside = Mailer::new(&MailConfig {
-        smtp_url: "smtp://127.0.0.1:25".into(),
-        from: FROM.into(),
-    });
-    assert!(matches!(outside, Err(MailError::Config(_))));
-}
-
 #[tokio::test]
 async fn bad_configuration_is_refused_up_front() {
     let bad_url = Mailer::new(&MailConfig {

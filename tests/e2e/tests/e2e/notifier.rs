@@ -4,6 +4,7 @@
 //! the server stored is read back with Python's mail parser.
 
 use std::{
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -75,6 +76,12 @@ struct Mailroom {
 
 impl Mailroom {
     async fn start(test: &str) -> Mailroom {
+        Mailroom::start_with(test, &["Scripted"]).await
+    }
+
+    /// With `handler` = a class of `tests/smtp/usersync_smtp.py` and its
+    /// arguments after the Maildir.
+    async fn start_with(test: &str, handler: &[&str]) -> Mailroom {
         let suffix = &Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
@@ -85,7 +92,7 @@ impl Mailroom {
         test_vhost(&http, &vhost).await;
         let maildir = tmp.path().join("Maildir");
         let smtp_port = free_port();
-        let smtp = start_scripted_smtp(smtp_port, &maildir, &logs).await;
+        let smtp = start_scripted_smtp(smtp_port, &maildir, &logs, handler).await;
         let database_url = format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}");
         let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
         let store = Store::connect(&database_url, 2).await.expect("the test database");
@@ -230,6 +237,28 @@ impl Mailroom {
         .await;
     }
 
+    /// What a `Gated` server let through: (RCPTs admitted, messages stored).
+    fn gate(&self) -> Option<(usize, usize)> {
+        let state = std::fs::read_to_string(self.maildir.join("gate")).ok()?;
+        let (admitted, stored) = state.split_once(' ')?;
+        Some((admitted.parse().ok()?, stored.parse().ok()?))
+    }
+
+    /// Messages in the Maildir, without parsing them.
+    fn mail_count(&self) -> usize {
+        std::fs::read_dir(self.maildir.join("new")).map_or(0, |dir| dir.count())
+    }
+
+    /// Every mail row's id, by state.
+    async fn ids_in(&self, state: &str) -> Vec<String> {
+        let client = self.store.client().await.unwrap();
+        let rows = client
+            .query("SELECT id FROM mails WHERE state = $1 ORDER BY id", &[&state])
+            .await
+            .unwrap();
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
     async fn mail_row(&self, id: &str) -> Option<(String, i32, Option<String>)> {
         let client = self.store.client().await.unwrap();
         client
@@ -257,14 +286,16 @@ impl Drop for Mailroom {
     }
 }
 
-async fn start_scripted_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
+async fn start_scripted_smtp(port: u16, maildir: &Path, logs: &Path, handler: &[&str]) -> Child {
     let log = std::fs::File::create(logs.join("smtp.log")).expect("a log file");
     let handlers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smtp");
     let child = Command::new(PYTHON)
         .env("PYTHONPATH", handlers)
         .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-        .args(["-c", "usersync_smtp.Scripted"])
+        .arg("-c")
+        .arg(format!("usersync_smtp.{}", handler[0]))
         .arg(maildir)
+        .args(&handler[1..])
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -331,6 +362,11 @@ fn failed(tenant_id: &str, run_id: Uuid, code: &str) -> Event {
 
 fn day(y: i32, m: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, 9, 0, 0).unwrap()
+}
+
+/// A mail's row id as its Message-ID header.
+fn message_id(id: &str) -> String {
+    format!("<{}@usersync>", id.replace(':', "."))
 }
 
 fn to<'a>(mails: &'a [Mail], address: &str) -> Vec<&'a Mail> {
@@ -692,6 +728,86 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
         ),
         "{}",
         digest[0].text()
+    );
+}
+
+/// SIGKILLed in the middle of a first sync's welcome mails, the notifier is
+/// restarted: every welcome mail and admin copy arrives exactly once, within
+/// seconds (not after a lease), and only mails whose data the server had are
+/// `uncertain`.
+#[tokio::test]
+async fn a_notifier_killed_mid_send_loses_no_mail_and_sends_none_twice() {
+    const USERS: usize = 300;
+    const ADMIT: usize = 200;
+    const HOLD: usize = 6;
+    let (admit, hold) = (ADMIT.to_string(), HOLD.to_string());
+    let mut room = Mailroom::start_with("notifier_sigkill", &["Gated", &admit, &hold]).await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    for i in 0..USERS {
+        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
+        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
+            .await;
+    }
+    // Frozen mid-send: HOLD messages on the server without their reply, every
+    // other send in flight waiting for its RCPT to be answered.
+    wait_for("the server to hold the senders", WAIT, || async {
+        (room.gate() == Some((ADMIT + HOLD, ADMIT + HOLD))).then_some(())
+    })
+    .await;
+    let on_server: HashSet<String> = room.mails().into_iter().filter_map(|m| m.message_id).collect();
+    room.kill_notifier().await;
+    let cut_before_data = room.ids_in("sending").await;
+    assert!(!cut_before_data.is_empty(), "sends were in flight when it died");
+
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    room.start_notifier().await;
+    let expected = 2 * USERS;
+    wait_for(&format!("{expected} mails, all settled"), WAIT, || async {
+        let mut unsettled = 0;
+        for state in ["sending", "transmitting", "pending"] {
+            unsettled += room.ids_in(state).await.len();
+        }
+        (room.mail_count() >= expected && unsettled == 0).then_some(())
+    })
+    .await;
+
+    let mails = room.mails();
+    let mut arrived: HashMap<String, usize> = HashMap::new();
+    for id in mails.iter().filter_map(|m| m.message_id.clone()) {
+        *arrived.entry(id).or_default() += 1;
+    }
+    let wanted: Vec<String> = (0..USERS)
+        .flat_map(|i| {
+            [
+                format!("welcome:acme:pbx-{i}"),
+                format!("welcome-copy:acme:pbx-{i}"),
+            ]
+        })
+        .collect();
+    let lost = wanted
+        .iter()
+        .filter(|id| !arrived.contains_key(&message_id(id)))
+        .count();
+    let duplicated: usize = arrived.values().map(|n| n - 1).sum();
+    let uncertain = room.ids_in("uncertain").await;
+    eprintln!(
+        "after SIGKILL: {lost} lost, {duplicated} duplicated, {} resent (cut before the data), {} uncertain",
+        cut_before_data.len(),
+        uncertain.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0), "every mail exactly once");
+    assert_eq!(mails.len(), expected);
+    for id in &uncertain {
+        assert!(
+            on_server.contains(&message_id(id)),
+            "{id} is uncertain but its data never reached the server"
+        );
+    }
+    assert_eq!(
+        uncertain.len(),
+        HOLD,
+        "exactly the mails whose reply was cut off: {uncertain:?}"
     );
 }
 
