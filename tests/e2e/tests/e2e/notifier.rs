@@ -703,10 +703,10 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
     .await;
     // The server has the mail but has not answered yet: the notifier dies now.
     room.wait_mails(1).await;
-    room.wait_state("welcome:acme:pbx-h", "sending").await;
+    room.wait_state("welcome:acme:pbx-h", "transmitting").await;
     room.kill_notifier().await;
-    // Past the claim's lease, the redelivered event finds the abandoned claim.
-    room.set_clock(Utc::now() + chrono::Duration::minutes(10));
+    // The claimant's session is gone and the data had gone out: the
+    // redelivered event marks the mail uncertain at once.
     room.start_notifier().await;
     let (_, attempts, reply) = room.wait_state("welcome:acme:pbx-h", "uncertain").await;
     assert_eq!(attempts, 1, "not sent a second time");
@@ -809,6 +809,86 @@ async fn a_notifier_killed_mid_send_loses_no_mail_and_sends_none_twice() {
         HOLD,
         "exactly the mails whose reply was cut off: {uncertain:?}"
     );
+}
+
+/// A succeeded run with a warning, so a digest at level `warning` is due.
+fn finished_with_warning(run_id: Uuid) -> Event {
+    let Event::RunFinished {
+        tenant_id,
+        outcome,
+        counts,
+        ..
+    } = finished("acme", run_id, "succeeded", RunCounts::default())
+    else {
+        unreachable!()
+    };
+    Event::RunFinished {
+        tenant_id,
+        run_id,
+        outcome,
+        counts,
+        error: None,
+        error_code: None,
+        warnings: vec!["group Telephony matches 2 groups".into()],
+        problems: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_digest_names_welcome_mails_still_being_sent_and_only_once() {
+    let room = Mailroom::start("notifier_unsettled").await;
+    room.tenant(|file| {
+        file.remove("welcome_mail_copy_to");
+    })
+    .await;
+    let run = Uuid::new_v4();
+    room.publish(&created(
+        run,
+        "pbx-h",
+        "hold.user",
+        Some("hold.user@acme.example"),
+        None,
+    ))
+    .await;
+    // The server holds its answer: the mail is on its way when the run's digest is written.
+    room.wait_mails(1).await;
+    wait_for("the welcome mail to be claimed", WAIT, || async {
+        room.mail_row("welcome:acme:pbx-h")
+            .await
+            .filter(|row| row.0 != "pending")
+    })
+    .await;
+    room.publish(&finished_with_warning(run)).await;
+    let digest = wait_for("the run's digest", WAIT, || async {
+        room.mails()
+            .into_iter()
+            .find(|m| m.message_id.as_deref() == Some(&message_id(&format!("digest:{run}"))))
+    })
+    .await;
+    let text = digest.text();
+    assert!(
+        text.contains("Welcome mails still being sent (1); a later report names any that do not arrive:\n  - hold.user <hold.user@acme.example>"),
+        "{text}"
+    );
+    assert!(!text.contains("did not reach"), "not a problem: {text}");
+    assert!(digest
+        .html
+        .as_deref()
+        .unwrap()
+        .contains("hold.user &lt;hold.user@acme.example&gt;"));
+
+    // It arrives: the next digest does not mention it again.
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    room.wait_state("welcome:acme:pbx-h", "sent").await;
+    let next = Uuid::new_v4();
+    room.publish(&finished_with_warning(next)).await;
+    let digest = wait_for("the next run's digest", WAIT, || async {
+        room.mails()
+            .into_iter()
+            .find(|m| m.message_id.as_deref() == Some(&message_id(&format!("digest:{next}"))))
+    })
+    .await;
+    assert!(!digest.text().contains("hold.user"), "{}", digest.text());
 }
 
 #[tokio::test]
