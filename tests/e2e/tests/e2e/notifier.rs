@@ -852,12 +852,7 @@ async fn a_digest_names_welcome_mails_still_being_sent_and_only_once() {
     .await;
     // The server holds its answer: the mail is on its way when the run's digest is written.
     room.wait_mails(1).await;
-    wait_for("the welcome mail to be claimed", WAIT, || async {
-        room.mail_row("welcome:acme:pbx-h")
-            .await
-            .filter(|row| row.0 != "pending")
-    })
-    .await;
+    assert!(room.mail_row("welcome:acme:pbx-h").await.is_some());
     room.publish(&finished_with_warning(run)).await;
     let digest = wait_for("the run's digest", WAIT, || async {
         room.mails()
