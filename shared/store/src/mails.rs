@@ -49,7 +49,8 @@ const MAIL_LOCKS: i32 = 0x6d61_696c;
 /// unsettled (a cancelled send), the connection is closed, not pooled, so
 /// the lock goes with it.
 pub struct MailClaim {
-    client: Option<deadpool_postgres::Object>,
+    // Boxed: a pooled connection is large, and `Claim` carries a claim.
+    client: Option<Box<deadpool_postgres::Object>>,
     id: String,
     attempt: i32,
 }
@@ -66,7 +67,7 @@ impl fmt::Debug for MailClaim {
 impl Drop for MailClaim {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
+            drop(deadpool_postgres::Object::take(*client));
         }
     }
 }
@@ -258,7 +259,7 @@ impl Store {
             .get(0);
         // From here a failure drops the claim, closing its connection and so the lock.
         let claim = MailClaim {
-            client: Some(client),
+            client: Some(Box::new(client)),
             id: mail.id.to_owned(),
             attempt: 0,
         };
