@@ -257,6 +257,11 @@ impl Mailer {
             options.push(MailParameter::SmtpUtfEight);
         }
         if !body.is_ascii() {
+            if !connection.server_info().supports_feature(Extension::EightBitMime) {
+                return Err(MailError::Permanent(
+                    "the message is not ASCII and the SMTP server does not support 8BITMIME".into(),
+                ));
+            }
             options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let opened = async {
