@@ -1,6 +1,7 @@
 //! The notifier on its own: events published straight to its queue, a tenant
 //! row in its database, and a scripted aiosmtpd (`tests/smtp/usersync_smtp.py`)
-//! that accepts, defers (451), refuses (550) or holds mails by recipient. What
+//! that accepts, defers (451), refuses (550) or holds mails by recipient, or
+//! (`Gated`) freezes every sender at a known point of the SMTP exchange. What
 //! the server stored is read back with Python's mail parser.
 
 use std::{
