@@ -21,8 +21,10 @@ use crate::MailError;
 
 /// How long one SMTP command may take before the send counts as failed.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections kept open to the server (lettre's own pool default).
-const SMTP_CONNECTIONS: usize = 10;
+/// Connections kept open to the server: one per event the notifier handles
+/// at once, so a send waiting on the database between DATA and the message
+/// holds up no other.
+const SMTP_CONNECTIONS: usize = 32;
 /// A connection idle longer than this is checked with NOOP before reuse, as
 /// servers close idle sessions.
 const IDLE_CHECK: Duration = Duration::from_secs(5);

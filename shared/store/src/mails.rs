@@ -129,14 +129,16 @@ impl MailClaim {
         sent_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
         let client = self.client();
-        client
-            .execute(
-                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
-                &[&self.id, &state, &reply, &sent_at],
-            )
-            .await
-            .with_context(|| format!("marking mail {} {state}", self.id))?;
-        unlock(client, &self.id).await?;
+        // Pipelined on the one connection: the server commits the update
+        // before it runs the unlock, in a single round trip.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&self.id, &state, &reply, &sent_at];
+        let settle = client.execute(
+            "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
+            &params,
+        );
+        let (settled, unlocked) = tokio::join!(settle, unlock(client, &self.id));
+        settled.with_context(|| format!("marking mail {} {state}", self.id))?;
+        unlocked?;
         // Unlocked: the connection may go back to the pool.
         drop(self.client.take());
         Ok(())
@@ -192,13 +194,11 @@ impl Store {
     /// Takes a mail for sending at `now`, unless it was sent or settled
     /// already or a live attempt holds it.
     pub async fn claim_mail(&self, mail: &NewMail<'_>, now: DateTime<Utc>) -> Result<Claim> {
-        let Some(mut claim) = self.lock_mail(mail).await? else {
+        let Some(claim) = self.lock_mail(mail).await? else {
             return Ok(Claim::InFlight);
         };
-        let client = claim.client.as_mut().expect("a fresh claim has its connection");
-        let tx = client.transaction().await.context("starting a transaction")?;
-        let found = claim_in(&tx, mail, now).await?;
-        tx.commit().await.context("claiming the mail")?;
+        // No transaction needed: every writer of a claimed row holds its lock.
+        let found = claim_in(claim.client(), mail, now).await?;
         claim.finish_claim(found).await
     }
 
@@ -403,11 +403,11 @@ impl MailClaim {
 /// whose session ended before any data went out, so it is sent again; one
 /// left `transmitting` may have reached the server, so it becomes `uncertain`.
 async fn claim_in(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &impl GenericClient,
     mail: &NewMail<'_>,
     now: DateTime<Utc>,
 ) -> Result<std::result::Result<i32, Claim>> {
-    let claimed = tx
+    let claimed = client
         .query_opt(
             "INSERT INTO mails (id, tenant_id, kind, recipient, run_id, state, attempts, claimed_at, detail)
              VALUES ($1, $2, $3, $4, $5, 'sending', 1, $6, $7)
@@ -430,7 +430,7 @@ async fn claim_in(
     if let Some(row) = claimed {
         return Ok(Ok(row.get(0)));
     }
-    let state: String = tx
+    let state: String = client
         .query_one("SELECT state FROM mails WHERE id = $1", &[&mail.id])
         .await
         .context("reading a claimed mail")?
@@ -438,14 +438,15 @@ async fn claim_in(
     if state != "transmitting" {
         return Ok(Err(Claim::Settled { state }));
     }
-    tx.execute(
-        "UPDATE mails SET state = 'uncertain',
-                reply = 'the sending attempt stopped after the message data went out, before the server''s answer was recorded'
-         WHERE id = $1",
-        &[&mail.id],
-    )
-    .await
-    .context("marking an abandoned mail uncertain")?;
+    client
+        .execute(
+            "UPDATE mails SET state = 'uncertain',
+                    reply = 'the sending attempt stopped after the message data went out, before the server''s answer was recorded'
+             WHERE id = $1",
+            &[&mail.id],
+        )
+        .await
+        .context("marking an abandoned mail uncertain")?;
     Ok(Err(Claim::Abandoned))
 }
 
