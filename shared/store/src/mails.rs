@@ -91,11 +91,13 @@ impl MailClaim {
     /// Committed just before the message data goes to the server: from here
     /// a dead attempt leaves the mail `uncertain`, never sent twice.
     pub async fn transmitting(&mut self) -> Result<()> {
-        self.client()
-            .execute(
-                "UPDATE mails SET state = 'transmitting' WHERE id = $1 AND state = 'sending'",
-                &[&self.id],
-            )
+        let client = self.client();
+        let transmitting = client
+            .prepare_cached("UPDATE mails SET state = 'transmitting' WHERE id = $1 AND state = 'sending'")
+            .await
+            .context("preparing to mark a mail transmitting")?;
+        client
+            .execute(&transmitting, &[&self.id])
             .await
             .with_context(|| format!("marking mail {} transmitting", self.id))?;
         Ok(())
@@ -129,16 +131,18 @@ impl MailClaim {
         sent_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
         let client = self.client();
-        // Pipelined on the one connection: the server commits the update
-        // before it runs the unlock, in a single round trip.
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&self.id, &state, &reply, &sent_at];
-        let settle = client.execute(
-            "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
-            &params,
-        );
-        let (settled, unlocked) = tokio::join!(settle, unlock(client, &self.id));
-        settled.with_context(|| format!("marking mail {} {state}", self.id))?;
-        unlocked?;
+        let settle = client
+            .prepare_cached(
+                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
+            )
+            .await
+            .context("preparing to settle a mail")?;
+        // Committed before the unlock, so the next holder of the lock sees the outcome.
+        client
+            .execute(&settle, &[&self.id, &state, &reply, &sent_at])
+            .await
+            .with_context(|| format!("marking mail {} {state}", self.id))?;
+        unlock(client, &self.id).await?;
         // Unlocked: the connection may go back to the pool.
         drop(self.client.take());
         Ok(())
@@ -146,8 +150,12 @@ impl MailClaim {
 }
 
 async fn unlock(client: &deadpool_postgres::Object, id: &str) -> Result<()> {
+    let unlock = client
+        .prepare_cached("SELECT pg_advisory_unlock($1, hashtext($2))")
+        .await
+        .context("preparing to release a mail's claim")?;
     client
-        .execute("SELECT pg_advisory_unlock($1, hashtext($2))", &[&MAIL_LOCKS, &id])
+        .execute(&unlock, &[&MAIL_LOCKS, &id])
         .await
         .with_context(|| format!("releasing the claim on mail {id}"))?;
     Ok(())
@@ -249,11 +257,12 @@ impl Store {
     /// when another session holds it.
     async fn lock_mail(&self, mail: &NewMail<'_>) -> Result<Option<MailClaim>> {
         let client = self.client().await?;
+        let lock = client
+            .prepare_cached("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .await
+            .context("preparing to claim a mail")?;
         let locked: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                &[&MAIL_LOCKS, &mail.id],
-            )
+            .query_one(&lock, &[&MAIL_LOCKS, &mail.id])
             .await
             .context("taking a mail's claim")?
             .get(0);
@@ -407,14 +416,20 @@ async fn claim_in(
     mail: &NewMail<'_>,
     now: DateTime<Utc>,
 ) -> Result<std::result::Result<i32, Claim>> {
-    let claimed = client
-        .query_opt(
+    let claim = client
+        .prepare_cached(
             "INSERT INTO mails (id, tenant_id, kind, recipient, run_id, state, attempts, claimed_at, detail)
              VALUES ($1, $2, $3, $4, $5, 'sending', 1, $6, $7)
              ON CONFLICT (id) DO UPDATE
                SET state = 'sending', attempts = mails.attempts + 1, claimed_at = EXCLUDED.claimed_at
                WHERE mails.state IN ('pending', 'sending')
              RETURNING attempts",
+        )
+        .await
+        .context("preparing to claim a mail")?;
+    let claimed = client
+        .query_opt(
+            &claim,
             &[
                 &mail.id,
                 &mail.tenant_id,
