@@ -202,11 +202,12 @@ impl Store {
     /// Takes a mail for sending at `now`, unless it was sent or settled
     /// already or a live attempt holds it.
     pub async fn claim_mail(&self, mail: &NewMail<'_>, now: DateTime<Utc>) -> Result<Claim> {
-        let Some(claim) = self.lock_mail(mail).await? else {
+        let Some(mut claim) = self.lock_mail(mail).await? else {
             return Ok(Claim::InFlight);
         };
-        // No transaction needed: every writer of a claimed row holds its lock.
-        let found = claim_in(claim.client(), mail, now).await?;
+        let tx = claim_transaction(&mut claim).await?;
+        let found = claim_in(&tx, mail, now).await?;
+        tx.commit().await.context("claiming the mail")?;
         claim.finish_claim(found).await
     }
 
@@ -224,8 +225,7 @@ impl Store {
         let Some(mut claim) = self.lock_mail(mail).await? else {
             return Ok((Claim::InFlight, Vec::new()));
         };
-        let client = claim.client.as_mut().expect("a fresh claim has its connection");
-        let tx = client.transaction().await.context("starting a transaction")?;
+        let tx = claim_transaction(&mut claim).await?;
         let found = claim_in(&tx, mail, now).await?;
         let mut problems = Vec::new();
         if found.is_ok() {
@@ -390,6 +390,20 @@ impl Store {
     }
 }
 
+/// The transaction a claim is recorded in. Its commit does not wait for the
+/// disk (`synchronous_commit` off): nothing has gone to the server yet, and the
+/// `transmitting` commit before any data flushes it along. A claim lost with a
+/// database crash only means the mail is sent by the next attempt. This keeps
+/// a mail at two flushed commits (`transmitting`, then its outcome).
+async fn claim_transaction(claim: &mut MailClaim) -> Result<deadpool_postgres::Transaction<'_>> {
+    let client = claim.client.as_mut().expect("a fresh claim has its connection");
+    let tx = client.transaction().await.context("starting a transaction")?;
+    tx.batch_execute("SET LOCAL synchronous_commit TO off")
+        .await
+        .context("starting a transaction")?;
+    Ok(tx)
+}
+
 impl MailClaim {
     /// `found` is what [`claim_in`] made of the row: this attempt's number
     /// when it now owns the mail; otherwise the claim is given up.
@@ -412,7 +426,7 @@ impl MailClaim {
 /// whose session ended before any data went out, so it is sent again; one
 /// left `transmitting` may have reached the server, so it becomes `uncertain`.
 async fn claim_in(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::Transaction<'_>,
     mail: &NewMail<'_>,
     now: DateTime<Utc>,
 ) -> Result<std::result::Result<i32, Claim>> {
