@@ -3,6 +3,7 @@
 Start with the tests/smtp folder on PYTHONPATH:
 
     python3 -m aiosmtpd -n -l 127.0.0.1:2525 -c usersync_smtp.Scripted MAILDIR [DEFER_TIMES]
+    python3 -m aiosmtpd -n -l 127.0.0.1:2525 -c usersync_smtp.Gated MAILDIR ADMIT HOLD
 
 `Scripted` stores every accepted message in MAILDIR like aiosmtpd's own
 `Mailbox` handler, and answers as a real relay does for some recipients
@@ -14,6 +15,13 @@ Start with the tests/smtp folder on PYTHONPATH:
 - `hold...`: the message is stored, but the 250 is sent only once the file
   MAILDIR/release exists, so a sender killed meanwhile cannot know the server
   has the mail.
+
+`Gated` (a `Scripted` for every recipient) freezes a sender mid-send at a
+point the test knows: it answers the first ADMIT messages, stores the next
+HOLD without answering them (the sender has sent the data, but has no reply),
+and holds every later RCPT unanswered (those mails have not been sent), all
+until MAILDIR/release exists. MAILDIR/gate holds "admitted stored": once both
+equal ADMIT + HOLD, no sender is in the middle of sending a message's data.
 """
 
 import asyncio
@@ -56,4 +64,50 @@ class Scripted(Mailbox):
     def from_cli(cls, parser, *args):
         if not 1 <= len(args) <= 2:
             parser.error("usage: -c usersync_smtp.Scripted MAILDIR [DEFER_TIMES]")
+        return cls(*args)
+
+
+class Gated(Scripted):
+    def __init__(self, mail_dir, admit, hold):
+        super().__init__(mail_dir)
+        self.admit = int(admit)
+        self.hold = int(hold)
+        self.admitted = 0
+        self.stored = 0
+        self.write_state()
+
+    def released(self):
+        return os.path.exists(os.path.join(self.mail_dir, "release"))
+
+    async def until_released(self):
+        while not self.released():
+            await asyncio.sleep(0.05)
+
+    def write_state(self):
+        # Written whole and renamed, so a reader never sees half a line.
+        path = os.path.join(self.mail_dir, "gate")
+        with open(path + ".tmp", "w") as f:
+            f.write("%d %d" % (self.admitted, self.stored))
+        os.replace(path + ".tmp", path)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.admitted >= self.admit + self.hold:
+            await self.until_released()
+        else:
+            self.admitted += 1
+            self.write_state()
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        self.stored += 1
+        self.write_state()
+        if self.stored > self.admit:
+            await self.until_released()
+        return reply
+
+    @classmethod
+    def from_cli(cls, parser, *args):
+        if len(args) != 3:
+            parser.error("usage: -c usersync_smtp.Gated MAILDIR ADMIT HOLD")
         return cls(*args)

@@ -1,8 +1,9 @@
 //! Events to mails: the welcome mail and its copy, the run digest at the
 //! tenant's level, "resolved" mails for standing errors and client-secret
 //! expiry warnings. Each mail has a deterministic id and goes through the
-//! outbox in PostgreSQL: claimed before the SMTP transaction, marked sent
-//! after the server's 250 (see docs/mail.md).
+//! outbox in PostgreSQL: claimed (a lock held by this process's database
+//! session) before the SMTP transaction, marked `transmitting` before its
+//! data goes out and `sent` after the server's 250 (see docs/mail.md).
 
 use std::time::Duration;
 
@@ -13,15 +14,14 @@ use usersync_contract::{Event, RunCounts, UserProblem};
 use usersync_core::{NotificationLevel, TenantConfig};
 use usersync_mail::{Language, MailError, MailKind, Mailer, OutgoingMail, Templates};
 use usersync_runtime::clock;
-use usersync_store::{Claim, MailProblem, NewMail, Store};
+use usersync_store::{Claim, MailClaim, MailProblem, NewMail, Store};
 use uuid::Uuid;
 
 use crate::plan;
 
-/// How long a claim protects a mail being sent. Longer than any SMTP
-/// transaction (30 s per command), so an attempt still sending is never
-/// taken for a dead one.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(300);
+/// When a live attempt holds a mail, the event is tried again this soon: that
+/// attempt settles the mail within a few SMTP commands.
+const IN_FLIGHT_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Notifier {
     pub store: Store,
@@ -158,7 +158,7 @@ impl Notifier {
                 };
                 let claim = self
                     .store
-                    .claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE)
+                    .claim_mail(&mail.record(&tenant.id), clock::now())
                     .await?;
                 self.deliver(tenant, &mail, claim).await?;
             }
@@ -189,7 +189,7 @@ impl Notifier {
             };
             let claim = self
                 .store
-                .claim_mail(&mail.record(&tenant.id), clock::now(), CLAIM_LEASE)
+                .claim_mail(&mail.record(&tenant.id), clock::now())
                 .await?;
             self.deliver(tenant, &mail, claim).await?;
         }
@@ -250,20 +250,20 @@ impl Notifier {
                     "problems": run.problems.iter().map(|p| json!({
                         "user": p.user, "field": p.problem.field, "message": p.problem.message,
                     })).collect::<Vec<_>>(),
-                    "mail_problems": [],
+                    "mail_problems": [], "mails_in_flight": [],
                 }),
                 detail: json!({}),
             };
             let record = mail.record(&tenant.id);
             let (claim, taken) = if reports_mail_problems {
-                self.store.claim_digest(&record, now, CLAIM_LEASE).await?
+                self.store.claim_digest(&record, now).await?
             } else {
-                (
-                    self.store.claim_mail(&record, now, CLAIM_LEASE).await?,
-                    Vec::new(),
-                )
+                (self.store.claim_mail(&record, now).await?, Vec::new())
             };
-            mail.context["mail_problems"] = taken.iter().map(mail_problem).collect();
+            // Mails of the run still on their way are named, not counted as problems.
+            let (in_flight, problems): (Vec<_>, Vec<_>) = taken.iter().partition(|p| p.is_unsettled());
+            mail.context["mail_problems"] = problems.into_iter().map(mail_problem).collect();
+            mail.context["mails_in_flight"] = in_flight.into_iter().map(mail_problem).collect();
             self.deliver(tenant, &mail, claim).await?;
         }
         for error in &resolved {
@@ -280,10 +280,7 @@ impl Notifier {
                 }),
                 detail: json!({}),
             };
-            let claim = self
-                .store
-                .claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE)
-                .await?;
+            let claim = self.store.claim_mail(&mail.record(&tenant.id), now).await?;
             self.deliver(tenant, &mail, claim).await?;
         }
         if let Some(expires_on) = tenant.client_secret_expires_at {
@@ -301,10 +298,7 @@ impl Notifier {
                     }),
                     detail: json!({}),
                 };
-                let claim = self
-                    .store
-                    .claim_mail(&mail.record(&tenant.id), now, CLAIM_LEASE)
-                    .await?;
+                let claim = self.store.claim_mail(&mail.record(&tenant.id), now).await?;
                 self.deliver(tenant, &mail, claim).await?;
             }
         }
@@ -315,8 +309,8 @@ impl Notifier {
     /// back to the bus's retry tiers; permanent ones are recorded, reported in
     /// the tenant's next digest (welcome mails) and logged, never retried.
     async fn deliver(&self, tenant: &TenantConfig, mail: &Planned<'_>, claim: Claim) -> Result<(), Failure> {
-        match claim {
-            Claim::Send { .. } => {}
+        let mut claim = match claim {
+            Claim::Send(claim) => claim,
             Claim::Settled { state } => {
                 tracing::debug!(mail = %mail.id, %state, "mail already settled");
                 count(mail.kind, "duplicate");
@@ -324,23 +318,23 @@ impl Notifier {
             }
             Claim::InFlight => {
                 count(mail.kind, "in_flight");
-                return Err(Failure::retry(format!(
-                    "mail {} is being sent by another attempt",
-                    mail.id
-                )));
+                return Err(Failure::Retry {
+                    reason: format!("mail {} is being sent by another attempt", mail.id),
+                    after: Some(IN_FLIGHT_RETRY),
+                });
             }
             Claim::Abandoned => {
                 tracing::error!(tenant_id = %tenant.id, mail = %mail.id, to = mail.to,
-                    "an attempt stopped while sending this mail; it may have arrived, so it is not sent again");
+                    "an attempt died while the mail's data went to the server; it may have arrived, so it is not sent again");
                 count(mail.kind, "uncertain");
                 return Ok(());
             }
-        }
+        };
         let rendered = match self.templates.render(mail.kind, mail.language, &mail.context) {
             Ok(rendered) => rendered,
             Err(err) => {
                 // Unsent: a DLQ replay after the template is fixed sends it.
-                self.store.release_mail(&mail.id, &err.to_string()).await?;
+                claim.release(&err.to_string()).await?;
                 count(mail.kind, "failed");
                 return Err(Failure::reject(format!("mail {}: {err}", mail.id)));
             }
@@ -352,30 +346,59 @@ impl Notifier {
             text: rendered.text,
             html: rendered.html,
         };
-        match self.mailer.send(&outgoing).await {
+        let prepared = match self.mailer.prepare(&outgoing).await {
+            Ok(prepared) => prepared,
+            Err(err) => return self.not_sent(tenant, mail, claim, err).await,
+        };
+        // Committed before the first byte of the message: should this process
+        // die from here on, the mail is `uncertain`, never sent twice. Should
+        // this fail, `prepared` is dropped and its connection closed, so
+        // nothing reaches the server.
+        claim.transmitting().await?;
+        match prepared.transmit().await {
             Ok(()) => {
-                self.store.mark_mail_sent(&mail.id, clock::now()).await?;
+                claim.sent(clock::now()).await?;
                 count(mail.kind, "sent");
                 tracing::info!(tenant_id = %tenant.id, mail = %mail.id, "mail sent");
                 Ok(())
             }
-            Err(MailError::Temporary(reason)) => {
-                self.store.release_mail(&mail.id, &reason).await?;
+            Err(err) => self.not_sent(tenant, mail, claim, err).await,
+        }
+    }
+
+    /// Records a send that did not get its 250.
+    async fn not_sent(
+        &self,
+        tenant: &TenantConfig,
+        mail: &Planned<'_>,
+        claim: MailClaim,
+        err: MailError,
+    ) -> Result<(), Failure> {
+        match err {
+            MailError::Temporary(reason) => {
+                claim.release(&reason).await?;
                 count(mail.kind, "retry");
                 Err(Failure::retry(format!(
                     "mail {} to {}: {reason}",
                     mail.id, mail.to
                 )))
             }
-            Err(MailError::Permanent(reason)) => {
-                self.store.fail_mail(&mail.id, &reason).await?;
+            MailError::Permanent(reason) => {
+                claim.fail(&reason).await?;
                 count(mail.kind, "failed");
                 tracing::error!(tenant_id = %tenant.id, mail = %mail.id, to = mail.to, %reason,
                     "mail refused for good; not retried");
                 Ok(())
             }
-            Err(err @ MailError::Config(_)) => {
-                self.store.release_mail(&mail.id, &err.to_string()).await?;
+            MailError::Unconfirmed(reason) => {
+                claim.uncertain(&reason).await?;
+                count(mail.kind, "uncertain");
+                tracing::error!(tenant_id = %tenant.id, mail = %mail.id, to = mail.to, %reason,
+                    "the server may have the mail but never confirmed it; not sent again");
+                Ok(())
+            }
+            err @ MailError::Config(_) => {
+                claim.release(&err.to_string()).await?;
                 count(mail.kind, "failed");
                 Err(Failure::reject(format!("mail {}: {err}", mail.id)))
             }

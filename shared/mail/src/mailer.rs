@@ -1,16 +1,33 @@
-//! Sending over SMTP with a pooled lettre transport.
+//! Sending over SMTP on pooled connections, in two steps: [`Mailer::prepare`]
+//! runs MAIL FROM, RCPT TO and DATA, so the caller can record that the message
+//! data is about to go out before [`Prepared::transmit`] sends it. A crash
+//! before that record means the server has nothing; after it, it may have
+//! the mail (see docs/mail.md).
 
 use std::fmt;
 use std::time::Duration;
 use usersync_core::error_chain;
 
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::Message;
+use url::Url;
 
 use crate::MailError;
 
 /// How long one SMTP command may take before the send counts as failed.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections kept open to the server: one per event the notifier handles
+/// at once, so a send waiting on the database between DATA and the message
+/// holds up no other.
+const SMTP_CONNECTIONS: usize = 32;
+/// A connection idle longer than this is checked with NOOP before reuse, as
+/// servers close idle sessions.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// Where and as whom to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +55,11 @@ pub struct OutgoingMail {
 /// SMTP sender. Cheap to clone; clones share the connection pool.
 #[derive(Clone)]
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: managed::Pool<Server>,
     from: Mailbox,
 }
 
-// The transport may hold SMTP credentials, so only the sender is shown.
+// The server may carry SMTP credentials, so only the sender is shown.
 impl fmt::Debug for Mailer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mailer")
@@ -51,36 +68,226 @@ impl fmt::Debug for Mailer {
     }
 }
 
-impl Mailer {
-    /// Must be called inside a Tokio runtime: the connection pool starts a
-    /// background task that closes idle connections.
-    pub fn new(config: &MailConfig) -> Result<Self, MailError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            // lettre would panic here; an error is easier to act on.
-            return Err(MailError::Config(
-                "the mailer must be created inside a Tokio runtime".into(),
-            ));
+/// The SMTP server as `SMTP_URL` names it, read as lettre's `from_url` reads it.
+struct Server {
+    host: String,
+    port: u16,
+    tls: Tls,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+}
+
+impl Server {
+    fn from_url(text: &str) -> Result<Server, MailError> {
+        // The URL itself is not echoed as it may carry a password.
+        let invalid = |why: &str| {
+            MailError::Config(format!(
+                "invalid SMTP_URL: {why}; expected smtp://host:port, smtp://host:port?tls=required or smtps://user:password@host:port"
+            ))
+        };
+        let url = Url::parse(text).map_err(|err| invalid(&err.to_string()))?;
+        let host = url.host_str().ok_or_else(|| invalid("no host"))?.to_owned();
+        let tls_mode = url
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.into_owned());
+        let parameters = || {
+            TlsParameters::new(host.clone())
+                .map_err(|err| MailError::Config(format!("TLS for {host}: {err}")))
+        };
+        let (port, tls) = match (url.scheme(), tls_mode.as_deref()) {
+            ("smtp", None) => (25, Tls::None),
+            ("smtp", Some("required")) => (587, Tls::Required(parameters()?)),
+            ("smtp", Some("opportunistic")) => (587, Tls::Opportunistic(parameters()?)),
+            ("smtps", _) => (465, Tls::Wrapper(parameters()?)),
+            (scheme, tls) => {
+                return Err(invalid(&format!(
+                    "scheme {scheme:?} with tls={tls:?} is not known"
+                )))
+            }
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let credentials = url
+            .password()
+            .map(|password| Credentials::new(decode(url.username()), decode(password)));
+        let hello = match url.path().trim_matches('/') {
+            "" => ClientId::default(),
+            name => ClientId::Domain(name.to_owned()),
+        };
+        Ok(Server {
+            port: url.port().unwrap_or(port),
+            host,
+            tls,
+            credentials,
+            hello,
+        })
+    }
+}
+
+impl managed::Manager for Server {
+    type Type = AsyncSmtpConnection;
+    type Error = lettre::transport::smtp::Error;
+
+    async fn create(&self) -> Result<AsyncSmtpConnection, Self::Error> {
+        let wrapper = match &self.tls {
+            Tls::Wrapper(parameters) => Some(parameters.clone()),
+            _ => None,
+        };
+        let mut connection = AsyncSmtpConnection::connect_tokio1(
+            (self.host.as_str(), self.port),
+            Some(SMTP_TIMEOUT),
+            &self.hello,
+            wrapper,
+            None,
+        )
+        .await?;
+        match &self.tls {
+            Tls::Opportunistic(parameters) if connection.can_starttls() => {
+                connection.starttls(parameters.clone(), &self.hello).await?;
+            }
+            Tls::Required(parameters) => connection.starttls(parameters.clone(), &self.hello).await?,
+            _ => {}
         }
+        if let Some(credentials) = &self.credentials {
+            connection.auth(DEFAULT_MECHANISMS, credentials).await?;
+        }
+        Ok(connection)
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut AsyncSmtpConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<Self::Error> {
+        if connection.has_broken() {
+            return Err(RecycleError::message("the SMTP connection broke"));
+        }
+        if metrics.last_used() > IDLE_CHECK && !connection.test_connected().await {
+            return Err(RecycleError::message("the SMTP server closed the connection"));
+        }
+        Ok(())
+    }
+}
+
+type Connection = managed::Object<Server>;
+
+/// An SMTP transaction whose DATA the server has accepted (354): nothing of
+/// the message has reached the server yet. Dropped without
+/// [`Prepared::transmit`], the connection is closed, so the server discards
+/// the transaction.
+pub struct Prepared {
+    connection: Option<Connection>,
+    message: Vec<u8>,
+}
+
+impl Prepared {
+    /// Sends the message data and the final dot. An error with no reply from
+    /// the server (network, timeout) is [`MailError::Unconfirmed`]: the server
+    /// may have the mail.
+    pub async fn transmit(mut self) -> Result<(), MailError> {
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("a prepared transaction has its connection");
+        match connection.message(&self.message).await {
+            Ok(_) => {
+                // Back to the pool: the session is ready for the next MAIL FROM.
+                self.connection.take();
+                Ok(())
+            }
+            Err(err) if err.is_transient() || err.is_permanent() => Err(classify(&err)),
+            Err(err) => Err(MailError::Unconfirmed(error_chain(&err))),
+        }
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Mid-transaction: never handed to another send.
+        if let Some(connection) = self.connection.take() {
+            drop(managed::Object::take(connection));
+        }
+    }
+}
+
+impl Mailer {
+    /// Reads the configuration; connects only when the first mail is sent.
+    pub fn new(config: &MailConfig) -> Result<Self, MailError> {
         let from: Mailbox = config.from.parse().map_err(|err| {
             MailError::Config(format!("sender {:?} is not a mail address: {err}", config.from))
         })?;
-        // lettre reads a plain smtp:// URL as "no TLS", which is what a local
-        // relay or test server needs; the URL itself is not echoed as it may
-        // carry a password.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url)
-            .map_err(|err| MailError::Config(format!("invalid SMTP URL: {err}")))?
-            .timeout(Some(SMTP_TIMEOUT))
-            .build();
-        Ok(Self { transport, from })
+        let server = Server::from_url(&config.smtp_url)?;
+        let pool = managed::Pool::builder(server)
+            .max_size(SMTP_CONNECTIONS)
+            .build()
+            .map_err(|err| MailError::Config(format!("the SMTP connection pool: {err}")))?;
+        Ok(Self { pool, from })
     }
 
-    /// Sends one message: multipart/alternative (text + html), UTF-8 subject
-    /// encoded properly, Message-ID `<{message_id}@usersync>`, Date set.
+    /// Sends one message at once (see [`Mailer::prepare`]).
     pub async fn send(&self, mail: &OutgoingMail) -> Result<(), MailError> {
+        self.prepare(mail).await?.transmit().await
+    }
+
+    /// Builds the message (multipart/alternative, text + html, UTF-8 subject
+    /// encoded properly, Message-ID `<{message_id}@usersync>`, Date set) and
+    /// opens its SMTP transaction up to the server's 354 to DATA.
+    pub async fn prepare(&self, mail: &OutgoingMail) -> Result<Prepared, MailError> {
         let message = self.build_message(mail)?;
-        self.transport.send(message).await.map_err(|err| classify(&err))?;
-        tracing::debug!(message_id = %mail.message_id, "mail sent");
-        Ok(())
+        let mut connection = self.pool.get().await.map_err(|err| match err {
+            managed::PoolError::Backend(err) => classify(&err),
+            other => MailError::Temporary(format!("no SMTP connection: {other}")),
+        })?;
+        let envelope = message.envelope().clone();
+        let body = message.formatted();
+        let mut options = Vec::new();
+        let non_ascii = envelope
+            .from()
+            .into_iter()
+            .chain(envelope.to())
+            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+        if non_ascii {
+            if !connection.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return Err(MailError::Permanent(
+                    "the address is not ASCII and the SMTP server does not support SMTPUTF8".into(),
+                ));
+            }
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !body.is_ascii() {
+            if !connection.server_info().supports_feature(Extension::EightBitMime) {
+                return Err(MailError::Permanent(
+                    "the message is not ASCII and the SMTP server does not support 8BITMIME".into(),
+                ));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let opened = async {
+            connection
+                .command(Mail::new(envelope.from().cloned(), options))
+                .await?;
+            for to in envelope.to() {
+                connection.command(Rcpt::new(to.clone(), Vec::new())).await?;
+            }
+            connection.command(Data).await
+        }
+        .await;
+        match opened {
+            Ok(_) => Ok(Prepared {
+                connection: Some(connection),
+                message: body,
+            }),
+            Err(err) => {
+                // The session is mid-transaction: closed, not reused.
+                connection.abort().await;
+                drop(managed::Object::take(connection));
+                Err(classify(&err))
+            }
+        }
     }
 
     fn build_message(&self, mail: &OutgoingMail) -> Result<Message, MailError> {

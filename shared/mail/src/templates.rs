@@ -63,7 +63,8 @@ pub enum MailKind {
     /// level, counts: {created, updated, deleted, skipped, failed, held},
     /// error, error_code, standing_since, warnings: [text],
     /// problems: [{user, field, message}],
-    /// mail_problems: [{user, recipient, kind, state, reply}]}`.
+    /// mail_problems: [{user, recipient, kind, state, reply}],
+    /// mails_in_flight: [{user, recipient, kind, state}]}`.
     RunReport,
     /// A standing error is over: `{tenant_id, company_name, error_code, error, since}`.
     Resolved,
@@ -128,6 +129,7 @@ impl MailKind {
                     "counts": {"created": 1, "updated": 2, "deleted": 0, "skipped": 1, "failed": 1, "held": 0},
                     "problems": [],
                     "mail_problems": [],
+                    "mails_in_flight": [],
                     "warnings": [],
                     "error": null,
                     "error_code": null,
@@ -141,6 +143,8 @@ impl MailKind {
                 ]);
                 let mut troubled = with(&report, "problems", json!([problem]));
                 troubled = with(&troubled, "mail_problems", mail_problems);
+                let in_flight = json!([{"user": "dan.ek", "recipient": "dan@example.com", "kind": "welcome", "state": "pending"}]);
+                troubled = with(&troubled, "mails_in_flight", in_flight);
                 troubled = with(&troubled, "warnings", json!(["group Telephony matches 2 groups"]));
                 troubled = with(
                     &troubled,

@@ -196,15 +196,6 @@ async fn invalid_recipient_is_a_permanent_failure() {
     assert!(matches!(err, MailError::Permanent(_)), "{err:?}");
 }
 
-#[test]
-fn creating_outside_a_runtime_is_a_config_error() {
-    let outside = Mailer::new(&MailConfig {
-        smtp_url: "smtp://127.0.0.1:25".into(),
-        from: FROM.into(),
-    });
-    assert!(matches!(outside, Err(MailError::Config(_))));
-}
-
 #[tokio::test]
 async fn bad_configuration_is_refused_up_front() {
     let bad_url = Mailer::new(&MailConfig {
@@ -229,4 +220,40 @@ async fn debug_output_hides_smtp_credentials() {
     let printed = format!("{mailer:?}");
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(printed.contains("noreply@localhost"));
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_before_its_data_sends_nothing_and_is_not_reused() {
+    assert!(
+        aiosmtpd_available(),
+        "python3-aiosmtpd is not installed: run scripts/services-up"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("Maildir");
+    let port = free_port();
+    let _server = start_aiosmtpd(port, &maildir);
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: format!("smtp://127.0.0.1:{port}"),
+        from: FROM.into(),
+    })
+    .unwrap();
+    // Up to the server's 354: the session waits for data that never comes.
+    drop(mailer.prepare(&welcome_mail("asa@acme.example")).await.unwrap());
+    let second = OutgoingMail {
+        message_id: "created:acme:u2".into(),
+        ..welcome_mail("bo@acme.example")
+    };
+    mailer.send(&second).await.unwrap();
+
+    let file = wait_for("the message in Maildir/new", Duration::from_secs(10), || {
+        delivered_files(&maildir).pop()
+    });
+    let raw = std::fs::read_to_string(&file).unwrap();
+    // Had the dropped session been reused, its DATA would have swallowed this mail's commands.
+    assert_eq!(
+        header(&raw, "Message-ID").as_deref(),
+        Some("<created:acme:u2@usersync>"),
+        "{raw}"
+    );
+    assert_eq!(delivered_files(&maildir).len(), 1);
 }

@@ -23,7 +23,7 @@ pub use db::Store;
 pub use directory::{ReconcileRow, Round};
 pub use dispatch::{BATCH_SIZE, DISPATCH_WINDOW};
 pub use fields::DiscoveredField;
-pub use mails::{Claim, MailProblem, NewMail, StandingError};
+pub use mails::{Claim, MailClaim, MailProblem, NewMail, StandingError};
 pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use pbx_checks::PbxCheck;

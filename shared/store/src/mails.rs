@@ -1,7 +1,7 @@
 //! The notifier's outbox: every mail by deterministic id and where it got to,
 //! the run → digest decision, and the standing errors of each tenant.
 
-use std::time::Duration;
+use std::fmt;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -26,17 +26,139 @@ pub struct NewMail<'a> {
 }
 
 /// What [`Store::claim_mail`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Claim {
-    /// This attempt owns the mail and must send it (`attempt` counts from 1).
-    Send { attempt: i32 },
+    /// This attempt owns the mail and must send it.
+    Send(MailClaim),
     /// Nothing to do: the mail is `sent`, `failed`, `uncertain` or `no_address`.
     Settled { state: String },
-    /// Another attempt claimed it within the lease and may still be sending.
+    /// A live attempt holds the mail (its database session holds the claim).
     InFlight,
-    /// An attempt claimed it and never came back (the process died mid-send):
+    /// An attempt died after the message data started going to the server:
     /// the server may have the mail, so it is marked `uncertain`, not resent.
     Abandoned,
+}
+
+/// Names the mail claims among PostgreSQL's advisory locks (the two-key form,
+/// keyed by a hash of the mail's id).
+const MAIL_LOCKS: i32 = 0x6d61_696c;
+
+/// A claimed mail. The claim is a session-level advisory lock on this
+/// connection, held until the mail is settled: if the process dies, its
+/// session ends and the next attempt takes the mail over at once. Dropped
+/// unsettled (a cancelled send), the connection is closed, not pooled, so
+/// the lock goes with it.
+pub struct MailClaim {
+    // Boxed: a pooled connection is large, and `Claim` carries a claim.
+    client: Option<Box<deadpool_postgres::Object>>,
+    id: String,
+    attempt: i32,
+}
+
+impl fmt::Debug for MailClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailClaim")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MailClaim {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(*client));
+        }
+    }
+}
+
+impl MailClaim {
+    /// Counts from 1.
+    pub fn attempt(&self) -> i32 {
+        self.attempt
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client
+            .as_ref()
+            .expect("an unsettled claim has its connection")
+    }
+
+    /// Committed just before the message data goes to the server: from here
+    /// a dead attempt leaves the mail `uncertain`, never sent twice.
+    pub async fn transmitting(&mut self) -> Result<()> {
+        let client = self.client();
+        let transmitting = client
+            .prepare_cached("UPDATE mails SET state = 'transmitting' WHERE id = $1 AND state = 'sending'")
+            .await
+            .context("preparing to mark a mail transmitting")?;
+        client
+            .execute(&transmitting, &[&self.id])
+            .await
+            .with_context(|| format!("marking mail {} transmitting", self.id))?;
+        Ok(())
+    }
+
+    /// The SMTP server accepted the mail.
+    pub async fn sent(self, now: DateTime<Utc>) -> Result<()> {
+        self.settle("sent", None, Some(now)).await
+    }
+
+    /// A temporary failure before the server took the message: the next
+    /// attempt may claim it again.
+    pub async fn release(self, reply: &str) -> Result<()> {
+        self.settle("pending", Some(reply), None).await
+    }
+
+    /// Refused for good (5xx, bad address): recorded with the reply, never retried.
+    pub async fn fail(self, reply: &str) -> Result<()> {
+        self.settle("failed", Some(reply), None).await
+    }
+
+    /// The data went out but no reply came: the server may have the mail.
+    pub async fn uncertain(self, reply: &str) -> Result<()> {
+        self.settle("uncertain", Some(reply), None).await
+    }
+
+    async fn settle(
+        mut self,
+        state: &str,
+        reply: Option<&str>,
+        sent_at: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let client = self.client();
+        let settle = client
+            .prepare_cached(
+                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
+            )
+            .await
+            .context("preparing to settle a mail")?;
+        // Committed before the unlock, so the next holder of the lock sees the outcome.
+        client
+            .execute(&settle, &[&self.id, &state, &reply, &sent_at])
+            .await
+            .with_context(|| format!("marking mail {} {state}", self.id))?;
+        unlock(client, &self.id).await?;
+        // Unlocked: the connection may go back to the pool.
+        drop(self.client.take());
+        Ok(())
+    }
+}
+
+async fn unlock(client: &deadpool_postgres::Object, id: &str) -> Result<()> {
+    let unlock = client
+        .prepare_cached("SELECT pg_advisory_unlock($1, hashtext($2))")
+        .await
+        .context("preparing to release a mail's claim")?;
+    client
+        .execute(&unlock, &[&MAIL_LOCKS, &id])
+        .await
+        .with_context(|| format!("releasing the claim on mail {id}"))?;
+    Ok(())
 }
 
 /// A welcome mail that did not reach its user, for the tenant's next digest.
@@ -44,11 +166,19 @@ pub enum Claim {
 pub struct MailProblem {
     pub id: String,
     pub kind: String,
-    /// `failed`, `uncertain` or `no_address`.
+    /// `failed`, `uncertain` or `no_address`; for a digest also `sending`,
+    /// `transmitting` or `pending` (see [`MailProblem::is_unsettled`]).
     pub state: String,
     pub recipient: String,
     pub reply: Option<String>,
     pub detail: Value,
+}
+
+impl MailProblem {
+    /// Still claimed, being transmitted or waiting for a retry.
+    pub fn is_unsettled(&self) -> bool {
+        matches!(self.state.as_str(), "sending" | "transmitting" | "pending")
+    }
 }
 
 /// A run failure that stands until a later run completes.
@@ -63,49 +193,86 @@ pub struct StandingError {
 
 /// States whose mails a digest reports.
 const REPORTED_STATES: &str = "('failed', 'uncertain', 'no_address')";
+/// States of a mail not settled yet, which a digest names without taking.
+const UNSETTLED_STATES: &str = "('sending', 'transmitting', 'pending')";
 /// Only mails to users are reported; a refused digest is logged, not mailed to the same address.
 const REPORTED_KINDS: &str = "('welcome', 'welcome_copy')";
 
 impl Store {
     /// Takes a mail for sending at `now`, unless it was sent or settled
-    /// already. A claim older than `lease` belongs to an attempt that died.
-    pub async fn claim_mail(&self, mail: &NewMail<'_>, now: DateTime<Utc>, lease: Duration) -> Result<Claim> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.context("starting a transaction")?;
-        let claim = claim_in(&tx, mail, now, lease).await?;
+    /// already or a live attempt holds it.
+    pub async fn claim_mail(&self, mail: &NewMail<'_>, now: DateTime<Utc>) -> Result<Claim> {
+        let Some(mut claim) = self.lock_mail(mail).await? else {
+            return Ok(Claim::InFlight);
+        };
+        let tx = claim_transaction(&mut claim).await?;
+        let found = claim_in(&tx, mail, now).await?;
         tx.commit().await.context("claiming the mail")?;
-        Ok(claim)
+        claim.finish_claim(found).await
     }
 
     /// Claims a digest and, in the same transaction, takes every unreported
     /// mail problem of the tenant into it. Returns the claim and the problems
-    /// the digest reports (also those taken by an earlier, failed attempt).
+    /// the digest reports (also those taken by an earlier, failed attempt),
+    /// then the welcome mails of the run not settled yet (`sending`,
+    /// `transmitting`, `pending`): named, not taken, so they are reported
+    /// again only if they end badly.
     pub async fn claim_digest(
         &self,
         mail: &NewMail<'_>,
         now: DateTime<Utc>,
-        lease: Duration,
     ) -> Result<(Claim, Vec<MailProblem>)> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.context("starting a transaction")?;
-        let claim = claim_in(&tx, mail, now, lease).await?;
-        if !matches!(claim, Claim::Send { .. }) {
-            tx.commit().await.context("committing the digest claim")?;
-            return Ok((claim, Vec::new()));
+        let Some(mut claim) = self.lock_mail(mail).await? else {
+            return Ok((Claim::InFlight, Vec::new()));
+        };
+        let tx = claim_transaction(&mut claim).await?;
+        let found = claim_in(&tx, mail, now).await?;
+        let mut problems = Vec::new();
+        if found.is_ok() {
+            tx.execute(
+                &format!(
+                    "UPDATE mails SET reported_in = $2
+                     WHERE tenant_id = $1 AND reported_in IS NULL
+                       AND state IN {REPORTED_STATES} AND kind IN {REPORTED_KINDS}"
+                ),
+                &[&mail.tenant_id, &mail.id],
+            )
+            .await
+            .context("taking mail problems into the digest")?;
+            problems = problems_where(&tx, "reported_in = $1", &[&mail.id]).await?;
+            problems.extend(
+                problems_where(
+                    &tx,
+                    &format!("run_id = $1 AND state IN {UNSETTLED_STATES} AND kind IN {REPORTED_KINDS}"),
+                    &[&mail.run_id],
+                )
+                .await?,
+            );
         }
-        tx.execute(
-            &format!(
-                "UPDATE mails SET reported_in = $2
-                 WHERE tenant_id = $1 AND reported_in IS NULL
-                   AND state IN {REPORTED_STATES} AND kind IN {REPORTED_KINDS}"
-            ),
-            &[&mail.tenant_id, &mail.id],
-        )
-        .await
-        .context("taking mail problems into the digest")?;
-        let problems = problems_where(&tx, "reported_in = $1", &[&mail.id]).await?;
         tx.commit().await.context("committing the digest claim")?;
-        Ok((claim, problems))
+        Ok((claim.finish_claim(found).await?, problems))
+    }
+
+    /// Takes the mail's advisory lock on a connection of its own; `None`
+    /// when another session holds it.
+    async fn lock_mail(&self, mail: &NewMail<'_>) -> Result<Option<MailClaim>> {
+        let client = self.client().await?;
+        let lock = client
+            .prepare_cached("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .await
+            .context("preparing to claim a mail")?;
+        let locked: bool = client
+            .query_one(&lock, &[&MAIL_LOCKS, &mail.id])
+            .await
+            .context("taking a mail's claim")?
+            .get(0);
+        // From here a failure drops the claim, closing its connection and so the lock.
+        let claim = MailClaim {
+            client: Some(Box::new(client)),
+            id: mail.id.to_owned(),
+            attempt: 0,
+        };
+        Ok(locked.then_some(claim))
     }
 
     /// The tenant's mail problems no digest has reported yet (to decide
@@ -118,39 +285,6 @@ impl Store {
             &[&tenant_id],
         )
         .await
-    }
-
-    /// The SMTP server accepted the mail.
-    pub async fn mark_mail_sent(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
-        self.settle(id, "sent", None, Some(now)).await
-    }
-
-    /// A temporary failure: the mail may be claimed again by the next attempt.
-    pub async fn release_mail(&self, id: &str, reply: &str) -> Result<()> {
-        self.settle(id, "pending", Some(reply), None).await
-    }
-
-    /// Refused for good (5xx, bad address): recorded with the reply, never retried.
-    pub async fn fail_mail(&self, id: &str, reply: &str) -> Result<()> {
-        self.settle(id, "failed", Some(reply), None).await
-    }
-
-    async fn settle(
-        &self,
-        id: &str,
-        state: &str,
-        reply: Option<&str>,
-        sent_at: Option<DateTime<Utc>>,
-    ) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
-                &[&id, &state, &reply, &sent_at],
-            )
-            .await
-            .with_context(|| format!("marking mail {id} {state}"))?;
-        Ok(())
     }
 
     /// A mail that had nowhere to go; reported in the tenant's next digest.
@@ -256,20 +390,60 @@ impl Store {
     }
 }
 
+/// The transaction a claim is recorded in. Its commit does not wait for the
+/// disk (`synchronous_commit` off): nothing has gone to the server yet, and the
+/// `transmitting` commit before any data flushes it along. A claim lost with a
+/// database crash only means the mail is sent by the next attempt. This keeps
+/// a mail at two flushed commits (`transmitting`, then its outcome).
+async fn claim_transaction(claim: &mut MailClaim) -> Result<deadpool_postgres::Transaction<'_>> {
+    let client = claim.client.as_mut().expect("a fresh claim has its connection");
+    let tx = client.transaction().await.context("starting a transaction")?;
+    tx.batch_execute("SET LOCAL synchronous_commit TO off")
+        .await
+        .context("starting a transaction")?;
+    Ok(tx)
+}
+
+impl MailClaim {
+    /// `found` is what [`claim_in`] made of the row: this attempt's number
+    /// when it now owns the mail; otherwise the claim is given up.
+    async fn finish_claim(mut self, found: std::result::Result<i32, Claim>) -> Result<Claim> {
+        match found {
+            Ok(attempt) => {
+                self.attempt = attempt;
+                Ok(Claim::Send(self))
+            }
+            Err(other) => {
+                unlock(self.client(), &self.id).await?;
+                drop(self.client.take());
+                Ok(other)
+            }
+        }
+    }
+}
+
+/// With the mail's lock held: a row left `sending` belongs to an attempt
+/// whose session ended before any data went out, so it is sent again; one
+/// left `transmitting` may have reached the server, so it becomes `uncertain`.
 async fn claim_in(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Transaction<'_>,
     mail: &NewMail<'_>,
     now: DateTime<Utc>,
-    lease: Duration,
-) -> Result<Claim> {
-    let claimed = tx
-        .query_opt(
+) -> Result<std::result::Result<i32, Claim>> {
+    let claim = client
+        .prepare_cached(
             "INSERT INTO mails (id, tenant_id, kind, recipient, run_id, state, attempts, claimed_at, detail)
              VALUES ($1, $2, $3, $4, $5, 'sending', 1, $6, $7)
              ON CONFLICT (id) DO UPDATE
                SET state = 'sending', attempts = mails.attempts + 1, claimed_at = EXCLUDED.claimed_at
-               WHERE mails.state = 'pending'
+               WHERE mails.state IN ('pending', 'sending')
              RETURNING attempts",
+        )
+        .await
+        .context("preparing to claim a mail")?;
+    let claimed = client
+        .query_opt(
+            &claim,
             &[
                 &mail.id,
                 &mail.tenant_id,
@@ -283,33 +457,26 @@ async fn claim_in(
         .await
         .context("claiming a mail")?;
     if let Some(row) = claimed {
-        return Ok(Claim::Send { attempt: row.get(0) });
+        return Ok(Ok(row.get(0)));
     }
-    let row = tx
-        .query_one(
-            "SELECT state, claimed_at FROM mails WHERE id = $1 FOR UPDATE",
+    let state: String = client
+        .query_one("SELECT state FROM mails WHERE id = $1", &[&mail.id])
+        .await
+        .context("reading a claimed mail")?
+        .get(0);
+    if state != "transmitting" {
+        return Ok(Err(Claim::Settled { state }));
+    }
+    client
+        .execute(
+            "UPDATE mails SET state = 'uncertain',
+                    reply = 'the sending attempt stopped after the message data went out, before the server''s answer was recorded'
+             WHERE id = $1",
             &[&mail.id],
         )
         .await
-        .context("reading a claimed mail")?;
-    let state: String = row.get(0);
-    let claimed_at: Option<DateTime<Utc>> = row.get(1);
-    if state != "sending" {
-        return Ok(Claim::Settled { state });
-    }
-    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-    if claimed_at.is_some_and(|at| now < at + lease) {
-        return Ok(Claim::InFlight);
-    }
-    tx.execute(
-        "UPDATE mails SET state = 'uncertain',
-                reply = 'the sending attempt stopped before the server''s answer was recorded'
-         WHERE id = $1",
-        &[&mail.id],
-    )
-    .await
-    .context("marking an abandoned mail uncertain")?;
-    Ok(Claim::Abandoned)
+        .context("marking an abandoned mail uncertain")?;
+    Ok(Err(Claim::Abandoned))
 }
 
 async fn problems_where(

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use tokio_postgres::types::Json;
 use usersync_core::{parse_tenant_file, tenant::MASK, TenantConfig};
 use usersync_store::testing::{in_fresh_database, TEST_KEY};
-use usersync_store::{Claim, NewMail, Round, RunStart, SecretKey, Store};
+use usersync_store::{Claim, MailClaim, NewMail, Round, RunStart, SecretKey, Store};
 use uuid::Uuid;
 
 const CLIENT_SECRET: &str = "plain-client-secret-7f3a";
@@ -350,60 +350,119 @@ fn outgoing<'a>(id: &'a str, kind: &'a str, recipient: &'a str) -> NewMail<'a> {
     }
 }
 
+/// The claim this attempt now owns; anything else fails the test.
+async fn claim_to_send(store: &Store, mail: &NewMail<'_>) -> MailClaim {
+    match store.claim_mail(mail, chrono::Utc::now()).await.unwrap() {
+        Claim::Send(claim) => claim,
+        other => panic!("expected to own {}, found {other:?}", mail.id),
+    }
+}
+
+async fn claim_state(store: &Store, mail: &NewMail<'_>) -> String {
+    match store.claim_mail(mail, chrono::Utc::now()).await.unwrap() {
+        Claim::Send(claim) => panic!("{} claimed again (attempt {})", mail.id, claim.attempt()),
+        Claim::Settled { state } => state,
+        Claim::InFlight => "in flight".into(),
+        Claim::Abandoned => "abandoned".into(),
+    }
+}
+
+/// Ends the database session that holds a mail's claim, as the death of the
+/// sending process does, and waits until PostgreSQL has let the session go.
+async fn kill_claimant(store: &Store) {
+    let client = store.client().await.unwrap();
+    let ended = client
+        .query(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks
+             WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND pid <> pg_backend_pid()
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ended: Vec<bool> = ended.iter().map(|row| row.get(0)).collect();
+    assert_eq!(ended, [true], "one claimant session, ended");
+}
+
 #[tokio::test]
 async fn a_mail_is_claimed_once_and_never_resent() {
     in_fresh_database(|url| async move {
         let store = connect_store(&url).await;
-        let lease = std::time::Duration::from_secs(300);
         let t0 = chrono::Utc::now();
         let mail = outgoing("welcome:acme:pbx-17", "welcome", "anna@acme.example");
-        assert_eq!(
-            store.claim_mail(&mail, t0, lease).await.unwrap(),
-            Claim::Send { attempt: 1 }
-        );
-        // A second attempt while the first may still be sending waits.
-        assert_eq!(store.claim_mail(&mail, t0, lease).await.unwrap(), Claim::InFlight);
+        let first = claim_to_send(&store, &mail).await;
+        assert_eq!(first.attempt(), 1);
+        // A second attempt while the first is alive waits.
+        assert_eq!(claim_state(&store, &mail).await, "in flight");
         // A temporary failure frees it for the next attempt.
-        store.release_mail(mail.id, "451 try later").await.unwrap();
-        assert_eq!(
-            store.claim_mail(&mail, t0, lease).await.unwrap(),
-            Claim::Send { attempt: 2 }
-        );
-        store.mark_mail_sent(mail.id, t0).await.unwrap();
-        assert_eq!(
-            store.claim_mail(&mail, t0, lease).await.unwrap(),
-            Claim::Settled { state: "sent".into() }
-        );
+        first.release("451 try later").await.unwrap();
+        let second = claim_to_send(&store, &mail).await;
+        assert_eq!(second.attempt(), 2);
+        second.sent(t0).await.unwrap();
+        assert_eq!(claim_state(&store, &mail).await, "sent");
         assert_eq!(store.mail_state(mail.id).await.unwrap().as_deref(), Some("sent"));
 
-        // A claim whose attempt died mid-send is not sent again once the lease is over.
-        let cut_off = outgoing("welcome:acme:pbx-18", "welcome", "bo@acme.example");
-        assert_eq!(
-            store.claim_mail(&cut_off, t0, lease).await.unwrap(),
-            Claim::Send { attempt: 1 }
-        );
-        let later = t0 + chrono::Duration::minutes(6);
-        assert_eq!(
-            store.claim_mail(&cut_off, later, lease).await.unwrap(),
-            Claim::Abandoned
-        );
-        assert_eq!(
-            store.claim_mail(&cut_off, later, lease).await.unwrap(),
-            Claim::Settled {
-                state: "uncertain".into()
-            }
-        );
+        // A send cancelled before its data went out (the claim dropped) is free at once.
+        let cancelled = outgoing("welcome:acme:pbx-18", "welcome", "bo@acme.example");
+        drop(claim_to_send(&store, &cancelled).await);
+        assert_eq!(claim_to_send(&store, &cancelled).await.attempt(), 2);
 
         // Refused for good: recorded with the reply and settled.
         let refused = outgoing("welcome:acme:pbx-19", "welcome", "cia@acme.example");
-        store.claim_mail(&refused, t0, lease).await.unwrap();
-        store.fail_mail(refused.id, "550 no such user").await.unwrap();
+        claim_to_send(&store, &refused)
+            .await
+            .fail("550 no such user")
+            .await
+            .unwrap();
+        assert_eq!(claim_state(&store, &refused).await, "failed");
+
+        // No reply after the data: uncertain, settled.
+        let unconfirmed = outgoing("welcome:acme:pbx-20", "welcome", "dan@acme.example");
+        let mut claim = claim_to_send(&store, &unconfirmed).await;
+        claim.transmitting().await.unwrap();
+        claim.uncertain("connection reset after the data").await.unwrap();
+        assert_eq!(claim_state(&store, &unconfirmed).await, "uncertain");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_claim_whose_session_died_is_taken_over_at_once() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        // The process died before the message data went out: sent again, now.
+        let early = outgoing("welcome:acme:pbx-21", "welcome", "eva@acme.example");
+        let dead = claim_to_send(&store, &early).await;
         assert_eq!(
-            store.claim_mail(&refused, t0, lease).await.unwrap(),
-            Claim::Settled {
-                state: "failed".into()
-            }
+            claim_state(&store, &early).await,
+            "in flight",
+            "held while its session lives"
         );
+        kill_claimant(&store).await;
+        let again = claim_to_send(&store, &early).await;
+        assert_eq!(again.attempt(), 2);
+        again.sent(chrono::Utc::now()).await.unwrap();
+        drop(dead);
+        assert_eq!(claim_state(&store, &early).await, "sent");
+
+        // It died once the data was going out: the server may have the mail,
+        // so it is uncertain, reported, and not sent again.
+        let late = outgoing("welcome:acme:pbx-22", "welcome", "fia@acme.example");
+        let mut dead = claim_to_send(&store, &late).await;
+        dead.transmitting().await.unwrap();
+        assert_eq!(claim_state(&store, &late).await, "in flight");
+        kill_claimant(&store).await;
+        assert_eq!(claim_state(&store, &late).await, "abandoned");
+        drop(dead);
+        assert_eq!(claim_state(&store, &late).await, "uncertain");
+        let problems = store.unreported_mail_problems("acme").await.unwrap();
+        let ids: Vec<_> = problems.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, [late.id]);
+        assert!(problems[0]
+            .reply
+            .as_deref()
+            .unwrap()
+            .contains("stopped after the message data went out"));
     })
     .await;
 }
@@ -412,7 +471,6 @@ async fn a_mail_is_claimed_once_and_never_resent() {
 async fn a_digest_takes_each_mail_problem_once() {
     in_fresh_database(|url| async move {
         let store = connect_store(&url).await;
-        let lease = std::time::Duration::from_secs(300);
         let now = chrono::Utc::now();
         let nowhere = outgoing("welcome:acme:pbx-1", "welcome", "");
         assert!(store.record_mail_without_address(&nowhere).await.unwrap());
@@ -421,23 +479,64 @@ async fn a_digest_takes_each_mail_problem_once() {
             "recorded once"
         );
         let refused = outgoing("welcome:acme:pbx-2", "welcome", "bo@acme.example");
-        store.claim_mail(&refused, now, lease).await.unwrap();
-        store.fail_mail(refused.id, "550 no such user").await.unwrap();
+        claim_to_send(&store, &refused)
+            .await
+            .fail("550 no such user")
+            .await
+            .unwrap();
         assert_eq!(store.unreported_mail_problems("acme").await.unwrap().len(), 2);
+        // Of the run, one mail waits for a retry and one is being sent.
+        let run = Uuid::new_v4();
+        let of_run = |id| NewMail {
+            run_id: Some(run),
+            ..outgoing(id, "welcome", "cia@acme.example")
+        };
+        let (deferred, sending) = (of_run("welcome:acme:pbx-3"), of_run("welcome:acme:pbx-4"));
+        claim_to_send(&store, &deferred)
+            .await
+            .release("451 try later")
+            .await
+            .unwrap();
+        let in_hand = claim_to_send(&store, &sending).await;
 
-        let digest = outgoing("digest:run-1", "digest", "it@acme.example");
-        let (claim, problems) = store.claim_digest(&digest, now, lease).await.unwrap();
-        assert_eq!(claim, Claim::Send { attempt: 1 });
-        let states: Vec<_> = problems.iter().map(|p| p.state.as_str()).collect();
-        assert_eq!(states, ["no_address", "failed"]);
+        let digest = NewMail {
+            run_id: Some(run),
+            ..outgoing("digest:run-1", "digest", "it@acme.example")
+        };
+        let (claim, problems) = store.claim_digest(&digest, now).await.unwrap();
+        assert!(matches!(claim, Claim::Send(_)), "{claim:?}");
+        let states: Vec<_> = problems
+            .iter()
+            .map(|p| (p.state.as_str(), p.is_unsettled()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("no_address", false),
+                ("failed", false),
+                ("pending", true),
+                ("sending", true)
+            ]
+        );
         assert_eq!(problems[1].reply.as_deref(), Some("550 no such user"));
         assert_eq!(problems[0].detail["user"], "anna");
         assert!(store.unreported_mail_problems("acme").await.unwrap().is_empty());
 
-        // The next digest does not report them again.
+        // The next digest does not report them again; of the unsettled ones,
+        // only one that ends badly.
+        in_hand.sent(now).await.unwrap();
+        claim_to_send(&store, &deferred)
+            .await
+            .fail("550 gone")
+            .await
+            .unwrap();
         let next = outgoing("digest:run-2", "digest", "it@acme.example");
-        let (_, problems) = store.claim_digest(&next, now, lease).await.unwrap();
-        assert!(problems.is_empty());
+        let (_, problems) = store.claim_digest(&next, now).await.unwrap();
+        let ids: Vec<_> = problems
+            .iter()
+            .map(|p| (p.id.as_str(), p.state.as_str()))
+            .collect();
+        assert_eq!(ids, [(deferred.id, "failed")]);
     })
     .await;
 }

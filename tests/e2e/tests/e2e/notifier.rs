@@ -1,9 +1,11 @@
 //! The notifier on its own: events published straight to its queue, a tenant
 //! row in its database, and a scripted aiosmtpd (`tests/smtp/usersync_smtp.py`)
-//! that accepts, defers (451), refuses (550) or holds mails by recipient. What
+//! that accepts, defers (451), refuses (550) or holds mails by recipient, or
+//! (`Gated`) freezes every sender at a known point of the SMTP exchange. What
 //! the server stored is read back with Python's mail parser.
 
 use std::{
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -75,6 +77,12 @@ struct Mailroom {
 
 impl Mailroom {
     async fn start(test: &str) -> Mailroom {
+        Mailroom::start_with(test, &["Scripted"]).await
+    }
+
+    /// With `handler` = a class of `tests/smtp/usersync_smtp.py` and its
+    /// arguments after the Maildir.
+    async fn start_with(test: &str, handler: &[&str]) -> Mailroom {
         let suffix = &Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
@@ -85,7 +93,7 @@ impl Mailroom {
         test_vhost(&http, &vhost).await;
         let maildir = tmp.path().join("Maildir");
         let smtp_port = free_port();
-        let smtp = start_scripted_smtp(smtp_port, &maildir, &logs).await;
+        let smtp = start_scripted_smtp(smtp_port, &maildir, &logs, handler).await;
         let database_url = format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}");
         let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
         let store = Store::connect(&database_url, 2).await.expect("the test database");
@@ -230,6 +238,28 @@ impl Mailroom {
         .await;
     }
 
+    /// What a `Gated` server let through: (RCPTs admitted, messages stored).
+    fn gate(&self) -> Option<(usize, usize)> {
+        let state = std::fs::read_to_string(self.maildir.join("gate")).ok()?;
+        let (admitted, stored) = state.split_once(' ')?;
+        Some((admitted.parse().ok()?, stored.parse().ok()?))
+    }
+
+    /// Messages in the Maildir, without parsing them.
+    fn mail_count(&self) -> usize {
+        std::fs::read_dir(self.maildir.join("new")).map_or(0, |dir| dir.count())
+    }
+
+    /// Every mail row's id, by state.
+    async fn ids_in(&self, state: &str) -> Vec<String> {
+        let client = self.store.client().await.unwrap();
+        let rows = client
+            .query("SELECT id FROM mails WHERE state = $1 ORDER BY id", &[&state])
+            .await
+            .unwrap();
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
     async fn mail_row(&self, id: &str) -> Option<(String, i32, Option<String>)> {
         let client = self.store.client().await.unwrap();
         client
@@ -257,14 +287,16 @@ impl Drop for Mailroom {
     }
 }
 
-async fn start_scripted_smtp(port: u16, maildir: &Path, logs: &Path) -> Child {
+async fn start_scripted_smtp(port: u16, maildir: &Path, logs: &Path, handler: &[&str]) -> Child {
     let log = std::fs::File::create(logs.join("smtp.log")).expect("a log file");
     let handlers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smtp");
     let child = Command::new(PYTHON)
         .env("PYTHONPATH", handlers)
         .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-        .args(["-c", "usersync_smtp.Scripted"])
+        .arg("-c")
+        .arg(format!("usersync_smtp.{}", handler[0]))
         .arg(maildir)
+        .args(&handler[1..])
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -331,6 +363,11 @@ fn failed(tenant_id: &str, run_id: Uuid, code: &str) -> Event {
 
 fn day(y: i32, m: u32, d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, 9, 0, 0).unwrap()
+}
+
+/// A mail's row id as its Message-ID header.
+fn message_id(id: &str) -> String {
+    format!("<{}@usersync>", id.replace(':', "."))
 }
 
 fn to<'a>(mails: &'a [Mail], address: &str) -> Vec<&'a Mail> {
@@ -667,10 +704,10 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
     .await;
     // The server has the mail but has not answered yet: the notifier dies now.
     room.wait_mails(1).await;
-    room.wait_state("welcome:acme:pbx-h", "sending").await;
+    room.wait_state("welcome:acme:pbx-h", "transmitting").await;
     room.kill_notifier().await;
-    // Past the claim's lease, the redelivered event finds the abandoned claim.
-    room.set_clock(Utc::now() + chrono::Duration::minutes(10));
+    // The claimant's session is gone and the data had gone out: the
+    // redelivered event marks the mail uncertain at once.
     room.start_notifier().await;
     let (_, attempts, reply) = room.wait_state("welcome:acme:pbx-h", "uncertain").await;
     assert_eq!(attempts, 1, "not sent a second time");
@@ -693,6 +730,161 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
         "{}",
         digest[0].text()
     );
+}
+
+/// SIGKILLed in the middle of a first sync's welcome mails, the notifier is
+/// restarted: every welcome mail and admin copy arrives exactly once, within
+/// seconds (not after a lease), and only mails whose data the server had are
+/// `uncertain`.
+#[tokio::test]
+async fn a_notifier_killed_mid_send_loses_no_mail_and_sends_none_twice() {
+    const USERS: usize = 300;
+    const ADMIT: usize = 200;
+    const HOLD: usize = 6;
+    let (admit, hold) = (ADMIT.to_string(), HOLD.to_string());
+    let mut room = Mailroom::start_with("notifier_sigkill", &["Gated", &admit, &hold]).await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    for i in 0..USERS {
+        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
+        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
+            .await;
+    }
+    // Frozen mid-send: HOLD messages on the server without their reply, every
+    // other send in flight waiting for its RCPT to be answered.
+    wait_for("the server to hold the senders", WAIT, || async {
+        (room.gate() == Some((ADMIT + HOLD, ADMIT + HOLD))).then_some(())
+    })
+    .await;
+    let on_server: HashSet<String> = room.mails().into_iter().filter_map(|m| m.message_id).collect();
+    room.kill_notifier().await;
+    let cut_before_data = room.ids_in("sending").await;
+    assert!(!cut_before_data.is_empty(), "sends were in flight when it died");
+
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    room.start_notifier().await;
+    let expected = 2 * USERS;
+    wait_for(&format!("{expected} mails, all settled"), WAIT, || async {
+        let mut unsettled = 0;
+        for state in ["sending", "transmitting", "pending"] {
+            unsettled += room.ids_in(state).await.len();
+        }
+        (room.mail_count() >= expected && unsettled == 0).then_some(())
+    })
+    .await;
+
+    let mails = room.mails();
+    let mut arrived: HashMap<String, usize> = HashMap::new();
+    for id in mails.iter().filter_map(|m| m.message_id.clone()) {
+        *arrived.entry(id).or_default() += 1;
+    }
+    let wanted: Vec<String> = (0..USERS)
+        .flat_map(|i| {
+            [
+                format!("welcome:acme:pbx-{i}"),
+                format!("welcome-copy:acme:pbx-{i}"),
+            ]
+        })
+        .collect();
+    let lost = wanted
+        .iter()
+        .filter(|id| !arrived.contains_key(&message_id(id)))
+        .count();
+    let duplicated: usize = arrived.values().map(|n| n - 1).sum();
+    let uncertain = room.ids_in("uncertain").await;
+    eprintln!(
+        "after SIGKILL: {lost} lost, {duplicated} duplicated, {} resent (cut before the data), {} uncertain",
+        cut_before_data.len(),
+        uncertain.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0), "every mail exactly once");
+    assert_eq!(mails.len(), expected);
+    for id in &uncertain {
+        assert!(
+            on_server.contains(&message_id(id)),
+            "{id} is uncertain but its data never reached the server"
+        );
+    }
+    assert_eq!(
+        uncertain.len(),
+        HOLD,
+        "exactly the mails whose reply was cut off: {uncertain:?}"
+    );
+}
+
+/// A succeeded run with a warning, so a digest at level `warning` is due.
+fn finished_with_warning(run_id: Uuid) -> Event {
+    let Event::RunFinished {
+        tenant_id,
+        outcome,
+        counts,
+        ..
+    } = finished("acme", run_id, "succeeded", RunCounts::default())
+    else {
+        unreachable!()
+    };
+    Event::RunFinished {
+        tenant_id,
+        run_id,
+        outcome,
+        counts,
+        error: None,
+        error_code: None,
+        warnings: vec!["group Telephony matches 2 groups".into()],
+        problems: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_digest_names_welcome_mails_still_being_sent_and_only_once() {
+    let room = Mailroom::start("notifier_unsettled").await;
+    room.tenant(|file| {
+        file.remove("welcome_mail_copy_to");
+    })
+    .await;
+    let run = Uuid::new_v4();
+    room.publish(&created(
+        run,
+        "pbx-h",
+        "hold.user",
+        Some("hold.user@acme.example"),
+        None,
+    ))
+    .await;
+    // The server holds its answer: the mail is on its way when the run's digest is written.
+    room.wait_mails(1).await;
+    assert!(room.mail_row("welcome:acme:pbx-h").await.is_some());
+    room.publish(&finished_with_warning(run)).await;
+    let digest = wait_for("the run's digest", WAIT, || async {
+        room.mails()
+            .into_iter()
+            .find(|m| m.message_id.as_deref() == Some(&message_id(&format!("digest:{run}"))))
+    })
+    .await;
+    let text = digest.text();
+    assert!(
+        text.contains("Welcome mails still being sent (1); a later report names any that do not arrive:\n  - hold.user <hold.user@acme.example>"),
+        "{text}"
+    );
+    assert!(!text.contains("did not reach"), "not a problem: {text}");
+    assert!(digest
+        .html
+        .as_deref()
+        .unwrap()
+        .contains("hold.user &lt;hold.user@acme.example&gt;"));
+
+    // It arrives: the next digest does not mention it again.
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    room.wait_state("welcome:acme:pbx-h", "sent").await;
+    let next = Uuid::new_v4();
+    room.publish(&finished_with_warning(next)).await;
+    let digest = wait_for("the next run's digest", WAIT, || async {
+        room.mails()
+            .into_iter()
+            .find(|m| m.message_id.as_deref() == Some(&message_id(&format!("digest:{next}"))))
+    })
+    .await;
+    assert!(!digest.text().contains("hold.user"), "{}", digest.text());
 }
 
 #[tokio::test]
