@@ -24,6 +24,8 @@ pub const RABBITMQ_API: &str = "http://127.0.0.1:15672/api";
 pub const PBX_TOKEN: &str = "e2e-pbx-token";
 /// A fixed test key (32 bytes, base64).
 pub const SECRET_KEY: &str = "dXNlcnN5bmMtZTJlLXRlc3Qta2V5LTMyLWJ5dGVzISE=";
+/// Each service's PostgreSQL connections in a test stack (`DATABASE_POOL_SIZE`).
+const STACK_POOL_SIZE: &str = "8";
 pub const SERVICES: [&str; 4] = [
     "usersync-fetcher",
     "usersync-differ",
@@ -182,6 +184,9 @@ impl Stack {
             ("USERSYNC_SECRET_KEY", SECRET_KEY.to_owned()),
             ("RUST_LOG", "info".to_owned()),
             ("USERSYNC_CLOCK_FILE", self.clock_file().display().to_string()),
+            // Two stacks run at once (one per core): capped pools keep both
+            // well under PostgreSQL's default 100 connections. A test may set its own.
+            ("DATABASE_POOL_SIZE", STACK_POOL_SIZE.to_owned()),
         ]
         .into_iter()
         .chain(self.extra_env.iter().cloned())
