@@ -249,8 +249,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::{fold_page, reconcile_page_statement, Round, PIN_PAGE_PLAN};
-    use crate::testing::{in_fresh_database, TEST_KEY};
-    use crate::{SecretKey, Store};
+    use crate::testing::{in_fresh_database, store_with_minimal_tenant};
 
     /// Rows read from `table` by the plan's nodes (a JSON plan of EXPLAIN ANALYZE).
     fn rows_read(plan: &Value, table: &str) -> f64 {
@@ -271,22 +270,7 @@ mod tests {
     #[tokio::test]
     async fn a_page_reads_its_own_users_only_without_statistics() {
         in_fresh_database(|url| async move {
-            let store = Store::connect(&url, 2).await.expect("connecting");
-            let tenant = usersync_core::parse_tenant_file(
-                &json!({
-                    "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
-                    "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
-                                          "user_filter": {"memberOf": []}},
-                    "pbx_company_id": "acme", "field_mapping": {}
-                })
-                .to_string(),
-            )
-            .expect("a valid tenant file");
-            let key = SecretKey::from_base64(TEST_KEY).expect("a valid key");
-            store
-                .upsert_tenant(&tenant, &key)
-                .await
-                .expect("saving the tenant");
+            let store = store_with_minimal_tenant(&url, "acme", 2).await;
             let round = Round {
                 run_id: Uuid::new_v4(),
                 round_id: Uuid::new_v4(),

@@ -36,3 +36,24 @@ pub async fn drop_database(name: &str) {
         .await
         .expect("dropping the test database");
 }
+
+/// A store on `url` holding tenant `tenant_id` with the smallest valid tenant
+/// file (every user in scope, no mapping yet).
+pub async fn store_with_minimal_tenant(url: &str, tenant_id: &str, pool_size: usize) -> crate::Store {
+    let store = crate::Store::connect(url, pool_size)
+        .await
+        .expect("connecting the store");
+    let document = serde_json::json!({
+        "id": tenant_id, "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
+        "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
+                              "user_filter": {"memberOf": []}},
+        "pbx_company_id": tenant_id, "field_mapping": {}
+    });
+    let tenant = usersync_core::parse_tenant_file(&document.to_string()).expect("a valid tenant file");
+    let key = crate::SecretKey::from_base64(TEST_KEY).expect("a valid key");
+    store
+        .upsert_tenant(&tenant, &key)
+        .await
+        .expect("saving the tenant");
+    store
+}

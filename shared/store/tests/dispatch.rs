@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use serde_json::json;
 use usersync_contract::Change;
-use usersync_core::{parse_tenant_file, Action};
-use usersync_store::testing::{in_fresh_database, TEST_KEY};
-use usersync_store::{ChangeRecord, PbxCheck, PlannedUser, RoundEnd, SecretKey, Store};
+use usersync_core::Action;
+use usersync_store::testing::{in_fresh_database, store_with_minimal_tenant};
+use usersync_store::{ChangeRecord, PbxCheck, PlannedUser, RoundEnd, Store};
 use uuid::Uuid;
 
 /// Runs `test` with a store on a new database with tenant `acme` and one
@@ -37,22 +37,7 @@ where
             .await
             .expect("limiting statements to a minute");
         drop(setup);
-        let store = Store::connect(&url, 4).await.expect("connecting the store");
-        let tenant = parse_tenant_file(
-            &json!({
-                "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
-                "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
-                                      "user_filter": {"memberOf": []}},
-                "pbx_company_id": "acme", "field_mapping": {}
-            })
-            .to_string(),
-        )
-        .expect("a valid tenant file");
-        let key = SecretKey::from_base64(TEST_KEY).expect("a valid key");
-        store
-            .upsert_tenant(&tenant, &key)
-            .await
-            .expect("saving the tenant");
+        let store = store_with_minimal_tenant(&url, "acme", 4).await;
         let run = Uuid::new_v4();
         store
             .start_run(run, "acme", "manual", false)
