@@ -378,19 +378,7 @@ async fn unowned_users_are_adopted_and_a_foreign_owner_or_a_422_fails_only_that_
             None,
         )
         .await;
-    let newcomer = stack
-        .graph_call(
-            Method::POST,
-            &format!("/_sim/tenants/{entra}/users"),
-            Some(json!({
-                "displayName": "Åsa Öberg", "givenName": "Åsa", "surname": "Öberg",
-                "mailNickname": "asa.oberg", "userPrincipalName": "asa.oberg@adopt.example",
-                "mail": "asa.oberg@adopt.example", "businessPhones": ["08-555 123 45"],
-                "accountEnabled": true
-            })),
-        )
-        .await;
-    let newcomer = newcomer["id"].as_str().unwrap().to_owned();
+    let newcomer = add_asa_oberg(&stack, &entra, "adopt").await;
     add_fault(
         &stack,
         "adopt",
@@ -819,19 +807,7 @@ async fn changes_whose_own_writes_keep_failing_fail_once_the_bound_passed_and_th
 async fn a_number_held_by_a_foreign_pbx_user_is_rechecked_by_reads_and_created_once_it_is_free() {
     let stack = Stack::start("applier_held").await;
     let entra = add_tenant(&stack, "held", 5, |_| {}).await;
-    let newcomer = stack
-        .graph_call(
-            Method::POST,
-            &format!("/_sim/tenants/{entra}/users"),
-            Some(json!({
-                "displayName": "Åsa Öberg", "givenName": "Åsa", "surname": "Öberg",
-                "mailNickname": "asa.oberg", "userPrincipalName": "asa.oberg@held.example",
-                "mail": "asa.oberg@held.example", "businessPhones": ["08-555 123 45"],
-                "accountEnabled": true
-            })),
-        )
-        .await;
-    let newcomer = newcomer["id"].as_str().unwrap().to_owned();
+    let newcomer = add_asa_oberg(&stack, &entra, "held").await;
     // Put into the PBX by hand: nobody owns it, and its alias differs, so it
     // is not adoptable.
     let holder = stack
@@ -952,4 +928,22 @@ fn number_after(line: &str, marker: &str) -> Option<u64> {
     let rest = &line[line.find(marker)? + marker.len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// Adds Åsa Öberg (alias asa.oberg, number 46855512345) to the directory;
+/// returns her object id.
+async fn add_asa_oberg(stack: &Stack, entra: &str, domain: &str) -> String {
+    let user = stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{entra}/users"),
+            Some(json!({
+                "displayName": "Åsa Öberg", "givenName": "Åsa", "surname": "Öberg",
+                "mailNickname": "asa.oberg", "userPrincipalName": format!("asa.oberg@{domain}.example"),
+                "mail": format!("asa.oberg@{domain}.example"), "businessPhones": ["08-555 123 45"],
+                "accountEnabled": true
+            })),
+        )
+        .await;
+    user["id"].as_str().expect("the new user's id").to_owned()
 }
