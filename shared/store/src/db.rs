@@ -53,11 +53,14 @@ impl Store {
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .context("taking a PostgreSQL connection from the pool")
+        pooled(&self.pool).await
     }
+}
+
+pub(crate) async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .context("taking a PostgreSQL connection from the pool")
 }
 
 /// The pool size a service asks for, capped by `DATABASE_POOL_SIZE` when set:

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+use crate::db::pooled;
 use crate::mail_locks::{HeldLock, MAIL_LOCKS};
 use crate::{Result, Store};
 
@@ -47,7 +48,7 @@ pub enum Claim {
 /// Every write of the claim names its attempt, so an attempt whose claim
 /// was taken over changes nothing.
 pub struct MailClaim {
-    store: Store,
+    pool: deadpool_postgres::Pool,
     /// `None` once released.
     lock: Option<HeldLock>,
     id: String,
@@ -83,7 +84,7 @@ impl MailClaim {
     /// lock session ended (the lock is checked in the same statement) or
     /// another attempt took the mail over. Then no data may go out.
     pub async fn transmitting(&mut self) -> Result<bool> {
-        let client = self.store.client().await?;
+        let client = pooled(&self.pool).await?;
         let transmitting = client
             .prepare_cached(
                 "UPDATE mails SET state = 'transmitting'
@@ -139,7 +140,7 @@ impl MailClaim {
         reply: Option<&str>,
         sent_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let client = self.store.client().await?;
+        let client = pooled(&self.pool).await?;
         let settle = client
             .prepare_cached(
                 "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4
@@ -271,7 +272,7 @@ impl Store {
     ) -> Claim {
         match found {
             Ok(attempt) => Claim::Send(MailClaim {
-                store: self.clone(),
+                pool: self.pool.clone(),
                 lock: Some(lock),
                 id: mail.id.to_owned(),
                 attempt,

@@ -367,8 +367,9 @@ async fn claim_state(store: &Store, mail: &NewMail<'_>) -> String {
     }
 }
 
-/// Ends the database session that holds a mail's claim, as the death of the
-/// sending process does, and waits until PostgreSQL has let the session go.
+/// Ends the one lock session that holds mail claims (another store's: a
+/// process's), as the death of the sending process does or a lost connection
+/// would, and waits until PostgreSQL has let the session go.
 async fn kill_claimant(store: &Store) {
     let client = store.client().await.unwrap();
     let ended = client
