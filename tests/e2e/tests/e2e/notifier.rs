@@ -877,6 +877,61 @@ async fn thirty_two_sends_in_flight_hold_no_more_connections_than_the_pool_and_o
     );
 }
 
+/// The notifier's lock session ends under it (the database ended it, the
+/// connection broke) while 32 sends wait for their RCPT: none of those sends
+/// its data, as their locks are gone; each comes back, is claimed on a new
+/// session and arrives once. The notifier itself runs on.
+#[tokio::test]
+async fn a_notifier_that_lost_its_lock_session_sends_nothing_unlocked_and_every_mail_once() {
+    const USERS: usize = 40;
+    const IN_HAND: usize = 32;
+    let room = Mailroom::start_with("notifier_lock_lost", &["Gated", "0", "0"]).await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    for i in 0..USERS {
+        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
+        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
+            .await;
+    }
+    wait_for("32 sends in flight", WAIT, || async {
+        (room.ids_in("sending").await.len() == IN_HAND).then_some(())
+    })
+    .await;
+    let client = room.store.client().await.unwrap();
+    let ended = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT DISTINCT pid FROM pg_locks
+                                   WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                                     AND database = (SELECT oid FROM pg_database
+                                                     WHERE datname = current_database())) AS holders
+             WHERE pg_terminate_backend(pid, 10000)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(ended, 1, "one session held the claims");
+
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    let expected = 2 * USERS;
+    wait_for(&format!("{expected} mails, all settled"), WAIT, || async {
+        let mut unsettled = 0;
+        for state in ["sending", "transmitting", "pending"] {
+            unsettled += room.ids_in(state).await.len();
+        }
+        (room.mail_count() >= expected && unsettled == 0).then_some(())
+    })
+    .await;
+    room.wait_handled(USERS).await;
+    let lost = room.counter("usersync_mails_total", &[("result", "lost")]).await;
+    assert_eq!(lost, IN_HAND as f64, "every send whose lock was gone stopped");
+    let mails = room.mails();
+    let ids: HashSet<_> = mails.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!((ids.len(), mails.len()), (expected, expected), "each once");
+    assert!(room.ids_in("uncertain").await.is_empty());
+    assert_eq!(room.ids_in("sent").await.len(), expected);
+}
+
 /// The same event twice at once in one process: the second finds the mail
 /// in flight (advisory locks are re-entrant in the process's lock session,
 /// so the process itself must know), and the mail is sent once.
