@@ -34,7 +34,8 @@ pub enum Claim {
     Send(MailClaim),
     /// Nothing to do: the mail is `sent`, `failed`, `uncertain` or `no_address`.
     Settled { state: String },
-    /// A live attempt holds the mail (its database session holds the claim).
+    /// A live attempt holds the mail: another process's lock session holds
+    /// the claim, or this process is sending the mail already.
     InFlight,
     /// An attempt died after the message data started going to the server:
     /// the server may have the mail, so it is marked `uncertain`, not resent.
