@@ -17,6 +17,10 @@ use usersync_store::Store;
 /// Events handled at once. Each waits mostly on SMTP and PostgreSQL, so many
 /// in flight keep the pooled SMTP connections busy.
 const PREFETCH: u16 = 32;
+/// Database connections: statements are short, and the claims of the sends
+/// in flight are held by one more session outside the pool, so a few serve
+/// every event in hand (`DATABASE_POOL_SIZE` caps it).
+const POOL_SIZE: usize = 8;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         smtp_url: env_or("SMTP_URL", "smtp://127.0.0.1:1025"),
         from: env_or("MAIL_FROM", "Usersync <noreply@localhost>"),
     })?;
-    let store = Store::connect(&database_url(), usize::from(PREFETCH)).await?;
+    let store = Store::connect(&database_url(), POOL_SIZE).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
     // Healthy only once the database and the broker are reachable.
     serve_metrics().await?;

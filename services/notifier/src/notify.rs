@@ -19,8 +19,9 @@ use uuid::Uuid;
 
 use crate::plan;
 
-/// When a live attempt holds a mail, the event is tried again this soon: that
-/// attempt settles the mail within a few SMTP commands.
+/// When a live attempt holds a mail (or this one lost its claim), the event is
+/// tried again this soon: that attempt settles the mail within a few SMTP
+/// commands.
 const IN_FLIGHT_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Notifier {
@@ -352,9 +353,15 @@ impl Notifier {
         };
         // Committed before the first byte of the message: should this process
         // die from here on, the mail is `uncertain`, never sent twice. Should
-        // this fail, `prepared` is dropped and its connection closed, so
-        // nothing reaches the server.
-        claim.transmitting().await?;
+        // this fail, or the claim be lost (its lock session gone), `prepared`
+        // is dropped and its connection closed, so nothing reaches the server.
+        if !claim.transmitting().await? {
+            count(mail.kind, "lost");
+            return Err(Failure::Retry {
+                reason: format!("the claim on mail {} was lost before its data went out", mail.id),
+                after: Some(IN_FLIGHT_RETRY),
+            });
+        }
         match prepared.transmit().await {
             Ok(()) => {
                 claim.sent(clock::now()).await?;

@@ -1,9 +1,11 @@
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{error::SqlState, NoTls};
 
+use crate::mail_locks::MailLocks;
 use crate::Result;
 
 mod embedded {
@@ -13,12 +15,15 @@ mod embedded {
 /// Arbitrary constant that names the migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x7573_6572_7379_6e63; // "usersync"
 
-/// The connection pool. Cheap to clone.
+/// The connection pool. Cheap to clone; clones share the pool and the mail
+/// claims' lock session, so one `Store` per process.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
     /// For connections of their own, outside the pool (LISTEN).
     pub(crate) config: tokio_postgres::Config,
+    /// The process's mail claims (see [`crate::mail_locks`]).
+    pub(crate) mail_locks: Arc<MailLocks>,
 }
 
 impl Store {
@@ -39,15 +44,23 @@ impl Store {
             .max_size(pool_size_cap(pool_size))
             .build()
             .context("building the PostgreSQL pool")?;
-        Ok(Store { pool, config })
+        let mail_locks = Arc::new(MailLocks::new(config.clone()));
+        Ok(Store {
+            pool,
+            config,
+            mail_locks,
+        })
     }
 
     pub async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .context("taking a PostgreSQL connection from the pool")
+        pooled(&self.pool).await
     }
+}
+
+pub(crate) async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .context("taking a PostgreSQL connection from the pool")
 }
 
 /// The pool size a service asks for, capped by `DATABASE_POOL_SIZE` when set:

@@ -8,6 +8,7 @@ mod db;
 mod directory;
 mod dispatch;
 mod fields;
+mod mail_locks;
 mod mails;
 mod membership;
 mod operations;

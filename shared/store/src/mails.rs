@@ -10,6 +10,8 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
+use crate::db::pooled;
+use crate::mail_locks::{HeldLock, MAIL_LOCKS};
 use crate::{Result, Store};
 
 /// A mail the notifier means to send.
@@ -32,25 +34,24 @@ pub enum Claim {
     Send(MailClaim),
     /// Nothing to do: the mail is `sent`, `failed`, `uncertain` or `no_address`.
     Settled { state: String },
-    /// A live attempt holds the mail (its database session holds the claim).
+    /// A live attempt holds the mail: another process's lock session holds
+    /// the claim, or this process is sending the mail already.
     InFlight,
     /// An attempt died after the message data started going to the server:
     /// the server may have the mail, so it is marked `uncertain`, not resent.
     Abandoned,
 }
 
-/// Names the mail claims among PostgreSQL's advisory locks (the two-key form,
-/// keyed by a hash of the mail's id).
-const MAIL_LOCKS: i32 = 0x6d61_696c;
-
-/// A claimed mail. The claim is a session-level advisory lock on this
-/// connection, held until the mail is settled: if the process dies, its
-/// session ends and the next attempt takes the mail over at once. Dropped
-/// unsettled (a cancelled send), the connection is closed, not pooled, so
-/// the lock goes with it.
+/// A claimed mail. The claim is the mail's advisory lock on the process's
+/// lock session (see [`crate::mail_locks`]), held until the mail is settled:
+/// if the process dies, its session ends and the next attempt takes the mail
+/// over at once. Dropped unsettled (a cancelled send), it releases the lock.
+/// Every write of the claim names its attempt, so an attempt whose claim
+/// was taken over changes nothing.
 pub struct MailClaim {
-    // Boxed: a pooled connection is large, and `Claim` carries a claim.
-    client: Option<Box<deadpool_postgres::Object>>,
+    pool: deadpool_postgres::Pool,
+    /// `None` once released.
+    lock: Option<HeldLock>,
     id: String,
     attempt: i32,
 }
@@ -64,14 +65,6 @@ impl fmt::Debug for MailClaim {
     }
 }
 
-impl Drop for MailClaim {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(*client));
-        }
-    }
-}
-
 impl MailClaim {
     /// Counts from 1.
     pub fn attempt(&self) -> i32 {
@@ -82,25 +75,39 @@ impl MailClaim {
         &self.id
     }
 
-    fn client(&self) -> &deadpool_postgres::Object {
-        self.client
-            .as_ref()
-            .expect("an unsettled claim has its connection")
+    fn lock(&self) -> &HeldLock {
+        self.lock.as_ref().expect("an unsettled claim holds its lock")
     }
 
     /// Committed just before the message data goes to the server: from here
-    /// a dead attempt leaves the mail `uncertain`, never sent twice.
-    pub async fn transmitting(&mut self) -> Result<()> {
-        let client = self.client();
+    /// a dead attempt leaves the mail `uncertain`, never sent twice. False,
+    /// and nothing recorded, when the claim is no longer this attempt's: its
+    /// lock session ended (the lock is checked in the same statement) or
+    /// another attempt took the mail over. Then no data may go out.
+    pub async fn transmitting(&mut self) -> Result<bool> {
+        let client = pooled(&self.pool).await?;
         let transmitting = client
-            .prepare_cached("UPDATE mails SET state = 'transmitting' WHERE id = $1 AND state = 'sending'")
+            .prepare_cached(
+                "UPDATE mails SET state = 'transmitting'
+                 WHERE id = $1 AND state = 'sending' AND attempts = $2
+                   AND EXISTS (SELECT 1 FROM pg_locks
+                               WHERE locktype = 'advisory' AND granted AND pid = $4 AND objsubid = 2
+                                 AND classid = $3::int4::oid AND objid = hashtext($1)::oid)",
+            )
             .await
             .context("preparing to mark a mail transmitting")?;
-        client
-            .execute(&transmitting, &[&self.id])
+        let marked = client
+            .execute(
+                &transmitting,
+                &[&self.id, &self.attempt, &MAIL_LOCKS, &self.lock().pid()],
+            )
             .await
             .with_context(|| format!("marking mail {} transmitting", self.id))?;
-        Ok(())
+        if marked == 0 {
+            tracing::warn!(mail = %self.id, attempt = self.attempt,
+                "the claim on this mail was lost before its data went out (its lock session ended, or another attempt took it over): not sent by this attempt");
+        }
+        Ok(marked == 1)
     }
 
     /// The SMTP server accepted the mail.
@@ -124,41 +131,39 @@ impl MailClaim {
         self.settle("uncertain", Some(reply), None).await
     }
 
+    /// Records the outcome, then unlocks. Only this attempt's row changes: a
+    /// mail another attempt claimed since keeps that attempt's state; one
+    /// marked `uncertain` because this attempt's session was lost mid-send
+    /// gets the outcome this attempt saw.
     async fn settle(
         mut self,
         state: &str,
         reply: Option<&str>,
         sent_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let client = self.client();
+        let client = pooled(&self.pool).await?;
         let settle = client
             .prepare_cached(
-                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4 WHERE id = $1",
+                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4
+                 WHERE id = $1 AND attempts = $5 AND state IN ('sending', 'transmitting', 'uncertain')",
             )
             .await
             .context("preparing to settle a mail")?;
         // Committed before the unlock, so the next holder of the lock sees the outcome.
-        client
-            .execute(&settle, &[&self.id, &state, &reply, &sent_at])
+        let settled = client
+            .execute(&settle, &[&self.id, &state, &reply, &sent_at, &self.attempt])
             .await
             .with_context(|| format!("marking mail {} {state}", self.id))?;
-        unlock(client, &self.id).await?;
-        // Unlocked: the connection may go back to the pool.
-        drop(self.client.take());
+        drop(client);
+        if settled == 0 {
+            tracing::warn!(mail = %self.id, attempt = self.attempt, state,
+                "another attempt took this mail over: this attempt's outcome is not recorded");
+        }
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
+        }
         Ok(())
     }
-}
-
-async fn unlock(client: &deadpool_postgres::Object, id: &str) -> Result<()> {
-    let unlock = client
-        .prepare_cached("SELECT pg_advisory_unlock($1, hashtext($2))")
-        .await
-        .context("preparing to release a mail's claim")?;
-    client
-        .execute(&unlock, &[&MAIL_LOCKS, &id])
-        .await
-        .with_context(|| format!("releasing the claim on mail {id}"))?;
-    Ok(())
 }
 
 /// A welcome mail that did not reach its user, for the tenant's next digest.
@@ -202,13 +207,16 @@ impl Store {
     /// Takes a mail for sending at `now`, unless it was sent or settled
     /// already or a live attempt holds it.
     pub async fn claim_mail(&self, mail: &NewMail<'_>, now: DateTime<Utc>) -> Result<Claim> {
-        let Some(mut claim) = self.lock_mail(mail).await? else {
+        let Some(lock) = self.mail_locks.claim(mail.id).await? else {
             return Ok(Claim::InFlight);
         };
-        let tx = claim_transaction(&mut claim).await?;
+        // From here a failure drops the lock, which releases it.
+        let mut client = self.client().await?;
+        let tx = claim_transaction(&mut client).await?;
         let found = claim_in(&tx, mail, now).await?;
         tx.commit().await.context("claiming the mail")?;
-        claim.finish_claim(found).await
+        drop(client);
+        Ok(self.finish_claim(lock, mail, found).await)
     }
 
     /// Claims a digest and, in the same transaction, takes every unreported
@@ -222,10 +230,11 @@ impl Store {
         mail: &NewMail<'_>,
         now: DateTime<Utc>,
     ) -> Result<(Claim, Vec<MailProblem>)> {
-        let Some(mut claim) = self.lock_mail(mail).await? else {
+        let Some(lock) = self.mail_locks.claim(mail.id).await? else {
             return Ok((Claim::InFlight, Vec::new()));
         };
-        let tx = claim_transaction(&mut claim).await?;
+        let mut client = self.client().await?;
+        let tx = claim_transaction(&mut client).await?;
         let found = claim_in(&tx, mail, now).await?;
         let mut problems = Vec::new();
         if found.is_ok() {
@@ -250,29 +259,30 @@ impl Store {
             );
         }
         tx.commit().await.context("committing the digest claim")?;
-        Ok((claim.finish_claim(found).await?, problems))
+        drop(client);
+        Ok((self.finish_claim(lock, mail, found).await, problems))
     }
 
-    /// Takes the mail's advisory lock on a connection of its own; `None`
-    /// when another session holds it.
-    async fn lock_mail(&self, mail: &NewMail<'_>) -> Result<Option<MailClaim>> {
-        let client = self.client().await?;
-        let lock = client
-            .prepare_cached("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .await
-            .context("preparing to claim a mail")?;
-        let locked: bool = client
-            .query_one(&lock, &[&MAIL_LOCKS, &mail.id])
-            .await
-            .context("taking a mail's claim")?
-            .get(0);
-        // From here a failure drops the claim, closing its connection and so the lock.
-        let claim = MailClaim {
-            client: Some(Box::new(client)),
-            id: mail.id.to_owned(),
-            attempt: 0,
-        };
-        Ok(locked.then_some(claim))
+    /// `found` is what [`claim_in`] made of the row: this attempt's number
+    /// when it now owns the mail; otherwise the lock is given up.
+    async fn finish_claim(
+        &self,
+        lock: HeldLock,
+        mail: &NewMail<'_>,
+        found: std::result::Result<i32, Claim>,
+    ) -> Claim {
+        match found {
+            Ok(attempt) => Claim::Send(MailClaim {
+                pool: self.pool.clone(),
+                lock: Some(lock),
+                id: mail.id.to_owned(),
+                attempt,
+            }),
+            Err(other) => {
+                lock.release().await;
+                other
+            }
+        }
     }
 
     /// The tenant's mail problems no digest has reported yet (to decide
@@ -395,31 +405,14 @@ impl Store {
 /// `transmitting` commit before any data flushes it along. A claim lost with a
 /// database crash only means the mail is sent by the next attempt. This keeps
 /// a mail at two flushed commits (`transmitting`, then its outcome).
-async fn claim_transaction(claim: &mut MailClaim) -> Result<deadpool_postgres::Transaction<'_>> {
-    let client = claim.client.as_mut().expect("a fresh claim has its connection");
+async fn claim_transaction(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
     let tx = client.transaction().await.context("starting a transaction")?;
     tx.batch_execute("SET LOCAL synchronous_commit TO off")
         .await
         .context("starting a transaction")?;
     Ok(tx)
-}
-
-impl MailClaim {
-    /// `found` is what [`claim_in`] made of the row: this attempt's number
-    /// when it now owns the mail; otherwise the claim is given up.
-    async fn finish_claim(mut self, found: std::result::Result<i32, Claim>) -> Result<Claim> {
-        match found {
-            Ok(attempt) => {
-                self.attempt = attempt;
-                Ok(Claim::Send(self))
-            }
-            Err(other) => {
-                unlock(self.client(), &self.id).await?;
-                drop(self.client.take());
-                Ok(other)
-            }
-        }
-    }
 }
 
 /// With the mail's lock held: a row left `sending` belongs to an attempt

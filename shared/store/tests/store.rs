@@ -367,8 +367,9 @@ async fn claim_state(store: &Store, mail: &NewMail<'_>) -> String {
     }
 }
 
-/// Ends the database session that holds a mail's claim, as the death of the
-/// sending process does, and waits until PostgreSQL has let the session go.
+/// Ends the one lock session that holds mail claims (another store's: a
+/// process's), as the death of the sending process does or a lost connection
+/// would, and waits until PostgreSQL has let the session go.
 async fn kill_claimant(store: &Store) {
     let client = store.client().await.unwrap();
     let ended = client
@@ -419,7 +420,7 @@ async fn a_mail_is_claimed_once_and_never_resent() {
         // No reply after the data: uncertain, settled.
         let unconfirmed = outgoing("welcome:acme:pbx-20", "welcome", "dan@acme.example");
         let mut claim = claim_to_send(&store, &unconfirmed).await;
-        claim.transmitting().await.unwrap();
+        assert!(claim.transmitting().await.unwrap());
         claim.uncertain("connection reset after the data").await.unwrap();
         assert_eq!(claim_state(&store, &unconfirmed).await, "uncertain");
     })
@@ -429,33 +430,37 @@ async fn a_mail_is_claimed_once_and_never_resent() {
 #[tokio::test]
 async fn a_claim_whose_session_died_is_taken_over_at_once() {
     in_fresh_database(|url| async move {
-        let store = connect_store(&url).await;
+        // Two stores: two notifier processes, each with its own lock session.
+        let (dying, other) = (connect_store(&url).await, connect_store(&url).await);
         // The process died before the message data went out: sent again, now.
         let early = outgoing("welcome:acme:pbx-21", "welcome", "eva@acme.example");
-        let dead = claim_to_send(&store, &early).await;
+        let mut dead = claim_to_send(&dying, &early).await;
         assert_eq!(
-            claim_state(&store, &early).await,
+            claim_state(&other, &early).await,
             "in flight",
             "held while its session lives"
         );
-        kill_claimant(&store).await;
-        let again = claim_to_send(&store, &early).await;
+        kill_claimant(&other).await;
+        let again = claim_to_send(&other, &early).await;
         assert_eq!(again.attempt(), 2);
+        // The dead claimant's process, still running, must not send it now.
+        assert!(!dead.transmitting().await.unwrap(), "its lock is gone");
         again.sent(chrono::Utc::now()).await.unwrap();
         drop(dead);
-        assert_eq!(claim_state(&store, &early).await, "sent");
+        assert_eq!(claim_state(&other, &early).await, "sent");
 
         // It died once the data was going out: the server may have the mail,
-        // so it is uncertain, reported, and not sent again.
+        // so it is uncertain, reported, and not sent again. The process that
+        // lost its lock session takes new claims on a fresh one.
         let late = outgoing("welcome:acme:pbx-22", "welcome", "fia@acme.example");
-        let mut dead = claim_to_send(&store, &late).await;
-        dead.transmitting().await.unwrap();
-        assert_eq!(claim_state(&store, &late).await, "in flight");
-        kill_claimant(&store).await;
-        assert_eq!(claim_state(&store, &late).await, "abandoned");
+        let mut dead = claim_to_send(&dying, &late).await;
+        assert!(dead.transmitting().await.unwrap());
+        assert_eq!(claim_state(&other, &late).await, "in flight");
+        kill_claimant(&other).await;
+        assert_eq!(claim_state(&other, &late).await, "abandoned");
         drop(dead);
-        assert_eq!(claim_state(&store, &late).await, "uncertain");
-        let problems = store.unreported_mail_problems("acme").await.unwrap();
+        assert_eq!(claim_state(&other, &late).await, "uncertain");
+        let problems = other.unreported_mail_problems("acme").await.unwrap();
         let ids: Vec<_> = problems.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, [late.id]);
         assert!(problems[0]
@@ -463,6 +468,101 @@ async fn a_claim_whose_session_died_is_taken_over_at_once() {
             .as_deref()
             .unwrap()
             .contains("stopped after the message data went out"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_process_with_a_lost_lock_session_sends_none_of_its_claims_and_claims_anew() {
+    in_fresh_database(|url| async move {
+        let (store, other) = (connect_store(&url).await, connect_store(&url).await);
+        let mail = outgoing("welcome:acme:pbx-23", "welcome", "gus@acme.example");
+        let mut orphan = claim_to_send(&store, &mail).await;
+        kill_claimant(&other).await;
+        // Nobody took it over yet, but the lock is gone: no data may go out.
+        assert!(!orphan.transmitting().await.unwrap());
+        drop(orphan);
+        // New claims reconnect; the mail is sent by the next attempt.
+        let next = claim_to_send(&store, &mail).await;
+        assert_eq!(next.attempt(), 2);
+        assert!(next_transmits(next).await);
+        assert_eq!(claim_state(&other, &mail).await, "sent");
+    })
+    .await;
+}
+
+async fn next_transmits(mut claim: MailClaim) -> bool {
+    let transmitting = claim.transmitting().await.unwrap();
+    claim.sent(chrono::Utc::now()).await.unwrap();
+    transmitting
+}
+
+/// The advisory locks of this database's mail claims, by holding session.
+async fn claim_locks_by_session(store: &Store) -> Vec<i64> {
+    let client = store.client().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             GROUP BY pid",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+#[tokio::test]
+async fn one_session_holds_the_claims_of_every_mail_in_flight() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let ids: Vec<String> = (0..6).map(|i| format!("welcome:acme:pbx-3{i}")).collect();
+        let mut claims = Vec::new();
+        for id in &ids {
+            claims.push(claim_to_send(&store, &outgoing(id, "welcome", "hal@acme.example")).await);
+        }
+        // More claims than the pool (4) has connections, all on one session.
+        assert_eq!(claim_locks_by_session(&store).await, [6]);
+        for claim in claims {
+            claim.sent(chrono::Utc::now()).await.unwrap();
+        }
+        assert!(
+            claim_locks_by_session(&store).await.is_empty(),
+            "every claim released"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_process_claims_a_mail_once_however_many_events_ask_at_once() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let mut attempts = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            attempts.spawn(async move {
+                let mail = outgoing("welcome:acme:pbx-40", "welcome", "ida@acme.example");
+                store.claim_mail(&mail, chrono::Utc::now()).await.unwrap()
+            });
+        }
+        let mut owners = Vec::new();
+        let mut in_flight = 0;
+        while let Some(claim) = attempts.join_next().await {
+            match claim.unwrap() {
+                Claim::Send(claim) => owners.push(claim),
+                Claim::InFlight => in_flight += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // Advisory locks are re-entrant in a session: the process itself keeps
+        // a second event of the same mail from claiming it.
+        assert_eq!((owners.len(), in_flight), (1, 7));
+        let mail = outgoing("welcome:acme:pbx-40", "welcome", "ida@acme.example");
+        assert_eq!(claim_state(&store, &mail).await, "in flight");
+        owners.pop().unwrap().sent(chrono::Utc::now()).await.unwrap();
+        assert_eq!(claim_state(&store, &mail).await, "sent");
     })
     .await;
 }

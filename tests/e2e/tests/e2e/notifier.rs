@@ -29,6 +29,8 @@ use crate::support::tenant_file;
 const MAIL_FROM: &str = "Usersync <noreply@usersync.test>";
 const PYTHON: &str = "/usr/bin/python3";
 const WAIT: Duration = Duration::from_secs(60);
+/// The `application_name` of the notifier's database sessions.
+const NOTIFIER_SESSIONS: &str = "usersync-notifier-under-test";
 
 /// A mail as the SMTP server stored it, parsed by Python's `email` package.
 #[derive(Debug, Clone, Deserialize)]
@@ -127,7 +129,11 @@ impl Mailroom {
             .expect("a log file");
         self.starts += 1;
         let child = Command::new(binary("usersync-notifier"))
-            .env("DATABASE_URL", &self.database_url)
+            // Named, so its sessions can be told from the test's own.
+            .env(
+                "DATABASE_URL",
+                format!("{}?application_name={NOTIFIER_SESSIONS}", self.database_url),
+            )
             .env("AMQP_URL", &self.amqp_url)
             .env("SMTP_URL", format!("smtp://127.0.0.1:{}", self.smtp_port))
             .env("MAIL_FROM", MAIL_FROM)
@@ -267,6 +273,25 @@ impl Mailroom {
             .await
             .unwrap()
             .map(|row| (row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// The notifier's database sessions, and the most mail claims one of them holds.
+    async fn notifier_sessions(&self) -> (i64, i64) {
+        let client = self.store.client().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND application_name = $1),
+                        (SELECT coalesce(max(n), 0) FROM (
+                           SELECT count(*) AS n FROM pg_locks
+                           WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           GROUP BY pid) AS per_session)",
+                &[&NOTIFIER_SESSIONS],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
     }
 
     async fn wait_state(&self, id: &str, state: &str) -> (String, i32, Option<String>) {
@@ -810,6 +835,139 @@ async fn a_notifier_killed_mid_send_loses_no_mail_and_sends_none_twice() {
         HOLD,
         "exactly the mails whose reply was cut off: {uncertain:?}"
     );
+}
+
+/// 32 events in hand, each holding a claimed mail whose RCPT the server does
+/// not answer: the claims' locks are on one session, so the notifier keeps
+/// to its pool (8) plus that one, and every mail still arrives once.
+#[tokio::test]
+async fn thirty_two_sends_in_flight_hold_no_more_connections_than_the_pool_and_one() {
+    const USERS: usize = 40;
+    const IN_HAND: usize = 32;
+    const POOL: i64 = 8;
+    let room = Mailroom::start_with("notifier_connections", &["Gated", "0", "0"]).await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    for i in 0..USERS {
+        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
+        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
+            .await;
+    }
+    // Every event in hand has claimed its welcome mail and waits for its RCPT.
+    wait_for("32 sends in flight", WAIT, || async {
+        (room.ids_in("sending").await.len() == IN_HAND).then_some(())
+    })
+    .await;
+    let (sessions, claims_on_one) = room.notifier_sessions().await;
+    eprintln!("{IN_HAND} sends in flight: {sessions} notifier sessions, {claims_on_one} claims on one");
+    assert_eq!(claims_on_one, IN_HAND as i64, "every claim on one session");
+    assert!(
+        sessions <= POOL + 1,
+        "{sessions} sessions for {IN_HAND} sends in flight"
+    );
+
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    let mails = room.wait_mails(2 * USERS).await;
+    room.wait_handled(USERS).await;
+    let ids: HashSet<_> = mails.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!(
+        (ids.len(), room.mails().len()),
+        (2 * USERS, 2 * USERS),
+        "each once"
+    );
+}
+
+/// The notifier's lock session ends under it (the database ended it, the
+/// connection broke) while 32 sends wait for their RCPT: none of those sends
+/// its data, as their locks are gone; each comes back, is claimed on a new
+/// session and arrives once. The notifier itself runs on.
+#[tokio::test]
+async fn a_notifier_that_lost_its_lock_session_sends_nothing_unlocked_and_every_mail_once() {
+    const USERS: usize = 40;
+    const IN_HAND: usize = 32;
+    let room = Mailroom::start_with("notifier_lock_lost", &["Gated", "0", "0"]).await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    for i in 0..USERS {
+        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
+        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
+            .await;
+    }
+    wait_for("32 sends in flight", WAIT, || async {
+        (room.ids_in("sending").await.len() == IN_HAND).then_some(())
+    })
+    .await;
+    let client = room.store.client().await.unwrap();
+    let ended = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT DISTINCT pid FROM pg_locks
+                                   WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+                                     AND database = (SELECT oid FROM pg_database
+                                                     WHERE datname = current_database())) AS holders
+             WHERE pg_terminate_backend(pid, 10000)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(ended, 1, "one session held the claims");
+
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    let expected = 2 * USERS;
+    wait_for(&format!("{expected} mails, all settled"), WAIT, || async {
+        let mut unsettled = 0;
+        for state in ["sending", "transmitting", "pending"] {
+            unsettled += room.ids_in(state).await.len();
+        }
+        (room.mail_count() >= expected && unsettled == 0).then_some(())
+    })
+    .await;
+    room.wait_handled(USERS).await;
+    let lost = room.counter("usersync_mails_total", &[("result", "lost")]).await;
+    assert_eq!(lost, IN_HAND as f64, "every send whose lock was gone stopped");
+    let mails = room.mails();
+    let ids: HashSet<_> = mails.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!((ids.len(), mails.len()), (expected, expected), "each once");
+    assert!(room.ids_in("uncertain").await.is_empty());
+    assert_eq!(room.ids_in("sent").await.len(), expected);
+}
+
+/// The same event twice at once in one process: the second finds the mail
+/// in flight (advisory locks are re-entrant in the process's lock session,
+/// so the process itself must know), and the mail is sent once.
+#[tokio::test]
+async fn two_events_for_one_mail_at_once_in_one_notifier_send_it_once() {
+    let room = Mailroom::start("notifier_twice_at_once").await;
+    room.tenant(|file| {
+        file.remove("welcome_mail_copy_to");
+    })
+    .await;
+    let run = Uuid::new_v4();
+    let event = created(run, "pbx-h", "hold.user", Some("hold.user@acme.example"), None);
+    room.publish(&event).await;
+    // The server holds its answer, so the first send stays in flight.
+    room.wait_mails(1).await;
+    room.publish(&event).await;
+    wait_for("the second event to find the mail in flight", WAIT, || async {
+        let in_flight = room
+            .counter("usersync_mails_total", &[("result", "in_flight")])
+            .await;
+        (in_flight >= 1.0).then_some(())
+    })
+    .await;
+    std::fs::write(room.maildir.join("release"), "").unwrap();
+    let (_, attempts, _) = room.wait_state("welcome:acme:pbx-h", "sent").await;
+    // The second event comes back from the retry tier and finds it sent.
+    wait_for("the second event to find the mail sent", WAIT, || async {
+        let duplicates = room
+            .counter("usersync_mails_total", &[("result", "duplicate")])
+            .await;
+        (duplicates >= 1.0).then_some(())
+    })
+    .await;
+    room.wait_handled(2).await;
+    assert_eq!(attempts, 1, "claimed once");
+    assert_eq!(room.mails().len(), 1, "sent once");
 }
 
 /// A succeeded run with a warning, so a digest at level `warning` is due.

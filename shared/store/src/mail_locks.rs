@@ -1,0 +1,244 @@
+//! Whose the notifier's mail claims are: one database session per process,
+//! outside the pool, holds the advisory lock of every mail the process is
+//! sending, so a claim lives exactly as long as its process's session (see
+//! docs/mail.md). Advisory locks are re-entrant within a session, so the
+//! process also keeps the ids of its mails in flight: a second event for one
+//! of them finds it in flight instead of claiming it again.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{anyhow, Context};
+use tokio_postgres::{NoTls, Statement};
+
+use crate::Result;
+
+/// Names the mail claims among PostgreSQL's advisory locks (the two-key form,
+/// keyed by a hash of the mail's id).
+pub(crate) const MAIL_LOCKS: i32 = 0x6d61_696c;
+
+/// The claims of one process (one [`crate::Store`] and its clones).
+pub(crate) struct MailLocks {
+    config: tokio_postgres::Config,
+    /// Connected at the first claim, so services that send no mail hold none;
+    /// replaced when lost.
+    session: tokio::sync::Mutex<Option<Arc<LockSession>>>,
+    /// The mails this process holds a claim on, or is taking one on.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// The session that holds the locks. Its statements are short and go over
+/// its one connection in order.
+struct LockSession {
+    client: tokio_postgres::Client,
+    connection: tokio::task::AbortHandle,
+    /// Its backend, for checking in SQL that a lock is still held.
+    pid: i32,
+    lock: Statement,
+    unlock: Statement,
+    lost: AtomicBool,
+}
+
+impl MailLocks {
+    pub(crate) fn new(config: tokio_postgres::Config) -> MailLocks {
+        MailLocks {
+            config,
+            session: tokio::sync::Mutex::new(None),
+            in_flight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Takes the mail's lock on the process's session; `None` when this
+    /// process is sending the mail already or another session holds it.
+    pub(crate) async fn claim(self: &Arc<Self>, id: &str) -> Result<Option<HeldLock>> {
+        let Some(entry) = InFlightEntry::enter(self, id) else {
+            return Ok(None);
+        };
+        let locks = Arc::clone(self);
+        // Spawned, so a claim cancelled mid-way leaves no lock taken and
+        // unpaired: a result nobody awaits any more is dropped, which unlocks.
+        tokio::spawn(async move { locks.try_lock(entry).await })
+            .await
+            .context("taking a mail's claim")?
+    }
+
+    async fn try_lock(&self, entry: InFlightEntry) -> Result<Option<HeldLock>> {
+        let mut retried = false;
+        loop {
+            let session = self.session().await?;
+            match session
+                .client
+                .query_one(&session.lock, &[&MAIL_LOCKS, &entry.id])
+                .await
+            {
+                Ok(row) => {
+                    let locked: bool = row.get(0);
+                    return Ok(locked.then(|| HeldLock {
+                        session,
+                        entry: Some(entry),
+                    }));
+                }
+                // A session that failed is closed and so holds no locks: once
+                // more on a fresh one (the old one may have died long ago).
+                Err(err) if !retried => {
+                    session.lose(&err);
+                    retried = true;
+                }
+                Err(err) => {
+                    session.lose(&err);
+                    return Err(anyhow!(err).context("taking a mail's claim"));
+                }
+            }
+        }
+    }
+
+    async fn session(&self) -> Result<Arc<LockSession>> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref().filter(|session| !session.is_lost()) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Arc::new(LockSession::connect(&self.config).await?);
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+}
+
+impl LockSession {
+    async fn connect(config: &tokio_postgres::Config) -> Result<LockSession> {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .context("connecting to PostgreSQL for the session holding mail claims")?;
+        let connection = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %err, "the session holding mail claims closed");
+            }
+        })
+        .abort_handle();
+        let prepared = async {
+            let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+            let lock = client
+                .prepare("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .await?;
+            let unlock = client
+                .prepare("SELECT pg_advisory_unlock($1, hashtext($2))")
+                .await?;
+            Ok::<_, tokio_postgres::Error>((pid, lock, unlock))
+        };
+        let (pid, lock, unlock) = match prepared.await {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                connection.abort();
+                return Err(anyhow!(err).context("preparing the session holding mail claims"));
+            }
+        };
+        Ok(LockSession {
+            client,
+            connection,
+            pid,
+            lock,
+            unlock,
+            lost: AtomicBool::new(false),
+        })
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire) || self.client.is_closed()
+    }
+
+    /// A statement failed: the session is closed, so its locks are known to
+    /// be gone rather than in doubt. Its sends not yet transmitting find
+    /// their lock gone and stop; new claims take a new session.
+    fn lose(&self, err: &tokio_postgres::Error) {
+        if !self.lost.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %err, pid = self.pid,
+                "lost the session holding this process's mail claims: its sends not yet transmitting are given up and retried, new claims take a new session");
+        }
+        self.connection.abort();
+    }
+
+    /// Never fails: a session that cannot unlock is closed, which unlocks.
+    async fn unlock(&self, id: &str) {
+        if self.is_lost() {
+            return;
+        }
+        match self.client.query_one(&self.unlock, &[&MAIL_LOCKS, &id]).await {
+            Ok(row) if !row.get::<_, bool>(0) => {
+                tracing::warn!(mail = id, "a mail's claim was not held when it was released");
+            }
+            Ok(_) => {}
+            Err(err) => self.lose(&err),
+        }
+    }
+}
+
+/// A mail's lock, held on the process's session. Released by
+/// [`HeldLock::release`], or when dropped (a cancelled send).
+pub(crate) struct HeldLock {
+    session: Arc<LockSession>,
+    /// `None` once released.
+    entry: Option<InFlightEntry>,
+}
+
+impl HeldLock {
+    /// The backend of the session holding the lock.
+    pub(crate) fn pid(&self) -> i32 {
+        self.session.pid
+    }
+
+    pub(crate) async fn release(mut self) {
+        if let Some(task) = self.unlock() {
+            // Only a panic fails the task; the lock is released either way
+            // (or the session closed).
+            let _ = task.await;
+        }
+    }
+
+    /// Spawned, so the unlock runs once and to its end even if the caller is
+    /// cancelled. The in-process entry goes at once: should this process
+    /// claim the mail again before the unlock runs, the re-entrant lock is
+    /// taken twice and released once, so the new claim still holds it.
+    fn unlock(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let entry = self.entry.take()?;
+        let session = Arc::clone(&self.session);
+        let id = entry.id.clone();
+        drop(entry);
+        // Without a runtime the process is ending, and its session with it.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(runtime.spawn(async move { session.unlock(&id).await }))
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        drop(self.unlock());
+    }
+}
+
+/// A mail in this process's in-flight set, removed when dropped.
+struct InFlightEntry {
+    locks: Arc<MailLocks>,
+    id: String,
+}
+
+impl InFlightEntry {
+    fn enter(locks: &Arc<MailLocks>, id: &str) -> Option<InFlightEntry> {
+        let mut in_flight = locks.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        in_flight.insert(id.to_owned()).then(|| InFlightEntry {
+            locks: Arc::clone(locks),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .locks
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_flight.remove(&self.id);
+    }
+}
