@@ -20,16 +20,22 @@ pub enum AfterFailure {
     GiveUp,
 }
 
+/// Failed writes of its own a change needs, besides the bound, to be given up:
+/// two failures with a long wait between them (the tenant paused for its
+/// neighbours' 429s) are not yet a PBX that keeps failing this change.
+pub const MIN_TRIES_TO_GIVE_UP: u32 = 3;
+
 /// The give-up rule: only the change's own failures count, measured from its
 /// first, so a change is never given up for the time it waited for others or
-/// for a pause, and never before its failures span `bound`.
+/// for a pause, and never before at least [`MIN_TRIES_TO_GIVE_UP`] failures
+/// span `bound`.
 pub fn after_failure(
     tries: u32,
     failing_for: Duration,
     bound: Duration,
     jitter: &mut impl Rng,
 ) -> AfterFailure {
-    if failing_for >= bound {
+    if failing_for >= bound && tries >= MIN_TRIES_TO_GIVE_UP {
         AfterFailure::GiveUp
     } else {
         AfterFailure::TryAgain(backoff(tries, jitter))
@@ -92,7 +98,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let bound = Duration::from_secs(900);
         // However many tries: under the bound it goes on, with growing backoff.
-        for (tries, failing_for) in [(1, 0), (2, 1), (40, 899)] {
+        for (tries, failing_for) in [(1, 0), (2, 1), (40, 899), (2, 1200)] {
             let next = after_failure(tries, Duration::from_secs(failing_for), bound, &mut rng);
             let AfterFailure::TryAgain(after) = next else {
                 panic!("{tries} tries over {failing_for} s must go on: {next:?}");
@@ -100,7 +106,7 @@ mod tests {
             let base = (1u64 << (tries - 1).min(16)).min(300) as f64;
             assert!(after.as_secs_f64() >= base * 0.5 && after.as_secs_f64() < base * 1.5);
         }
-        for (tries, failing_for) in [(2, 900), (12, 961)] {
+        for (tries, failing_for) in [(3, 900), (12, 961)] {
             assert_eq!(
                 after_failure(tries, Duration::from_secs(failing_for), bound, &mut rng),
                 AfterFailure::GiveUp,
