@@ -78,6 +78,24 @@ struct Mailroom {
 }
 
 impl Mailroom {
+    /// Publishes `users` welcome events of `run`: user0.test … with addresses
+    /// at acme.example and PBX ids pbx-0 ….
+    async fn publish_welcomes(&self, run: Uuid, users: usize) {
+        for i in 0..users {
+            let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
+            self.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
+                .await;
+        }
+    }
+
+    /// Waits until `count` mails are claimed and their sends wait on the server.
+    async fn wait_sends_in_flight(&self, count: usize) {
+        wait_for(&format!("{count} sends in flight"), WAIT, || async {
+            (self.ids_in("sending").await.len() == count).then_some(())
+        })
+        .await;
+    }
+
     async fn start(test: &str) -> Mailroom {
         Mailroom::start_with(test, &["Scripted"]).await
     }
@@ -770,11 +788,7 @@ async fn a_notifier_killed_mid_send_loses_no_mail_and_sends_none_twice() {
     let mut room = Mailroom::start_with("notifier_sigkill", &["Gated", &admit, &hold]).await;
     room.tenant(|_| {}).await;
     let run = Uuid::new_v4();
-    for i in 0..USERS {
-        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
-        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
-            .await;
-    }
+    room.publish_welcomes(run, USERS).await;
     // Frozen mid-send: HOLD messages on the server without their reply, every
     // other send in flight waiting for its RCPT to be answered.
     wait_for("the server to hold the senders", WAIT, || async {
@@ -848,16 +862,9 @@ async fn thirty_two_sends_in_flight_hold_no_more_connections_than_the_pool_and_o
     let room = Mailroom::start_with("notifier_connections", &["Gated", "0", "0"]).await;
     room.tenant(|_| {}).await;
     let run = Uuid::new_v4();
-    for i in 0..USERS {
-        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
-        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
-            .await;
-    }
+    room.publish_welcomes(run, USERS).await;
     // Every event in hand has claimed its welcome mail and waits for its RCPT.
-    wait_for("32 sends in flight", WAIT, || async {
-        (room.ids_in("sending").await.len() == IN_HAND).then_some(())
-    })
-    .await;
+    room.wait_sends_in_flight(IN_HAND).await;
     let (sessions, claims_on_one) = room.notifier_sessions().await;
     eprintln!("{IN_HAND} sends in flight: {sessions} notifier sessions, {claims_on_one} claims on one");
     assert_eq!(claims_on_one, IN_HAND as i64, "every claim on one session");
@@ -888,15 +895,8 @@ async fn a_notifier_that_lost_its_lock_session_sends_nothing_unlocked_and_every_
     let room = Mailroom::start_with("notifier_lock_lost", &["Gated", "0", "0"]).await;
     room.tenant(|_| {}).await;
     let run = Uuid::new_v4();
-    for i in 0..USERS {
-        let (alias, address) = (format!("user{i}.test"), format!("user{i}@acme.example"));
-        room.publish(&created(run, &format!("pbx-{i}"), &alias, Some(&address), None))
-            .await;
-    }
-    wait_for("32 sends in flight", WAIT, || async {
-        (room.ids_in("sending").await.len() == IN_HAND).then_some(())
-    })
-    .await;
+    room.publish_welcomes(run, USERS).await;
+    room.wait_sends_in_flight(IN_HAND).await;
     let client = room.store.client().await.unwrap();
     let ended = client
         .query_one(
