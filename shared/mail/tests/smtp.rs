@@ -50,6 +50,23 @@ fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
     }
 }
 
+/// A fresh aiosmtpd writing to a Maildir in a temp dir, and a mailer sending to it.
+fn mailer_with_server() -> (ServerProcess, tempfile::TempDir, Mailer) {
+    assert!(
+        aiosmtpd_available(),
+        "python3-aiosmtpd is not installed: run scripts/services-up (or apt-get install -y python3-aiosmtpd)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start_aiosmtpd(port, &dir.path().join("Maildir"));
+    let mailer = Mailer::new(&MailConfig {
+        smtp_url: format!("smtp://127.0.0.1:{port}"),
+        from: FROM.into(),
+    })
+    .unwrap();
+    (server, dir, mailer)
+}
+
 fn start_aiosmtpd(port: u16, maildir: &Path) -> ServerProcess {
     let child = Command::new(PYTHON)
         .args(["-m", "aiosmtpd", "-n", "-l"])
@@ -126,20 +143,9 @@ fn welcome_mail(to: &str) -> OutgoingMail {
 
 #[tokio::test]
 async fn sends_a_complete_message_to_a_real_smtp_server() {
-    assert!(
-        aiosmtpd_available(),
-        "python3-aiosmtpd is not installed: run scripts/services-up (or apt-get install -y python3-aiosmtpd)"
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let (_server, dir, mailer) = mailer_with_server();
     let maildir = dir.path().join("Maildir");
-    let port = free_port();
-    let _server = start_aiosmtpd(port, &maildir);
 
-    let mailer = Mailer::new(&MailConfig {
-        smtp_url: format!("smtp://127.0.0.1:{port}"),
-        from: FROM.into(),
-    })
-    .unwrap();
     mailer
         .send(&welcome_mail("Åsa Öberg <asa@acme.example>"))
         .await
@@ -224,19 +230,8 @@ async fn debug_output_hides_smtp_credentials() {
 
 #[tokio::test]
 async fn a_transaction_dropped_before_its_data_sends_nothing_and_is_not_reused() {
-    assert!(
-        aiosmtpd_available(),
-        "python3-aiosmtpd is not installed: run scripts/services-up"
-    );
-    let dir = tempfile::tempdir().unwrap();
+    let (_server, dir, mailer) = mailer_with_server();
     let maildir = dir.path().join("Maildir");
-    let port = free_port();
-    let _server = start_aiosmtpd(port, &maildir);
-    let mailer = Mailer::new(&MailConfig {
-        smtp_url: format!("smtp://127.0.0.1:{port}"),
-        from: FROM.into(),
-    })
-    .unwrap();
     // Up to the server's 354: the session waits for data that never comes.
     drop(mailer.prepare(&welcome_mail("asa@acme.example")).await.unwrap());
     let second = OutgoingMail {

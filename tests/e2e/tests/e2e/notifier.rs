@@ -737,14 +737,7 @@ async fn a_send_cut_off_by_a_crash_is_reported_not_repeated() {
     })
     .await;
     let run = Uuid::new_v4();
-    room.publish(&created(
-        run,
-        "pbx-h",
-        "hold.user",
-        Some("hold.user@acme.example"),
-        None,
-    ))
-    .await;
+    room.publish(&hold_user_welcome(run)).await;
     // The server has the mail but has not answered yet: the notifier dies now.
     room.wait_mails(1).await;
     room.wait_state("welcome:acme:pbx-h", "transmitting").await;
@@ -943,7 +936,7 @@ async fn two_events_for_one_mail_at_once_in_one_notifier_send_it_once() {
     })
     .await;
     let run = Uuid::new_v4();
-    let event = created(run, "pbx-h", "hold.user", Some("hold.user@acme.example"), None);
+    let event = hold_user_welcome(run);
     room.publish(&event).await;
     // The server holds its answer, so the first send stays in flight.
     room.wait_mails(1).await;
@@ -1001,14 +994,7 @@ async fn a_digest_names_welcome_mails_still_being_sent_and_only_once() {
     })
     .await;
     let run = Uuid::new_v4();
-    room.publish(&created(
-        run,
-        "pbx-h",
-        "hold.user",
-        Some("hold.user@acme.example"),
-        None,
-    ))
-    .await;
+    room.publish(&hold_user_welcome(run)).await;
     // The server holds its answer: the mail is on its way when the run's digest is written.
     room.wait_mails(1).await;
     assert!(room.mail_row("welcome:acme:pbx-h").await.is_some());
@@ -1189,4 +1175,10 @@ async fn through_the_pipeline_a_standing_error_is_mailed_once_then_resolved() {
         "the error once and its end once"
     );
     assert_eq!(mails.len(), 242);
+}
+
+/// The welcome event of the user whose mail the holding SMTP handlers keep
+/// without an answer (`hold.user`, PBX id pbx-h).
+fn hold_user_welcome(run: Uuid) -> Event {
+    created(run, "pbx-h", "hold.user", Some("hold.user@acme.example"), None)
 }
