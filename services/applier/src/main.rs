@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
-use usersync_runtime::{amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_signal};
+use usersync_runtime::{
+    amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_signal, Dependency, Health,
+};
 use usersync_store::{SecretKey, Store};
 
 /// Database connections of one applier replica.
@@ -27,10 +29,13 @@ const MAX_GIVE_UP_SECS: u64 = 86_400;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    // `/healthz` answers from the start: 503 naming what is not connected yet.
+    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
+    serve_metrics(health.clone()).await?;
     let store = Store::connect(&database_url(), POOL_SIZE).await?;
+    health.up(Dependency::Database);
     let bus = Bus::connect(&amqp_url(), "usersync-applier").await?;
-    // Healthy only once the database and the broker are reachable.
-    serve_metrics().await?;
+    health.up(Dependency::Broker);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))

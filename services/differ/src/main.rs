@@ -4,16 +4,21 @@ mod reconcile;
 
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
-use usersync_runtime::{amqp_url, database_url, init_tracing, serve_metrics, shutdown_signal};
+use usersync_runtime::{
+    amqp_url, database_url, init_tracing, serve_metrics, shutdown_signal, Dependency, Health,
+};
 use usersync_store::Store;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    // `/healthz` answers from the start: 503 naming what is not connected yet.
+    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
+    serve_metrics(health.clone()).await?;
     let store = Store::connect(&database_url(), 8).await?;
+    health.up(Dependency::Database);
     let bus = Bus::connect(&amqp_url(), "usersync-differ").await?;
-    // Healthy only once the database and the broker are reachable.
-    serve_metrics().await?;
+    health.up(Dependency::Broker);
     let differ = reconcile::Differ {
         store,
         bus: bus.clone(),

@@ -7,17 +7,22 @@ mod schedule;
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_graph::{GraphClient, GraphConfig, RetryPolicy};
-use usersync_runtime::{amqp_url, database_url, env_or, init_tracing, serve_metrics, shutdown_signal};
+use usersync_runtime::{
+    amqp_url, database_url, env_or, init_tracing, serve_metrics, shutdown_signal, Dependency, Health,
+};
 use usersync_store::{SecretKey, Store};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     let key = SecretKey::from_env()?;
+    // `/healthz` answers from the start: 503 naming what is not connected yet.
+    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
+    serve_metrics(health.clone()).await?;
     let store = Store::connect(&database_url(), 8).await?;
+    health.up(Dependency::Database);
     let bus = Bus::connect(&amqp_url(), "usersync-fetcher").await?;
-    // Healthy only once the database and the broker are reachable.
-    serve_metrics().await?;
+    health.up(Dependency::Broker);
     let graph = GraphClient::new(GraphConfig {
         graph_base_url: env_or("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
         login_base_url: env_or("ENTRA_LOGIN_URL", "https://login.microsoftonline.com"),

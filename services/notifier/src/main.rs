@@ -10,7 +10,7 @@ use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_mail::{Language, MailConfig, Mailer, Templates};
 use usersync_runtime::{
-    amqp_url, database_url, env_opt, env_or, init_tracing, serve_metrics, shutdown_signal,
+    amqp_url, database_url, env_opt, env_or, init_tracing, serve_metrics, shutdown_signal, Dependency, Health,
 };
 use usersync_store::Store;
 
@@ -36,10 +36,13 @@ async fn main() -> anyhow::Result<()> {
         smtp_url: env_or("SMTP_URL", "smtp://127.0.0.1:1025"),
         from: env_or("MAIL_FROM", "Usersync <noreply@localhost>"),
     })?;
+    // `/healthz` answers from the start: 503 naming what is not connected yet.
+    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
+    serve_metrics(health.clone()).await?;
     let store = Store::connect(&database_url(), POOL_SIZE).await?;
+    health.up(Dependency::Database);
     let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
-    // Healthy only once the database and the broker are reachable.
-    serve_metrics().await?;
+    health.up(Dependency::Broker);
     let notifier = notify::Notifier {
         store,
         mailer,

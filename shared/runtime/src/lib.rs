@@ -2,13 +2,17 @@
 //! environment, logging, the metrics and health endpoint, and shutdown.
 
 pub mod clock;
+pub mod health;
+pub mod outage;
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use axum::{routing::get, Router};
+use axum::{http::StatusCode, routing::get, Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+
+pub use health::{Dependency, Health};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/usersync";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -54,10 +58,13 @@ pub const DURATION_BUCKETS: &[f64] = &[
     3600.0,
 ];
 
-/// Serves Prometheus text at `/metrics` and `200 ok` at `/healthz` on
-/// `METRICS_ADDR`, when that is set. The recorder is installed either way, so
-/// metrics calls are cheap no-ops only when nothing reads them.
-pub async fn serve_metrics() -> anyhow::Result<()> {
+/// Serves Prometheus text at `/metrics` and the process's [`Health`] at
+/// `/healthz` (200 when every dependency is up, else 503 naming what is down
+/// and why) on `METRICS_ADDR`, when that is set. The recorder is installed
+/// either way, so metrics calls are cheap no-ops only when nothing reads them.
+/// Call it first, before connecting: `/healthz` then says what a starting
+/// service still waits for.
+pub async fn serve_metrics(health: Health) -> anyhow::Result<()> {
     let handle = PrometheusBuilder::new()
         // Buckets make every `*_duration_seconds` a Prometheus histogram (so
         // `histogram_quantile` works across replicas), not a summary.
@@ -76,17 +83,28 @@ pub async fn serve_metrics() -> anyhow::Result<()> {
         .with_context(|| format!("binding METRICS_ADDR {addr}"))?;
     tracing::info!(%addr, "serving /metrics and /healthz");
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, metrics_router(handle)).await {
+        if let Err(err) = axum::serve(listener, metrics_router(handle, health)).await {
             tracing::error!(error = %err, "metrics server stopped");
         }
     });
     Ok(())
 }
 
-fn metrics_router(handle: PrometheusHandle) -> Router {
+fn metrics_router(handle: PrometheusHandle, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| std::future::ready("ok")))
+        .route(
+            "/healthz",
+            get(move || {
+                let (healthy, report) = health.report();
+                let status = if healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                std::future::ready((status, Json(report)))
+            }),
+        )
 }
 
 /// Resolves on SIGINT or SIGTERM.
