@@ -11,7 +11,7 @@ use anyhow::Context;
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_runtime::{
-    amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_signal, Dependency, Health,
+    amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_timeout, shutdown_token, Dependency, Health,
 };
 use usersync_store::{SecretKey, Store};
 
@@ -29,13 +29,22 @@ const MAX_GIVE_UP_SECS: u64 = 86_400;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    let shutdown_timeout = shutdown_timeout()?;
     // `/healthz` answers from the start: 503 naming what is not connected yet.
     let health = Health::new(&[Dependency::Database, Dependency::Broker]);
     serve_metrics(health.clone()).await?;
     let store = Store::connect(&database_url(), POOL_SIZE).await?;
     health.up(Dependency::Database);
-    let bus = Bus::connect(&amqp_url(), "usersync-applier").await?;
-    health.up(Dependency::Broker);
+    health.watch_database({
+        let store = store.clone();
+        move || {
+            let store = store.clone();
+            async move { store.client().await }
+        }
+    });
+    let bus = Bus::start(&amqp_url(), "usersync-applier", &health).await?;
+    // Installed once connected: until then SIGTERM ends the process at once.
+    let stop = shutdown_token();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
@@ -61,9 +70,12 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumeOptions {
         prefetch: PREFETCH,
         max_attempts: max_attempts()?,
+        shutdown_timeout,
     };
-    bus.serve(Stage::Applier, options, applier, shutdown_signal())
-        .await
+    bus.serve(Stage::Applier, options, applier, stop.cancelled_owned())
+        .await?;
+    bus.close().await;
+    Ok(())
 }
 
 /// `APPLIER_GIVE_UP_AFTER_SECS`, or the default.

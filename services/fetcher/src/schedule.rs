@@ -12,13 +12,13 @@ use chrono::{DateTime, Utc};
 use usersync_bus::Bus;
 use usersync_contract::ResyncRequest;
 use usersync_core::{schedule::next_due, Schedule};
-use usersync_runtime::{clock, env_or};
+use usersync_runtime::{clock, env_or, CancellationToken};
 use usersync_store::{RunEnds, Store};
 
 use crate::round::follow_up_message_id;
 
-/// Runs until the process ends; a failed poll is logged and tried again.
-pub async fn run(store: Store, bus: Bus) {
+/// Runs until `stop` is cancelled; a failed poll is logged and tried again.
+pub async fn run(store: Store, bus: Bus, stop: CancellationToken) {
     let poll = env_or("USERSYNC_SCHEDULE_POLL_SECS", "5")
         .parse::<f64>()
         .ok()
@@ -30,6 +30,10 @@ pub async fn run(store: Store, bus: Bus) {
     let mut run_ends = None;
     loop {
         tokio::select! {
+            () = stop.cancelled() => {
+                tracing::info!("scheduler stopped");
+                return;
+            }
             _ = ticks.tick() => {
                 if let Err(err) = poll_once(&store, &bus, clock::now()).await {
                     tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");

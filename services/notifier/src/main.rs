@@ -10,7 +10,7 @@ use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_mail::{Language, MailConfig, Mailer, Templates};
 use usersync_runtime::{
-    amqp_url, database_url, env_opt, env_or, init_tracing, serve_metrics, shutdown_signal, Dependency, Health,
+    amqp_url, database_url, env_opt, env_or, init_tracing, serve_metrics, shutdown_timeout, shutdown_token, Dependency, Health,
 };
 use usersync_store::Store;
 
@@ -25,6 +25,7 @@ const POOL_SIZE: usize = 8;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    let shutdown_timeout = shutdown_timeout()?;
     // A broken template stops the service here, not at the first send.
     let templates = Templates::load(env_opt("MAIL_TEMPLATE_DIR").map(PathBuf::from).as_deref())?;
     let default_language = match env_or("MAIL_DEFAULT_LANGUAGE", "en").as_str() {
@@ -41,8 +42,16 @@ async fn main() -> anyhow::Result<()> {
     serve_metrics(health.clone()).await?;
     let store = Store::connect(&database_url(), POOL_SIZE).await?;
     health.up(Dependency::Database);
-    let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
-    health.up(Dependency::Broker);
+    health.watch_database({
+        let store = store.clone();
+        move || {
+            let store = store.clone();
+            async move { store.client().await }
+        }
+    });
+    let bus = Bus::start(&amqp_url(), "usersync-notifier", &health).await?;
+    // Installed once connected: until then SIGTERM ends the process at once.
+    let stop = shutdown_token();
     let notifier = notify::Notifier {
         store,
         mailer,
@@ -52,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumeOptions {
         prefetch: PREFETCH,
         max_attempts: 8,
+        shutdown_timeout,
     };
-    bus.serve(Stage::Notifier, options, notifier, shutdown_signal())
-        .await
+    bus.serve(Stage::Notifier, options, notifier, stop.cancelled_owned())
+        .await?;
+    bus.close().await;
+    Ok(())
 }

@@ -1,20 +1,27 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use futures::StreamExt;
+use futures::{stream::BoxStream, StreamExt};
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
+    types::{AMQPValue, FieldTable, ShortString},
+    Channel,
 };
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use usersync_contract::{topology::Stage, Message};
+use usersync_runtime::{health::reconnect_backoff, outage, Dependency};
 
-use crate::{header_u32, properties, retry_tier, Bus, ATTEMPT_HEADER, PARKED_AT_HEADER, REASON_HEADER};
+use crate::{header_u32, properties, retry_tier, Bus, Link, ATTEMPT_HEADER, PARKED_AT_HEADER, REASON_HEADER};
 
-/// How long a stopping service waits for the messages it is handling.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping service waits for the messages it is handling, unless
+/// `USERSYNC_SHUTDOWN_SECS` says otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stopping consumer waits for the broker to confirm its cancel and
+/// hand over what it had prefetched, before it closes the channels anyway.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A decoded message with what its consumer needs to know about its delivery.
 #[derive(Debug)]
@@ -43,6 +50,11 @@ pub enum Failure {
     /// retry tier) with the attempt count unchanged. For waits the other side
     /// asked for (a throttling PBX) and work whose own limits the handler keeps.
     Later { reason: String, after: Duration },
+    /// The database or the broker is unreachable: not the message's fault.
+    /// The dependency is reported down (the service takes no new work until
+    /// it is back) and the message comes back with the attempt count
+    /// unchanged, so no outage, however long, dead-letters it.
+    Unavailable { dependency: Dependency, reason: String },
     /// Never going to work: park it in the dead-letter queue.
     Reject { reason: String },
 }
@@ -63,9 +75,14 @@ impl Failure {
 }
 
 impl From<anyhow::Error> for Failure {
-    /// Infrastructure errors (database, broker) are worth another try.
+    /// A lost database or broker is [`Failure::Unavailable`]; every other
+    /// infrastructure error is worth another (counted) try.
     fn from(err: anyhow::Error) -> Failure {
-        Failure::retry(format!("{err:#}"))
+        let reason = format!("{err:#}");
+        match outage::classify(&err) {
+            Some(dependency) => Failure::Unavailable { dependency, reason },
+            None => Failure::retry(reason),
+        }
     }
 }
 
@@ -74,6 +91,10 @@ pub struct ConsumeOptions {
     /// Messages handled at once by this replica.
     pub prefetch: u16,
     pub max_attempts: u32,
+    /// How long a stopping service lets the messages in hand finish
+    /// (`USERSYNC_SHUTDOWN_SECS`); what is unfinished then goes back to the
+    /// queue when the channels close.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ConsumeOptions {
@@ -81,6 +102,7 @@ impl Default for ConsumeOptions {
         ConsumeOptions {
             prefetch: 16,
             max_attempts: 6,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 }
@@ -90,9 +112,71 @@ pub trait Handler<M>: Send + Sync + 'static {
     fn handle(&self, incoming: Incoming<M>) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
+/// The consumers of one connection: a channel per queue and their deliveries
+/// merged. A consumer whose stream ends yields `None` once, so the loss of any
+/// one of them is seen (not only of all).
+struct Subscription {
+    channels: Vec<(Channel, ShortString)>,
+    deliveries: futures::stream::SelectAll<BoxStream<'static, Option<lapin::Result<Delivery>>>>,
+}
+
+impl Subscription {
+    /// Every channel still open: its deliveries can still be acknowledged.
+    fn is_live(&self) -> bool {
+        self.channels.iter().all(|(channel, _)| channel.status().connected())
+    }
+
+    /// Stops the consumers, hands back what they had prefetched but nobody
+    /// started (nack with requeue), and returns the channels to close later.
+    async fn cancel(mut self, queue: &str) -> Vec<(Channel, ShortString)> {
+        for (channel, tag) in &self.channels {
+            if let Err(err) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
+                tracing::debug!(error = %err, %queue, "cancelling a consumer");
+            }
+        }
+        let mut ended = 0;
+        let mut returned = 0;
+        // After the cancel-ok each consumer yields what it buffered, then ends.
+        let drain = async {
+            while ended < self.channels.len() {
+                match self.deliveries.next().await {
+                    Some(Some(Ok(delivery))) => {
+                        requeue(&delivery).await;
+                        returned += 1;
+                    }
+                    Some(Some(Err(_))) => {}
+                    Some(None) => ended += 1,
+                    None => break,
+                }
+            }
+        };
+        if tokio::time::timeout(CANCEL_TIMEOUT, drain).await.is_err() {
+            tracing::warn!(%queue, "the broker did not confirm the cancel in time; closing the channels returns the rest");
+        }
+        if returned > 0 {
+            tracing::info!(%queue, returned, "returned prefetched messages to the queue");
+        }
+        self.channels
+    }
+}
+
+/// Puts a delivery back at the head of its queue (not a failed attempt).
+async fn requeue(delivery: &Delivery) {
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
+}
+
 impl Bus {
     /// Runs a stage: consumes its work queue with `handler` until `shutdown`
-    /// resolves (the messages in hand are finished first) or the connection ends.
+    /// resolves, riding out broker and database outages (see [`Bus::consume`]).
+    /// On `shutdown` it stops gracefully: the process is marked stopping, the
+    /// consumers are cancelled, the prefetched messages nobody started go back
+    /// to the queue, the messages in hand get `options.shutdown_timeout` to
+    /// finish, and the channels close (returning whatever is left at once).
     pub async fn serve<M, H>(
         &self,
         stage: Stage,
@@ -112,9 +196,12 @@ impl Bus {
         self.consume_until(stage, options, handle, shutdown).await
     }
 
-    /// Consumes a stage's work queue until the connection ends. Each message is
-    /// handled in its own task; it is acknowledged only after the handler
-    /// succeeded, or after it was moved to a retry queue or the DLQ.
+    /// Consumes a stage's work queue for as long as the process runs. Each
+    /// message is handled in its own task; it is acknowledged only after the
+    /// handler succeeded, or after it was moved to a retry queue or the DLQ.
+    /// A lost connection does not end it: it waits for the bus to reconnect
+    /// and consumes again. While a dependency is down it takes no new
+    /// delivery (what is prefetched stays unacked with the broker).
     pub async fn consume<M, H, Fut>(
         &self,
         stage: Stage,
@@ -130,9 +217,6 @@ impl Bus {
             .await
     }
 
-    /// Consumes until `shutdown` resolves, then stops taking deliveries and
-    /// lets the messages in hand finish (for [`DRAIN_TIMEOUT`] at most; what is
-    /// still unfinished then is redelivered after the process ends).
     async fn consume_until<M, H, Fut>(
         &self,
         stage: Stage,
@@ -145,46 +229,80 @@ impl Bus {
         H: Fn(Incoming<M>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Failure>> + Send + 'static,
     {
-        // One channel and consumer per queue, each with its own prefetch: the
-        // fetcher's scheduled requests can never take the capacity of manual ones.
         let queues = stage.consumed_queues();
-        let mut consumers = Vec::with_capacity(queues.len());
-        let mut channels = Vec::with_capacity(queues.len());
-        for queue in &queues {
-            let channel = self.channel().await?;
-            channel
-                .basic_qos(options.prefetch, BasicQosOptions::default())
-                .await
-                .context("setting the prefetch")?;
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    format!("usersync-{}-{}", stage.name(), uuid::Uuid::new_v4()).into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming {queue}"))?;
-            tracing::info!(%queue, prefetch = options.prefetch, "consuming");
-            channels.push((channel, consumer.tag()));
-            consumers.push(consumer);
-        }
+        let queue = queues.join(", ");
         // Present from the start, so a dashboard shows 0 rather than nothing.
         metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(0);
-        let queue = queues.join(", ");
-        let mut deliveries = futures::stream::select_all(consumers);
         let handler = Arc::new(handler);
         let in_hand = TaskTracker::new();
+        let health = self.health().clone();
+        let mut subscription: Option<Subscription> = None;
+        // Spaces out tries to consume again when a fresh connection fails at once.
+        let mut delays = reconnect_backoff();
         tokio::pin!(shutdown);
-        loop {
-            let delivery = tokio::select! {
-                delivery = deliveries.next() => delivery,
-                () = &mut shutdown => break,
+        // Ends with a delivery taken from the broker but not started, if any.
+        let held: Option<Delivery> = loop {
+            let current = match subscription.as_mut() {
+                Some(current) => current,
+                None => {
+                    let link = tokio::select! {
+                        link = self.next_link(0) => link,
+                        () = &mut shutdown => break None,
+                    };
+                    match subscribe(&link, stage, &queues, options).await {
+                        Ok(fresh) => {
+                            delays = reconnect_backoff();
+                            subscription.insert(fresh)
+                        }
+                        Err(err) if outage::classify(&err) == Some(Dependency::Broker) => {
+                            self.lost(format!("{err:#}"));
+                            let wait = delays.next().unwrap_or(usersync_runtime::health::MAX_RECONNECT_DELAY);
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => continue,
+                                () = &mut shutdown => break None,
+                            }
+                        }
+                        // A missing queue or a refused consume: not an outage.
+                        Err(err) => return Err(err),
+                    }
+                }
             };
-            let Some(delivery) = delivery else {
-                anyhow::bail!("the broker closed the consumer of {queue}");
+            // No new work while the database or the broker is down.
+            tokio::select! {
+                () = health.wait_healthy() => {}
+                () = &mut shutdown => break None,
+            }
+            let item = tokio::select! {
+                item = current.deliveries.next() => item,
+                () = &mut shutdown => break None,
             };
-            let delivery = delivery.with_context(|| format!("receiving from {queue}"))?;
+            let delivery = match item {
+                Some(Some(Ok(delivery))) if current.is_live() => delivery,
+                // Buffered by a channel that has since closed: it cannot be
+                // acknowledged, and the broker redelivers it anyway.
+                Some(Some(Ok(_))) => {
+                    self.lost(format!("the channel consuming {queue} closed"));
+                    subscription = None;
+                    continue;
+                }
+                Some(Some(Err(err))) => {
+                    self.lost(format!("receiving from {queue}: {err}"));
+                    subscription = None;
+                    continue;
+                }
+                Some(None) | None => {
+                    self.lost(format!("the broker ended the consumer of {queue}"));
+                    subscription = None;
+                    continue;
+                }
+            };
+            // It may have gone down while this delivery was awaited.
+            if !health.is_healthy() {
+                tokio::select! {
+                    () = health.wait_healthy() => {}
+                    () = &mut shutdown => break Some(delivery),
+                }
+            }
             let bus = self.clone();
             let handler = Arc::clone(&handler);
             in_hand.spawn(async move {
@@ -192,17 +310,27 @@ impl Bus {
                     tracing::error!(error = %format!("{err:#}"), "could not settle a message; it will be redelivered");
                 }
             });
+        };
+        health.stopping();
+        tracing::info!(%queue, in_hand = in_hand.len(), "shutting down: taking no new work, finishing the messages in hand");
+        if let Some(delivery) = held {
+            requeue(&delivery).await;
         }
-        tracing::info!(%queue, in_hand = in_hand.len(), "shutting down: finishing the messages in hand");
-        for (channel, tag) in &channels {
-            let _ = channel
-                .basic_cancel(tag.clone(), BasicCancelOptions::default())
-                .await;
-        }
+        let channels = match subscription {
+            Some(current) => current.cancel(&queue).await,
+            None => Vec::new(),
+        };
         in_hand.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, in_hand.wait()).await.is_err() {
-            tracing::warn!(%queue, "messages still in hand after {DRAIN_TIMEOUT:?}; they will be redelivered");
+        let timeout = options.shutdown_timeout;
+        if tokio::time::timeout(timeout, in_hand.wait()).await.is_err() {
+            tracing::warn!(%queue, unfinished = in_hand.len(), "messages still in hand after {timeout:?} (USERSYNC_SHUTDOWN_SECS); closing returns them to the queue");
         }
+        for (channel, _) in channels {
+            if let Err(err) = channel.close(200, "shutting down".into()).await {
+                tracing::debug!(error = %err, %queue, "closing a channel");
+            }
+        }
+        tracing::info!(%queue, "stopped consuming");
         Ok(())
     }
 
@@ -245,6 +373,7 @@ impl Bus {
         let label = match &outcome {
             Ok(()) => "ok",
             Err(Failure::Later { .. }) => "retried",
+            Err(Failure::Unavailable { .. }) => "unavailable",
             Err(Failure::Retry { .. }) if attempt < options.max_attempts => "retried",
             Err(_) => "dead_lettered",
         };
@@ -264,6 +393,14 @@ impl Bus {
                 let tier = retry_tier(after);
                 tracing::info!(stage = stage.name(), attempt, delay_s = tier, %reason, "not yet: will come back");
                 metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(1);
+                self.republish(&delivery, &stage.retry_queue(tier), attempt, None)
+                    .await?;
+            }
+            Err(Failure::Unavailable { dependency, reason }) => {
+                // Wakes the dependency's probe; consumers wait until it is back.
+                self.health().down(dependency, &reason);
+                let tier = retry_tier(Duration::ZERO);
+                tracing::warn!(stage = stage.name(), attempt, dependency = dependency.name(), %reason, "the {dependency} is unavailable: the message comes back without using an attempt");
                 self.republish(&delivery, &stage.retry_queue(tier), attempt, None)
                     .await?;
             }
@@ -352,4 +489,42 @@ fn backoff(attempt: u32) -> Duration {
         3 | 4 => 30,
         _ => 300,
     })
+}
+
+/// Opens a channel per consumed queue on `link`, sets its prefetch and consumes.
+async fn subscribe(
+    link: &Link,
+    stage: Stage,
+    queues: &[String],
+    options: ConsumeOptions,
+) -> anyhow::Result<Subscription> {
+    // One channel and consumer per queue, each with its own prefetch: the
+    // fetcher's scheduled requests can never take the capacity of manual ones.
+    let mut channels = Vec::with_capacity(queues.len());
+    let mut deliveries = futures::stream::SelectAll::new();
+    for queue in queues {
+        let channel = link.channel().await?;
+        channel
+            .basic_qos(options.prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("usersync-{}-{}", stage.name(), uuid::Uuid::new_v4()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue}"))?;
+        tracing::info!(%queue, prefetch = options.prefetch, generation = link.generation, "consuming");
+        channels.push((channel, consumer.tag()));
+        deliveries.push(
+            consumer
+                .map(Some)
+                .chain(futures::stream::once(async { None }))
+                .boxed(),
+        );
+    }
+    Ok(Subscription { channels, deliveries })
 }

@@ -5,7 +5,7 @@ pub mod clock;
 pub mod health;
 pub mod outage;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use axum::{http::StatusCode, routing::get, Json, Router};
@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 pub use health::{Dependency, Health};
+pub use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/usersync";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -107,6 +108,46 @@ fn metrics_router(handle: PrometheusHandle, health: Health) -> Router {
         )
 }
 
+/// Default of `USERSYNC_SHUTDOWN_SECS`.
+pub const DEFAULT_SHUTDOWN_SECS: u64 = 30;
+/// Longest `USERSYNC_SHUTDOWN_SECS` accepted (an hour).
+const MAX_SHUTDOWN_SECS: u64 = 3600;
+
+/// `USERSYNC_SHUTDOWN_SECS`: how long a stopping service lets the messages in
+/// hand finish. Read at start, so a bad value stops the service there.
+pub fn shutdown_timeout() -> anyhow::Result<Duration> {
+    parse_shutdown_secs(env_opt("USERSYNC_SHUTDOWN_SECS").as_deref())
+}
+
+fn parse_shutdown_secs(text: Option<&str>) -> anyhow::Result<Duration> {
+    let Some(text) = text else {
+        return Ok(Duration::from_secs(DEFAULT_SHUTDOWN_SECS));
+    };
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|secs| *secs <= MAX_SHUTDOWN_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "USERSYNC_SHUTDOWN_SECS={text:?} is not a number of seconds from 0 to {MAX_SHUTDOWN_SECS}: it is how long a stopping service lets the messages in hand finish; leave it unset for {DEFAULT_SHUTDOWN_SECS}"
+            )
+        })
+}
+
+/// A token cancelled on SIGINT or SIGTERM: one signal stops every task
+/// holding a clone (the consumers, the fetcher's scheduler).
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("asked to stop");
+        cancel.cancel();
+    });
+    token
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -127,5 +168,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shutdown_timeout_defaults_to_30_seconds_and_names_a_bad_value() {
+        assert_eq!(parse_shutdown_secs(None).unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_shutdown_secs(Some("5")).unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_shutdown_secs(Some("0")).unwrap(), Duration::ZERO);
+        for bad in ["thirty", "-1", "1.5", "86400"] {
+            let err = parse_shutdown_secs(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("USERSYNC_SHUTDOWN_SECS") && err.contains(bad), "{err}");
+        }
     }
 }
