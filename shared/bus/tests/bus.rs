@@ -15,6 +15,7 @@ use lapin::{
 use serde_json::Value;
 use tokio::sync::mpsc;
 use usersync_bus::{Bus, ConsumeOptions, Failure, Handler, Incoming, ATTEMPT_HEADER, REASON_HEADER};
+use usersync_runtime::{Dependency, Health};
 use usersync_contract::{
     topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS, SCHEDULED_REQUESTS_QUEUE},
     Message, ResyncRequest,
@@ -34,24 +35,137 @@ const DEADLINE: Duration = Duration::from_secs(30);
 struct Vhost {
     name: String,
     http: reqwest::Client,
+    /// The management API answers; where the plugin is not enabled the
+    /// outage tests manage their vhost with `rabbitmqctl` on this machine.
+    management: bool,
+}
+
+/// Runs `rabbitmqctl` (the broker on this machine) and returns its output.
+async fn rabbitmqctl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(["--quiet"])
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl (no management API on 127.0.0.1:15672 to use instead)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 impl Vhost {
     async fn create() -> Vhost {
+        let http = reqwest::Client::new();
+        let management = http
+            .get(format!("{MANAGEMENT_API}/overview"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .is_ok();
         let vhost = Vhost {
             name: format!("usersync-bus-test-{}", uuid::Uuid::new_v4().simple()),
-            http: reqwest::Client::new(),
+            http,
+            management,
         };
+        if management {
+            vhost
+                .management_put(&format!("vhosts/{}", vhost.name), serde_json::json!({}))
+                .await;
+        } else {
+            rabbitmqctl(&["add_vhost", &vhost.name]).await;
+        }
+        vhost.grant().await;
         vhost
-            .management_put(&format!("vhosts/{}", vhost.name), serde_json::json!({}))
+    }
+
+    /// Lets guest use the vhost.
+    async fn grant(&self) {
+        if !self.management {
+            rabbitmqctl(&["set_permissions", "-p", &self.name, "guest", ".*", ".*", ".*"]).await;
+            return;
+        }
+        self.management_put(
+            &format!("permissions/{}/guest", self.name),
+            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        )
+        .await;
+    }
+
+    /// Takes guest's permissions away: every connection attempt is refused
+    /// until [`Vhost::grant`], an outage that lasts as long as the test wants.
+    async fn revoke(&self) {
+        if !self.management {
+            rabbitmqctl(&["clear_permissions", "-p", &self.name, "guest"]).await;
+            return;
+        }
+        self.management_delete(&format!("permissions/{}/guest", self.name))
             .await;
-        vhost
-            .management_put(
-                &format!("permissions/{}/guest", vhost.name),
-                serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
-            )
+    }
+
+    /// Force-closes the connections to this vhost named `connection_name`
+    /// (as the broker does when an operator or a failover ends them); the
+    /// number closed.
+    async fn close_connections(&self, connection_name: &str) -> usize {
+        if !self.management {
+            let listed = rabbitmqctl(&["list_connections", "-p", &self.name, "pid", "client_properties"]).await;
+            let pids: Vec<&str> = listed
+                .lines()
+                .filter(|line| line.contains(&format!("\"{connection_name}\"")))
+                .filter_map(|line| line.split_whitespace().next())
+                .collect();
+            for pid in &pids {
+                rabbitmqctl(&["close_connection", pid, "closed by the test"]).await;
+            }
+            return pids.len();
+        }
+        let connections = self
+            .management_get(&format!("vhosts/{}/connections", self.name))
             .await;
-        vhost
+        let names: Vec<String> = connections
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|connection| connection["client_properties"]["connection_name"] == connection_name)
+            .filter_map(|connection| connection["name"].as_str().map(str::to_owned))
+            .collect();
+        for name in &names {
+            let mut url = reqwest::Url::parse(MANAGEMENT_API).expect("the management URL");
+            url.path_segments_mut()
+                .expect("a base URL")
+                .push("connections")
+                .push(name);
+            let response = self
+                .http
+                .delete(url)
+                .basic_auth("guest", Some("guest"))
+                .send()
+                .await
+                .expect("the RabbitMQ management API on 127.0.0.1:15672");
+            assert!(
+                response.status().is_success(),
+                "closing connection {name}: {}",
+                response.status()
+            );
+        }
+        names.len()
+    }
+
+    async fn management_delete(&self, path: &str) {
+        let response = self
+            .http
+            .delete(format!("{MANAGEMENT_API}/{path}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("the RabbitMQ management API on 127.0.0.1:15672");
+        assert!(
+            response.status().is_success(),
+            "DELETE {path}: {}",
+            response.status()
+        );
     }
 
     /// A bus connected to this vhost (its topology declared).
@@ -115,6 +229,12 @@ impl Vhost {
     /// The queue's ready and unacknowledged messages as the queue itself last
     /// reported them (every few seconds); None before its first report.
     async fn messages_held(&self, queue: &str) -> Option<(u64, u64)> {
+        if !self.management {
+            let listed = rabbitmqctl(&["list_queues", "-p", &self.name, "name", "messages_ready", "messages_unacknowledged"]).await;
+            let line = listed.lines().find(|line| line.split_whitespace().next() == Some(queue))?;
+            let mut counts = line.split_whitespace().skip(1).map(|n| n.parse::<u64>().ok());
+            return Some((counts.next()??, counts.next()??));
+        }
         let details = self
             .management_get(&format!("queues/{}/{queue}", self.name))
             .await;
@@ -125,19 +245,11 @@ impl Vhost {
     }
 
     async fn delete(&self) {
-        let response = self
-            .http
-            .delete(format!("{MANAGEMENT_API}/vhosts/{}", self.name))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .expect("the RabbitMQ management API on 127.0.0.1:15672");
-        assert!(
-            response.status().is_success(),
-            "deleting vhost {}: {}",
-            self.name,
-            response.status()
-        );
+        if !self.management {
+            rabbitmqctl(&["delete_vhost", &self.name]).await;
+            return;
+        }
+        self.management_delete(&format!("vhosts/{}", self.name)).await;
     }
 }
 
@@ -217,6 +329,7 @@ where
     let options = ConsumeOptions {
         prefetch: 4,
         max_attempts,
+        ..ConsumeOptions::default()
     };
     let decide = std::sync::Arc::new(decide);
     let consumer = tokio::spawn(async move {
@@ -716,6 +829,7 @@ async fn a_manual_request_is_served_while_scheduled_ones_fill_their_capacity() {
             let options = ConsumeOptions {
                 prefetch: 2,
                 max_attempts: 3,
+                ..ConsumeOptions::default()
             };
             tokio::spawn(async move {
                 bus.serve(Stage::Fetcher, options, handler, std::future::pending())
@@ -794,6 +908,309 @@ async fn dead_letters_are_listed_with_their_reason_and_replayed_to_work() {
         assert_eq!(again.attempt, 1, "a replayed message starts its tries afresh");
         assert_queue_empty(&bus, &dlq).await;
         consumer.abort();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Outages: a lost connection, a lost database, bad configuration
+// ---------------------------------------------------------------------------
+
+/// A port on which nothing listens (bound, then let go).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_is_back() {
+    in_fresh_vhost(|vhost| async move {
+        let health = Health::new(&[Dependency::Broker]);
+        let name = "bus-test-outage";
+        let bus = Bus::start(&vhost.amqp_url(), name, &health)
+            .await
+            .expect("start");
+        assert!(health.is_up(Dependency::Broker));
+        // Each message is held until released, so some are in hand when the connection goes.
+        let (started, mut in_hand) = mpsc::unbounded_channel::<String>();
+        let (finished, mut done) = mpsc::unbounded_channel::<String>();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let consumer = tokio::spawn({
+            let bus = bus.clone();
+            let options = ConsumeOptions {
+                prefetch: 4,
+                max_attempts: 2,
+                ..ConsumeOptions::default()
+            };
+            async move {
+                let outcome = bus
+                    .consume(Stage::Differ, options, move |incoming: Incoming<ResyncRequest>| {
+                        let (started, finished) = (started.clone(), finished.clone());
+                        let mut released = released.clone();
+                        async move {
+                            let tenant = incoming.message.tenant_id;
+                            let _ = started.send(tenant.clone());
+                            let _ = released.wait_for(|open| *open).await;
+                            let _ = finished.send(tenant);
+                            Ok(())
+                        }
+                    })
+                    .await;
+                panic!("the consumer stopped: {outcome:?}");
+            }
+        });
+        for n in 0..10 {
+            bus.send(Stage::Differ, &resync_request(&format!("before-{n}"), "manual"), &format!("before-{n}"))
+                .await
+                .expect("send before the outage");
+        }
+        for _ in 0..4 {
+            tokio::time::timeout(DEADLINE, in_hand.recv())
+                .await
+                .expect("four messages in hand")
+                .expect("the handler");
+        }
+
+        // The outage: the broker ends the connection and refuses new ones.
+        vhost.revoke().await;
+        assert!(vhost.close_connections(name).await >= 1, "no connection named {name}");
+        eventually("the broker to be reported down", || async {
+            (!health.is_up(Dependency::Broker)).then_some(())
+        })
+        .await;
+        assert_eq!(health.report().1["status"], "unavailable");
+        let refused = eventually("publishing to fail fast", || async {
+            bus.send(Stage::Differ, &resync_request("during", "manual"), "during")
+                .await
+                .err()
+                .filter(|err| format!("{err:#}").contains("not connected to RabbitMQ"))
+        })
+        .await;
+        assert!(format!("{refused:#}").contains("try again"), "{refused:#}");
+        // The messages in hand finish, but their channel is gone: they come back.
+        release.send_replace(true);
+
+        vhost.grant().await;
+        tokio::time::timeout(DEADLINE, health.wait_up(Dependency::Broker))
+            .await
+            .expect("the bus to reconnect on its own");
+        for n in 0..10 {
+            bus.send(Stage::Differ, &resync_request(&format!("after-{n}"), "manual"), &format!("after-{n}"))
+                .await
+                .expect("send after the outage");
+        }
+        let mut handled = std::collections::BTreeSet::new();
+        while handled.len() < 20 {
+            let tenant = tokio::time::timeout(DEADLINE, done.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of 20 handled: {handled:?}", handled.len()))
+                .expect("the handler");
+            handled.insert(tenant);
+        }
+        assert!(!handled.contains("during"), "a refused message was sent after all");
+        let work = Stage::Differ.queue();
+        eventually("every message to be acknowledged", || async {
+            (vhost.messages_held(&work).await == Some((0, 0))).then_some(())
+        })
+        .await;
+        assert_queue_empty(&bus, &Stage::Differ.dead_letter_queue()).await;
+        consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_outage_neither_uses_attempts_nor_dead_letters_a_message() {
+    in_fresh_vhost(|vhost| async move {
+        // A real "connection refused" from PostgreSQL, as a handler sees it.
+        let port = closed_port();
+        let database_down = move || async move {
+            let config = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=5");
+            let err = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+                .await
+                .err()
+                .expect("nothing listens on the port");
+            anyhow::Error::new(err).context("taking a PostgreSQL connection from the pool")
+        };
+        let failure = Failure::from(database_down().await);
+        assert!(
+            matches!(failure, Failure::Unavailable { dependency: Dependency::Database, .. }),
+            "{failure:?}"
+        );
+
+        let health = Health::new(&[Dependency::Broker, Dependency::Database]);
+        health.up(Dependency::Database);
+        // The database itself answers: each report of an outage is undone by the probe.
+        let probe = health.watch(Dependency::Database, || async { Ok(()) });
+        let bus = Bus::start(&vhost.amqp_url(), "bus-test-database-outage", &health)
+            .await
+            .expect("start");
+        const OUTAGES: u32 = 20;
+        let (report, mut seen) = mpsc::unbounded_channel();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let options = ConsumeOptions {
+            prefetch: 4,
+            // Any counted attempt would park it after the second.
+            max_attempts: 2,
+            ..ConsumeOptions::default()
+        };
+        let consumer = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                let outcome = bus
+                    .consume(Stage::Applier, options, move |incoming: Incoming<ResyncRequest>| {
+                        let report = report.clone();
+                        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async move {
+                            let _ = report.send(Seen::of(&incoming));
+                            if n < OUTAGES {
+                                return Err(database_down().await.into());
+                            }
+                            Ok(())
+                        }
+                    })
+                    .await;
+                panic!("the consumer stopped: {outcome:?}");
+            }
+        });
+        bus.send(Stage::Applier, &resync_request("acme", "manual"), "msg-db-down")
+            .await
+            .expect("send");
+        let mut attempts = Vec::new();
+        for _ in 0..=OUTAGES {
+            attempts.push(next_seen(&mut seen).await.attempt);
+        }
+        assert_eq!(attempts, vec![1; OUTAGES as usize + 1]);
+        let work = Stage::Applier.queue();
+        eventually("the last delivery to be acknowledged", || async {
+            (vhost.messages_held(&work).await == Some((0, 0))).then_some(())
+        })
+        .await;
+        assert_queue_empty(&bus, &Stage::Applier.dead_letter_queue()).await;
+        assert!(seen.try_recv().is_err(), "a delivery after success");
+        assert!(health.is_healthy());
+        consumer.abort();
+        probe.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_finishes_the_messages_in_hand_and_returns_the_prefetched_ones() {
+    in_fresh_vhost(|vhost| async move {
+        let health = Health::new(&[Dependency::Broker, Dependency::Database]);
+        health.up(Dependency::Database);
+        let bus = Bus::start(&vhost.amqp_url(), "bus-test-graceful", &health)
+            .await
+            .expect("start");
+        let (started, mut has_one) = mpsc::unbounded_channel();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let gate = Gate {
+            started,
+            release: std::sync::Arc::clone(&release),
+        };
+        let options = ConsumeOptions {
+            prefetch: 5,
+            max_attempts: 2,
+            shutdown_timeout: Duration::from_secs(10),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut serving = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                bus.serve(Stage::Notifier, options, gate, shutdown).await
+            }
+        });
+        let send = |n: u32| {
+            let bus = bus.clone();
+            async move {
+                bus.send(Stage::Notifier, &resync_request(&format!("t-{n}"), "manual"), &format!("m-{n}"))
+                    .await
+                    .expect("send");
+            }
+        };
+        for n in 0..3 {
+            send(n).await;
+        }
+        for _ in 0..3 {
+            tokio::time::timeout(DEADLINE, has_one.recv())
+                .await
+                .expect("three messages in hand");
+        }
+        // Unhealthy: the consumer takes nothing more, but the broker still
+        // sends up to the prefetch (2 more), which wait unacked.
+        health.down(Dependency::Database, "test: the database is away");
+        for n in 3..7 {
+            send(n).await;
+        }
+        let work = Stage::Notifier.queue();
+        eventually("3 in hand and 2 prefetched, 2 ready", || async {
+            (vhost.messages_held(&work).await == Some((2, 5))).then_some(())
+        })
+        .await;
+        assert!(has_one.try_recv().is_err(), "work was taken while the database was down");
+
+        stop.send(()).expect("the service is running");
+        let asked = Instant::now();
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut serving).await;
+        assert!(early.is_err(), "serve returned with messages in hand: {early:?}");
+        release.notify_waiters();
+        let result = tokio::time::timeout(DEADLINE, serving)
+            .await
+            .expect("serve to return")
+            .expect("the serve task");
+        assert!(result.is_ok(), "{result:?}");
+        let took = asked.elapsed();
+        assert!(took < options.shutdown_timeout, "the stop took {took:?}");
+        assert_eq!(health.report().1["status"], "stopping");
+        assert!(has_one.try_recv().is_err(), "a prefetched message was started while stopping");
+        // The three in hand were acknowledged; the four others are ready again.
+        eventually("the four not started to be back in the queue", || async {
+            (vhost.messages_held(&work).await == Some((4, 0))).then_some(())
+        })
+        .await;
+        assert_eq!(bus.queue_depth(&work).await.expect("queue depth"), 4);
+        bus.close().await;
+        let closed = bus.send(Stage::Notifier, &resync_request("late", "manual"), "late").await;
+        assert!(closed.is_err(), "published on a closed bus");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_amqp_url_stops_at_start_and_an_unreachable_broker_is_waited_for() {
+    in_fresh_vhost(|vhost| async move {
+        let health = Health::new(&[Dependency::Broker]);
+        let wrong_password = vhost.amqp_url().replace("guest:guest", "guest:wrong");
+        let no_vhost = format!("{AMQP_BASE}/usersync-no-such-vhost-{}", uuid::Uuid::new_v4().simple());
+        for url in [wrong_password.as_str(), no_vhost.as_str(), "rabbitmq, please"] {
+            let err = tokio::time::timeout(DEADLINE, Bus::start(url, "bus-test-config", &health))
+                .await
+                .unwrap_or_else(|_| panic!("{url}: retried a configuration error"))
+                .err()
+                .unwrap_or_else(|| panic!("{url}: connected"));
+            let text = format!("{err:#}");
+            assert!(text.contains("AMQP_URL"), "{url}: {text}");
+            assert!(!text.contains(":wrong@"), "the password is shown: {text}");
+        }
+
+        // Nothing listens: the bus keeps trying and /healthz says why.
+        let refused = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(1500),
+            Bus::start(&refused, "bus-test-refused", &health),
+        )
+        .await;
+        assert!(waiting.is_err(), "gave up on an unreachable broker");
+        let (healthy, report) = health.report();
+        assert!(!healthy);
+        let reason = report["down"][0]["reason"].as_str().unwrap_or_default().to_owned();
+        assert!(reason.contains("connecting to RabbitMQ"), "{report}");
     })
     .await;
 }

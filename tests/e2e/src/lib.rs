@@ -297,6 +297,21 @@ impl Stack {
         let child = &mut self.services[index];
         child.kill().await.expect("killing the service");
     }
+
+    /// SIGTERMs the service process started `index`-th (a graceful stop) and
+    /// returns its exit status, failing the test if it has not exited within `deadline`.
+    pub async fn terminate_service(&mut self, index: usize, deadline: Duration) -> std::process::ExitStatus {
+        let child = &mut self.services[index];
+        let pid = child.id().expect("the service is still running");
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill(2) only sends a signal, to a child this stack started and still owns.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "sending SIGTERM to service {index}: {}", std::io::Error::last_os_error());
+        tokio::time::timeout(deadline, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("service {index} did not exit within {deadline:?} of SIGTERM"))
+            .expect("waiting for the service")
+    }
 }
 
 impl Drop for Stack {
