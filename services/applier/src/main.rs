@@ -11,7 +11,8 @@ use anyhow::Context;
 use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_runtime::{
-    amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_timeout, shutdown_token, Dependency, Health,
+    amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_timeout, shutdown_token,
+    Dependency, Health,
 };
 use usersync_store::{SecretKey, Store};
 

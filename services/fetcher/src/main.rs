@@ -9,7 +9,8 @@ use usersync_bus::{Bus, ConsumeOptions};
 use usersync_contract::topology::Stage;
 use usersync_graph::{GraphClient, GraphConfig, RetryPolicy};
 use usersync_runtime::{
-    amqp_url, database_url, env_or, init_tracing, serve_metrics, shutdown_timeout, shutdown_token, Dependency, Health,
+    amqp_url, database_url, env_or, init_tracing, serve_metrics, shutdown_timeout, shutdown_token,
+    Dependency, Health,
 };
 use usersync_store::{SecretKey, Store};
 

@@ -123,14 +123,19 @@ struct Subscription {
 impl Subscription {
     /// Every channel still open: its deliveries can still be acknowledged.
     fn is_live(&self) -> bool {
-        self.channels.iter().all(|(channel, _)| channel.status().connected())
+        self.channels
+            .iter()
+            .all(|(channel, _)| channel.status().connected())
     }
 
     /// Stops the consumers, hands back what they had prefetched but nobody
     /// started (nack with requeue), and returns the channels to close later.
     async fn cancel(mut self, queue: &str) -> Vec<(Channel, ShortString)> {
         for (channel, tag) in &self.channels {
-            if let Err(err) = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await {
+            if let Err(err) = channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await
+            {
                 tracing::debug!(error = %err, %queue, "cancelling a consumer");
             }
         }
@@ -256,7 +261,9 @@ impl Bus {
                         }
                         Err(err) if outage::classify(&err) == Some(Dependency::Broker) => {
                             self.lost(format!("{err:#}"));
-                            let wait = delays.next().unwrap_or(usersync_runtime::health::MAX_RECONNECT_DELAY);
+                            let wait = delays
+                                .next()
+                                .unwrap_or(usersync_runtime::health::MAX_RECONNECT_DELAY);
                             tokio::select! {
                                 () = tokio::time::sleep(wait) => continue,
                                 () = &mut shutdown => break None,

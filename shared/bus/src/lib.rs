@@ -119,8 +119,12 @@ impl Bus {
                         logged = true;
                     }
                     health.down(Dependency::Broker, &reason);
-                    tokio::time::sleep(delays.next().unwrap_or(usersync_runtime::health::MAX_RECONNECT_DELAY))
-                        .await;
+                    tokio::time::sleep(
+                        delays
+                            .next()
+                            .unwrap_or(usersync_runtime::health::MAX_RECONNECT_DELAY),
+                    )
+                    .await;
                 }
             }
         };
@@ -371,11 +375,13 @@ fn connect_failed(url: &str) -> String {
 /// ACCESS_REFUSED), or no such vhost or no permission on it (530 NOT_ALLOWED).
 fn is_configuration_error(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause.downcast_ref::<lapin::Error>().is_some_and(|err| match err.kind() {
-            ErrorKind::ProtocolError(amqp) => matches!(amqp.get_id(), 403 | 530),
-            ErrorKind::AuthProviderError(_) => true,
-            _ => false,
-        })
+        cause
+            .downcast_ref::<lapin::Error>()
+            .is_some_and(|err| match err.kind() {
+                ErrorKind::ProtocolError(amqp) => matches!(amqp.get_id(), 403 | 530),
+                ErrorKind::AuthProviderError(_) => true,
+                _ => false,
+            })
     })
 }
 

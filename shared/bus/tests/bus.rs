@@ -15,11 +15,11 @@ use lapin::{
 use serde_json::Value;
 use tokio::sync::mpsc;
 use usersync_bus::{Bus, ConsumeOptions, Failure, Handler, Incoming, ATTEMPT_HEADER, REASON_HEADER};
-use usersync_runtime::{Dependency, Health};
 use usersync_contract::{
     topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS, SCHEDULED_REQUESTS_QUEUE},
     Message, ResyncRequest,
 };
+use usersync_runtime::{Dependency, Health};
 
 const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
 const MANAGEMENT_API: &str = "http://127.0.0.1:15672/api";
@@ -110,7 +110,8 @@ impl Vhost {
     /// number closed.
     async fn close_connections(&self, connection_name: &str) -> usize {
         if !self.management {
-            let listed = rabbitmqctl(&["list_connections", "-p", &self.name, "pid", "client_properties"]).await;
+            let listed =
+                rabbitmqctl(&["list_connections", "-p", &self.name, "pid", "client_properties"]).await;
             let pids: Vec<&str> = listed
                 .lines()
                 .filter(|line| line.contains(&format!("\"{connection_name}\"")))
@@ -230,8 +231,18 @@ impl Vhost {
     /// reported them (every few seconds); None before its first report.
     async fn messages_held(&self, queue: &str) -> Option<(u64, u64)> {
         if !self.management {
-            let listed = rabbitmqctl(&["list_queues", "-p", &self.name, "name", "messages_ready", "messages_unacknowledged"]).await;
-            let line = listed.lines().find(|line| line.split_whitespace().next() == Some(queue))?;
+            let listed = rabbitmqctl(&[
+                "list_queues",
+                "-p",
+                &self.name,
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+            .await;
+            let line = listed
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(queue))?;
             let mut counts = line.split_whitespace().skip(1).map(|n| n.parse::<u64>().ok());
             return Some((counts.next()??, counts.next()??));
         }
@@ -929,9 +940,7 @@ async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_i
     in_fresh_vhost(|vhost| async move {
         let health = Health::new(&[Dependency::Broker]);
         let name = "bus-test-outage";
-        let bus = Bus::start(&vhost.amqp_url(), name, &health)
-            .await
-            .expect("start");
+        let bus = Bus::start(&vhost.amqp_url(), name, &health).await.expect("start");
         assert!(health.is_up(Dependency::Broker));
         // Each message is held until released, so some are in hand when the connection goes.
         let (started, mut in_hand) = mpsc::unbounded_channel::<String>();
@@ -946,25 +955,33 @@ async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_i
             };
             async move {
                 let outcome = bus
-                    .consume(Stage::Differ, options, move |incoming: Incoming<ResyncRequest>| {
-                        let (started, finished) = (started.clone(), finished.clone());
-                        let mut released = released.clone();
-                        async move {
-                            let tenant = incoming.message.tenant_id;
-                            let _ = started.send(tenant.clone());
-                            let _ = released.wait_for(|open| *open).await;
-                            let _ = finished.send(tenant);
-                            Ok(())
-                        }
-                    })
+                    .consume(
+                        Stage::Differ,
+                        options,
+                        move |incoming: Incoming<ResyncRequest>| {
+                            let (started, finished) = (started.clone(), finished.clone());
+                            let mut released = released.clone();
+                            async move {
+                                let tenant = incoming.message.tenant_id;
+                                let _ = started.send(tenant.clone());
+                                let _ = released.wait_for(|open| *open).await;
+                                let _ = finished.send(tenant);
+                                Ok(())
+                            }
+                        },
+                    )
                     .await;
                 panic!("the consumer stopped: {outcome:?}");
             }
         });
         for n in 0..10 {
-            bus.send(Stage::Differ, &resync_request(&format!("before-{n}"), "manual"), &format!("before-{n}"))
-                .await
-                .expect("send before the outage");
+            bus.send(
+                Stage::Differ,
+                &resync_request(&format!("before-{n}"), "manual"),
+                &format!("before-{n}"),
+            )
+            .await
+            .expect("send before the outage");
         }
         for _ in 0..4 {
             tokio::time::timeout(DEADLINE, in_hand.recv())
@@ -975,7 +992,10 @@ async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_i
 
         // The outage: the broker ends the connection and refuses new ones.
         vhost.revoke().await;
-        assert!(vhost.close_connections(name).await >= 1, "no connection named {name}");
+        assert!(
+            vhost.close_connections(name).await >= 1,
+            "no connection named {name}"
+        );
         eventually("the broker to be reported down", || async {
             (!health.is_up(Dependency::Broker)).then_some(())
         })
@@ -997,9 +1017,13 @@ async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_i
             .await
             .expect("the bus to reconnect on its own");
         for n in 0..10 {
-            bus.send(Stage::Differ, &resync_request(&format!("after-{n}"), "manual"), &format!("after-{n}"))
-                .await
-                .expect("send after the outage");
+            bus.send(
+                Stage::Differ,
+                &resync_request(&format!("after-{n}"), "manual"),
+                &format!("after-{n}"),
+            )
+            .await
+            .expect("send after the outage");
         }
         let mut handled = std::collections::BTreeSet::new();
         while handled.len() < 20 {
@@ -1009,7 +1033,10 @@ async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_i
                 .expect("the handler");
             handled.insert(tenant);
         }
-        assert!(!handled.contains("during"), "a refused message was sent after all");
+        assert!(
+            !handled.contains("during"),
+            "a refused message was sent after all"
+        );
         let work = Stage::Differ.queue();
         eventually("every message to be acknowledged", || async {
             (vhost.messages_held(&work).await == Some((0, 0))).then_some(())
@@ -1036,7 +1063,13 @@ async fn a_database_outage_neither_uses_attempts_nor_dead_letters_a_message() {
         };
         let failure = Failure::from(database_down().await);
         assert!(
-            matches!(failure, Failure::Unavailable { dependency: Dependency::Database, .. }),
+            matches!(
+                failure,
+                Failure::Unavailable {
+                    dependency: Dependency::Database,
+                    ..
+                }
+            ),
             "{failure:?}"
         );
 
@@ -1060,17 +1093,21 @@ async fn a_database_outage_neither_uses_attempts_nor_dead_letters_a_message() {
             let bus = bus.clone();
             async move {
                 let outcome = bus
-                    .consume(Stage::Applier, options, move |incoming: Incoming<ResyncRequest>| {
-                        let report = report.clone();
-                        let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        async move {
-                            let _ = report.send(Seen::of(&incoming));
-                            if n < OUTAGES {
-                                return Err(database_down().await.into());
+                    .consume(
+                        Stage::Applier,
+                        options,
+                        move |incoming: Incoming<ResyncRequest>| {
+                            let report = report.clone();
+                            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            async move {
+                                let _ = report.send(Seen::of(&incoming));
+                                if n < OUTAGES {
+                                    return Err(database_down().await.into());
+                                }
+                                Ok(())
                             }
-                            Ok(())
-                        }
-                    })
+                        },
+                    )
                     .await;
                 panic!("the consumer stopped: {outcome:?}");
             }
@@ -1129,9 +1166,13 @@ async fn a_graceful_stop_finishes_the_messages_in_hand_and_returns_the_prefetche
         let send = |n: u32| {
             let bus = bus.clone();
             async move {
-                bus.send(Stage::Notifier, &resync_request(&format!("t-{n}"), "manual"), &format!("m-{n}"))
-                    .await
-                    .expect("send");
+                bus.send(
+                    Stage::Notifier,
+                    &resync_request(&format!("t-{n}"), "manual"),
+                    &format!("m-{n}"),
+                )
+                .await
+                .expect("send");
             }
         };
         for n in 0..3 {
@@ -1153,7 +1194,10 @@ async fn a_graceful_stop_finishes_the_messages_in_hand_and_returns_the_prefetche
             (vhost.messages_held(&work).await == Some((2, 5))).then_some(())
         })
         .await;
-        assert!(has_one.try_recv().is_err(), "work was taken while the database was down");
+        assert!(
+            has_one.try_recv().is_err(),
+            "work was taken while the database was down"
+        );
 
         stop.send(()).expect("the service is running");
         let asked = Instant::now();
@@ -1168,7 +1212,10 @@ async fn a_graceful_stop_finishes_the_messages_in_hand_and_returns_the_prefetche
         let took = asked.elapsed();
         assert!(took < options.shutdown_timeout, "the stop took {took:?}");
         assert_eq!(health.report().1["status"], "stopping");
-        assert!(has_one.try_recv().is_err(), "a prefetched message was started while stopping");
+        assert!(
+            has_one.try_recv().is_err(),
+            "a prefetched message was started while stopping"
+        );
         // The three in hand were acknowledged; the four others are ready again.
         eventually("the four not started to be back in the queue", || async {
             (vhost.messages_held(&work).await == Some((4, 0))).then_some(())
@@ -1176,7 +1223,9 @@ async fn a_graceful_stop_finishes_the_messages_in_hand_and_returns_the_prefetche
         .await;
         assert_eq!(bus.queue_depth(&work).await.expect("queue depth"), 4);
         bus.close().await;
-        let closed = bus.send(Stage::Notifier, &resync_request("late", "manual"), "late").await;
+        let closed = bus
+            .send(Stage::Notifier, &resync_request("late", "manual"), "late")
+            .await;
         assert!(closed.is_err(), "published on a closed bus");
     })
     .await;
@@ -1187,7 +1236,10 @@ async fn a_bad_amqp_url_stops_at_start_and_an_unreachable_broker_is_waited_for()
     in_fresh_vhost(|vhost| async move {
         let health = Health::new(&[Dependency::Broker]);
         let wrong_password = vhost.amqp_url().replace("guest:guest", "guest:wrong");
-        let no_vhost = format!("{AMQP_BASE}/usersync-no-such-vhost-{}", uuid::Uuid::new_v4().simple());
+        let no_vhost = format!(
+            "{AMQP_BASE}/usersync-no-such-vhost-{}",
+            uuid::Uuid::new_v4().simple()
+        );
         for url in [wrong_password.as_str(), no_vhost.as_str(), "rabbitmq, please"] {
             let err = tokio::time::timeout(DEADLINE, Bus::start(url, "bus-test-config", &health))
                 .await
@@ -1209,7 +1261,10 @@ async fn a_bad_amqp_url_stops_at_start_and_an_unreachable_broker_is_waited_for()
         assert!(waiting.is_err(), "gave up on an unreachable broker");
         let (healthy, report) = health.report();
         assert!(!healthy);
-        let reason = report["down"][0]["reason"].as_str().unwrap_or_default().to_owned();
+        let reason = report["down"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         assert!(reason.contains("connecting to RabbitMQ"), "{report}");
     })
     .await;

@@ -182,7 +182,10 @@ mod tests {
         assert_eq!(parse_shutdown_secs(Some("0")).unwrap(), Duration::ZERO);
         for bad in ["thirty", "-1", "1.5", "86400"] {
             let err = parse_shutdown_secs(Some(bad)).unwrap_err().to_string();
-            assert!(err.contains("USERSYNC_SHUTDOWN_SECS") && err.contains(bad), "{err}");
+            assert!(
+                err.contains("USERSYNC_SHUTDOWN_SECS") && err.contains(bad),
+                "{err}"
+            );
         }
     }
 }

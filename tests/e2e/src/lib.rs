@@ -306,7 +306,12 @@ impl Stack {
         let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
         // SAFETY: kill(2) only sends a signal, to a child this stack started and still owns.
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "sending SIGTERM to service {index}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            sent,
+            0,
+            "sending SIGTERM to service {index}: {}",
+            std::io::Error::last_os_error()
+        );
         tokio::time::timeout(deadline, child.wait())
             .await
             .unwrap_or_else(|_| panic!("service {index} did not exit within {deadline:?} of SIGTERM"))

@@ -814,11 +814,8 @@ async fn a_due_deletion_gets_one_sweep_run_between_nightly_runs() {
 /// scheduler stops too).
 #[tokio::test]
 async fn sigterm_stops_every_service_with_exit_status_0() {
-    let mut stack = Stack::start_with(
-        "graceful_stop",
-        vec![("USERSYNC_SHUTDOWN_SECS", "5".to_owned())],
-    )
-    .await;
+    let mut stack =
+        Stack::start_with("graceful_stop", vec![("USERSYNC_SHUTDOWN_SECS", "5".to_owned())]).await;
     for (index, service) in usersync_e2e::SERVICES.iter().enumerate() {
         let status = stack.terminate_service(index, Duration::from_secs(20)).await;
         assert_eq!(status.code(), Some(0), "{service} exited with {status}");
