@@ -54,8 +54,14 @@ async fn main() -> anyhow::Result<()> {
     };
     bus.serve(Stage::Fetcher, options, fetcher, stop.cancelled_owned())
         .await?;
-    // A poll in progress finishes; its requests are published before the connection closes.
-    scheduler.await.context("the scheduler task failed")?;
+    // A poll in progress finishes (its claims are published before the
+    // connection closes), within the same bound as the messages in hand.
+    match tokio::time::timeout(shutdown_timeout, scheduler).await {
+        Ok(done) => done.context("the scheduler task failed")?,
+        Err(_) => tracing::warn!(
+            "the scheduler's poll did not finish within USERSYNC_SHUTDOWN_SECS; stopping anyway"
+        ),
+    }
     bus.close().await;
     Ok(())
 }

@@ -337,11 +337,22 @@ impl Bus {
     }
 }
 
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A new connection with the topology declared and a confirming publisher channel.
 async fn open(uri: &AMQPUri, service: &str, generation: u64) -> anyhow::Result<Link> {
     let properties = ConnectionProperties::default().with_connection_name(service.into());
-    let connection = Connection::connect_uri(uri.clone(), properties)
+    // A host that drops packets would otherwise hold the one reconnecting task for minutes.
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri.clone(), properties))
         .await
+        .map_err(|_| {
+            anyhow::Error::new(lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {CONNECT_TIMEOUT:?}"),
+            )))
+        })
+        .and_then(|connected| connected.map_err(anyhow::Error::new))
         .context("connecting to RabbitMQ")?;
     let publisher = connection.create_channel().await.context("opening a channel")?;
     topology::declare(&publisher)
