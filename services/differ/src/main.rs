@@ -15,8 +15,9 @@ async fn main() -> anyhow::Result<()> {
     // `/healthz` answers from the start: 503 naming what is not connected yet.
     let health = Health::new(&[Dependency::Database, Dependency::Broker]);
     serve_metrics(health.clone()).await?;
-    let store = Store::connect(&database_url(), 8).await?;
+    let store = Store::connect_waiting(&database_url(), 8, &health).await?;
     health.up(Dependency::Database);
+    health.watch(Dependency::Database, store.probe());
     let bus = Bus::connect(&amqp_url(), "usersync-differ").await?;
     health.up(Dependency::Broker);
     let differ = reconcile::Differ {

@@ -39,8 +39,9 @@ async fn main() -> anyhow::Result<()> {
     // `/healthz` answers from the start: 503 naming what is not connected yet.
     let health = Health::new(&[Dependency::Database, Dependency::Broker]);
     serve_metrics(health.clone()).await?;
-    let store = Store::connect(&database_url(), POOL_SIZE).await?;
+    let store = Store::connect_waiting(&database_url(), POOL_SIZE, &health).await?;
     health.up(Dependency::Database);
+    health.watch(Dependency::Database, store.probe());
     let bus = Bus::connect(&amqp_url(), "usersync-notifier").await?;
     health.up(Dependency::Broker);
     let notifier = notify::Notifier {
