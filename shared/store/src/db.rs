@@ -395,7 +395,7 @@ mod tests {
         let config = parse_url("postgres://u:pw@db.example:6432/usersync").unwrap();
         assert_eq!(describe(&config), "db.example:6432/usersync");
         let config = parse_url("postgres://u@a,b:5433/x").unwrap();
-        assert_eq!(describe(&config), "a:5433,b:5433/x");
+        assert_eq!(describe(&config), "a:5432,b:5433/x");
     }
 
     #[test]
