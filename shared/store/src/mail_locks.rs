@@ -13,7 +13,9 @@
 //! says no, and also checks in SQL that the lock is still held). A send
 //! already transmitting goes on to its reply and records it; whoever took
 //! the mail over meanwhile found it `transmitting` and made it `uncertain`,
-//! never sent it again. New claims open a new session.
+//! never sent it again. New claims open a new session. (After a restart a
+//! new backend may get the lost session's pid; the attempt number checked in
+//! the same statement still tells a mail taken over from one still owned.)
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
