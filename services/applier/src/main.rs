@@ -8,13 +8,11 @@ mod retry;
 use std::time::Duration;
 
 use anyhow::Context;
-use usersync_bus::{Bus, ConsumeOptions};
+use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
-use usersync_runtime::{
-    amqp_url, database_url, env_opt, init_tracing, serve_metrics, shutdown_timeout, shutdown_token,
-    Dependency, Health,
-};
-use usersync_store::{SecretKey, Store};
+use usersync_runtime::{env_opt, init_tracing};
+use usersync_service::Service;
+use usersync_store::SecretKey;
 
 /// Database connections of one applier replica.
 const POOL_SIZE: usize = 16;
@@ -30,30 +28,15 @@ const MAX_GIVE_UP_SECS: u64 = 86_400;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    let shutdown_timeout = shutdown_timeout()?;
-    // `/healthz` answers from the start: 503 naming what is not connected yet.
-    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
-    serve_metrics(health.clone()).await?;
-    let store = Store::connect(&database_url(), POOL_SIZE).await?;
-    health.up(Dependency::Database);
-    health.watch_database({
-        let store = store.clone();
-        move || {
-            let store = store.clone();
-            async move { store.client().await }
-        }
-    });
-    let bus = Bus::start(&amqp_url(), "usersync-applier", &health).await?;
-    // Installed once connected: until then SIGTERM ends the process at once.
-    let stop = shutdown_token();
+    let service = Service::start("usersync-applier", POOL_SIZE).await?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .build()
         .context("building the HTTP client")?;
     let applier = apply::Applier {
-        store,
-        bus: bus.clone(),
+        store: service.store.clone(),
+        bus: service.bus.clone(),
         http,
         default_pbx: apply::PbxTarget {
             api_url: env_opt("PBX_API_URL"),
@@ -71,12 +54,9 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumeOptions {
         prefetch: PREFETCH,
         max_attempts: max_attempts()?,
-        shutdown_timeout,
+        ..ConsumeOptions::default()
     };
-    bus.serve(Stage::Applier, options, applier, stop.cancelled_owned())
-        .await?;
-    bus.close().await;
-    Ok(())
+    service.serve(Stage::Applier, options, applier, None).await
 }
 
 /// `APPLIER_GIVE_UP_AFTER_SECS`, or the default.

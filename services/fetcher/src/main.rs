@@ -4,45 +4,31 @@ mod groups;
 mod round;
 mod schedule;
 
-use anyhow::Context;
-use usersync_bus::{Bus, ConsumeOptions};
+use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
 use usersync_graph::{GraphClient, GraphConfig, RetryPolicy};
-use usersync_runtime::{
-    amqp_url, database_url, env_or, init_tracing, serve_metrics, shutdown_timeout, shutdown_token,
-    Dependency, Health,
-};
-use usersync_store::{SecretKey, Store};
+use usersync_runtime::{env_or, init_tracing};
+use usersync_service::Service;
+use usersync_store::SecretKey;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    let shutdown_timeout = shutdown_timeout()?;
     let key = SecretKey::from_env()?;
-    // `/healthz` answers from the start: 503 naming what is not connected yet.
-    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
-    serve_metrics(health.clone()).await?;
-    let store = Store::connect(&database_url(), 8).await?;
-    health.up(Dependency::Database);
-    health.watch_database({
-        let store = store.clone();
-        move || {
-            let store = store.clone();
-            async move { store.client().await }
-        }
-    });
-    let bus = Bus::start(&amqp_url(), "usersync-fetcher", &health).await?;
-    // Installed once connected: until then SIGTERM ends the process at once.
-    let stop = shutdown_token();
+    let service = Service::start("usersync-fetcher", 8).await?;
     let graph = GraphClient::new(GraphConfig {
         graph_base_url: env_or("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
         login_base_url: env_or("ENTRA_LOGIN_URL", "https://login.microsoftonline.com"),
         retry: retry_policy()?,
     });
-    let scheduler = tokio::spawn(schedule::run(store.clone(), bus.clone(), stop.clone()));
+    let scheduler = tokio::spawn(schedule::run(
+        service.store.clone(),
+        service.bus.clone(),
+        service.stop.clone(),
+    ));
     let fetcher = round::Fetcher {
-        store,
-        bus: bus.clone(),
+        store: service.store.clone(),
+        bus: service.bus.clone(),
         graph,
         key,
     };
@@ -50,20 +36,13 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumeOptions {
         prefetch: 8,
         max_attempts: 5,
-        shutdown_timeout,
+        ..ConsumeOptions::default()
     };
-    bus.serve(Stage::Fetcher, options, fetcher, stop.cancelled_owned())
-        .await?;
-    // A poll in progress finishes (its claims are published before the
-    // connection closes), within the same bound as the messages in hand.
-    match tokio::time::timeout(shutdown_timeout, scheduler).await {
-        Ok(done) => done.context("the scheduler task failed")?,
-        Err(_) => tracing::warn!(
-            "the scheduler's poll did not finish within USERSYNC_SHUTDOWN_SECS; stopping anyway"
-        ),
-    }
-    bus.close().await;
-    Ok(())
+    // A scheduler poll in progress finishes too (its claims are published
+    // before the connection closes), within the same bound.
+    service
+        .serve(Stage::Fetcher, options, fetcher, Some(scheduler))
+        .await
 }
 
 /// Graph retries; an outage longer than `GRAPH_RETRY_MAX_WAIT_SECS` of waiting

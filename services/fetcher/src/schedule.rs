@@ -13,7 +13,7 @@ use usersync_bus::Bus;
 use usersync_contract::ResyncRequest;
 use usersync_core::{schedule::next_due, Schedule};
 use usersync_runtime::{clock, env_or, CancellationToken};
-use usersync_store::{RunEnds, Store};
+use usersync_store::{RunEnd, RunEnds, Store};
 
 use crate::round::follow_up_message_id;
 
@@ -35,9 +35,8 @@ pub async fn run(store: Store, bus: Bus, stop: CancellationToken) {
                 return;
             }
             _ = ticks.tick() => {
-                if let Err(err) = poll_once(&store, &bus, clock::now()).await {
-                    tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
-                }
+                // Listening before the poll: a run that ends after the poll
+                // read the tables is heard.
                 if run_ends.is_none() {
                     run_ends = store
                         .run_ends()
@@ -45,10 +44,15 @@ pub async fn run(store: Store, bus: Bus, stop: CancellationToken) {
                         .inspect_err(|err| tracing::warn!(error = %format!("{err:#}"), "not told when runs end; follow-ups start on the next poll"))
                         .ok();
                 }
+                if let Err(err) = poll_once(&store, &bus, clock::now()).await {
+                    tracing::warn!(error = %format!("{err:#}"), "scheduler poll failed; trying again");
+                }
             }
             ended = next_end(&mut run_ends) => match ended {
-                // A run ended: its tenant's follow-up may be due now.
-                Some(_) => {
+                // A run ended: its tenant's follow-up may be due now. Or the
+                // listener is back after losing its connection: runs may have
+                // ended unheard meanwhile, so look as if one had.
+                Some(RunEnd::Ended(_) | RunEnd::Resumed) => {
                     if let Err(err) = start_follow_ups(&store, &bus).await {
                         tracing::warn!(error = %format!("{err:#}"), "starting follow-up runs failed; trying again");
                     }
@@ -59,8 +63,10 @@ pub async fn run(store: Store, bus: Bus, stop: CancellationToken) {
     }
 }
 
-/// The tenant of the next run that ends; pending forever while not listening.
-async fn next_end(run_ends: &mut Option<RunEnds>) -> Option<String> {
+/// The next run that ends; pending forever while not listening (the first
+/// LISTEN failed: tried again at the next tick; once listening, the store
+/// reconnects on its own).
+async fn next_end(run_ends: &mut Option<RunEnds>) -> Option<RunEnd> {
     match run_ends {
         Some(ends) => ends.next().await,
         None => std::future::pending().await,

@@ -6,14 +6,11 @@ mod plan;
 use std::path::PathBuf;
 
 use anyhow::bail;
-use usersync_bus::{Bus, ConsumeOptions};
+use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
 use usersync_mail::{Language, MailConfig, Mailer, Templates};
-use usersync_runtime::{
-    amqp_url, database_url, env_opt, env_or, init_tracing, serve_metrics, shutdown_timeout, shutdown_token,
-    Dependency, Health,
-};
-use usersync_store::Store;
+use usersync_runtime::{env_opt, env_or, init_tracing};
+use usersync_service::Service;
 
 /// Events handled at once. Each waits mostly on SMTP and PostgreSQL, so many
 /// in flight keep the pooled SMTP connections busy.
@@ -26,7 +23,6 @@ const POOL_SIZE: usize = 8;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    let shutdown_timeout = shutdown_timeout()?;
     // A broken template stops the service here, not at the first send.
     let templates = Templates::load(env_opt("MAIL_TEMPLATE_DIR").map(PathBuf::from).as_deref())?;
     let default_language = match env_or("MAIL_DEFAULT_LANGUAGE", "en").as_str() {
@@ -38,23 +34,9 @@ async fn main() -> anyhow::Result<()> {
         smtp_url: env_or("SMTP_URL", "smtp://127.0.0.1:1025"),
         from: env_or("MAIL_FROM", "Usersync <noreply@localhost>"),
     })?;
-    // `/healthz` answers from the start: 503 naming what is not connected yet.
-    let health = Health::new(&[Dependency::Database, Dependency::Broker]);
-    serve_metrics(health.clone()).await?;
-    let store = Store::connect(&database_url(), POOL_SIZE).await?;
-    health.up(Dependency::Database);
-    health.watch_database({
-        let store = store.clone();
-        move || {
-            let store = store.clone();
-            async move { store.client().await }
-        }
-    });
-    let bus = Bus::start(&amqp_url(), "usersync-notifier", &health).await?;
-    // Installed once connected: until then SIGTERM ends the process at once.
-    let stop = shutdown_token();
+    let service = Service::start("usersync-notifier", POOL_SIZE).await?;
     let notifier = notify::Notifier {
-        store,
+        store: service.store.clone(),
         mailer,
         templates,
         default_language,
@@ -62,10 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let options = ConsumeOptions {
         prefetch: PREFETCH,
         max_attempts: 8,
-        shutdown_timeout,
+        ..ConsumeOptions::default()
     };
-    bus.serve(Stage::Notifier, options, notifier, stop.cancelled_owned())
-        .await?;
-    bus.close().await;
-    Ok(())
+    service.serve(Stage::Notifier, options, notifier, None).await
 }

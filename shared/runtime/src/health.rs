@@ -226,24 +226,6 @@ impl Health {
             }
         })
     }
-
-    /// Watches the database (see [`Health::watch`]): the probe takes a pooled
-    /// connection from `pooled` and runs `SELECT 1` on it.
-    pub fn watch_database<F, Fut>(&self, pooled: F) -> tokio::task::JoinHandle<()>
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = anyhow::Result<deadpool_postgres::Object>> + Send,
-    {
-        let pooled = Arc::new(pooled);
-        self.watch(Dependency::Database, move || {
-            let pooled = Arc::clone(&pooled);
-            async move {
-                let client = pooled().await?;
-                client.simple_query("SELECT 1").await?;
-                Ok(())
-            }
-        })
-    }
 }
 
 /// How often a dependency that is up is checked.

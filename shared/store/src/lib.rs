@@ -14,6 +14,7 @@ mod membership;
 mod operations;
 mod pbx_checks;
 mod planning;
+mod run_ends;
 mod runs;
 mod sync_users;
 mod tenants;
@@ -29,8 +30,9 @@ pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use pbx_checks::PbxCheck;
 pub use planning::{ChangeHistory, ClaimSession};
+pub use run_ends::{RunEnd, RunEnds};
 pub use runs::{
-    DueFollowUp, RunEnds, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,
+    DueFollowUp, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,
 };
 pub use sync_users::{ChangeRecord, CreateConflict, FailedTries, LockedUser, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};

@@ -4,6 +4,18 @@
 //! docs/mail.md). Advisory locks are re-entrant within a session, so the
 //! process also keeps the ids of its mails in flight: a second event for one
 //! of them finds it in flight instead of claiming it again.
+//!
+//! The session can be lost while the process lives on (a PostgreSQL restart,
+//! a terminated backend, a broken connection). Its locks are then gone, and
+//! another process may take its mails over, so its claims are lost with it:
+//! each `HeldLock` keeps the session it was taken on, and a claim whose
+//! session is lost may not start transmitting (`MailClaim::transmitting`
+//! says no, and also checks in SQL that the lock is still held). A send
+//! already transmitting goes on to its reply and records it; whoever took
+//! the mail over meanwhile found it `transmitting` and made it `uncertain`,
+//! never sent it again. New claims open a new session. (After a restart a
+//! new backend may get the lost session's pid; the attempt number checked in
+//! the same statement still tells a mail taken over from one still owned.)
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,10 +107,24 @@ impl MailLocks {
 
     async fn session(&self) -> Result<Arc<LockSession>> {
         let mut current = self.session.lock().await;
-        if let Some(session) = current.as_ref().filter(|session| !session.is_lost()) {
-            return Ok(Arc::clone(session));
-        }
+        let replaced = match current.as_ref() {
+            Some(session) if !session.is_lost() => return Ok(Arc::clone(session)),
+            Some(session) => {
+                // Its connection closed without a failed statement of ours.
+                session.lose(&"its connection closed");
+                true
+            }
+            None => false,
+        };
+        // While PostgreSQL is unreachable this fails (an outage error), and
+        // the next claim tries again.
         let session = Arc::new(LockSession::connect(&self.config).await?);
+        if replaced {
+            tracing::info!(
+                pid = session.pid,
+                "opened a new session for this process's mail claims"
+            );
+        }
         *current = Some(Arc::clone(&session));
         Ok(session)
     }
@@ -150,7 +176,7 @@ impl LockSession {
     /// A statement failed: the session is closed, so its locks are known to
     /// be gone rather than in doubt. Its sends not yet transmitting find
     /// their lock gone and stop; new claims take a new session.
-    fn lose(&self, err: &tokio_postgres::Error) {
+    fn lose(&self, err: &dyn std::fmt::Display) {
         if !self.lost.swap(true, Ordering::AcqRel) {
             tracing::warn!(error = %err, pid = self.pid,
                 "lost the session holding this process's mail claims: its sends not yet transmitting are given up and retried, new claims take a new session");
@@ -185,6 +211,11 @@ impl HeldLock {
     /// The backend of the session holding the lock.
     pub(crate) fn pid(&self) -> i32 {
         self.session.pid
+    }
+
+    /// The session holding the lock is known to be gone, and the lock with it.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.session.is_lost()
     }
 
     pub(crate) async fn release(mut self) {

@@ -85,6 +85,13 @@ impl MailClaim {
     /// lock session ended (the lock is checked in the same statement) or
     /// another attempt took the mail over. Then no data may go out.
     pub async fn transmitting(&mut self) -> Result<bool> {
+        if self.lock().is_lost() {
+            // Known without asking: the session and its locks are gone
+            // (another attempt may own the mail now).
+            tracing::warn!(mail = %self.id, attempt = self.attempt,
+                "the session holding this mail's claim was lost before its data went out: not sent by this attempt");
+            return Ok(false);
+        }
         let client = pooled(&self.pool).await?;
         let transmitting = client
             .prepare_cached(

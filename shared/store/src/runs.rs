@@ -153,24 +153,6 @@ pub struct DueFollowUp {
 /// failing does not flood the dead-letter queue.
 pub const FOLLOW_UP_REPUBLISH_SECS: f64 = 30.0;
 
-/// The PostgreSQL channel told the tenant id of every run that ends (see V12).
-const RUN_ENDED_CHANNEL: &str = "usersync_run_ended";
-
-/// Notifications of runs that end, whichever service ended them: a prompt
-/// nudge only; what is due is always read from the tables.
-pub struct RunEnds {
-    // Keeps the listening connection open.
-    _client: tokio_postgres::Client,
-    ended: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl RunEnds {
-    /// The tenant of the next run that ends; None once the connection is lost.
-    pub async fn next(&mut self) -> Option<String> {
-        self.ended.recv().await
-    }
-}
-
 /// The live (not stale) run in progress of the tenant, if any; queued
 /// follow-ups are not in progress. Read under the tenant's lock, which
 /// [`Store::mark_round_started`] takes too: a request decides to join before
@@ -337,40 +319,6 @@ impl Store {
         .context("recording the run")?;
         tx.commit().await?;
         Ok(RunStart::Started)
-    }
-
-    /// Listens, on a connection of its own, for runs that end.
-    pub async fn run_ends(&self) -> Result<RunEnds> {
-        let (client, mut connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .context("connecting to PostgreSQL to listen for runs that end")?;
-        let (sender, ended) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                match message {
-                    Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
-                        if sender.send(note.payload().to_owned()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, "lost the connection listening for runs that end");
-                        return;
-                    }
-                }
-            }
-        });
-        client
-            .batch_execute(&format!("LISTEN {RUN_ENDED_CHANNEL}"))
-            .await
-            .context("listening for runs that end")?;
-        Ok(RunEnds {
-            _client: client,
-            ended,
-        })
     }
 
     /// Records that the fetcher starts reading the run's round from the

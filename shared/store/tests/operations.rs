@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use usersync_core::parse_tenant_file;
 use usersync_store::testing::{in_fresh_database, TEST_KEY};
-use usersync_store::{Round, RunStart, RunState, SecretKey, Store};
+use usersync_store::{Round, RunEnd, RunStart, RunState, SecretKey, Store};
 use uuid::Uuid;
 
 async fn store_with_tenants(url: &str, ids: &[&str]) -> Store {
@@ -412,11 +412,10 @@ async fn a_listener_is_told_of_each_run_that_ends_whoever_ends_it() {
         let mut told = Vec::new();
         for _ in 0..3 {
             let next = tokio::time::timeout(std::time::Duration::from_secs(30), ends.next());
-            told.push(
-                next.await
-                    .expect("told within the deadline")
-                    .expect("still listening"),
-            );
+            match next.await.expect("told within the deadline") {
+                Some(RunEnd::Ended(tenant)) => told.push(tenant),
+                other => panic!("expected a run end, heard {other:?}"),
+            }
         }
         assert_eq!(told, ["globex", "acme", "globex"], "each ended run told once");
     })

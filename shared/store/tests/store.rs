@@ -5,7 +5,8 @@
 use serde_json::{json, Value};
 use tokio_postgres::types::Json;
 use usersync_core::{parse_tenant_file, tenant::MASK, TenantConfig};
-use usersync_store::testing::{in_fresh_database, TEST_KEY};
+use usersync_runtime::{outage::classify, Dependency};
+use usersync_store::testing::{in_fresh_database, DatabaseOutage, Refusal, TEST_KEY};
 use usersync_store::{Claim, MailClaim, NewMail, Round, RunStart, SecretKey, Store};
 use uuid::Uuid;
 
@@ -497,12 +498,12 @@ async fn next_transmits(mut claim: MailClaim) -> bool {
     transmitting
 }
 
-/// The advisory locks of this database's mail claims, by holding session.
-async fn claim_locks_by_session(store: &Store) -> Vec<i64> {
+/// The sessions holding this database's mail claims, and how many each holds.
+async fn claim_lock_holders(store: &Store) -> Vec<(i32, i64)> {
     let client = store.client().await.unwrap();
     let rows = client
         .query(
-            "SELECT count(*) FROM pg_locks
+            "SELECT pid, count(*) FROM pg_locks
              WHERE locktype = 'advisory' AND objsubid = 2 AND granted
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
              GROUP BY pid",
@@ -510,7 +511,69 @@ async fn claim_locks_by_session(store: &Store) -> Vec<i64> {
         )
         .await
         .unwrap();
-    rows.iter().map(|row| row.get(0)).collect()
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
+
+/// The number of mail claims each holding session holds.
+async fn claim_locks_by_session(store: &Store) -> Vec<i64> {
+    claim_lock_holders(store)
+        .await
+        .into_iter()
+        .map(|(_, count)| count)
+        .collect()
+}
+
+#[tokio::test]
+async fn claims_held_through_a_database_outage_are_sent_once_and_new_claims_take_a_new_session() {
+    in_fresh_database(|url| async move {
+        // Two notifier processes; `store`'s lock session dies in the outage.
+        let (store, other) = (connect_store(&url).await, connect_store(&url).await);
+        let waiting = outgoing("welcome:acme:pbx-50", "welcome", "jan@acme.example");
+        let going_out = outgoing("welcome:acme:pbx-51", "welcome", "kim@acme.example");
+        let mut waiting_claim = claim_to_send(&store, &waiting).await;
+        let going_out_claim = {
+            let mut claim = claim_to_send(&store, &going_out).await;
+            assert!(claim.transmitting().await.unwrap());
+            claim
+        };
+        let [(old_session, 2)] = claim_lock_holders(&other).await[..] else {
+            panic!("one session holds both claims");
+        };
+
+        let outage = DatabaseOutage::begin(&url, Refusal::Closed).await;
+        let new = outgoing("welcome:acme:pbx-52", "welcome", "lo@acme.example");
+        let err = store.claim_mail(&new, chrono::Utc::now()).await.unwrap_err();
+        assert_eq!(classify(&err), Some(Dependency::Database), "{err:#}");
+        // The lost session is noticed without asking the database: a claim
+        // whose data had not gone out may not start now.
+        assert!(!waiting_claim.transmitting().await.unwrap());
+        outage.end().await;
+
+        // Nor later: its lock went with the session, and the other process
+        // takes the mail over and sends it, once.
+        assert!(!waiting_claim.transmitting().await.unwrap());
+        let taken_over = claim_to_send(&other, &waiting).await;
+        assert_eq!(taken_over.attempt(), 2);
+        assert!(next_transmits(taken_over).await);
+        drop(waiting_claim);
+        assert_eq!(claim_state(&store, &waiting).await, "sent");
+
+        // The mail whose data was going out may be at the server: the other
+        // process does not send it again, and the attempt that sent it records
+        // what the server answered.
+        assert_eq!(claim_state(&other, &going_out).await, "abandoned");
+        going_out_claim.sent(chrono::Utc::now()).await.unwrap();
+        assert_eq!(claim_state(&other, &going_out).await, "sent");
+
+        // New claims of the process that lost its session take a new one.
+        let fresh = claim_to_send(&store, &new).await;
+        let [(new_session, 1)] = claim_lock_holders(&other).await[..] else {
+            panic!("one session holds the new claim");
+        };
+        assert_ne!(new_session, old_session);
+        assert!(next_transmits(fresh).await);
+    })
+    .await;
 }
 
 #[tokio::test]
