@@ -142,7 +142,7 @@ impl Handler<ChangeBatch> for Applier {
                 }
                 Err(CheckFailure::Transient(err)) if incoming.is_last_attempt() => {
                     let reason = format!(
-                        "the PBX of company {} could not be reached after {} attempts: {}",
+                        "the PBX of company {} gave no usable answer in {} attempts: {}",
                         tenant.pbx_company_id,
                         incoming.attempt,
                         err.describe()
@@ -763,12 +763,20 @@ fn create_key(tenant: &TenantConfig, change: &Change, generation: i64) -> String
     }
 }
 
-/// The PBX answered the POST for certain (any 4xx but 401 and 429): a repeat
-/// with the same key would only replay that answer.
+/// The PBX answered the POST for certain (a refusal the contract lists: 400,
+/// 404, 409, 412, 422): a repeat with the same key would only replay that
+/// answer. Anything else leaves the outcome unknown and the key kept: a
+/// dropped connection, 5xx, 429, 401, a status the contract does not list,
+/// or a success whose body cannot be read (the user may exist already).
 fn is_definite(err: &PbxError) -> bool {
-    !err.is_transient()
-        && err.kind != PbxErrorKind::Unauthorized
-        && err.status.is_some_and(|status| (400..500).contains(&status))
+    matches!(
+        err.kind,
+        PbxErrorKind::BadRequest
+            | PbxErrorKind::NotFound
+            | PbxErrorKind::Conflict
+            | PbxErrorKind::Stale
+            | PbxErrorKind::Validation
+    ) && err.status.is_some()
 }
 
 /// Whether `holder` still has this user's value of the field a 409 named.
@@ -999,6 +1007,10 @@ pub(crate) mod tests {
             status(PbxErrorKind::Unavailable, 503),
             status(PbxErrorKind::RateLimited { retry_after: None }, 429),
             status(PbxErrorKind::Unauthorized, 401),
+            status(PbxErrorKind::Unexpected, 418),
+            status(PbxErrorKind::Unexpected, 302),
+            status(PbxErrorKind::Malformed, 201),
+            status(PbxErrorKind::Transport, 201),
             PbxError::from_kind(PbxErrorKind::Transport, "connection dropped"),
         ] {
             assert!(!is_definite(&unknown), "{unknown:?}");
@@ -1063,6 +1075,10 @@ pub(crate) mod tests {
             Written::Transient(_)
         ));
         assert!(matches!(
+            classify(err(PbxErrorKind::Malformed)),
+            Written::Transient(_)
+        ));
+        assert!(matches!(
             classify(err(PbxErrorKind::RateLimited { retry_after: None })),
             Written::Transient(_)
         ));
@@ -1074,6 +1090,7 @@ pub(crate) mod tests {
             PbxErrorKind::Validation,
             PbxErrorKind::BadRequest,
             PbxErrorKind::Conflict,
+            PbxErrorKind::Unexpected,
         ] {
             assert!(matches!(
                 classify(err(kind)),
