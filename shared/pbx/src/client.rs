@@ -66,8 +66,10 @@ impl PbxClient {
     }
 
     /// A client on a shared `reqwest::Client`, so tenants share one pool.
-    /// Use one from [`PbxClient::http`]; should a given client follow a
-    /// redirect anyway, its answer is refused (see `read`).
+    /// Use one from [`PbxClient::http`]: a client that follows redirects
+    /// sends requests (not the token: reqwest drops it) to wherever one
+    /// points; the answer from there is refused (see `read`), but a failure
+    /// to reach there looks like a transport error of the PBX.
     pub fn with_http(http: reqwest::Client, base_url: &str, token: &str) -> Self {
         Self {
             inner: Arc::new(Inner {
