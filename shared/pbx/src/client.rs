@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::DeserializeOwned;
 
+use crate::answer::{Answer, Shape};
 use crate::error::{PbxError, PbxErrorKind};
 use crate::model::{Items, NewUser, Number, PbxUser, Template, UserFilter, UsersPage};
 
@@ -50,15 +50,26 @@ impl PbxClient {
     /// A client with its own connection pool and the standard timeouts.
     pub fn new(base_url: &str, token: &str) -> Result<Self, PbxError> {
         check_base_url(base_url)?;
-        let http = reqwest::Client::builder()
+        Ok(Self::with_http(Self::http()?, base_url, token))
+    }
+
+    /// The `reqwest::Client` to share between tenants' clients: the standard
+    /// timeouts, and redirects are not followed (the contract has none, and
+    /// a redirect must not take a request, let alone the token, elsewhere).
+    pub fn http() -> Result<reqwest::Client, PbxError> {
+        reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|err| PbxError::from_reqwest(&err))?;
-        Ok(Self::with_http(http, base_url, token))
+            .map_err(|err| PbxError::from_reqwest(&err))
     }
 
     /// A client on a shared `reqwest::Client`, so tenants share one pool.
+    /// Use one from [`PbxClient::http`]: a client that follows redirects
+    /// sends requests (not the token: reqwest drops it) to wherever one
+    /// points; the answer from there is refused (see `read`), but a failure
+    /// to reach there looks like a transport error of the PBX.
     pub fn with_http(http: reqwest::Client, base_url: &str, token: &str) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -71,13 +82,13 @@ impl PbxClient {
 
     pub async fn list_templates(&self, company: &str) -> Result<Vec<Template>, PbxError> {
         let url = self.company_url(company, &["templates"], &[])?;
-        let items: Items<Template> = self.call(Method::GET, &url, |r| r).await?;
+        let items: Items<Template> = self.call(Method::GET, &url, StatusCode::OK, |r| r).await?;
         Ok(items.items)
     }
 
     pub async fn list_numbers(&self, company: &str) -> Result<Vec<Number>, PbxError> {
         let url = self.company_url(company, &["numbers"], &[])?;
-        let items: Items<Number> = self.call(Method::GET, &url, |r| r).await?;
+        let items: Items<Number> = self.call(Method::GET, &url, StatusCode::OK, |r| r).await?;
         Ok(items.items)
     }
 
@@ -90,7 +101,7 @@ impl PbxClient {
         idempotency_key: &str,
     ) -> Result<PbxUser, PbxError> {
         let url = self.company_url(company, &["users"], &[])?;
-        self.call(Method::POST, &url, |r| {
+        self.call(Method::POST, &url, StatusCode::CREATED, |r| {
             r.header("Idempotency-Key", idempotency_key).json(user)
         })
         .await
@@ -106,7 +117,7 @@ impl PbxClient {
         if_match: Option<i64>,
     ) -> Result<PbxUser, PbxError> {
         let url = self.company_url(company, &["users", id], &[])?;
-        self.call(Method::PATCH, &url, |r| {
+        self.call(Method::PATCH, &url, StatusCode::OK, |r| {
             let r = r.json(patch);
             match if_match {
                 Some(version) => r.header(reqwest::header::IF_MATCH, version.to_string()),
@@ -119,22 +130,21 @@ impl PbxClient {
     /// 404 counts as done: Ok(false) when it was already gone, Ok(true) when deleted now.
     pub async fn delete_user(&self, company: &str, id: &str) -> Result<bool, PbxError> {
         let url = self.company_url(company, &["users", id], &[])?;
-        let response = self.send(Method::DELETE, &url, |r| r).await?;
-        match response.status() {
-            status if status.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(error_from(response).await),
+        let answer = self.send(Method::DELETE, &url, |r| r).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(false);
         }
+        answer.empty(StatusCode::NO_CONTENT).map(|()| true)
     }
 
     /// The user, or None when the PBX does not know the id.
     pub async fn get_user(&self, company: &str, id: &str) -> Result<Option<PbxUser>, PbxError> {
         let url = self.company_url(company, &["users", id], &[])?;
-        let response = self.send(Method::GET, &url, |r| r).await?;
-        if response.status() == StatusCode::NOT_FOUND {
+        let answer = self.send(Method::GET, &url, |r| r).await?;
+        if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        decode(response).await.map(Some)
+        answer.json(StatusCode::OK).map(Some)
     }
 
     /// Users matching a unique key (normally zero or one), across all pages.
@@ -149,7 +159,7 @@ impl PbxClient {
                 query.push(("cursor", cursor));
             }
             let url = self.company_url(company, &["users"], &query)?;
-            let page: UsersPage = self.call(Method::GET, &url, |r| r).await?;
+            let page: UsersPage = self.call(Method::GET, &url, StatusCode::OK, |r| r).await?;
             found.extend(page.items);
             match page.next_cursor {
                 // A cursor that does not move would loop forever.
@@ -173,22 +183,36 @@ impl PbxClient {
             query.push(("cursor", cursor));
         }
         let url = self.company_url(company, &["users"], &query)?;
-        self.call(Method::GET, &url, |r| r).await
+        self.call(Method::GET, &url, StatusCode::OK, |r| r).await
     }
 
-    /// Sends a request and decodes a success body; any other status is an error.
-    async fn call<T: DeserializeOwned>(
+    /// Sends a request and decodes the body of the `expected` status; any
+    /// other status, or a body not of the contract's shape, is an error.
+    async fn call<T: Shape>(
+        &self,
+        method: Method,
+        url: &str,
+        expected: StatusCode,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, PbxError> {
+        self.send(method, url, build).await?.json(expected)
+    }
+
+    /// Sends one authenticated request and reads its whole answer; only
+    /// failures to get one are errors here.
+    async fn send(
         &self,
         method: Method,
         url: &str,
         build: impl FnOnce(RequestBuilder) -> RequestBuilder,
-    ) -> Result<T, PbxError> {
-        let response = self.send(method, url, build).await?;
-        decode(response).await
+    ) -> Result<Answer, PbxError> {
+        let request = request_line(&method, url);
+        let response = self.exchange(method, url, build).await;
+        read(request, url, response?).await
     }
 
-    /// Sends one authenticated request; only failures to get an answer are errors here.
-    async fn send(
+    /// One authenticated request, measured; only failures to get an answer are errors here.
+    async fn exchange(
         &self,
         method: Method,
         url: &str,
@@ -218,7 +242,7 @@ impl PbxClient {
                 Ok(response)
             }
             Err(err) => {
-                let err = PbxError::from_reqwest(&err);
+                let err = PbxError::from_reqwest(&err).with_request(&request_line(&method, url));
                 tracing::debug!(%method, url, elapsed_ms, error = %err, "PBX call failed");
                 Err(err)
             }
@@ -275,24 +299,49 @@ fn check_base_url(base_url: &str) -> Result<(), PbxError> {
     }
 }
 
-/// Decodes a success body, or turns any other answer into its error.
-async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, PbxError> {
-    if !response.status().is_success() {
-        return Err(error_from(response).await);
-    }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|err| PbxError::from_reqwest(&err))?;
-    serde_json::from_slice(&body).map_err(|err| {
-        PbxError::without_status(PbxErrorKind::Transport, format!("undecodable PBX answer: {err}"))
-    })
+/// `METHOD /path` for messages: no host, no query (ids stay, the token is never in a URL).
+fn request_line(method: &Method, url: &str) -> String {
+    let path = Url::parse(url).map_or_else(|_| url.to_owned(), |parsed| parsed.path().to_owned());
+    format!("{method} {path}")
 }
 
-async fn error_from(response: Response) -> PbxError {
+/// Reads the whole answer. A body cut short (the connection lost mid-body)
+/// is a transport error naming how much arrived; an answer from another URL
+/// than asked (a `reqwest::Client` that follows redirects) is refused.
+async fn read(request: String, url: &str, mut response: Response) -> Result<Answer, PbxError> {
     let status = response.status();
+    if Url::parse(url).ok().as_ref() != Some(response.url()) {
+        let detail = format!(
+            "from {} after a redirect that the contract does not have; use a client that does not follow redirects (PbxClient::http) and check the PBX API URL",
+            response.url()
+        );
+        return Err(
+            PbxError::answered(PbxErrorKind::Unexpected, status.as_u16(), detail).with_request(&request),
+        );
+    }
     let headers = response.headers().clone();
-    // A body we cannot read still leaves the status to classify by.
-    let body = response.text().await.unwrap_or_default();
-    PbxError::from_response(status, &headers, &body)
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(err) => {
+                let detail = format!(
+                    "the connection was cut after {} bytes of the body: {}",
+                    body.len(),
+                    usersync_core::error_chain(&err)
+                );
+                return Err(
+                    PbxError::answered(PbxErrorKind::Transport, status.as_u16(), detail)
+                        .with_request(&request),
+                );
+            }
+        }
+    }
+    Ok(Answer {
+        request,
+        status,
+        headers,
+        body,
+    })
 }

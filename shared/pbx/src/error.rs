@@ -32,8 +32,12 @@ pub enum PbxErrorKind {
     RateLimited { retry_after: Option<Duration> },
     /// 500/502/503/504: transient on the PBX side.
     Unavailable,
-    /// Connect failure, reset, timeout or an undecodable success body.
+    /// Connect failure, reset, timeout, or a connection cut mid-body.
     Transport,
+    /// The call's success status with a body that is not the contract's
+    /// shape: not JSON (a proxy's HTML page), cut short, a required field
+    /// missing or of the wrong type. On a write the outcome is unknown.
+    Malformed,
     /// Anything the contract does not describe.
     Unexpected,
 }
@@ -68,6 +72,7 @@ impl PbxErrorKind {
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Transport => "transport",
+            Self::Malformed => "malformed",
             Self::Unexpected => "unexpected",
         }
     }
@@ -85,6 +90,8 @@ pub struct PbxError {
     pub field: Option<String>,
     /// The user holding a taken unique value (409) when the PBX named one.
     pub existing_id: Option<String>,
+    /// `METHOD /path` of the call, when it got as far as an answer.
+    pub request: Option<String>,
 }
 
 /// The documented error body; every member optional so a partial body still helps.
@@ -100,7 +107,11 @@ impl PbxError {
     pub(crate) fn from_response(status: StatusCode, headers: &HeaderMap, body: &str) -> Self {
         let kind = PbxErrorKind::from_status(status.as_u16(), headers);
         let parsed = serde_json::from_str::<ErrorBody>(body).ok();
-        let documented_message = parsed.as_ref().and_then(|b| b.message.clone());
+        // An empty message says nothing: fall back as for an undocumented body.
+        let documented_message = parsed
+            .as_ref()
+            .and_then(|b| b.message.clone())
+            .filter(|message| !message.trim().is_empty());
         let message = documented_message.unwrap_or_else(|| fallback_message(status, body.trim()));
         let ErrorBody {
             field, existing_id, ..
@@ -111,7 +122,22 @@ impl PbxError {
             message,
             field,
             existing_id,
+            request: None,
         }
+    }
+
+    /// An answer that is not what the contract says: `detail` says what was
+    /// wrong with it and reads on from "PBX answered {status} to {request}".
+    pub(crate) fn answered(kind: PbxErrorKind, status: u16, detail: String) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::without_status(kind, detail)
+        }
+    }
+
+    pub(crate) fn with_request(mut self, request: &str) -> Self {
+        self.request = Some(request.to_owned());
+        self
     }
 
     /// An error of `kind` made by the caller (for example a pause it keeps itself).
@@ -127,6 +153,7 @@ impl PbxError {
             message: message.into(),
             field: None,
             existing_id: None,
+            request: None,
         }
     }
 
@@ -145,7 +172,10 @@ impl PbxError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self.kind,
-            PbxErrorKind::RateLimited { .. } | PbxErrorKind::Unavailable | PbxErrorKind::Transport
+            PbxErrorKind::RateLimited { .. }
+                | PbxErrorKind::Unavailable
+                | PbxErrorKind::Transport
+                | PbxErrorKind::Malformed
         )
     }
 
@@ -160,12 +190,26 @@ impl PbxError {
     /// One line for logs and reports.
     pub fn describe(&self) -> String {
         let label = self.kind.label();
+        let request = self.request.as_deref().unwrap_or("a request");
         let mut text = match (self.status, &self.field) {
+            // Answers the contract does not describe: the message reads on.
+            (Some(status), _) if self.kind == PbxErrorKind::Malformed => {
+                format!("PBX answered {status} to {request} {}", self.message)
+            }
+            (Some(status), _) if self.kind == PbxErrorKind::Transport => {
+                format!("PBX answered {status} to {request} but {}", self.message)
+            }
+            (Some(status), _) if self.kind == PbxErrorKind::Unexpected => {
+                format!("PBX answered {status} to {request}, {}", self.message)
+            }
             (Some(status), Some(field)) => {
                 format!("PBX refused field {field} ({status} {label}): {}", self.message)
             }
             (Some(status), None) => format!("PBX answered {status} {label}: {}", self.message),
-            (None, _) => format!("PBX call failed ({label}): {}", self.message),
+            (None, _) => match &self.request {
+                Some(request) => format!("PBX call {request} failed ({label}): {}", self.message),
+                None => format!("PBX call failed ({label}): {}", self.message),
+            },
         };
         if let Some(holder) = &self.existing_id {
             text.push_str(&format!(" (held by user {holder})"));

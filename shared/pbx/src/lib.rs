@@ -4,10 +4,12 @@
 //! [`PbxError`] so callers can decide whether to retry, re-read, adopt or
 //! report; this crate never retries on its own.
 
+pub mod answer;
 mod client;
 mod error;
 mod model;
 
+pub use answer::{Answer, Shape};
 pub use client::PbxClient;
 pub use error::{PbxError, PbxErrorKind};
-pub use model::{NewUser, Number, PbxUser, Template, UserFilter, UsersPage};
+pub use model::{Items, NewUser, Number, PbxUser, Template, UserFilter, UsersPage};

@@ -75,7 +75,7 @@ impl UserFilter {
 }
 
 /// The `{"items": [...]}` wrapper of the list endpoints.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Items<T> {
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Items<T> {
     pub items: Vec<T>,
 }

@@ -41,7 +41,6 @@ async fn every_documented_status_maps_to_its_kind() {
         (502, PbxErrorKind::Unavailable, true),
         (503, PbxErrorKind::Unavailable, true),
         (504, PbxErrorKind::Unavailable, true),
-        (418, PbxErrorKind::Unexpected, false),
     ];
     for (status, expected_kind, transient) in cases {
         let server = serve(move |_| Reply::json(status, error_json("x", "nope", None, None))).await;
@@ -107,12 +106,7 @@ async fn conflict_and_validation_keep_field_and_holder() {
 
 #[tokio::test]
 async fn undocumented_error_body_still_gives_a_sensible_error() {
-    let server = serve(|_| Reply {
-        status: 502,
-        headers: vec![("content-type", "text/html".into())],
-        body: "<html>Bad gateway from proxy</html>".into(),
-    })
-    .await;
+    let server = serve(|_| Reply::text(502, "text/html", "<html>Bad gateway from proxy</html>")).await;
     let err = client_for(&server.base_url)
         .list_numbers("acme")
         .await
@@ -123,19 +117,19 @@ async fn undocumented_error_body_still_gives_a_sensible_error() {
 }
 
 #[tokio::test]
-async fn undecodable_success_body_is_a_transport_error() {
-    let server = serve(|_| Reply {
-        status: 200,
-        headers: Vec::new(),
-        body: "{\"items\": [trunc".into(),
-    })
-    .await;
+async fn undecodable_success_body_is_malformed_and_transient() {
+    let server = serve(|_| Reply::text(200, "application/json", "{\"items\": [trunc")).await;
     let err = client_for(&server.base_url)
         .list_templates("acme")
         .await
         .unwrap_err();
-    assert_eq!(err.kind, PbxErrorKind::Transport);
+    assert_eq!(err.kind, PbxErrorKind::Malformed);
     assert!(err.is_transient());
+    assert!(
+        err.to_string()
+            .starts_with("PBX answered 200 to GET /v1/companies/acme/templates with a body that"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -375,4 +369,215 @@ fn invalid_base_url_is_refused() {
     let err = PbxClient::new("not a url", TOKEN).unwrap_err();
     assert_eq!(err.kind, PbxErrorKind::Unexpected);
     assert!(PbxClient::new("ftp://pbx.example", TOKEN).is_err());
+}
+
+const PROXY_PAGE: &str = "<!DOCTYPE html><html><head><title>Proxy</title></head><body>Session expired, please sign in</body></html>";
+
+/// Every call of the client, against `server`, with a short label.
+async fn every_call(client: &PbxClient) -> Vec<(&'static str, usersync_pbx::PbxError)> {
+    let patch = json!({"surname": "B"});
+    vec![
+        ("templates", client.list_templates("acme").await.unwrap_err()),
+        ("numbers", client.list_numbers("acme").await.unwrap_err()),
+        (
+            "list",
+            client.list_users_page("acme", 10, None).await.unwrap_err(),
+        ),
+        (
+            "find",
+            client
+                .find_users("acme", UserFilter::ExternalId("obj-1".into()))
+                .await
+                .unwrap_err(),
+        ),
+        ("get", client.get_user("acme", "u1").await.unwrap_err()),
+        (
+            "create",
+            client.create_user("acme", &new_user(), "k1").await.unwrap_err(),
+        ),
+        (
+            "update",
+            client.update_user("acme", "u1", &patch, None).await.unwrap_err(),
+        ),
+        ("delete", client.delete_user("acme", "u1").await.unwrap_err()),
+    ]
+}
+
+#[tokio::test]
+async fn an_html_page_with_the_success_status_is_malformed_on_every_call() {
+    let server = serve(|r| {
+        let status = match r.method.as_str() {
+            "POST" => 201,
+            _ => 200,
+        };
+        Reply::text(status, "text/html; charset=utf-8", PROXY_PAGE)
+    })
+    .await;
+    for (call, err) in every_call(&client_for(&server.base_url)).await {
+        if call == "delete" {
+            // DELETE's success is 204: a 200 page is a status the contract does not list.
+            assert_eq!(err.kind, PbxErrorKind::Unexpected, "{call}: {err}");
+            continue;
+        }
+        assert_eq!(err.kind, PbxErrorKind::Malformed, "{call}: {err}");
+        assert!(err.is_transient(), "{call}");
+        let text = err.to_string();
+        assert!(
+            text.contains(" /v1/companies/acme/")
+                && text.contains("with a body that is not JSON (text/html, 105 B)"),
+            "{call}: {text}"
+        );
+        assert!(
+            text.contains("Session expired"),
+            "{call}: the page is quoted: {text}"
+        );
+    }
+    let err = client_for(&server.base_url)
+        .create_user("acme", &new_user(), "k1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("PBX answered 201 to POST /v1/companies/acme/users with a body that is not JSON"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_cut_mid_way_is_a_transport_error_saying_how_much_came() {
+    let server = serve(|_| Reply::json(201, user_json("u1", "anna.berg", 1)).cut_after(40)).await;
+    let err = client_for(&server.base_url)
+        .create_user("acme", &new_user(), "k1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, PbxErrorKind::Transport);
+    assert!(err.is_transient());
+    assert_eq!(err.status, Some(201));
+    assert!(
+        err.to_string().starts_with(
+            "PBX answered 201 to POST /v1/companies/acme/users but the connection was cut after 40 bytes of the body"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn json_without_a_required_field_or_with_a_wrong_type_is_malformed() {
+    let server = serve(|r| match (r.method.as_str(), r.target.as_str()) {
+        ("POST", _) => {
+            let mut user = user_json("u1", "anna.berg", 1);
+            user.as_object_mut().unwrap().remove("id");
+            Reply::json(201, user)
+        }
+        ("PATCH", _) => {
+            let mut user = user_json("u1", "anna.berg", 1);
+            user["version"] = json!("2");
+            Reply::json(200, user)
+        }
+        (_, target) if target.contains("/templates") => Reply::json(200, json!({"templates": []})),
+        _ => Reply::json(200, json!({"items": {"id": "u1"}, "next_cursor": null})),
+    })
+    .await;
+    let client = client_for(&server.base_url);
+    let created = client.create_user("acme", &new_user(), "k1").await.unwrap_err();
+    assert_eq!(created.kind, PbxErrorKind::Malformed);
+    assert!(
+        created
+            .to_string()
+            .contains("not a user as the contract has it: missing field `id`"),
+        "{created}"
+    );
+    let updated = client
+        .update_user("acme", "u1", &json!({"surname": "B"}), None)
+        .await
+        .unwrap_err();
+    assert!(
+        updated
+            .to_string()
+            .contains("invalid type: string \"2\", expected i64"),
+        "{updated}"
+    );
+    let templates = client.list_templates("acme").await.unwrap_err();
+    assert!(
+        templates.to_string().contains("missing field `items`"),
+        "{templates}"
+    );
+    let page = client.list_users_page("acme", 10, None).await.unwrap_err();
+    assert!(page.to_string().contains("not a page of users"), "{page}");
+    assert!([created, updated, templates, page]
+        .iter()
+        .all(|e| e.is_transient()));
+}
+
+#[tokio::test]
+async fn a_status_the_contract_does_not_list_is_an_error_on_every_call() {
+    let server = serve(|_| Reply::text(418, "text/plain", "I'm a teapot")).await;
+    for (call, err) in every_call(&client_for(&server.base_url)).await {
+        assert_eq!(err.kind, PbxErrorKind::Unexpected, "{call}");
+        assert_eq!(err.status, Some(418), "{call}");
+        assert!(!err.is_transient(), "{call}");
+        let text = err.to_string();
+        assert!(
+            text.contains("PBX answered 418 to ") && text.contains("a status the contract does not list"),
+            "{call}: {text}"
+        );
+        assert!(text.contains("I'm a teapot"), "{call}: {text}");
+    }
+    // A 200 where the contract says 201 is not taken for a creation either.
+    let server = serve(|_| Reply::json(200, user_json("u1", "anna.berg", 1))).await;
+    let err = client_for(&server.base_url)
+        .create_user("acme", &new_user(), "k1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, PbxErrorKind::Unexpected);
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_is_refused_and_the_token_stays_home() {
+    let elsewhere = serve(|_| Reply::json(200, user_json("u1", "anna.berg", 1))).await;
+    // Another host name for the same machine: `localhost` instead of 127.0.0.1.
+    let target = elsewhere.base_url.replace("127.0.0.1", "localhost");
+    let location = format!("{target}/v1/companies/acme/users/u1");
+    let pbx = serve(move |_| Reply::text(302, "text/html", "moved").with_header("location", &location)).await;
+
+    let err = client_for(&pbx.base_url)
+        .get_user("acme", "u1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, PbxErrorKind::Unexpected);
+    assert_eq!(err.status, Some(302));
+    assert!(
+        err.to_string().contains(&format!(
+            "PBX answered 302 to GET /v1/companies/acme/users/u1, a redirect to {target}/v1/companies/acme/users/u1"
+        )),
+        "{err}"
+    );
+    assert!(elsewhere.requests().is_empty(), "the redirect was not followed");
+
+    // Handed a client that follows redirects, the answer from elsewhere is still refused.
+    let following = PbxClient::with_http(reqwest::Client::new(), &pbx.base_url, TOKEN);
+    let err = following.get_user("acme", "u1").await.unwrap_err();
+    assert_eq!(err.kind, PbxErrorKind::Unexpected);
+    assert!(
+        err.to_string()
+            .contains("after a redirect that the contract does not have"),
+        "{err}"
+    );
+    let followed = elsewhere.only_request();
+    assert_eq!(followed.header("authorization"), None, "the token went elsewhere");
+}
+
+#[tokio::test]
+async fn a_repeated_cursor_or_an_empty_one_does_not_loop() {
+    let server = serve(|_| Reply::json(200, json!({"items": [], "next_cursor": ""}))).await;
+    let err = client_for(&server.base_url)
+        .find_users("acme", UserFilter::Alias("a".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, PbxErrorKind::Malformed);
+    assert!(
+        err.to_string().contains("next_cursor is an empty string"),
+        "{err}"
+    );
+    assert_eq!(server.requests().len(), 1);
 }

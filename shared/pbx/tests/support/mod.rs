@@ -36,6 +36,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Send only this many bytes of the body, then cut the connection.
+    pub cut_after: Option<usize>,
 }
 
 impl Reply {
@@ -44,7 +46,24 @@ impl Reply {
             status,
             headers: vec![("content-type", "application/json".to_string())],
             body: body.to_string(),
+            cut_after: None,
         }
+    }
+
+    pub fn text(status: u16, content_type: &str, body: &str) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", content_type.to_string())],
+            body: body.to_string(),
+            cut_after: None,
+        }
+    }
+
+    /// The body announced in full (Content-Length), `bytes` of it sent, then
+    /// the connection cut: what a client sees when a proxy or the PBX dies mid-answer.
+    pub fn cut_after(mut self, bytes: usize) -> Self {
+        self.cut_after = Some(bytes);
+        self
     }
 
     pub fn empty(status: u16) -> Self {
@@ -52,6 +71,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: String::new(),
+            cut_after: None,
         }
     }
 
@@ -123,7 +143,26 @@ async fn handle(
     };
     let reply = (state.responder)(&recorded);
     state.seen.lock().unwrap().push(recorded);
-    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    let mut response = match reply.cut_after {
+        None => (status, reply.body).into_response(),
+        Some(bytes) => {
+            let length = reply.body.len();
+            let sent = Bytes::from(reply.body.into_bytes()).slice(..bytes);
+            // Pending once between the part and the failure, so hyper flushes
+            // the headers and the part before it cuts the connection.
+            let cut = futures::stream::once(async {
+                tokio::task::yield_now().await;
+                Err(std::io::Error::other("connection cut by the test server"))
+            });
+            let chunks = futures::StreamExt::chain(futures::stream::once(async { Ok(sent) }), cut);
+            let mut response = (status, axum::body::Body::from_stream(chunks)).into_response();
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(length));
+            response
+        }
+    };
     for (name, value) in reply.headers {
         response.headers_mut().insert(
             HeaderName::from_static(name),

@@ -950,3 +950,181 @@ async fn add_asa_oberg(stack: &Stack, entra: &str, domain: &str) -> String {
         .await;
     user["id"].as_str().expect("the new user's id").to_owned()
 }
+
+/// The run's error code and reason, as recorded on its row.
+fn run_error(stack: &Stack, run: &Value) -> (String, String) {
+    let row = stack.sql(&format!(
+        "SELECT error_code, error FROM runs WHERE id = '{}'",
+        run_id(run)
+    ));
+    let (code, error) = row.split_once('|').expect("code|error");
+    (code.to_owned(), error.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_answering_garbage_after_its_writes_and_html_to_reads_creates_each_user_once() {
+    let stack = Stack::start("applier_garbage").await;
+    let entra = add_tenant(&stack, "garbled", 300, |_| {}).await;
+    // Counted faults are used up oldest first: the pre-check's first two reads
+    // get a proxy's page, then 23 POSTs are written but answered unreadably
+    // (their outcome unknown to the applier), and two are answered 418.
+    let spoilt_posts = 10 + 5 + 3 + 5;
+    for fault in [
+        json!({"kind": "html", "count": 2, "method": "GET"}),
+        json!({"kind": "html", "after": true, "count": 10, "method": "POST"}),
+        json!({"kind": "reshape", "field": "id", "count": 5, "method": "POST"}),
+        json!({"kind": "reshape", "field": "version", "value": "one", "count": 3, "method": "POST"}),
+        json!({"kind": "truncate", "count": 5, "method": "POST"}),
+        json!({"kind": "unlisted", "status": 418, "count": 2, "method": "POST"}),
+    ] {
+        add_fault(&stack, "garbled", fault).await;
+    }
+    resync(&stack, "garbled").await;
+    let run = finished_run(&stack, "garbled", None, Duration::from_secs(600)).await;
+    let stats = pbx_stats(&stack, "garbled").await;
+    // An unknown status fails its change (never success, never a new key);
+    // every unreadable answer was asked again with the same key.
+    assert_eq!(run["state"], "partial", "{run:#}\n{stats}");
+    assert_eq!(run["counts"]["created"], 298, "{run:#}");
+    assert_eq!(run["counts"]["failed"], 2, "{run:#}");
+    let failed = failures(&stack, &run_id(&run)).await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for reason in failed.values() {
+        assert!(
+            reason.starts_with(
+                "PBX answered 418 to POST /v1/companies/garbled/users, a status the contract does not list"
+            ),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        stats["created"], 298,
+        "every user was written once, the 418s not at all: {stats}"
+    );
+    assert!(
+        count(&stats["idempotent_replays"]) >= spoilt_posts,
+        "each unreadable answer was replayed: {stats}"
+    );
+    let retried = stack.sql(&format!(
+        "SELECT count(*) FROM run_changes WHERE run_id = '{}' AND outcome = 'created' AND tries > 0",
+        run_id(&run)
+    ));
+    eprintln!(
+        "garbage answers: {} POSTs, {} replays, {retried} creates needed more than one try",
+        stats["posts"], stats["idempotent_replays"]
+    );
+
+    // A later run finishes the job: the two failed users, with the key they had.
+    resync(&stack, "garbled").await;
+    let run = finished_run(&stack, "garbled", Some(&run_id(&run)), Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["created"], 2, "{run:#}");
+    let stats = pbx_stats(&stack, "garbled").await;
+    assert_eq!(stats["created"], 300, "{stats}");
+    let pbx = by_owner(&pbx_users(&stack, "garbled").await);
+    assert_eq!(pbx.len(), 300);
+    assert_eq!(
+        count(&stats["posts"]),
+        300 + count(&stats["idempotent_replays"]) + 2,
+        "every POST created, replayed or was the 418s: {stats}"
+    );
+
+    // Updates: unreadable answers to PATCH are tried again; a redirect fails
+    // its change with the target named, and the next run writes it.
+    let renamed: Vec<String> = directory(&stack, &entra).await.into_keys().take(6).collect();
+    for id in &renamed {
+        set_surname(&stack, &entra, id, "Skräp").await;
+    }
+    for fault in [
+        json!({"kind": "html", "after": true, "count": 2, "method": "PATCH"}),
+        json!({"kind": "reshape", "field": "version", "value": "x", "method": "PATCH"}),
+        json!({"kind": "truncate", "method": "PATCH"}),
+        json!({"kind": "unlisted", "status": 302, "location": "http://elsewhere.invalid/login", "method": "PATCH"}),
+    ] {
+        add_fault(&stack, "garbled", fault).await;
+    }
+    resync(&stack, "garbled").await;
+    let run = finished_run(&stack, "garbled", Some(&run_id(&run)), Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "partial", "{run:#}");
+    assert_eq!(run["counts"]["updated"], 5, "{run:#}");
+    let failed = failures(&stack, &run_id(&run)).await;
+    let (object_id, reason) = failed.iter().next().expect("one failed update");
+    let pbx_id = pbx[object_id]["id"].as_str().expect("pbx id");
+    assert_eq!(
+        reason,
+        &format!(
+            "PBX answered 302 to PATCH /v1/companies/garbled/users/{pbx_id}, a redirect to http://elsewhere.invalid/login that the contract does not have; it was not followed (check the PBX API URL)"
+        )
+    );
+    resync(&stack, "garbled").await;
+    let run = finished_run(&stack, "garbled", Some(&run_id(&run)), Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["counts"]["updated"], 1, "{run:#}");
+    let pbx = by_owner(&pbx_users(&stack, "garbled").await);
+    for id in &renamed {
+        assert_eq!(pbx[id]["surname"], "Skräp", "{id}");
+    }
+    assert_eq!(pbx_stats(&stack, "garbled").await["created"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_check_read_answered_with_a_redirect_or_html_fails_the_run_naming_it_and_the_next_run_syncs() {
+    let mut stack = Stack::start("applier_portal").await;
+    // Three tries of a batch whose pre-check gets no usable answer, not six.
+    stack.kill_service(APPLIER).await;
+    stack
+        .start_service_with("usersync-applier", &[("APPLIER_MAX_ATTEMPTS", "3")])
+        .await;
+    add_tenant(&stack, "portal", 10, |_| {}).await;
+    // A login portal in front of the PBX: a redirect is not followed, and
+    // is no status the contract has, so the run stops at once.
+    add_fault(
+        &stack,
+        "portal",
+        json!({"kind": "unlisted", "status": 302, "location": "https://sso.invalid/login", "method": "GET"}),
+    )
+    .await;
+    resync(&stack, "portal").await;
+    let run = finished_run(&stack, "portal", None, Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let (code, error) = run_error(&stack, &run);
+    assert_eq!(code, "pbx.check_failed", "{error}");
+    assert!(
+        error.contains(
+            "PBX answered 302 to GET /v1/companies/portal/templates, a redirect to https://sso.invalid/login"
+        ),
+        "{error}"
+    );
+
+    // A page with 200 is retried like an outage, then fails the run saying what came.
+    add_fault(
+        &stack,
+        "portal",
+        json!({"kind": "html", "count": 1000, "method": "GET"}),
+    )
+    .await;
+    resync(&stack, "portal").await;
+    let run = finished_run(&stack, "portal", Some(&run_id(&run)), Duration::from_secs(180)).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let (code, error) = run_error(&stack, &run);
+    assert_eq!(code, "pbx.unavailable", "{error}");
+    assert!(
+        error.contains(
+            "gave no usable answer in 3 attempts: PBX answered 200 to GET /v1/companies/portal/templates with a body that is not JSON (text/html"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("Session expired"), "the page is quoted: {error}");
+    let stats = pbx_stats(&stack, "portal").await;
+    assert_eq!(stats["writes"], 0, "nothing was written: {stats}");
+    assert!(
+        count(&stats["requests"]) >= 3,
+        "the read was tried again: {stats}"
+    );
+
+    clear_faults(&stack, "portal").await;
+    resync(&stack, "portal").await;
+    let run = finished_run(&stack, "portal", Some(&run_id(&run)), Duration::from_secs(120)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(by_owner(&pbx_users(&stack, "portal").await).len(), 10);
+}

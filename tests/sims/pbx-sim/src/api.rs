@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::company::{Company, Number, Template};
 use crate::error::ApiError;
-use crate::faults::Verdict;
+use crate::faults::{Forged, Spoil, Verdict, PROXY_PAGE};
 use crate::state::AppState;
 use crate::user::{parse_body, User, UserPatch};
 
@@ -52,18 +52,75 @@ pub async fn gate(
     match admission.verdict {
         Verdict::Reject(error) => error.into_response(),
         Verdict::DropBefore => dropped_connection(),
-        Verdict::Proceed { drop_after } => {
+        Verdict::Forge(forged) => forged_response(forged),
+        Verdict::Proceed { then } => {
             request.extensions_mut().insert(company);
             let response = next.run(request).await;
             // The write is done; a client that goes away now cannot undo it.
             if let Some(delay) = after {
                 tokio::time::sleep(delay).await;
             }
-            if drop_after {
-                dropped_connection()
-            } else {
-                response
+            match then {
+                None => response,
+                Some(spoil) => spoilt(response, &spoil).await,
             }
+        }
+    }
+}
+
+/// An answer made up in place of the PBX's.
+fn forged_response(forged: Forged) -> Response {
+    match forged {
+        Forged::Html => html_response(StatusCode::OK),
+        Forged::Unlisted { status, location } => {
+            let text = format!("{status}\n");
+            let mut response = (status, [(header::CONTENT_TYPE, "text/plain")], text).into_response();
+            if let Some(value) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+    }
+}
+
+fn html_response(status: StatusCode) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        PROXY_PAGE,
+    )
+        .into_response()
+}
+
+/// The handled request's answer, spoilt as the fault says.
+async fn spoilt(response: Response, spoil: &Spoil) -> Response {
+    let (parts, body) = response.into_parts();
+    // The sim's own answers are small and in memory: reading one cannot fail.
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let part = spoil.body(&body);
+    match spoil {
+        Spoil::Drop => dropped_connection(),
+        Spoil::Html => html_response(parts.status),
+        Spoil::Truncate => {
+            // The whole length announced, half sent; pending once between, so
+            // hyper flushes the headers and the half before it cuts.
+            let cut = futures::stream::once(async {
+                tokio::task::yield_now().await;
+                Err::<Bytes, _>(io::Error::other("injected cut mid-body"))
+            });
+            let stream = futures::StreamExt::chain(futures::stream::once(async { Ok(part) }), cut);
+            let mut response = Response::from_parts(parts, Body::from_stream(stream));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            response
+        }
+        Spoil::Reshape { .. } => {
+            let mut response = Response::from_parts(parts, Body::from(part.clone()));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+            response
         }
     }
 }

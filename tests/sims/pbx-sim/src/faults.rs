@@ -2,8 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::Method;
-use serde::Deserialize;
+use axum::body::Bytes;
+use axum::http::{Method, StatusCode};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -47,6 +49,47 @@ pub enum FaultRequest {
     RateLimit {
         per_second: u32,
     },
+    /// A proxy's HTML page with a success status: in place of handling the
+    /// request (200), or, with `after`, once it was handled (the handler's
+    /// status, the write done), in place of its JSON.
+    Html {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+        #[serde(default)]
+        after: bool,
+    },
+    /// Handle the request, send its status and the first half of its body,
+    /// then cut the connection.
+    Truncate {
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+    },
+    /// Handle the request, then answer its JSON with top-level `field`
+    /// removed, or set to `value` (any JSON, `null` included) when given.
+    Reshape {
+        field: String,
+        #[serde(default, deserialize_with = "present")]
+        value: Option<Value>,
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+    },
+    /// Answer a status the contract does not list (418, 302 with `location`,
+    /// 202, 507, ...) with a short text body, without handling the request.
+    Unlisted {
+        status: u16,
+        #[serde(default)]
+        location: Option<String>,
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        method: Option<String>,
+    },
     /// Every `every`-th matching request is answered 429 with `Retry-After`,
     /// as a PBX that throttles a steady share of its traffic does.
     Throttle {
@@ -66,23 +109,59 @@ fn one_second() -> u64 {
     1
 }
 
+/// A value that was given, `null` included (absent stays `None`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The page a misconfigured proxy or a login portal answers with.
+pub const PROXY_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>Gateway</title></head>\n<body><h1>Session expired</h1><p>Please sign in to continue.</p></body></html>\n";
+
 /// What the gate does with one request.
 #[derive(Debug, Clone)]
 pub enum Verdict {
-    /// Handle the request; with `drop_after` the response is then thrown away
-    /// and the connection cut, so the client never learns the outcome.
-    Proceed { drop_after: bool },
+    /// Handle the request; with `then`, the answer is spoilt afterwards, so
+    /// the write is done while the client cannot read that it was.
+    Proceed { then: Option<Spoil> },
     /// Cut the connection without handling the request.
     DropBefore,
     /// Answer with this error without handling the request.
     Reject(ApiError),
+    /// Answer this, not the contract's, without handling the request.
+    Forge(Forged),
+}
+
+/// What becomes of the answer of a handled request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spoil {
+    /// Thrown away and the connection cut before its first byte.
+    Drop,
+    /// Its body replaced by [`PROXY_PAGE`], its status kept.
+    Html,
+    /// Half its body sent, then the connection cut.
+    Truncate,
+    /// A top-level field of its JSON removed, or replaced by a value.
+    Reshape { field: String, value: Option<Value> },
+}
+
+/// An answer made up in place of the PBX's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forged {
+    /// [`PROXY_PAGE`] with 200.
+    Html,
+    /// A status the contract does not list, with `Location` when given.
+    Unlisted {
+        status: StatusCode,
+        location: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum CountedAction {
     Reject(ApiError),
-    DropAfter,
     DropBefore,
+    Spoil(Spoil),
+    Forge(Forged),
 }
 
 #[derive(Debug)]
@@ -144,7 +223,57 @@ impl Faults {
                     })?;
                 self.add_counted(CountedAction::Reject(error), count, method)
             }
-            FaultRequest::Drop { count, method } => self.add_counted(CountedAction::DropAfter, count, method),
+            FaultRequest::Drop { count, method } => {
+                self.add_counted(CountedAction::Spoil(Spoil::Drop), count, method)
+            }
+            FaultRequest::Html { count, method, after } => {
+                let action = if after {
+                    CountedAction::Spoil(Spoil::Html)
+                } else {
+                    CountedAction::Forge(Forged::Html)
+                };
+                self.add_counted(action, count, method)
+            }
+            FaultRequest::Truncate { count, method } => {
+                self.add_counted(CountedAction::Spoil(Spoil::Truncate), count, method)
+            }
+            FaultRequest::Reshape {
+                field,
+                value,
+                count,
+                method,
+            } => {
+                if field.is_empty() {
+                    return Err(ApiError::bad_field("field", "field must name a top-level field"));
+                }
+                self.add_counted(
+                    CountedAction::Spoil(Spoil::Reshape { field, value }),
+                    count,
+                    method,
+                )
+            }
+            FaultRequest::Unlisted {
+                status,
+                location,
+                count,
+                method,
+            } => {
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(|status| (200..600).contains(&status.as_u16()))
+                    .ok_or_else(|| ApiError::bad_field("status", "status must be from 200 to 599"))?;
+                let location = match location {
+                    Some(location) if axum::http::HeaderValue::from_str(&location).is_err() => {
+                        return Err(ApiError::bad_field("location", "location must be header text"))
+                    }
+                    other => other,
+                };
+                self.add_counted(
+                    CountedAction::Forge(Forged::Unlisted { status, location }),
+                    count,
+                    method,
+                )
+            }
             FaultRequest::DropBefore { count, method } => {
                 self.add_counted(CountedAction::DropBefore, count, method)
             }
@@ -225,7 +354,7 @@ impl Faults {
             .iter()
             .position(|fault| fault.method.as_ref().is_none_or(|m| m == method))
         else {
-            return Verdict::Proceed { drop_after: false };
+            return Verdict::Proceed { then: None };
         };
         let fault = &mut self.counted[position];
         fault.remaining -= 1;
@@ -235,8 +364,9 @@ impl Faults {
         }
         match action {
             CountedAction::Reject(error) => Verdict::Reject(error),
-            CountedAction::DropAfter => Verdict::Proceed { drop_after: true },
+            CountedAction::Spoil(spoil) => Verdict::Proceed { then: Some(spoil) },
             CountedAction::DropBefore => Verdict::DropBefore,
+            CountedAction::Forge(forged) => Verdict::Forge(forged),
         }
     }
 }
@@ -246,6 +376,32 @@ fn parse_method(method: Option<String>) -> Result<Option<Method>, ApiError> {
         .map(|name| Method::from_bytes(name.to_ascii_uppercase().as_bytes()))
         .transpose()
         .map_err(|_| ApiError::bad_field("method", "method is not an HTTP method"))
+}
+
+impl Spoil {
+    /// The body to send instead of `body`; for [`Spoil::Truncate`] the part
+    /// sent before the cut.
+    pub fn body(&self, body: &Bytes) -> Bytes {
+        match self {
+            Self::Drop => Bytes::new(),
+            Self::Html => Bytes::from_static(PROXY_PAGE.as_bytes()),
+            Self::Truncate => body.slice(..body.len() / 2),
+            Self::Reshape { field, value } => reshape(body, field, value.as_ref()),
+        }
+    }
+}
+
+/// `body` with top-level `field` removed or set to `value`; a body that is no
+/// JSON object is left as it is.
+fn reshape(body: &Bytes, field: &str, value: Option<&Value>) -> Bytes {
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
+        return body.clone();
+    };
+    match value {
+        Some(value) => object.insert(field.to_owned(), value.clone()),
+        None => object.remove(field),
+    };
+    Bytes::from(Value::Object(object).to_string())
 }
 
 impl Throttle {
@@ -295,7 +451,112 @@ mod tests {
     }
 
     fn is_proceed(verdict: &Verdict) -> bool {
-        matches!(verdict, Verdict::Proceed { drop_after: false })
+        matches!(verdict, Verdict::Proceed { then: None })
+    }
+
+    fn fault(json: Value) -> FaultRequest {
+        serde_json::from_value(json).expect("a fault request")
+    }
+
+    #[test]
+    fn html_answers_in_place_of_the_request_or_after_it() {
+        let now = Instant::now();
+        let mut faults = Faults::default();
+        faults
+            .add(fault(serde_json::json!({"kind": "html", "method": "get"})), now)
+            .expect("valid");
+        faults
+            .add(
+                fault(serde_json::json!({"kind": "html", "after": true, "count": 2})),
+                now,
+            )
+            .expect("valid");
+        assert!(matches!(
+            faults.judge(&Method::GET, now),
+            Verdict::Forge(Forged::Html)
+        ));
+        for _ in 0..2 {
+            assert!(matches!(
+                faults.judge(&Method::POST, now),
+                Verdict::Proceed {
+                    then: Some(Spoil::Html)
+                }
+            ));
+        }
+        assert!(is_proceed(&faults.judge(&Method::POST, now)));
+        assert!(Spoil::Html
+            .body(&Bytes::from_static(b"{}"))
+            .starts_with(b"<!DOCTYPE html>"));
+    }
+
+    #[test]
+    fn truncate_keeps_the_first_half_of_the_body() {
+        let body = Bytes::from_static(br#"{"id":"u1","alias":"a"}"#);
+        assert_eq!(Spoil::Truncate.body(&body), body.slice(..11));
+        let mut faults = Faults::default();
+        faults
+            .add(
+                fault(serde_json::json!({"kind": "truncate", "method": "post"})),
+                Instant::now(),
+            )
+            .expect("valid");
+        assert!(matches!(
+            faults.judge(&Method::POST, Instant::now()),
+            Verdict::Proceed {
+                then: Some(Spoil::Truncate)
+            }
+        ));
+    }
+
+    #[test]
+    fn reshape_removes_a_field_or_gives_it_another_value_null_included() {
+        let body = Bytes::from_static(br#"{"id":"u1","version":1}"#);
+        let removed = fault(serde_json::json!({"kind": "reshape", "field": "id"}));
+        let nulled = fault(serde_json::json!({"kind": "reshape", "field": "id", "value": null}));
+        let retyped = fault(serde_json::json!({"kind": "reshape", "field": "version", "value": "7"}));
+        let mut bodies = Vec::new();
+        for request in [removed, nulled, retyped] {
+            let mut faults = Faults::default();
+            faults.add(request, Instant::now()).expect("valid");
+            let Verdict::Proceed { then: Some(spoil) } = faults.judge(&Method::POST, Instant::now()) else {
+                panic!("a reshape handles the request");
+            };
+            let spoilt: Value = serde_json::from_slice(&spoil.body(&body)).expect("still JSON");
+            bodies.push(spoilt);
+        }
+        assert_eq!(bodies[0], serde_json::json!({"version": 1}));
+        assert_eq!(bodies[1], serde_json::json!({"id": null, "version": 1}));
+        assert_eq!(bodies[2], serde_json::json!({"id": "u1", "version": "7"}));
+        assert_eq!(
+            reshape(&Bytes::from_static(b"[1]"), "id", None),
+            Bytes::from_static(b"[1]")
+        );
+        let unnamed = fault(serde_json::json!({"kind": "reshape", "field": ""}));
+        assert!(Faults::default().add(unnamed, Instant::now()).is_err());
+    }
+
+    #[test]
+    fn unlisted_statuses_are_answered_as_asked() {
+        let now = Instant::now();
+        let mut faults = Faults::default();
+        let redirect = fault(
+            serde_json::json!({"kind": "unlisted", "status": 302, "location": "http://elsewhere.example/x"}),
+        );
+        faults.add(redirect, now).expect("valid");
+        assert_eq!(
+            match faults.judge(&Method::GET, now) {
+                Verdict::Forge(forged) => forged,
+                other => panic!("not forged: {other:?}"),
+            },
+            Forged::Unlisted {
+                status: StatusCode::FOUND,
+                location: Some("http://elsewhere.example/x".into())
+            }
+        );
+        for status in [99, 101, 600] {
+            let request = fault(serde_json::json!({"kind": "unlisted", "status": status}));
+            assert!(faults.add(request, now).is_err(), "{status}");
+        }
     }
 
     #[test]
