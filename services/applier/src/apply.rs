@@ -37,10 +37,8 @@ pub struct PbxTarget {
 pub struct Applier {
     pub store: Store,
     pub bus: Bus,
-    /// Not used for PBX calls: a client built by main.rs follows redirects,
-    /// and a redirect must take no PBX request elsewhere, so they go through
-    /// [`pbx_http`]. Kept until main.rs stops passing one.
-    #[allow(dead_code)]
+    /// Every tenant's PBX client shares its pool (from [`PbxClient::http`]:
+    /// no redirect takes a request elsewhere).
     pub http: reqwest::Client,
     pub default_pbx: PbxTarget,
     pub key: Option<SecretKey>,
@@ -255,7 +253,7 @@ impl Applier {
             url.ok_or("no PBX API URL: set PBX_API_URL for the applier, or the tenant's pbx.api_url")?;
         let token = token
             .ok_or("no PBX API token: set PBX_API_TOKEN for the applier, or the tenant's pbx.api_token")?;
-        Ok(PbxClient::with_http(pbx_http()?, &url, &token))
+        Ok(PbxClient::with_http(self.http.clone(), &url, &token))
     }
 
     /// Ends the run as failed (once, whichever replica gets there first) and tells the notifier.
@@ -692,17 +690,6 @@ impl Applier {
             Err(err) => classify(err),
         }
     }
-}
-
-/// The connection pool every tenant's PBX client shares: built once, with
-/// the client's timeouts and no redirects followed.
-fn pbx_http() -> Result<reqwest::Client, String> {
-    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    if let Some(http) = HTTP.get() {
-        return Ok(http.clone());
-    }
-    let http = PbxClient::http().map_err(|err| format!("building the PBX HTTP client: {err}"))?;
-    Ok(HTTP.get_or_init(|| http).clone())
 }
 
 /// Delayed retry of a pre-check the PBX could not answer: backoff with

@@ -7,7 +7,6 @@ mod retry;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
 use usersync_runtime::{env_opt, init_tracing};
@@ -29,15 +28,11 @@ const MAX_GIVE_UP_SECS: u64 = 86_400;
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     let service = Service::start("usersync-applier", POOL_SIZE).await?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
     let applier = apply::Applier {
         store: service.store.clone(),
         bus: service.bus.clone(),
-        http,
+        http: usersync_pbx::PbxClient::http()
+            .map_err(|err| anyhow::anyhow!("building the PBX HTTP client: {}", err.describe()))?,
         default_pbx: apply::PbxTarget {
             api_url: env_opt("PBX_API_URL"),
             api_token: env_opt("PBX_API_TOKEN"),
