@@ -67,8 +67,17 @@ pub fn parse_tenant_file(text: &str) -> Result<TenantConfig, Vec<Problem>> {
     let config = read_tenant(&Obj::root(root), &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
-        _ => Err(problems),
+        _ => Err(problems.into_iter().map(naming_empty_keys).collect()),
     }
+}
+
+/// A key may be empty (`{"": 1}`, found by fuzzing): its path would end in
+/// nothing (`""`, `schedule.`), so the empty key is shown as `""`.
+fn naming_empty_keys(mut problem: Problem) -> Problem {
+    if problem.field.is_empty() || problem.field.ends_with('.') {
+        problem.field.push_str("\"\"");
+    }
+    problem
 }
 
 /// Reads every field before combining them, so that all problems are found.
