@@ -673,6 +673,16 @@ async fn bad_graph_answers_mid_round_fail_the_run_and_keep_the_delta_link() {
             vec!["HTTP 200", "no `value` key"],
         ),
         (
+            json!({"kind": "truncated", "count": 1000}),
+            "graph.invalid_response",
+            vec!["HTTP 200", "cut short", "attempt(s)"],
+        ),
+        (
+            json!({"kind": "item_without_id"}),
+            "graph.invalid_response",
+            vec!["item 0 of `value` has no `id`"],
+        ),
+        (
             json!({"kind": "foreign_link", "origin": "http://graph.example.invalid"}),
             "graph.invalid_link",
             vec!["`@odata.nextLink`", "http://graph.example.invalid"],
