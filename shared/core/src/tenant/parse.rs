@@ -71,11 +71,11 @@ pub fn parse_tenant_file(text: &str) -> Result<TenantConfig, Vec<Problem>> {
     }
 }
 
-/// A key may be empty (`{"": 1}`, found by fuzzing): its path would end in
-/// nothing (`""`, `schedule.`), so the empty key is shown as `""`.
+/// A top-level key may be empty (`{"": 1}`, found by fuzzing): its problem
+/// would name no field at all, so the empty key is shown as `""`.
 fn naming_empty_keys(mut problem: Problem) -> Problem {
-    if problem.field.is_empty() || problem.field.ends_with('.') {
-        problem.field.push_str("\"\"");
+    if problem.field.is_empty() {
+        problem.field = "\"\"".to_owned();
     }
     problem
 }
