@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use url::Url;
 
-use crate::pages::{Collection, DirectoryObject, RawGroupDelta};
+use crate::pages::{Collection, DirectoryObject};
 use crate::retry::{self, transport_error, AttemptError, RetryHook};
 use crate::token::{self, TokenCache, TokenKey};
 use crate::{
@@ -97,8 +96,8 @@ impl GraphClient {
 
     /// One page of a delta round, from a next or delta link exactly as given.
     pub async fn users_delta_page(&self, creds: &Credentials, url: &str) -> Result<DeltaPage, GraphError> {
-        let page: Collection<Value> = self.get(creds, url, Consistency::Default).await?;
-        DeltaPage::try_from(page)
+        let (page, path) = self.get(creds, url, Consistency::Default).await?;
+        DeltaPage::from_collection(page, &path)
     }
 
     /// First URL of a groups delta round without a token (every group, every member).
@@ -112,8 +111,8 @@ impl GraphClient {
         creds: &Credentials,
         url: &str,
     ) -> Result<GroupsDeltaPage, GraphError> {
-        let page: Collection<RawGroupDelta> = self.get(creds, url, Consistency::Default).await?;
-        GroupsDeltaPage::try_from(page)
+        let (page, path) = self.get(creds, url, Consistency::Default).await?;
+        GroupsDeltaPage::from_collection(page, &path)
     }
 
     /// The ids of the groups carrying each display name, one entry per name.
@@ -140,7 +139,8 @@ impl GraphClient {
         let mut ids = Vec::new();
         let mut link = Some(urls::group_by_name(&self.inner.config.graph_base_url, name));
         while let Some(url) = link {
-            let page: Collection<DirectoryObject> = self.get(creds, &url, Consistency::Default).await?;
+            let (page, _): (Collection<DirectoryObject>, _) =
+                self.get(creds, &url, Consistency::Default).await?;
             ids.extend(page.value.into_iter().map(|group| group.id));
             link = page.next_link;
         }
@@ -154,28 +154,30 @@ impl GraphClient {
 
     /// One page of a group's transitive user members.
     pub async fn members_page(&self, creds: &Credentials, url: &str) -> Result<MembersPage, GraphError> {
-        let page: Collection<DirectoryObject> = self.get(creds, url, Consistency::Eventual).await?;
+        let (page, _) = self.get(creds, url, Consistency::Eventual).await?;
         Ok(MembersPage::from(page))
     }
 
-    /// GET with retries; a 401 means the token went stale early, so it is dropped
-    /// and the request tried once more with a fresh one.
+    /// GET of a collection page with retries, and the request's path (for
+    /// messages: the query may carry a delta token); a 401 means the token went
+    /// stale early, so it is dropped and the request tried once more with a fresh one.
     async fn get<T: DeserializeOwned>(
         &self,
         creds: &Credentials,
         link: &str,
         consistency: Consistency,
-    ) -> Result<T, GraphError> {
+    ) -> Result<(Collection<T>, String), GraphError> {
         let url = urls::trusted_link(&self.inner.config.graph_base_url, link)?;
         let attempt = || self.get_once(creds, &url, consistency);
-        match self.with_retries(attempt).await {
+        let page = match self.with_retries(attempt).await {
             Err(GraphError::Http { status: 401, .. }) => {
                 tracing::info!(tenant_id = %creds.tenant_id, "Graph rejected the access token; fetching a new one");
                 self.inner.tokens.forget(&TokenKey::of(creds));
                 self.with_retries(attempt).await
             }
             outcome => outcome,
-        }
+        }?;
+        Ok((page, url.path().to_owned()))
     }
 
     async fn get_once<T: DeserializeOwned>(
@@ -183,7 +185,7 @@ impl GraphClient {
         creds: &Credentials,
         url: &Url,
         consistency: Consistency,
-    ) -> Result<T, AttemptError> {
+    ) -> Result<Collection<T>, AttemptError> {
         let token = self.token(creds).await?;
         let mut request = self.inner.http.get(url.clone()).bearer_auth(token);
         if consistency == Consistency::Eventual {
@@ -198,7 +200,8 @@ impl GraphClient {
         metrics::counter!("usersync_graph_requests_total", "status" => status).increment(1);
         metrics::histogram!("usersync_graph_request_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        response::read(url, sent.map_err(transport_error)?).await
+        let graph_base_url = &self.inner.config.graph_base_url;
+        response::read_page(graph_base_url, url, sent.map_err(transport_error)?).await
     }
 
     async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, GraphError>

@@ -5,6 +5,7 @@
 mod client;
 mod error;
 mod pages;
+pub mod parse;
 mod response;
 mod retry;
 mod token;

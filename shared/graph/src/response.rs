@@ -1,12 +1,14 @@
 //! Turning Graph answers into pages or classified errors.
 
-use reqwest::header::{HeaderMap, LOCATION};
+use reqwest::header::{HeaderMap, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 use url::Url;
 
-use crate::retry::{is_transient_status, retry_after, transport_error, AttemptError, Transient};
+use crate::pages::{self, Collection};
+use crate::retry::{describe, is_transient_status, retry_after, transport_error, AttemptError, Transient};
 use crate::{urls, GraphError};
 
 /// Error codes (case-insensitive) with which Graph declares a delta token unusable.
@@ -28,21 +30,71 @@ struct ErrorDetail {
     message: String,
 }
 
-/// Reads a response: a success body as `T`, anything else as a classified failure.
-pub(crate) async fn read<T: DeserializeOwned>(
+/// Reads a response: a success body as a collection page whose links point at
+/// `graph_base_url`, anything else as a classified failure.
+pub(crate) async fn read_page<T: DeserializeOwned>(
+    graph_base_url: &str,
     request_url: &Url,
     response: reqwest::Response,
-) -> Result<T, AttemptError> {
+) -> Result<Collection<T>, AttemptError> {
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(transport_error)?;
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        // A connection cut mid-body, or a Content-Length the body never reaches.
+        Err(error) if status.is_success() => {
+            return Err(bad_body(
+                status,
+                format!(
+                    "HTTP {status} to GET {}: the body was cut short ({})",
+                    request_url.path(),
+                    describe(&error.without_url())
+                ),
+            ))
+        }
+        Err(error) => return Err(transport_error(error)),
+    };
     if !status.is_success() {
         return Err(failure(request_url, status, &headers, &body));
     }
-    serde_json::from_slice(&body).map_err(|error| {
-        AttemptError::Stop(GraphError::InvalidResponse {
-            reason: format!("HTTP {status} body is not the documented shape: {error}"),
-        })
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    decode_page(graph_base_url, request_url, status, content_type, &body)
+}
+
+/// The body of a success answer as a page. A body that is not JSON at all looks
+/// like a proxy's or a cut answer and is retried; JSON of the wrong shape, or a
+/// link to another host, is Graph's final word and fails at once.
+pub(crate) fn decode_page<T: DeserializeOwned>(
+    graph_base_url: &str,
+    request_url: &Url,
+    status: StatusCode,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Collection<T>, AttemptError> {
+    let path = request_url.path();
+    let json: Value = serde_json::from_slice(body).map_err(|error| {
+        let content_type = content_type.unwrap_or("none");
+        bad_body(
+            status,
+            format!(
+                "HTTP {status} to GET {path}: the body is not JSON (content-type {content_type}, {} bytes: {error})",
+                body.len()
+            ),
+        )
+    })?;
+    let page = pages::collection(json).map_err(|reason| GraphError::InvalidResponse {
+        reason: format!("HTTP {status} to GET {path}: {reason}"),
+    })?;
+    page.check_links(graph_base_url, path)?;
+    Ok(page)
+}
+
+fn bad_body(status: StatusCode, reason: String) -> AttemptError {
+    AttemptError::Retry(Transient {
+        status: Some(status.as_u16()),
+        reason,
+        retry_after: None,
+        bad_body: true,
     })
 }
 
@@ -55,6 +107,7 @@ fn failure(request_url: &Url, status: StatusCode, headers: &HeaderMap, body: &[u
             status: Some(status.as_u16()),
             reason: format!("HTTP {status} {}", detail.code).trim_end().to_string(),
             retry_after: retry_after(headers),
+            bad_body: false,
         });
     }
     AttemptError::Stop(final_error(request_url, status, headers, detail))

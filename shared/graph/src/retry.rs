@@ -56,6 +56,9 @@ pub(crate) struct Transient {
     pub reason: String,
     /// The server's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+    /// A success answer with a broken body (cut short, or not JSON, as from a
+    /// proxy): once retries are used up it is an invalid response, not an outage.
+    pub bad_body: bool,
 }
 
 /// Outcome of one failed attempt.
@@ -88,11 +91,12 @@ pub(crate) fn transport_error(error: reqwest::Error) -> AttemptError {
         status: None,
         reason: describe(&error),
         retry_after: None,
+        bad_body: false,
     })
 }
 
 /// The error and its causes, without the URL (links carry long delta tokens).
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     usersync_core::error_chain(error)
 }
 
@@ -131,6 +135,9 @@ where
         .await;
     outcome.map_err(|error| match error {
         AttemptError::Stop(error) => error,
+        AttemptError::Retry(last) if last.bad_body => GraphError::InvalidResponse {
+            reason: format!("{} (on each of {} attempt(s))", last.reason, retries + 1),
+        },
         AttemptError::Retry(last) => GraphError::Unavailable {
             attempts: retries + 1,
             last: last.reason,
@@ -211,6 +218,7 @@ mod tests {
             status: Some(429),
             reason: "HTTP 429".into(),
             retry_after,
+            bad_body: false,
         })
     }
 

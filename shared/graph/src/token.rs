@@ -140,6 +140,7 @@ pub(crate) async fn request_token(
             status: Some(status.as_u16()),
             reason: format!("token endpoint answered HTTP {status}"),
             retry_after: retry_after(&headers),
+            bad_body: false,
         }));
     }
     Err(AttemptError::Stop(refusal(status.as_u16(), &body, creds)))

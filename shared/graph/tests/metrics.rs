@@ -19,7 +19,10 @@ async fn requests_durations_and_waits_are_counted() {
         "/v1.0/users/delta",
         vec![
             Reply::graph_error(429, "TooManyRequests", "Slow down.").header("Retry-After", "0.125"),
-            Reply::json(200, json!({"value": [], "@odata.deltaLink": "http://x/delta"})),
+            Reply::json(
+                200,
+                json!({"value": [], "@odata.deltaLink": "{base}/v1.0/users/delta?$deltatoken=next"}),
+            ),
         ],
     )
     .await;

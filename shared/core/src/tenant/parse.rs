@@ -67,8 +67,17 @@ pub fn parse_tenant_file(text: &str) -> Result<TenantConfig, Vec<Problem>> {
     let config = read_tenant(&Obj::root(root), &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
-        _ => Err(problems),
+        _ => Err(problems.into_iter().map(naming_empty_keys).collect()),
     }
+}
+
+/// A top-level key may be empty (`{"": 1}`, found by fuzzing): its problem
+/// would name no field at all, so the empty key is shown as `""`.
+fn naming_empty_keys(mut problem: Problem) -> Problem {
+    if problem.field.is_empty() {
+        problem.field = "\"\"".to_owned();
+    }
+    problem
 }
 
 /// Reads every field before combining them, so that all problems are found.

@@ -13,7 +13,7 @@ const DELTA_PATH: &str = "/v1.0/users/delta";
 fn final_page() -> Reply {
     Reply::json(
         200,
-        json!({"value": [{"id": "u1"}], "@odata.deltaLink": "http://x/delta"}),
+        json!({"value": [{"id": "u1"}], "@odata.deltaLink": "{base}/v1.0/users/delta?$deltatoken=next"}),
     )
 }
 

@@ -36,12 +36,17 @@ pub fn fast_policy() -> RetryPolicy {
     }
 }
 
+/// Stands for the fake's base URL in the bodies [`graph_with`] serves, so a
+/// canned page can carry links to the fake itself (the only host the client follows).
+pub const BASE: &str = "{base}";
+
 /// One canned HTTP answer.
 #[derive(Clone)]
 pub struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Option<Value>,
+    raw: Option<(String, Vec<u8>)>,
 }
 
 impl Reply {
@@ -50,6 +55,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: Some(body),
+            raw: None,
         }
     }
 
@@ -58,7 +64,25 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: None,
+            raw: None,
         }
+    }
+
+    /// A body as given, with its content type: HTML from a proxy, broken JSON, …
+    pub fn raw(status: u16, content_type: &str, body: &[u8]) -> Self {
+        Self {
+            raw: Some((content_type.to_owned(), body.to_vec())),
+            ..Self::empty(status)
+        }
+    }
+
+    /// [`BASE`] in the JSON body's strings replaced with `base`.
+    fn on(mut self, base: &str) -> Self {
+        if let Some(body) = &self.body {
+            let text = body.to_string().replace(BASE, base);
+            self.body = Some(serde_json::from_str(&text).expect("JSON after replacing {base}"));
+        }
+        self
     }
 
     /// Graph's documented error body.
@@ -79,9 +103,12 @@ impl Reply {
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).expect("valid status");
-        let mut response = match self.body {
-            Some(body) => (status, axum::Json(body)).into_response(),
-            None => status.into_response(),
+        let mut response = match (self.raw, self.body) {
+            (Some((content_type, raw)), _) => {
+                (status, [(axum::http::header::CONTENT_TYPE, content_type)], raw).into_response()
+            }
+            (None, Some(body)) => (status, axum::Json(body)).into_response(),
+            (None, None) => status.into_response(),
         };
         for (name, value) in &self.headers {
             response.headers_mut().insert(
@@ -204,10 +231,12 @@ async fn record(State(seen): State<Arc<Mutex<Vec<Seen>>>>, request: Request, nex
         .await
 }
 
-/// A standard fake: token endpoint plus one scripted Graph route.
+/// A standard fake: token endpoint plus one scripted Graph route; [`BASE`] in
+/// the replies' bodies is the fake's base URL.
 pub async fn graph_with(path: &str, replies: Vec<Reply>) -> Fake {
     let path = path.to_string();
-    Fake::start(|_| {
+    Fake::start(|base| {
+        let replies = replies.into_iter().map(|reply| reply.on(base)).collect();
         Router::new()
             .route(TOKEN_PATH, token_ok())
             .route(&path, scripted(replies))

@@ -138,7 +138,7 @@ async fn missing_admin_consent_is_reported_as_such() {
 
 #[tokio::test]
 async fn a_rejected_token_is_replaced_once() {
-    let page = json!({"value": [], "@odata.deltaLink": "http://x/delta"});
+    let page = json!({"value": [], "@odata.deltaLink": "{base}/v1.0/users/delta?$deltatoken=next"});
     let fake = graph_with(
         "/v1.0/users/delta",
         vec![

@@ -630,3 +630,118 @@ async fn a_fetcher_killed_mid_round_loses_nothing() {
         "600"
     );
 }
+
+/// Answers that are not what Graph documents, on page 2 of a delta round: the
+/// run fails naming what was wrong, the stored delta link stays where it was,
+/// and once the fault is gone the next round brings every change exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_graph_answers_mid_round_fail_the_run_and_keep_the_delta_link() {
+    // A proxy page that does not go away is retried for 2 s of waiting, not 600.
+    let stack = Stack::start_with("badanswers", vec![("GRAPH_RETRY_MAX_WAIT_SECS", "2".to_owned())]).await;
+    let tenant = Extra {
+        id: "proxyco",
+        entra: "6b0c2d1e-3f4a-4b5c-8d6e-7f8091a2b3d2",
+    };
+    tenant
+        .setup(
+            &stack,
+            json!({"users": 30, "page_size": 5}),
+            json!([""]),
+            json!({}),
+        )
+        .await;
+    assert_counts(&sync(&stack, "proxyco", false).await, 30, 0, 0);
+    let users: Vec<String> = stack
+        .graph_call(Method::GET, &tenant.sim_path("/users"), None)
+        .await["value"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["id"].as_str().expect("id").to_owned())
+        .collect();
+    let delta_link = || stack.sql("SELECT delta_link FROM tenants WHERE id = 'proxyco'");
+
+    let cases = [
+        (
+            json!({"kind": "html_page", "count": 1000}),
+            "graph.invalid_response",
+            vec!["HTTP 200", "not JSON", "text/html", "attempt(s)"],
+        ),
+        (
+            json!({"kind": "missing_value"}),
+            "graph.invalid_response",
+            vec!["HTTP 200", "no `value` key"],
+        ),
+        (
+            json!({"kind": "truncated", "count": 1000}),
+            "graph.invalid_response",
+            vec!["HTTP 200", "cut short", "attempt(s)"],
+        ),
+        (
+            json!({"kind": "item_without_id"}),
+            "graph.invalid_response",
+            vec!["item 0 of `value` has no `id`"],
+        ),
+        (
+            json!({"kind": "foreign_link", "origin": "http://graph.example.invalid"}),
+            "graph.invalid_link",
+            vec!["`@odata.nextLink`", "http://graph.example.invalid"],
+        ),
+    ];
+    for (case, (mut fault, code, named)) in cases.into_iter().enumerate() {
+        // Twelve changed users: a delta round of three pages of five.
+        let title = format!("Title {case}");
+        for user in &users[..12] {
+            let path = tenant.sim_path(&format!("/users/{user}"));
+            stack
+                .graph_call(Method::PATCH, &path, Some(json!({"jobTitle": title})))
+                .await;
+        }
+        let link_before = delta_link();
+        assert!(link_before.contains("/v1.0/users/delta"), "{link_before}");
+        fault["path_prefix"] = json!("/v1.0/users/delta");
+        fault["skip"] = json!(1);
+        stack
+            .graph_call(Method::POST, &tenant.sim_path("/faults"), Some(fault.clone()))
+            .await;
+
+        let failed = sync(&stack, "proxyco", false).await;
+        assert_eq!(failed["state"], "failed", "{fault}: {failed:#}");
+        let error = failed["error"].as_str().expect("a reason");
+        for part in named.iter().chain(&["/v1.0/users/delta"]) {
+            assert!(error.contains(part), "{fault}: {part:?} in {error}");
+        }
+        assert!(!error.contains("token="), "{fault}: no delta token in {error}");
+        let id = failed["id"].as_str().expect("id");
+        assert_eq!(
+            stack.sql(&format!("SELECT error_code FROM runs WHERE id = '{id}'")),
+            code,
+            "{fault}"
+        );
+        assert_eq!(delta_link(), link_before, "{fault}: the delta link moved");
+
+        stack
+            .graph_call(Method::DELETE, &tenant.sim_path("/faults"), None)
+            .await;
+        assert_counts(&sync(&stack, "proxyco", false).await, 0, 12, 0);
+        assert_ne!(
+            delta_link(),
+            link_before,
+            "{fault}: the good round moves the link"
+        );
+        let pbx = stack
+            .pbx_call(Method::GET, "/_sim/companies/proxyco/users", None)
+            .await;
+        let items = pbx["items"].as_array().expect("items");
+        let ids: std::collections::BTreeSet<_> = items
+            .iter()
+            .map(|u| u["external_id"].as_str().expect("external_id"))
+            .collect();
+        assert_eq!((items.len(), ids.len()), (30, 30), "{fault}: every user once");
+        let retitled = items
+            .iter()
+            .filter(|u| u["attributes"]["title"] == json!(title))
+            .count();
+        assert_eq!(retitled, 12, "{fault}");
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -23,7 +24,33 @@ pub enum FaultKind {
     EmptyPage,
     /// The real page, its users in reverse order and the first one sent again at the end.
     Reorder,
+    /// A `200` HTML page, as a proxy or captive portal in the way answers.
+    HtmlPage,
+    /// A `200` JSON page with a nextLink but no `value`.
+    MissingValue,
+    /// A `200` JSON page whose `value` is an object, not an array.
+    ValueNotArray,
+    /// The real page, its first item without `id`.
+    ItemWithoutId,
+    /// The real page, cut after half its bytes: its Content-Length promises the
+    /// whole, then the connection closes.
+    Truncated,
+    /// The real page, its next and delta links on another origin (`origin`).
+    ForeignLink,
 }
+
+impl FaultKind {
+    /// Kinds that change the real answer rather than replace it.
+    pub fn transforms_answer(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Reorder | FaultKind::ItemWithoutId | FaultKind::Truncated | FaultKind::ForeignLink
+        )
+    }
+}
+
+/// Where `foreign_link` points links when the fault names no `origin`.
+pub const DEFAULT_FOREIGN_ORIGIN: &str = "https://graph.example.invalid";
 
 /// Body of `POST /_sim/tenants/{t}/faults`.
 #[derive(Deserialize, Clone, Debug)]
@@ -44,6 +71,9 @@ pub struct FaultSpec {
     /// fail a round in its middle.
     #[serde(default)]
     pub skip: u32,
+    /// Origin for `foreign_link`, e.g. `http://127.0.0.1:9` (another port).
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 fn one() -> u32 {
@@ -108,15 +138,36 @@ pub fn fault_response(
     request_url: &str,
     connection: &KillSwitch,
 ) -> Response {
+    let origin = request_url.split("/v1.0/").next().unwrap_or_default();
+    let page = |value: Option<serde_json::Value>| {
+        let mut body = serde_json::json!({
+            "@odata.context": format!("{origin}/v1.0/$metadata#users"),
+            "@odata.nextLink": request_url,
+        });
+        if let Some(value) = value {
+            body["value"] = value;
+        }
+        axum::Json(body).into_response()
+    };
     let error = match fault.kind {
-        FaultKind::EmptyPage | FaultKind::Reorder => {
-            let origin = request_url.split("/v1.0/").next().unwrap_or_default();
-            let body = serde_json::json!({
-                "@odata.context": format!("{origin}/v1.0/$metadata#users"),
-                "@odata.nextLink": request_url,
-                "value": [],
-            });
-            return axum::Json(body).into_response();
+        // The transforming kinds are served by `transform`; reaching here, the
+        // answer they would change is an empty page.
+        FaultKind::EmptyPage
+        | FaultKind::Reorder
+        | FaultKind::ItemWithoutId
+        | FaultKind::Truncated
+        | FaultKind::ForeignLink => return page(Some(serde_json::json!([]))),
+        FaultKind::MissingValue => return page(None),
+        FaultKind::ValueNotArray => return page(Some(serde_json::json!({"id": "not-in-an-array"}))),
+        FaultKind::HtmlPage => {
+            let html = "<html><head><title>Access denied</title></head>\
+                        <body><h1>Proxy authentication required</h1></body></html>";
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                html,
+            )
+                .into_response();
         }
         FaultKind::Throttle => GraphError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -158,6 +209,56 @@ pub fn fault_response(
     response
 }
 
+/// The real answer changed as a transforming fault says; an answer that is not
+/// a JSON page is passed on unchanged.
+pub async fn transform(fault: &FaultSpec, response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let Ok(page) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let page = match fault.kind {
+        FaultKind::ItemWithoutId => without_first_id(page),
+        FaultKind::ForeignLink => {
+            let origin = fault.origin.as_deref().unwrap_or(DEFAULT_FOREIGN_ORIGIN);
+            with_links_on(page, origin)
+        }
+        FaultKind::Truncated => {
+            let whole = serde_json::to_vec(&page).unwrap_or_default();
+            parts.headers.insert(header::CONTENT_LENGTH, whole.len().into());
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            return Response::from_parts(parts, cut_short(whole));
+        }
+        _ => reorder(page),
+    };
+    (parts.status, axum::Json(page)).into_response()
+}
+
+/// Half the bytes, then an error: hyper closes the connection short of the
+/// promised Content-Length. The stream yields once in between, so hyper flushes
+/// the head and the half first (it writes what it holds when the body is pending).
+fn cut_short(mut whole: Vec<u8>) -> Body {
+    whole.truncate(whole.len() / 2);
+    let steps = futures::stream::unfold(Some(whole), |half| async move {
+        match half {
+            Some(half) => Some((Ok(half), None)),
+            None => {
+                tokio::task::yield_now().await;
+                None
+            }
+        }
+    });
+    let cut = futures::stream::once(async {
+        Err::<Vec<u8>, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "truncated fault",
+        ))
+    });
+    Body::from_stream(futures::StreamExt::chain(steps, cut))
+}
+
 /// A page as Graph may send it: no order, and a user already sent (on this page
 /// or an earlier one) sent again.
 pub fn reorder(mut page: serde_json::Value) -> serde_json::Value {
@@ -165,6 +266,27 @@ pub fn reorder(mut page: serde_json::Value) -> serde_json::Value {
         let first = items.first().cloned();
         items.reverse();
         items.extend(first);
+    }
+    page
+}
+
+fn without_first_id(mut page: serde_json::Value) -> serde_json::Value {
+    if let Some(first) = page["value"]
+        .get_mut(0)
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        first.remove("id");
+    }
+    page
+}
+
+/// Keeps each link's path and query and moves it to `origin`.
+fn with_links_on(mut page: serde_json::Value, origin: &str) -> serde_json::Value {
+    for key in ["@odata.nextLink", "@odata.deltaLink"] {
+        if let Some(link) = page.get(key).and_then(serde_json::Value::as_str) {
+            let rest = link.find("/v1.0/").map_or("", |at| &link[at..]);
+            page[key] = format!("{}{rest}", origin.trim_end_matches('/')).into();
+        }
     }
     page
 }
@@ -181,6 +303,7 @@ mod tests {
             path_prefix: path_prefix.map(str::to_owned),
             code: None,
             skip: 0,
+            origin: None,
         }
     }
 
@@ -222,6 +345,51 @@ mod tests {
             .map(|u| u["id"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(ids, ["b", "a", "a"]);
+    }
+
+    #[test]
+    fn foreign_link_moves_both_links_and_keeps_path_and_query() {
+        let page = serde_json::json!({
+            "value": [],
+            "@odata.nextLink": "http://127.0.0.1:8081/v1.0/users/delta?$skiptoken=a",
+            "@odata.deltaLink": "http://127.0.0.1:8081/v1.0/users/delta?$deltatoken=b",
+        });
+        let moved = with_links_on(page, "https://evil.example:444/");
+        assert_eq!(
+            moved["@odata.nextLink"],
+            "https://evil.example:444/v1.0/users/delta?$skiptoken=a"
+        );
+        assert_eq!(
+            moved["@odata.deltaLink"],
+            "https://evil.example:444/v1.0/users/delta?$deltatoken=b"
+        );
+    }
+
+    #[test]
+    fn item_without_id_drops_only_the_first_id() {
+        let page = serde_json::json!({"value": [{"id": "a", "mail": "m"}, {"id": "b"}]});
+        let changed = without_first_id(page);
+        assert_eq!(changed["value"], serde_json::json!([{"mail": "m"}, {"id": "b"}]));
+    }
+
+    #[test]
+    fn only_the_transforming_kinds_wait_for_the_real_answer() {
+        for kind in [
+            FaultKind::Reorder,
+            FaultKind::ItemWithoutId,
+            FaultKind::Truncated,
+            FaultKind::ForeignLink,
+        ] {
+            assert!(kind.transforms_answer(), "{kind:?}");
+        }
+        for kind in [
+            FaultKind::HtmlPage,
+            FaultKind::MissingValue,
+            FaultKind::ValueNotArray,
+            FaultKind::Drop,
+        ] {
+            assert!(!kind.transforms_answer(), "{kind:?}");
+        }
     }
 
     #[test]

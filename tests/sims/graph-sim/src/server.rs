@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::connection::{KillSwitch, KillableListener};
 use crate::errors::GraphError;
-use crate::faults::{fault_response, reorder, FaultKind};
+use crate::faults::{fault_response, transform};
 use crate::tenant::Tenant;
 use crate::{control, entra, groups, groups_delta, users_delta};
 
@@ -140,15 +140,15 @@ async fn graph_gate(
         }
         (fault, tenant.settings.consent_missing)
     };
-    let mut reorder = false;
+    let mut transforming = None;
     if let Some(fault) = fault {
         tracing::info!(kind = ?fault.kind, %path, "serving injected fault");
-        reorder = fault.kind == FaultKind::Reorder;
-        if !reorder {
+        if !fault.kind.transforms_answer() {
             let restart_url = format!("{}{path}", sim.base_url);
             let request_url = format!("{}{}", sim.base_url, request.uri());
             return fault_response(&fault, &restart_url, &request_url, &connection);
         }
+        transforming = Some(fault);
     }
     if consent_missing {
         return GraphError::new(
@@ -160,19 +160,8 @@ async fn graph_gate(
     }
     request.extensions_mut().insert(tenant);
     let response = next.run(request).await;
-    if reorder && response.status().is_success() {
-        return reordered(response).await;
-    }
-    response
-}
-
-async fn reordered(response: Response) -> Response {
-    let (parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(page) => (parts.status, axum::Json(reorder(page))).into_response(),
-        Err(_) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    match transforming {
+        Some(fault) if response.status().is_success() => transform(&fault, response).await,
+        _ => response,
     }
 }

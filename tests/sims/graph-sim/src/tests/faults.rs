@@ -161,3 +161,60 @@ async fn clearing_the_faults_drops_those_not_yet_served() {
     sim.ok(Method::DELETE, &tenant_path("/faults"), None).await;
     assert_eq!(sim.graph(&token, USERS).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn bad_answers_replace_or_break_the_real_page() {
+    let sim = TestSim::start().await;
+    sim.create_tenant(tenant_body(6, json!({"page_size": 2}))).await;
+    let token = sim.token().await;
+    let start = "/v1.0/users/delta?$select=displayName";
+    let real = sim.graph_json(&token, start).await;
+    let real_next = real["@odata.nextLink"].as_str().unwrap().to_owned();
+
+    inject(&sim, json!({"kind": "html_page", "path_prefix": USERS})).await;
+    let html = sim.graph(&token, start).await;
+    assert_eq!(html.status(), StatusCode::OK);
+    assert!(html.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(html.text().await.unwrap().starts_with("<html>"));
+
+    inject(&sim, json!({"kind": "missing_value", "path_prefix": USERS})).await;
+    let page = sim.graph_json(&token, start).await;
+    assert!(page.get("value").is_none(), "{page}");
+    assert!(page["@odata.nextLink"].as_str().unwrap().ends_with(start));
+
+    inject(&sim, json!({"kind": "value_not_array", "path_prefix": USERS})).await;
+    assert!(sim.graph_json(&token, start).await["value"].is_object());
+
+    inject(&sim, json!({"kind": "item_without_id", "path_prefix": USERS})).await;
+    let page = sim.graph_json(&token, start).await;
+    let items = page["value"].as_array().unwrap();
+    assert!(items[0].get("id").is_none(), "{page}");
+    assert_eq!(items[1]["id"], real["value"][1]["id"]);
+
+    inject(
+        &sim,
+        json!({"kind": "foreign_link", "origin": "http://127.0.0.1:9", "path_prefix": USERS}),
+    )
+    .await;
+    let page = sim.graph_json(&token, start).await;
+    let moved = page["@odata.nextLink"].as_str().unwrap();
+    let path = &real_next[real_next.find("/v1.0/").unwrap()..];
+    assert_eq!(moved, format!("http://127.0.0.1:9{path}"));
+    assert_eq!(page["value"], real["value"]);
+
+    inject(&sim, json!({"kind": "truncated", "path_prefix": USERS})).await;
+    let cut = sim.graph(&token, start).await;
+    assert_eq!(cut.status(), StatusCode::OK);
+    let promised: usize = cut.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(promised > 0);
+    assert!(
+        cut.bytes().await.is_err(),
+        "the body must end short of {promised} bytes"
+    );
+
+    // Every fault was used once: the next answer is the real page again.
+    assert_eq!(sim.graph_json(&token, start).await["value"], real["value"]);
+}
