@@ -35,9 +35,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 struct Vhost {
     name: String,
     http: reqwest::Client,
-    /// The management API answers; where the plugin is not enabled the
-    /// outage tests manage their vhost with `rabbitmqctl` on this machine.
-    management: bool,
 }
 
 /// Runs `rabbitmqctl` (the broker on this machine) and returns its output.
@@ -47,7 +44,7 @@ async fn rabbitmqctl(args: &[&str]) -> String {
         .args(args)
         .output()
         .await
-        .expect("rabbitmqctl (no management API on 127.0.0.1:15672 to use instead)");
+        .expect("rabbitmqctl");
     assert!(
         output.status.success(),
         "rabbitmqctl {args:?}: {}",
@@ -58,38 +55,28 @@ async fn rabbitmqctl(args: &[&str]) -> String {
 
 impl Vhost {
     async fn create() -> Vhost {
-        let http = reqwest::Client::new();
-        let management = http
-            .get(format!("{MANAGEMENT_API}/overview"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .is_ok();
         let vhost = Vhost {
             name: format!("usersync-bus-test-{}", uuid::Uuid::new_v4().simple()),
-            http,
-            management,
+            http: reqwest::Client::new(),
         };
-        if management {
-            vhost
-                .management_put(&format!("vhosts/{}", vhost.name), serde_json::json!({}))
-                .await;
-        } else {
-            rabbitmqctl(&["add_vhost", &vhost.name]).await;
-        }
+        vhost
+            .management(
+                reqwest::Method::PUT,
+                &format!("vhosts/{}", vhost.name),
+                Some(serde_json::json!({})),
+            )
+            .await;
         vhost.grant().await;
         vhost
     }
 
     /// Lets guest use the vhost.
     async fn grant(&self) {
-        if !self.management {
-            rabbitmqctl(&["set_permissions", "-p", &self.name, "guest", ".*", ".*", ".*"]).await;
-            return;
-        }
-        self.management_put(
+        let all = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
+        self.management(
+            reqwest::Method::PUT,
             &format!("permissions/{}/guest", self.name),
-            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+            Some(all),
         )
         .await;
     }
@@ -97,20 +84,18 @@ impl Vhost {
     /// Takes guest's permissions away: every connection attempt is refused
     /// until [`Vhost::grant`], an outage that lasts as long as the test wants.
     async fn revoke(&self) {
-        if !self.management {
-            rabbitmqctl(&["clear_permissions", "-p", &self.name, "guest"]).await;
-            return;
-        }
-        self.management_delete(&format!("permissions/{}/guest", self.name))
-            .await;
+        self.management(
+            reqwest::Method::DELETE,
+            &format!("permissions/{}/guest", self.name),
+            None,
+        )
+        .await;
     }
 
     /// Force-closes the connections to this vhost named `connection_name`
     /// (as the broker does when an operator or a failover ends them); the
-    /// number closed.
-    /// Closes the connections of this vhost named `connection_name`, by
-    /// `rabbitmqctl`: it sees connections at once, while the management API
-    /// lists them only after its next statistics round.
+    /// number closed. By `rabbitmqctl`: it sees connections at once, while
+    /// the management API lists them only after its next statistics round.
     async fn close_connections(&self, connection_name: &str) -> usize {
         let listed = rabbitmqctl(&["list_connections", "-p", &self.name, "pid", "client_properties"]).await;
         let pids: Vec<&str> = listed
@@ -124,21 +109,6 @@ impl Vhost {
         pids.len()
     }
 
-    async fn management_delete(&self, path: &str) {
-        let response = self
-            .http
-            .delete(format!("{MANAGEMENT_API}/{path}"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .expect("the RabbitMQ management API on 127.0.0.1:15672");
-        assert!(
-            response.status().is_success(),
-            "DELETE {path}: {}",
-            response.status()
-        );
-    }
-
     /// A bus connected to this vhost (its topology declared).
     async fn bus(&self) -> Bus {
         Bus::connect(&self.amqp_url(), "bus-test").await.expect("connect")
@@ -148,36 +118,26 @@ impl Vhost {
         format!("{AMQP_BASE}/{}", self.name)
     }
 
-    async fn management_put(&self, path: &str, body: Value) {
-        let response = self
+    /// One call to the management API; panics unless it succeeds.
+    async fn management(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
             .http
-            .put(format!("{MANAGEMENT_API}/{path}"))
-            .basic_auth("guest", Some("guest"))
-            .json(&body)
+            .request(method.clone(), format!("{MANAGEMENT_API}/{path}"))
+            .basic_auth("guest", Some("guest"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
             .send()
             .await
-            .expect("the RabbitMQ management API on 127.0.0.1:15672");
-        assert!(
-            response.status().is_success(),
-            "PUT {path}: {}",
-            response.status()
-        );
+            .expect("the RabbitMQ management API on 127.0.0.1:15672 (scripts/services-up enables it)");
+        let status = response.status();
+        assert!(status.is_success(), "{method} {path}: {status}");
+        response.json().await.unwrap_or(Value::Null)
     }
 
     async fn management_get(&self, path: &str) -> Value {
-        let response = self
-            .http
-            .get(format!("{MANAGEMENT_API}/{path}"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .expect("the RabbitMQ management API on 127.0.0.1:15672");
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
-        response.json().await.expect("a JSON body")
+        self.management(reqwest::Method::GET, path, None).await
     }
 
     /// Every queue of the vhost as the management API lists it.
@@ -200,22 +160,6 @@ impl Vhost {
     /// The queue's ready and unacknowledged messages as the queue itself last
     /// reported them (every few seconds); None before its first report.
     async fn messages_held(&self, queue: &str) -> Option<(u64, u64)> {
-        if !self.management {
-            let listed = rabbitmqctl(&[
-                "list_queues",
-                "-p",
-                &self.name,
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ])
-            .await;
-            let line = listed
-                .lines()
-                .find(|line| line.split_whitespace().next() == Some(queue))?;
-            let mut counts = line.split_whitespace().skip(1).map(|n| n.parse::<u64>().ok());
-            return Some((counts.next()??, counts.next()??));
-        }
         let details = self
             .management_get(&format!("queues/{}/{queue}", self.name))
             .await;
@@ -226,11 +170,8 @@ impl Vhost {
     }
 
     async fn delete(&self) {
-        if !self.management {
-            rabbitmqctl(&["delete_vhost", &self.name]).await;
-            return;
-        }
-        self.management_delete(&format!("vhosts/{}", self.name)).await;
+        self.management(reqwest::Method::DELETE, &format!("vhosts/{}", self.name), None)
+            .await;
     }
 }
 

@@ -6,11 +6,10 @@
 //! `scripts/test` provides all of them.
 
 use std::{
-    future::Future,
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{json, Value};
@@ -33,24 +32,8 @@ pub const SERVICES: [&str; 4] = [
     "usersync-notifier",
 ];
 
-/// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// Polls a check until it returns `Some`, or panics after a deadline naming what it waited for.
+pub use usersync_store::testing::wait_for;
 
 /// Where the workspace's binaries are: next to the test binary's `deps` folder.
 pub fn binary(name: &str) -> PathBuf {
