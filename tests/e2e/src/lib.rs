@@ -26,6 +26,46 @@ pub const PBX_TOKEN: &str = "e2e-pbx-token";
 pub const SECRET_KEY: &str = "dXNlcnN5bmMtZTJlLXRlc3Qta2V5LTMyLWJ5dGVzISE=";
 /// Each service's PostgreSQL connections in a test stack (`DATABASE_POOL_SIZE`).
 const STACK_POOL_SIZE: &str = "8";
+pub mod audit;
+pub mod private_postgres;
+pub mod private_rabbit;
+
+pub use audit::{Audit, AuditReport, CaseRecord};
+pub use private_postgres::PrivatePostgres;
+pub use private_rabbit::PrivateRabbit;
+
+/// Where a [`Stack`] finds PostgreSQL and RabbitMQ: the shared servers
+/// ([`Backends::shared`]) or a private node and cluster a fault case may restart.
+#[derive(Clone, Debug)]
+pub struct Backends {
+    /// A superuser URL to the `postgres` database; each stack's database sits next to it.
+    pub postgres_admin_url: String,
+    /// `host:port` of the AMQP listener (guest/guest).
+    pub amqp_addr: String,
+    /// The management API, e.g. `http://127.0.0.1:15672/api` (guest/guest).
+    pub rabbitmq_api: String,
+}
+
+impl Backends {
+    /// The PostgreSQL and RabbitMQ every other test shares.
+    pub fn shared() -> Backends {
+        Backends {
+            postgres_admin_url: POSTGRES_ADMIN_URL.to_owned(),
+            amqp_addr: "127.0.0.1:5672".to_owned(),
+            rabbitmq_api: RABBITMQ_API.to_owned(),
+        }
+    }
+
+    /// The URL of database `name` on this PostgreSQL.
+    pub fn database_url(&self, name: &str) -> String {
+        let (server, _) = self
+            .postgres_admin_url
+            .rsplit_once('/')
+            .expect("postgres_admin_url ends in /<database>");
+        format!("{server}/{name}")
+    }
+}
+
 pub const SERVICES: [&str; 4] = [
     "usersync-fetcher",
     "usersync-differ",
@@ -34,7 +74,18 @@ pub const SERVICES: [&str; 4] = [
 ];
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_until(deadline, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; `None` once `deadline` passed.
+pub async fn poll_until<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -42,12 +93,11 @@ where
     let start = Instant::now();
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if start.elapsed() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -122,6 +172,8 @@ pub struct Stack {
     pub extra_env: Vec<(&'static str, String)>,
     /// Each service replica started, with its `/metrics` URL.
     pub metrics: Vec<(String, String)>,
+    /// The PostgreSQL and RabbitMQ this stack runs on.
+    pub backends: Backends,
     services: Vec<Child>,
     _smtp: Child,
     _tmp: tempfile::TempDir,
@@ -134,6 +186,12 @@ impl Stack {
 
     /// A stack whose processes all get `extra_env` too.
     pub async fn start_with(test: &str, extra_env: Vec<(&'static str, String)>) -> Stack {
+        Stack::start_on(test, Backends::shared(), extra_env).await
+    }
+
+    /// A stack on other PostgreSQL and RabbitMQ servers (a [`PrivatePostgres`],
+    /// a [`PrivateRabbit`]), whose processes all get `extra_env` too.
+    pub async fn start_on(test: &str, backends: Backends, extra_env: Vec<(&'static str, String)>) -> Stack {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
@@ -141,15 +199,15 @@ impl Stack {
         std::fs::create_dir_all(&logs).expect("the log folder");
         let http = reqwest::Client::new();
         let vhost = format!("usersync-e2e-{name}");
-        create_vhost(&http, &vhost).await;
+        create_vhost_on(&http, &backends.rabbitmq_api, &vhost).await;
         let maildir = tmp.path().join("Maildir");
         let smtp_port = free_port();
         let smtp = start_smtp(smtp_port, &maildir, &logs).await;
         let graph = Sim::start("usersync-graph-sim", &[], &logs).await;
         let pbx = Sim::start("usersync-pbx-sim", &["--token", PBX_TOKEN], &logs).await;
         let mut stack = Stack {
-            database_url: format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}"),
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+            database_url: backends.database_url(&format!("usersync_e2e_{name}")),
+            amqp_url: format!("amqp://guest:guest@{}/{vhost}", backends.amqp_addr),
             name,
             vhost,
             graph,
@@ -160,6 +218,7 @@ impl Stack {
             http,
             extra_env,
             metrics: Vec::new(),
+            backends,
             services: Vec::new(),
             _smtp: smtp,
             _tmp: tmp,
@@ -306,16 +365,25 @@ impl Drop for Stack {
         for child in &mut self.services {
             let _ = child.start_kill();
         }
-        remove_test_resources(&self.vhost, &format!("usersync_e2e_{}", self.name), &self.logs);
+        remove_resources_on(
+            &self.backends,
+            &self.vhost,
+            &format!("usersync_e2e_{}", self.name),
+            &self.logs,
+        );
     }
 }
 
 /// A test's teardown: removes its vhost (quorum queues hold memory) and its
 /// database, unless the test is failing: then the database is kept for a look.
 pub fn remove_test_resources(vhost: &str, database: &str, logs: &Path) {
+    remove_resources_on(&Backends::shared(), vhost, database, logs);
+}
+
+fn remove_resources_on(backends: &Backends, vhost: &str, database: &str, logs: &Path) {
     let _ = std::process::Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
-        .arg(format!("{RABBITMQ_API}/vhosts/{vhost}"))
+        .arg(format!("{}/vhosts/{vhost}", backends.rabbitmq_api))
         .status();
     if std::thread::panicking() {
         eprintln!(
@@ -325,7 +393,7 @@ pub fn remove_test_resources(vhost: &str, database: &str, logs: &Path) {
         return;
     }
     let _ = std::process::Command::new("psql")
-        .arg(POSTGRES_ADMIN_URL)
+        .arg(&backends.postgres_admin_url)
         .args([
             "-qc",
             &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
@@ -358,16 +426,20 @@ pub fn workspace_target() -> PathBuf {
     exe.ancestors().nth(3).expect("target/").to_path_buf()
 }
 
-async fn create_vhost(http: &reqwest::Client, vhost: &str) {
+async fn create_vhost_on(http: &reqwest::Client, api: &str, vhost: &str) {
     let put = |path: String, body: Value| {
-        http.put(format!("{RABBITMQ_API}{path}"))
+        http.put(format!("{api}{path}"))
             .basic_auth("guest", Some("guest"))
             .json(&body)
             .send()
     };
-    let response = put(format!("/vhosts/{vhost}"), json!({})).await.expect(
-        "the RabbitMQ management API on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
-    );
+    let response = put(format!("/vhosts/{vhost}"), json!({}))
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "the RabbitMQ management API at {api} (rabbitmq-plugins enable rabbitmq_management): {err}"
+            )
+        });
     assert!(
         response.status().is_success(),
         "creating vhost {vhost}: {}",
@@ -433,7 +505,7 @@ impl Stack {
 /// A RabbitMQ vhost for a test that starts only some services itself (the
 /// caller deletes it when done, as [`Stack`] does).
 pub async fn test_vhost(http: &reqwest::Client, vhost: &str) {
-    create_vhost(http, vhost).await;
+    create_vhost_on(http, RABBITMQ_API, vhost).await;
 }
 
 impl Stack {
