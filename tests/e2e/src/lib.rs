@@ -174,7 +174,8 @@ pub struct Stack {
     pub metrics: Vec<(String, String)>,
     /// The PostgreSQL and RabbitMQ this stack runs on.
     pub backends: Backends,
-    services: Vec<Child>,
+    /// Behind a mutex only so [`Stack::exited_services`] can look from `&self` (inside a wait).
+    services: std::sync::Mutex<Vec<Child>>,
     _smtp: Child,
     _tmp: tempfile::TempDir,
 }
@@ -219,7 +220,7 @@ impl Stack {
             extra_env,
             metrics: Vec::new(),
             backends,
-            services: Vec::new(),
+            services: std::sync::Mutex::new(Vec::new()),
             _smtp: smtp,
             _tmp: tmp,
         };
@@ -259,7 +260,7 @@ impl Stack {
 
     /// Like [`Stack::start_service`], with more environment variables.
     pub async fn start_service_with(&mut self, service: &str, extra_env: &[(&str, &str)]) {
-        let index = self.services.len();
+        let index = self.services.get_mut().expect("the services' lock").len();
         let log =
             std::fs::File::create(self.logs.join(format!("{service}-{index}.log"))).expect("a log file");
         let metrics_port = free_port();
@@ -272,7 +273,7 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|err| panic!("starting {service}: {err}"));
-        self.services.push(child);
+        self.services.get_mut().expect("the services' lock").push(child);
         self.metrics.push((
             service.to_owned(),
             format!("http://127.0.0.1:{metrics_port}/metrics"),
@@ -353,8 +354,25 @@ impl Stack {
     /// SIGKILLs the service process started `index`-th (the four of
     /// [`SERVICES`] are 0 to 3, replicas follow) and waits until it is gone.
     pub async fn kill_service(&mut self, index: usize) {
-        let child = &mut self.services[index];
+        let child = &mut self.services.get_mut().expect("the services' lock")[index];
         child.kill().await.expect("killing the service");
+    }
+
+    /// The service processes that ended on their own (not killed by the
+    /// test), as `name-index: status`: a wait can stop early when one did.
+    pub fn exited_services(&self) -> Vec<String> {
+        let mut services = self.services.lock().expect("the services' lock");
+        services
+            .iter_mut()
+            .zip(&self.metrics)
+            .enumerate()
+            .filter_map(|(index, (child, (name, _)))| {
+                let status = child.try_wait().ok()??;
+                // A SIGKILL from kill_service is the test's doing.
+                use std::os::unix::process::ExitStatusExt;
+                (status.signal() != Some(9)).then(|| format!("{name}-{index}: {status}"))
+            })
+            .collect()
     }
 }
 
@@ -362,7 +380,11 @@ impl Drop for Stack {
     /// Stops the processes and removes the vhost (quorum queues hold memory),
     /// and the database unless the test failed: then it is kept for a look.
     fn drop(&mut self) {
-        for child in &mut self.services {
+        let services = match self.services.get_mut() {
+            Ok(services) => services,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for child in services {
             let _ = child.start_kill();
         }
         remove_resources_on(

@@ -20,12 +20,13 @@ where
     case.resync().await;
     let seen = Probe::Creates.wait_percent(&case, 30).await;
     let struck = Instant::now();
+    let when = after(seen, case.members, Probe::Creates.noun());
+    case.struck(injected, when.clone());
     let detail = fault(&mut case).await;
+    case.struck(&format!("{injected}{detail}"), when);
     let back = case.created().await;
     let resumed = case.wait_progress("PBX creates", back, || case.created()).await;
-    let when = after(seen, case.members, Probe::Creates.noun());
-    case.finish(&format!("{injected}{detail}"), &when, Some(resumed - struck))
-        .await;
+    case.finish(Some(resumed - struck)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

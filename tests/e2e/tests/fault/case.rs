@@ -53,6 +53,11 @@ pub struct Case {
     pub members: u64,
     started: Instant,
     runs: usize,
+    /// What was injected and when, once it was (see [`Case::struck`]).
+    injected: String,
+    when: String,
+    /// Set when the case reached its audit; until then Drop records a failure.
+    audited: bool,
 }
 
 impl Case {
@@ -104,6 +109,9 @@ impl Case {
             members,
             started,
             runs: 0,
+            injected: "nothing yet".to_owned(),
+            when: "before the fault".to_owned(),
+            audited: false,
         }
     }
 
@@ -120,6 +128,7 @@ impl Case {
             &format!("{} runs of {TENANT} to end", self.runs),
             RUN_DEADLINE,
             || async {
+                self.assert_alive();
                 let (ok, stdout, _) = self.stack.cli(&["runs", TENANT, "--json"], None).await;
                 let runs: Value = serde_json::from_str(&stdout).ok().filter(|_| ok)?;
                 let runs = runs.as_array()?;
@@ -144,9 +153,10 @@ impl Case {
         stats["requests"]["users_delta"].as_u64().unwrap_or(0)
     }
 
-    /// Pages a full round of the seeded directory takes.
+    /// Users-delta pages a full round takes: the fetcher pages the scope
+    /// group's members, and the last page carries the delta link.
     pub fn pages(&self) -> u64 {
-        sizes().0.div_ceil(PAGE_SIZE)
+        self.members.div_ceil(PAGE_SIZE) + 1
     }
 
     /// Welcome mails and copies received so far.
@@ -161,15 +171,50 @@ impl Case {
         Fut: std::future::Future<Output = u64>,
     {
         wait_for(&format!("{what} to move past {at}"), RUN_DEADLINE, || async {
+            self.assert_alive();
             (progress().await > at).then(Instant::now)
         })
         .await
     }
 
+    /// Fails the case at once when a service ended by itself: no point waiting for it.
+    pub fn assert_alive(&self) {
+        let exited = self.stack.exited_services();
+        assert!(
+            exited.is_empty(),
+            "{}: services exited on their own: {} (logs in {})",
+            self.name,
+            exited.join(", "),
+            self.stack.logs.display()
+        );
+    }
+
+    /// Notes the fault for the record: what was injected and when.
+    pub fn struck(&mut self, injected: &str, when: String) {
+        self.injected = injected.to_owned();
+        self.when = when;
+    }
+
+    fn record(&self, report: &AuditReport, recover: Option<Duration>) -> CaseRecord {
+        CaseRecord {
+            case: self.name.to_owned(),
+            injected: self.injected.clone(),
+            when: self.when.clone(),
+            passed: report.passed(),
+            recover_secs: recover.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
+            redelivered: report.redelivered,
+            duplicates: report.duplicates(),
+            losses: report.losses(),
+            wall_secs: self.started.elapsed().as_secs_f64().round(),
+            users: self.members as usize,
+            report: report.clone(),
+        }
+    }
+
     /// After the faulty first run: lets it end, removes users three ways
     /// (deleted, disabled, out of the group), runs again, audits, writes
     /// the record and fails the test if the audit did.
-    pub async fn finish(mut self, injected: &str, when: &str, recover: Option<Duration>) -> AuditReport {
+    pub async fn finish(mut self, recover: Option<Duration>) -> AuditReport {
         self.wait_runs_ended().await;
         let removed = self.remove_some(10).await;
         self.resync().await;
@@ -189,20 +234,8 @@ impl Case {
             settle: Duration::from_secs(90),
         };
         let report = audit.run().await;
-        let record = CaseRecord {
-            case: self.name.to_owned(),
-            injected: injected.to_owned(),
-            when: when.to_owned(),
-            passed: report.passed(),
-            recover_secs: recover.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
-            redelivered: report.redelivered,
-            duplicates: report.duplicates(),
-            losses: report.losses(),
-            wall_secs: self.started.elapsed().as_secs_f64().round(),
-            users: report.users_expected,
-            report: report.clone(),
-        };
-        let path = record.write();
+        self.audited = true;
+        let path = self.record(&report, recover).write();
         assert!(
             report.passed(),
             "{}: the audit failed (record in {}, logs in {}): {:#?}",
@@ -277,6 +310,20 @@ impl Case {
             };
         }
         members.into_iter().map(by_id).collect()
+    }
+}
+
+impl Drop for Case {
+    /// A case that panicked before its audit still leaves a (failed) record.
+    fn drop(&mut self) {
+        if self.audited {
+            return;
+        }
+        let report = AuditReport {
+            problems: vec!["the case stopped before its audit: see the test's output".to_owned()],
+            ..AuditReport::default()
+        };
+        self.record(&report, None).write();
     }
 }
 

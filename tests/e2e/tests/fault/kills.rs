@@ -67,19 +67,15 @@ async fn sigkill_mid_run(name: &'static str, index: usize, strike: Probe, percen
     case.resync().await;
     let seen = strike.wait_percent(&case, percent).await;
     let killed_at = Instant::now();
+    let when = after(seen, strike.total(&case), strike.noun());
+    case.struck(&format!("SIGKILL of {service}, started again"), when);
     case.stack.kill_service(index).await;
     case.stack.start_service(service).await;
     let back = resume.read(&case).await;
     let resumed = case
         .wait_progress(resume.noun(), back, || resume.read(&case))
         .await;
-    let when = after(seen, strike.total(&case), strike.noun());
-    case.finish(
-        &format!("SIGKILL of {service}, started again"),
-        &when,
-        Some(resumed - killed_at),
-    )
-    .await;
+    case.finish(Some(resumed - killed_at)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
