@@ -49,6 +49,10 @@ pub struct AuditReport {
     pub users_present: usize,
     /// PBX users beyond the first for one external id.
     pub user_duplicates: usize,
+    /// Creates the PBX sim counted beyond one per user the case had created
+    /// (in scope now or removed): a user created twice, deleted in between or not.
+    /// Assumes the case did not reset the sim's stats.
+    pub extra_creates: usize,
     /// In-scope users missing from the PBX.
     pub user_losses: usize,
     /// In-scope users whose PBX values differ from the mapped ones.
@@ -78,7 +82,7 @@ impl AuditReport {
     }
 
     pub fn duplicates(&self) -> usize {
-        self.user_duplicates + self.mail_duplicates
+        self.user_duplicates + self.extra_creates + self.mail_duplicates
     }
 
     pub fn losses(&self) -> usize {
@@ -159,6 +163,17 @@ impl Audit<'_> {
             report.problems.push(format!(
                 "{} of {} in-scope users are missing from the PBX",
                 report.user_losses, report.users_expected
+            ));
+        }
+        let stats = self.stack.pbx_call(Method::GET, "/_sim/stats", None).await;
+        let created = stats["companies"][self.pbx_company]["created"]
+            .as_u64()
+            .unwrap_or(0) as usize;
+        report.extra_creates = created.saturating_sub(in_scope.len() + self.removed.len());
+        if report.extra_creates > 0 {
+            report.problems.push(format!(
+                "the PBX counted {created} creates for {} users",
+                in_scope.len() + self.removed.len()
             ));
         }
         let stray: Vec<&String> = by_external.keys().filter(|id| !in_scope.contains(*id)).collect();
@@ -414,11 +429,13 @@ pub struct CaseRecord {
     pub passed: bool,
     /// From the fault to the first progress after it, where the case measures it.
     pub recover_secs: Option<f64>,
-    pub redelivered: u64,
-    pub duplicates: usize,
-    pub losses: usize,
+    /// `None` when the case stopped before its audit (unknown, not zero).
+    pub redelivered: Option<u64>,
+    pub duplicates: Option<usize>,
+    pub losses: Option<usize>,
     pub wall_secs: f64,
     pub users: usize,
+    /// The audit's figures and problems; only problems when it did not run.
     pub report: AuditReport,
 }
 

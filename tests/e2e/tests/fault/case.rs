@@ -34,6 +34,9 @@ fn sizes() -> (u64, u64) {
 }
 /// Users per Graph page: enough pages that a fault can land mid-fetch.
 const PAGE_SIZE: u64 = 50;
+/// Users taken out of scope each way before the second run: 9 in all stays
+/// under the mass-deletion guard's default `min_users` of 10, at any size.
+const REMOVED_EACH: usize = 3;
 /// A run of a few thousand users in a debug build on a loaded machine, with a fault.
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -65,6 +68,15 @@ impl Case {
     /// `private_postgres`, else the shared one) with the seeded directory and
     /// the tenant applied; no run yet.
     pub async fn start(name: &'static str, private_postgres: bool) -> Case {
+        Case::start_sized(name, private_postgres, sizes()).await
+    }
+
+    /// Like [`Case::start`], with `(users, members)` in the directory and the scope group.
+    pub async fn start_sized(
+        name: &'static str,
+        private_postgres: bool,
+        (users, members): (u64, u64),
+    ) -> Case {
         let started = Instant::now();
         let logs = workspace_target()
             .join("e2e-logs")
@@ -77,7 +89,6 @@ impl Case {
             backends = postgres.backends(backends);
         }
         let stack = Stack::start_on(name, backends, Vec::new()).await;
-        let (users, members) = sizes();
         stack
             .graph_call(
                 Method::POST,
@@ -189,22 +200,28 @@ impl Case {
         );
     }
 
+    /// Marks the case as audited by the test itself: no record is written for it.
+    pub fn audited(&mut self) {
+        self.audited = true;
+    }
+
     /// Notes the fault for the record: what was injected and when.
     pub fn struck(&mut self, injected: &str, when: String) {
         self.injected = injected.to_owned();
         self.when = when;
     }
 
-    fn record(&self, report: &AuditReport, recover: Option<Duration>) -> CaseRecord {
+    /// The case's record; `audited` false: the report holds only why it stopped.
+    fn record(&self, report: &AuditReport, recover: Option<Duration>, audited: bool) -> CaseRecord {
         CaseRecord {
             case: self.name.to_owned(),
             injected: self.injected.clone(),
             when: self.when.clone(),
-            passed: report.passed(),
+            passed: audited && report.passed(),
             recover_secs: recover.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
-            redelivered: report.redelivered,
-            duplicates: report.duplicates(),
-            losses: report.losses(),
+            redelivered: audited.then_some(report.redelivered),
+            duplicates: audited.then(|| report.duplicates()),
+            losses: audited.then(|| report.losses()),
             wall_secs: self.started.elapsed().as_secs_f64().round(),
             users: self.members as usize,
             report: report.clone(),
@@ -215,27 +232,10 @@ impl Case {
     /// (deleted, disabled, out of the group), runs again, audits, writes
     /// the record and fails the test if the audit did.
     pub async fn finish(mut self, recover: Option<Duration>) -> AuditReport {
-        self.wait_runs_ended().await;
-        let removed = self.remove_some(10).await;
-        self.resync().await;
-        self.wait_runs_ended().await;
-        let audit = Audit {
-            stack: &self.stack,
-            tenant: TENANT,
-            pbx_company: "acme",
-            entra_tenant: ENTRA_TENANT,
-            scope_group: Some(SCOPE_GROUP),
-            caller_id: CALLER_ID,
-            template: "standard",
-            removed: &removed,
-            admin_copy_to: Some(ADMIN_COPY_TO),
-            runs: self.runs,
-            expect_dlq: false,
-            settle: Duration::from_secs(90),
-        };
-        let report = audit.run().await;
+        let removed = self.second_run().await;
+        let report = self.audit(&removed, Duration::from_secs(90)).await;
         self.audited = true;
-        let path = self.record(&report, recover).write();
+        let path = self.record(&report, recover, true).write();
         assert!(
             report.passed(),
             "{}: the audit failed (record in {}, logs in {}): {:#?}",
@@ -245,6 +245,35 @@ impl Case {
             report
         );
         report
+    }
+
+    /// Lets the first run end, takes 9 users out of scope (3 each way), runs again and
+    /// lets that end; returns the removed users' directory objects.
+    pub async fn second_run(&mut self) -> Vec<Value> {
+        self.wait_runs_ended().await;
+        let removed = self.remove_some(REMOVED_EACH).await;
+        self.resync().await;
+        self.wait_runs_ended().await;
+        removed
+    }
+
+    /// The audit of this case's tenant, waiting up to `settle` for the stack to settle.
+    pub async fn audit(&self, removed: &[Value], settle: Duration) -> AuditReport {
+        let audit = Audit {
+            stack: &self.stack,
+            tenant: TENANT,
+            pbx_company: "acme",
+            entra_tenant: ENTRA_TENANT,
+            scope_group: Some(SCOPE_GROUP),
+            caller_id: CALLER_ID,
+            template: "standard",
+            removed,
+            admin_copy_to: Some(ADMIN_COPY_TO),
+            runs: self.runs,
+            expect_dlq: false,
+            settle,
+        };
+        audit.run().await
     }
 
     /// Takes `each` users out of scope each way; returns their directory objects as they were.
@@ -319,11 +348,16 @@ impl Drop for Case {
         if self.audited {
             return;
         }
+        let mut problems = vec!["the case stopped before its audit (see the test's output)".to_owned()];
+        let exited = self.stack.exited_services();
+        if !exited.is_empty() {
+            problems.push(format!("services exited on their own: {}", exited.join(", ")));
+        }
         let report = AuditReport {
-            problems: vec!["the case stopped before its audit: see the test's output".to_owned()],
+            problems,
             ..AuditReport::default()
         };
-        self.record(&report, None).write();
+        self.record(&report, None, false).write();
     }
 }
 

@@ -5,6 +5,7 @@
 //! Each case writes `target/fault-results/<case>.json`; `scripts/fault-suite`
 //! runs every case (the ignored ones too) and writes docs/reliability.md.
 
+mod audit_check;
 mod backends;
 mod case;
 mod kills;
