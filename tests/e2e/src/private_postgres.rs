@@ -107,37 +107,42 @@ impl PrivatePostgres {
         let url = self.admin_url();
         let mut held: Vec<Client> = Vec::new();
         let mut ours: Vec<i32> = Vec::new();
-        loop {
+        let mut slots = usize::MAX;
+        // Until we hold every slot: an ended backend frees its slot a moment
+        // after pg_terminate_backend returns, so "refused and nothing left to
+        // end" alone could stop one short.
+        while held.len() < slots {
             match tokio_postgres::connect(&url, NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);
                     let row = client
-                        .query_one("SELECT pg_backend_pid()", &[])
+                        .query_one(
+                            "SELECT pg_backend_pid(), current_setting('max_connections')::int",
+                            &[],
+                        )
                         .await
                         .expect("reading a held connection's backend pid");
                     ours.push(row.get(0));
+                    slots = usize::try_from(row.get::<_, i32>(1)).expect("max_connections");
                     held.push(client);
                 }
                 Err(err) if err.code() == Some(&SqlState::TOO_MANY_CONNECTIONS) => {
                     let first = held
                         .first()
                         .expect("other clients filled the cluster before one connection could be held");
-                    let ended: i64 = first
-                        .query_one(
-                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                    first
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                              WHERE backend_type = 'client backend' AND pid <> ALL($1)",
                             &[&ours],
                         )
                         .await
-                        .expect("ending the other clients' backends")
-                        .get(0);
-                    if ended == 0 {
-                        return Refusal { held };
-                    }
+                        .expect("ending the other clients' backends");
                 }
                 Err(err) => panic!("filling the private PostgreSQL on port {}: {err}", self.port),
             }
         }
+        Refusal { held }
     }
 
     fn data(&self) -> PathBuf {

@@ -9,3 +9,4 @@ mod audit_check;
 mod backends;
 mod case;
 mod kills;
+mod servers;
