@@ -185,9 +185,16 @@ impl Drop for PrivateRabbit {
     /// seconds. Falls back to `rabbitmqctl stop` when there is no pid file yet.
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", pid.trim()])
-                .status();
+            let pid = pid.trim().to_owned();
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+            // Gone (or a zombie) before the temp dir is removed, or a last
+            // write would leave the dir behind.
+            let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+            let running = || std::fs::read_to_string(&stat).is_ok_and(|s| !s.contains(") Z "));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return;
         }
         let _ = std::process::Command::new(format!("{BIN}/rabbitmqctl"))
