@@ -6,10 +6,11 @@
 //! `scripts/test` provides all of them.
 
 use std::{
+    future::Future,
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
@@ -25,6 +26,46 @@ pub const PBX_TOKEN: &str = "e2e-pbx-token";
 pub const SECRET_KEY: &str = "dXNlcnN5bmMtZTJlLXRlc3Qta2V5LTMyLWJ5dGVzISE=";
 /// Each service's PostgreSQL connections in a test stack (`DATABASE_POOL_SIZE`).
 const STACK_POOL_SIZE: &str = "8";
+pub mod audit;
+pub mod private_postgres;
+pub mod private_rabbit;
+
+pub use audit::{Audit, AuditReport, CaseRecord};
+pub use private_postgres::PrivatePostgres;
+pub use private_rabbit::PrivateRabbit;
+
+/// Where a [`Stack`] finds PostgreSQL and RabbitMQ: the shared servers
+/// ([`Backends::shared`]) or a private node and cluster a fault case may restart.
+#[derive(Clone, Debug)]
+pub struct Backends {
+    /// A superuser URL to the `postgres` database; each stack's database sits next to it.
+    pub postgres_admin_url: String,
+    /// `host:port` of the AMQP listener (guest/guest).
+    pub amqp_addr: String,
+    /// The management API, e.g. `http://127.0.0.1:15672/api` (guest/guest).
+    pub rabbitmq_api: String,
+}
+
+impl Backends {
+    /// The PostgreSQL and RabbitMQ every other test shares.
+    pub fn shared() -> Backends {
+        Backends {
+            postgres_admin_url: POSTGRES_ADMIN_URL.to_owned(),
+            amqp_addr: "127.0.0.1:5672".to_owned(),
+            rabbitmq_api: RABBITMQ_API.to_owned(),
+        }
+    }
+
+    /// The URL of database `name` on this PostgreSQL.
+    pub fn database_url(&self, name: &str) -> String {
+        let (server, _) = self
+            .postgres_admin_url
+            .rsplit_once('/')
+            .expect("postgres_admin_url ends in /<database>");
+        format!("{server}/{name}")
+    }
+}
+
 pub const SERVICES: [&str; 4] = [
     "usersync-fetcher",
     "usersync-differ",
@@ -32,8 +73,34 @@ pub const SERVICES: [&str; 4] = [
     "usersync-notifier",
 ];
 
-/// Polls a check until it returns `Some`, or panics after a deadline naming what it waited for.
-pub use usersync_store::testing::wait_for;
+/// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_until(deadline, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for {what}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; `None` once `deadline` passed.
+pub async fn poll_until<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Where the workspace's binaries are: next to the test binary's `deps` folder.
 pub fn binary(name: &str) -> PathBuf {
@@ -105,7 +172,10 @@ pub struct Stack {
     pub extra_env: Vec<(&'static str, String)>,
     /// Each service replica started, with its `/metrics` URL.
     pub metrics: Vec<(String, String)>,
-    services: Vec<Child>,
+    /// The PostgreSQL and RabbitMQ this stack runs on.
+    pub backends: Backends,
+    /// Behind a mutex only so [`Stack::exited_services`] can look from `&self` (inside a wait).
+    services: std::sync::Mutex<Vec<Child>>,
     _smtp: Child,
     _tmp: tempfile::TempDir,
 }
@@ -117,6 +187,12 @@ impl Stack {
 
     /// A stack whose processes all get `extra_env` too.
     pub async fn start_with(test: &str, extra_env: Vec<(&'static str, String)>) -> Stack {
+        Stack::start_on(test, Backends::shared(), extra_env).await
+    }
+
+    /// A stack on other PostgreSQL and RabbitMQ servers (a [`PrivatePostgres`],
+    /// a [`PrivateRabbit`]), whose processes all get `extra_env` too.
+    pub async fn start_on(test: &str, backends: Backends, extra_env: Vec<(&'static str, String)>) -> Stack {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
@@ -124,15 +200,15 @@ impl Stack {
         std::fs::create_dir_all(&logs).expect("the log folder");
         let http = reqwest::Client::new();
         let vhost = format!("usersync-e2e-{name}");
-        create_vhost(&http, &vhost).await;
+        create_vhost_on(&http, &backends.rabbitmq_api, &vhost).await;
         let maildir = tmp.path().join("Maildir");
         let smtp_port = free_port();
         let smtp = start_smtp(smtp_port, &maildir, &logs).await;
         let graph = Sim::start("usersync-graph-sim", &[], &logs).await;
         let pbx = Sim::start("usersync-pbx-sim", &["--token", PBX_TOKEN], &logs).await;
         let mut stack = Stack {
-            database_url: format!("postgres://postgres@127.0.0.1:5432/usersync_e2e_{name}"),
-            amqp_url: format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+            database_url: backends.database_url(&format!("usersync_e2e_{name}")),
+            amqp_url: format!("amqp://guest:guest@{}/{vhost}", backends.amqp_addr),
             name,
             vhost,
             graph,
@@ -143,7 +219,8 @@ impl Stack {
             http,
             extra_env,
             metrics: Vec::new(),
-            services: Vec::new(),
+            backends,
+            services: std::sync::Mutex::new(Vec::new()),
             _smtp: smtp,
             _tmp: tmp,
         };
@@ -183,7 +260,7 @@ impl Stack {
 
     /// Like [`Stack::start_service`], with more environment variables.
     pub async fn start_service_with(&mut self, service: &str, extra_env: &[(&str, &str)]) {
-        let index = self.services.len();
+        let index = self.services.get_mut().expect("the services' lock").len();
         let log =
             std::fs::File::create(self.logs.join(format!("{service}-{index}.log"))).expect("a log file");
         let metrics_port = free_port();
@@ -196,7 +273,7 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|err| panic!("starting {service}: {err}"));
-        self.services.push(child);
+        self.services.get_mut().expect("the services' lock").push(child);
         self.metrics.push((
             service.to_owned(),
             format!("http://127.0.0.1:{metrics_port}/metrics"),
@@ -277,14 +354,14 @@ impl Stack {
     /// SIGKILLs the service process started `index`-th (the four of
     /// [`SERVICES`] are 0 to 3, replicas follow) and waits until it is gone.
     pub async fn kill_service(&mut self, index: usize) {
-        let child = &mut self.services[index];
+        let child = &mut self.services.get_mut().expect("the services' lock")[index];
         child.kill().await.expect("killing the service");
     }
 
     /// SIGTERMs the service process started `index`-th (a graceful stop) and
     /// returns its exit status, failing the test if it has not exited within `deadline`.
     pub async fn terminate_service(&mut self, index: usize, deadline: Duration) -> std::process::ExitStatus {
-        let child = &mut self.services[index];
+        let child = &mut self.services.get_mut().expect("the services' lock")[index];
         let pid = child.id().expect("the service is still running");
         let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
         // SAFETY: kill(2) only sends a signal, to a child this stack started and still owns.
@@ -300,25 +377,55 @@ impl Stack {
             .unwrap_or_else(|_| panic!("service {index} did not exit within {deadline:?} of SIGTERM"))
             .expect("waiting for the service")
     }
+
+    /// The service processes that ended on their own (not killed by the
+    /// test), as `name-index: status`: a wait can stop early when one did.
+    pub fn exited_services(&self) -> Vec<String> {
+        let mut services = self.services.lock().expect("the services' lock");
+        services
+            .iter_mut()
+            .zip(&self.metrics)
+            .enumerate()
+            .filter_map(|(index, (child, (name, _)))| {
+                let status = child.try_wait().ok()??;
+                // A SIGKILL from kill_service is the test's doing.
+                use std::os::unix::process::ExitStatusExt;
+                (status.signal() != Some(9)).then(|| format!("{name}-{index}: {status}"))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Stack {
     /// Stops the processes and removes the vhost (quorum queues hold memory),
     /// and the database unless the test failed: then it is kept for a look.
     fn drop(&mut self) {
-        for child in &mut self.services {
+        let services = match self.services.get_mut() {
+            Ok(services) => services,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for child in services {
             let _ = child.start_kill();
         }
-        remove_test_resources(&self.vhost, &format!("usersync_e2e_{}", self.name), &self.logs);
+        remove_resources_on(
+            &self.backends,
+            &self.vhost,
+            &format!("usersync_e2e_{}", self.name),
+            &self.logs,
+        );
     }
 }
 
 /// A test's teardown: removes its vhost (quorum queues hold memory) and its
 /// database, unless the test is failing: then the database is kept for a look.
 pub fn remove_test_resources(vhost: &str, database: &str, logs: &Path) {
+    remove_resources_on(&Backends::shared(), vhost, database, logs);
+}
+
+fn remove_resources_on(backends: &Backends, vhost: &str, database: &str, logs: &Path) {
     let _ = std::process::Command::new("curl")
         .args(["-fsS", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
-        .arg(format!("{RABBITMQ_API}/vhosts/{vhost}"))
+        .arg(format!("{}/vhosts/{vhost}", backends.rabbitmq_api))
         .status();
     if std::thread::panicking() {
         eprintln!(
@@ -328,7 +435,7 @@ pub fn remove_test_resources(vhost: &str, database: &str, logs: &Path) {
         return;
     }
     let _ = std::process::Command::new("psql")
-        .arg(POSTGRES_ADMIN_URL)
+        .arg(&backends.postgres_admin_url)
         .args([
             "-qc",
             &format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
@@ -361,16 +468,20 @@ pub fn workspace_target() -> PathBuf {
     exe.ancestors().nth(3).expect("target/").to_path_buf()
 }
 
-async fn create_vhost(http: &reqwest::Client, vhost: &str) {
+async fn create_vhost_on(http: &reqwest::Client, api: &str, vhost: &str) {
     let put = |path: String, body: Value| {
-        http.put(format!("{RABBITMQ_API}{path}"))
+        http.put(format!("{api}{path}"))
             .basic_auth("guest", Some("guest"))
             .json(&body)
             .send()
     };
-    let response = put(format!("/vhosts/{vhost}"), json!({})).await.expect(
-        "the RabbitMQ management API on 127.0.0.1:15672 (rabbitmq-plugins enable rabbitmq_management)",
-    );
+    let response = put(format!("/vhosts/{vhost}"), json!({}))
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "the RabbitMQ management API at {api} (rabbitmq-plugins enable rabbitmq_management): {err}"
+            )
+        });
     assert!(
         response.status().is_success(),
         "creating vhost {vhost}: {}",
@@ -436,7 +547,7 @@ impl Stack {
 /// A RabbitMQ vhost for a test that starts only some services itself (the
 /// caller deletes it when done, as [`Stack`] does).
 pub async fn test_vhost(http: &reqwest::Client, vhost: &str) {
-    create_vhost(http, vhost).await;
+    create_vhost_on(http, RABBITMQ_API, vhost).await;
 }
 
 impl Stack {
