@@ -231,7 +231,7 @@ impl Health {
 /// How often a dependency that is up is checked.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest wait between two reconnection attempts.
-pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(10);
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// Delays between reconnection attempts: from 200 ms doubling to
 /// [`MAX_RECONNECT_DELAY`], with jitter so replicas do not reconnect in step;

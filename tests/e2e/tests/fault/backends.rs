@@ -30,7 +30,6 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the services exit when the broker goes away until they reconnect (issue 12); scripts/fault-suite runs it"]
 async fn rabbitmq_restarted_mid_run() {
     mid_run(
         "rabbitmq_restart",
@@ -59,7 +58,6 @@ async fn postgres_restarted_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "over two minutes (a 10 s outage, then the retry tiers); scripts/fault-suite runs it"]
 async fn postgres_refusing_connections_mid_run() {
     mid_run(
         "postgres_too_many_clients",
