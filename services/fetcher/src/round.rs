@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 use crate::groups::{self, GroupsScan};
 
+/// Times a run reads the whole directory again after Graph ended the
+/// paging of a full round, before the run fails.
+const MAX_ROUND_RESTARTS: u32 = 3;
+
 /// Properties read for every user, mapped or not, so fields can be discovered
 /// before any mapping exists.
 const STANDARD_PROPERTIES: &[&str] = &[
@@ -46,6 +50,9 @@ enum RoundError {
     Directory { code: String, reason: String },
     /// Our own infrastructure failed: try the request again.
     Infrastructure(anyhow::Error),
+    /// Graph ended a full round's paging (410, `resyncRequired`): read the
+    /// directory again in a new round.
+    Expired { code: String },
 }
 
 impl From<anyhow::Error> for RoundError {
@@ -111,6 +118,15 @@ impl Handler<ResyncRequest> for Fetcher {
                 self.fail(run_id, &code, &reason).await?;
                 Ok(())
             }
+            Err(RoundError::Expired { code }) => {
+                let reason = format!(
+                    "Microsoft Graph ended the paging of the directory mid-round {} times in a row ({code}); the next run reads it again",
+                    MAX_ROUND_RESTARTS + 1
+                );
+                tracing::warn!(parent: &span, %code, %reason, "run failed");
+                self.fail(run_id, "graph.resync_required", &reason).await?;
+                Ok(())
+            }
         }
     }
 }
@@ -133,8 +149,17 @@ impl Fetcher {
         if full {
             self.store.drop_delta_state(&tenant.config.id).await?;
         }
-        let delta_link = tenant.delta_link.filter(|_| !full);
-        self.read_round(run_id, &tenant.config, delta_link).await
+        let mut delta_link = tenant.delta_link.filter(|_| !full);
+        let mut restarts = 0;
+        loop {
+            match self.read_round(run_id, &tenant.config, delta_link.take()).await {
+                Err(RoundError::Expired { code }) if restarts < MAX_ROUND_RESTARTS => {
+                    restarts += 1;
+                    tracing::warn!(%code, restarts, "Graph ended the paging mid-round: reading the whole directory again");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// `delta_link`: where the users delta goes on from; none for a full round.
@@ -173,6 +198,10 @@ impl Fetcher {
                     url = start.clone();
                     continue;
                 }
+                // Graph ended the paging of a full round (a nextLink expired):
+                // the round starts over, so a user removed meanwhile is not
+                // kept on the strength of a page from before.
+                Err(GraphError::ResyncRequired { code, .. }) => return Err(RoundError::Expired { code }),
                 other => other?,
             };
             round

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -112,36 +112,45 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the policy gives up.
+///
+/// Throttling (429 with `Retry-After`) is Graph pacing us, not failing: its
+/// waits are honoured as given and count against `max_total_wait` only, so a
+/// storm of short `Retry-After`s slows a round down without failing it. Every
+/// other transient failure also uses up one of `max_attempts`.
 pub(crate) async fn with_retries<T, F, Fut>(
     policy: &RetryPolicy,
     hook: Option<&RetryHook>,
-    attempt: F,
+    mut attempt: F,
 ) -> Result<T, GraphError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, AttemptError>>,
 {
+    let mut backoffs = backoff(policy).build();
     let mut waited = Duration::ZERO;
     let mut retries = 0;
-    let outcome = attempt
-        .retry(backoff(policy))
-        .sleep(tokio::time::sleep)
-        .when(|error| matches!(error, AttemptError::Retry(_)))
-        .adjust(|error, computed| next_wait(policy, error, computed, &mut waited))
-        .notify(|error, wait| {
-            retries += 1;
-            report_retry(hook, error, wait, retries);
-        })
-        .await;
-    outcome.map_err(|error| match error {
-        AttemptError::Stop(error) => error,
-        AttemptError::Retry(last) if last.bad_body => GraphError::InvalidResponse {
+    let last = loop {
+        let transient = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(AttemptError::Stop(error)) => return Err(error),
+            Err(AttemptError::Retry(transient)) => transient,
+        };
+        let Some(wait) = next_wait(policy, &transient, &mut backoffs, &mut waited) else {
+            break transient;
+        };
+        retries += 1;
+        report_retry(hook, &transient, wait, retries);
+        tokio::time::sleep(wait).await;
+    };
+    Err(if last.bad_body {
+        GraphError::InvalidResponse {
             reason: format!("{} (on each of {} attempt(s))", last.reason, retries + 1),
-        },
-        AttemptError::Retry(last) => GraphError::Unavailable {
+        }
+    } else {
+        GraphError::Unavailable {
             attempts: retries + 1,
             last: last.reason,
-        },
+        }
     })
 }
 
@@ -153,22 +162,26 @@ fn backoff(policy: &RetryPolicy) -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// The wait before the next attempt, or `None` to give up. `computed` is backon's
-/// jittered backoff; it is `None` once the attempts are used up.
+/// The least a throttled retry counts against `max_total_wait`, so a server
+/// that keeps answering `Retry-After: 0` cannot keep a round spinning forever.
+const MIN_THROTTLE_WAIT: Duration = Duration::from_millis(100);
+
+/// The wait before the next attempt, or `None` to give up: the attempts are
+/// used up (throttling uses none), or the wait would pass `max_total_wait`.
 fn next_wait(
     policy: &RetryPolicy,
-    error: &AttemptError,
-    computed: Option<Duration>,
+    transient: &Transient,
+    backoffs: &mut impl Iterator<Item = Duration>,
     waited: &mut Duration,
 ) -> Option<Duration> {
-    let AttemptError::Retry(transient) = error else {
-        return None;
+    let wait = match (transient.status, transient.retry_after) {
+        (Some(429), Some(retry_after)) => retry_after.max(MIN_THROTTLE_WAIT),
+        // Jitter may push backon's value past max_delay; the server's own figure is kept as is.
+        (_, retry_after) => {
+            let computed = backoffs.next()?;
+            retry_after.unwrap_or_else(|| computed.min(policy.max_delay))
+        }
     };
-    let computed = computed?;
-    // Jitter may push backon's value past max_delay; the server's own figure is kept as is.
-    let wait = transient
-        .retry_after
-        .unwrap_or_else(|| computed.min(policy.max_delay));
     let total = waited.checked_add(wait)?;
     if total > policy.max_total_wait {
         return None;
@@ -177,10 +190,7 @@ fn next_wait(
     Some(wait)
 }
 
-fn report_retry(hook: Option<&RetryHook>, error: &AttemptError, wait: Duration, attempt: usize) {
-    let AttemptError::Retry(transient) = error else {
-        return;
-    };
+fn report_retry(hook: Option<&RetryHook>, transient: &Transient, wait: Duration, attempt: usize) {
     tracing::warn!(
         status = transient.status,
         wait_ms = wait.as_millis() as u64,
@@ -213,13 +223,13 @@ mod tests {
         headers
     }
 
-    fn throttled(retry_after: Option<Duration>) -> AttemptError {
-        AttemptError::Retry(Transient {
-            status: Some(429),
-            reason: "HTTP 429".into(),
+    fn transient(status: u16, retry_after: Option<Duration>) -> Transient {
+        Transient {
+            status: Some(status),
+            reason: format!("HTTP {status}"),
             retry_after,
             bad_body: false,
-        })
+        }
     }
 
     #[test]
@@ -248,10 +258,11 @@ mod tests {
     fn server_wait_is_honoured_exactly_even_above_max_delay() {
         let policy = RetryPolicy::default();
         let mut waited = Duration::ZERO;
+        let mut backoffs = [Duration::from_secs(1)].into_iter();
         let wait = next_wait(
             &policy,
-            &throttled(Some(Duration::from_secs(90))),
-            Some(Duration::from_secs(1)),
+            &transient(503, Some(Duration::from_secs(90))),
+            &mut backoffs,
             &mut waited,
         );
         assert_eq!(wait, Some(Duration::from_secs(90)));
@@ -262,12 +273,8 @@ mod tests {
     fn computed_wait_is_capped_at_max_delay() {
         let policy = RetryPolicy::default();
         let mut waited = Duration::ZERO;
-        let wait = next_wait(
-            &policy,
-            &throttled(None),
-            Some(Duration::from_secs(100)),
-            &mut waited,
-        );
+        let mut backoffs = [Duration::from_secs(100)].into_iter();
+        let wait = next_wait(&policy, &transient(503, None), &mut backoffs, &mut waited);
         assert_eq!(wait, Some(policy.max_delay));
     }
 
@@ -275,10 +282,11 @@ mod tests {
     fn gives_up_when_the_total_wait_would_be_passed() {
         let policy = RetryPolicy::default();
         let mut waited = Duration::from_secs(590);
+        let mut backoffs = [Duration::from_secs(1)].into_iter();
         let wait = next_wait(
             &policy,
-            &throttled(Some(Duration::from_secs(11))),
-            Some(Duration::from_secs(1)),
+            &transient(429, Some(Duration::from_secs(11))),
+            &mut backoffs,
             &mut waited,
         );
         assert_eq!(wait, None);
@@ -288,7 +296,56 @@ mod tests {
     fn gives_up_when_attempts_are_used_up() {
         let policy = RetryPolicy::default();
         let mut waited = Duration::ZERO;
-        let wait = next_wait(&policy, &throttled(Some(Duration::ZERO)), None, &mut waited);
+        let wait = next_wait(
+            &policy,
+            &transient(503, Some(Duration::ZERO)),
+            &mut std::iter::empty(),
+            &mut waited,
+        );
         assert_eq!(wait, None);
+    }
+
+    #[test]
+    fn throttling_uses_no_attempt_and_counts_at_least_a_tenth_of_a_second() {
+        let policy = RetryPolicy::default();
+        let mut waited = Duration::ZERO;
+        let mut backoffs = std::iter::empty();
+        for _ in 0..100 {
+            let wait = next_wait(
+                &policy,
+                &transient(429, Some(Duration::ZERO)),
+                &mut backoffs,
+                &mut waited,
+            );
+            assert_eq!(wait, Some(MIN_THROTTLE_WAIT));
+        }
+        assert_eq!(waited, MIN_THROTTLE_WAIT * 100);
+        // A 429 without Retry-After is an ordinary failure: it needs an attempt.
+        assert_eq!(
+            next_wait(&policy, &transient(429, None), &mut backoffs, &mut waited),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_short_retry_afters_ends_in_success() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        let mut calls = 0;
+        let outcome = with_retries(&policy, None, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n <= 10 {
+                    Err(AttemptError::Retry(transient(429, Some(Duration::ZERO))))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(outcome.expect("throttling alone never fails the request"), 11);
     }
 }
