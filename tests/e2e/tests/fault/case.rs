@@ -17,8 +17,8 @@ use usersync_e2e::{
 #[path = "../e2e/support.rs"]
 mod support;
 
-pub use support::ENTRA_TENANT;
-use support::{tenant_file, CALLER_ID, CLIENT_ID, CLIENT_SECRET};
+pub use support::{CLIENT_SECRET, ENTRA_TENANT};
+use support::{tenant_file, CALLER_ID, CLIENT_ID};
 
 const TENANT: &str = "acme";
 const SCOPE_GROUP: &str = "Telephony";
@@ -122,6 +122,11 @@ impl Case {
         self.runs += 1;
     }
 
+    /// Counts a run something else asked for (e.g. `usersync approve-deletions`).
+    pub fn requested_run(&mut self) {
+        self.runs += 1;
+    }
+
     /// Waits until the tenant has `self.runs` runs and all have ended.
     pub async fn wait_runs_ended(&self) {
         wait_for(
@@ -214,7 +219,13 @@ impl Case {
     /// After the faulty first run: lets it end, removes users three ways
     /// (deleted, disabled, out of the group), runs again, audits, writes
     /// the record and fails the test if the audit did.
-    pub async fn finish(mut self, recover: Option<Duration>) -> AuditReport {
+    pub async fn finish(self, recover: Option<Duration>) -> AuditReport {
+        self.finish_with(recover, Expect::default()).await
+    }
+
+    /// [`Case::finish`] for a case that expects failures, foreign PBX users,
+    /// parked messages, or found problems of its own (they fail the record too).
+    pub async fn finish_with(mut self, recover: Option<Duration>, expect: Expect) -> AuditReport {
         self.wait_runs_ended().await;
         let removed = self.remove_some(10).await;
         self.resync().await;
@@ -230,10 +241,13 @@ impl Case {
             removed: &removed,
             admin_copy_to: Some(ADMIN_COPY_TO),
             runs: self.runs,
-            expect_dlq: false,
+            expect_dlq: expect.dlq,
+            expected_failures: &expect.failures,
+            foreign: &expect.foreign,
             settle: Duration::from_secs(90),
         };
-        let report = audit.run().await;
+        let mut report = audit.run().await;
+        report.problems.extend(expect.problems);
         self.audited = true;
         let path = self.record(&report, recover).write();
         assert!(
@@ -311,6 +325,19 @@ impl Case {
         }
         members.into_iter().map(by_id).collect()
     }
+}
+
+/// What a case expects beyond the plain pass rule (see [`Case::finish_with`]).
+#[derive(Default)]
+pub struct Expect {
+    /// In-scope directory users that must fail (absent from the PBX, no welcome mail).
+    pub failures: Vec<String>,
+    /// PBX user ids the case placed itself.
+    pub foreign: Vec<String>,
+    /// Messages parked in DLQs on purpose.
+    pub dlq: bool,
+    /// Problems the case's own checks found; each fails the record.
+    pub problems: Vec<String>,
 }
 
 impl Drop for Case {

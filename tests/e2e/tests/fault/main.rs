@@ -7,4 +7,9 @@
 
 mod backends;
 mod case;
+mod data;
+mod graph;
 mod kills;
+mod messages;
+mod pbx;
+mod strike;
