@@ -138,7 +138,10 @@ impl Audit<'_> {
             .await;
         let mut by_external: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         let items = pbx["items"].as_array().expect("the PBX sim's `items`");
-        for user in items.iter().filter(|u| !self.foreign.iter().any(|f| u["id"] == f.as_str())) {
+        for user in items
+            .iter()
+            .filter(|u| !self.foreign.iter().any(|f| u["id"] == f.as_str()))
+        {
             let id = user["external_id"].as_str().unwrap_or("").to_owned();
             by_external.entry(id).or_default().push(user.clone());
         }

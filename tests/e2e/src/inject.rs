@@ -41,7 +41,11 @@ impl Stack {
     /// `path` below the management API, with this stack's vhost encoded in it.
     fn management(&self, path: &str) -> String {
         let vhost = self.vhost.replace('%', "%25").replace('/', "%2F");
-        format!("{}/{}", self.backends.rabbitmq_api, path.replace("{vhost}", &vhost))
+        format!(
+            "{}/{}",
+            self.backends.rabbitmq_api,
+            path.replace("{vhost}", &vhost)
+        )
     }
 
     async fn management_call(&self, method: Method, path: &str, body: Value) -> Value {

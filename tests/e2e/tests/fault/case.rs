@@ -17,8 +17,7 @@ use usersync_e2e::{
 #[path = "../e2e/support.rs"]
 mod support;
 
-pub use support::{CLIENT_SECRET, ENTRA_TENANT};
-use support::{tenant_file, CALLER_ID, CLIENT_ID};
+pub use support::{tenant_file, CALLER_ID, CLIENT_ID, CLIENT_SECRET, ENTRA_TENANT};
 
 const TENANT: &str = "acme";
 const SCOPE_GROUP: &str = "Telephony";

@@ -49,7 +49,11 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
     }
     for entry in std::fs::read_dir(&case.stack.logs).expect("the stack's logs") {
         let path = entry.expect("a log file").path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         // The simulators stand in for Entra and the PBX, which see the secrets by design.
         if name.contains("-sim") {
             continue;
@@ -64,8 +68,15 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
         .args(["--data-only", "--no-owner", &case.stack.database_url])
         .output()
         .expect("running pg_dump");
-    assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
-    places.push(("the database (pg_dump --data-only)".to_owned(), String::from_utf8_lossy(&dump.stdout).into_owned()));
+    assert!(
+        dump.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    places.push((
+        "the database (pg_dump --data-only)".to_owned(),
+        String::from_utf8_lossy(&dump.stdout).into_owned(),
+    ));
 
     let mut problems = Vec::new();
     for (secret, what) in [(CLIENT_SECRET, "the client secret"), (PBX_TOKEN, "the PBX token")] {
@@ -75,7 +86,11 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
             .map(|(place, _)| place.as_str())
             .collect();
         if !found.is_empty() {
-            problems.push(format!("{what} in plaintext in {} places: {}", found.len(), found.join(", ")));
+            problems.push(format!(
+                "{what} in plaintext in {} places: {}",
+                found.len(),
+                found.join(", ")
+            ));
         }
     }
     let searched = places.len();
@@ -84,7 +99,14 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
         &format!("a search for the client secret and the PBX token in {searched} logs, messages, CLI outputs, mails and the database dump"),
         after(seen, case.members, Probe::Creates.noun()),
     );
-    case.finish_with(None, Expect { problems, ..Expect::default() }).await;
+    case.finish_with(
+        None,
+        Expect {
+            problems,
+            ..Expect::default()
+        },
+    )
+    .await;
 }
 
 /// Runs every read command of [`CLI_READS`]; each output is a place to search.
@@ -92,7 +114,10 @@ async fn read_cli(case: &Case, when: &str, places: &mut Vec<(String, String)>) {
     for args in CLI_READS {
         let (ok, stdout, stderr) = case.stack.cli(args, None).await;
         assert!(ok, "usersync {args:?} failed: {stderr}");
-        places.push((format!("`usersync {}` {when}", args.join(" ")), format!("{stdout}{stderr}")));
+        places.push((
+            format!("`usersync {}` {when}", args.join(" ")),
+            format!("{stdout}{stderr}"),
+        ));
     }
 }
 
@@ -108,7 +133,9 @@ fn secret_stored_encrypted(case: &Case) -> Vec<String> {
             "tenants.client_secret_enc decrypts to {} characters, not the client secret",
             plain.len()
         )],
-        Err(err) => vec![format!("tenants.client_secret_enc is no ciphertext of the stack's key: {err}")],
+        Err(err) => vec![format!(
+            "tenants.client_secret_enc is no ciphertext of the stack's key: {err}"
+        )],
     }
 }
 
@@ -119,7 +146,10 @@ async fn an_emptied_directory_is_held_until_approved() {
     case.resync().await;
     case.wait_runs_ended().await;
     let base = format!("/_sim/tenants/{ENTRA_TENANT}");
-    let users = case.stack.graph_call(Method::GET, &format!("{base}/users"), None).await;
+    let users = case
+        .stack
+        .graph_call(Method::GET, &format!("{base}/users"), None)
+        .await;
     let ids: Vec<String> = users["value"]
         .as_array()
         .expect("value")
@@ -141,7 +171,9 @@ async fn an_emptied_directory_is_held_until_approved() {
     let mut problems = Vec::new();
     let stats = case.stack.pbx_call(Method::GET, "/_sim/stats", None).await;
     if stats["companies"]["acme"]["deleted"] != 0 {
-        problems.push(format!("the guard let deletions through before approval: {stats}"));
+        problems.push(format!(
+            "the guard let deletions through before approval: {stats}"
+        ));
     }
     let runs = case.stack.cli_json(&["runs", "acme", "--json"]).await;
     let held = runs
@@ -177,5 +209,12 @@ async fn an_emptied_directory_is_held_until_approved() {
             stats["companies"]["acme"]["deleted"].as_u64().unwrap_or(0)
         })
         .await;
-    case.finish_with(Some(deleted - recover), Expect { problems, ..Expect::default() }).await;
+    case.finish_with(
+        Some(deleted - recover),
+        Expect {
+            problems,
+            ..Expect::default()
+        },
+    )
+    .await;
 }

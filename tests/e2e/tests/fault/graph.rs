@@ -26,7 +26,13 @@ async fn graph_429_storm_with_fractional_retry_after_mid_round() {
             )
             .await;
             let problems = graph_faults_met(case, 30).await;
-            (String::new(), Expect { problems, ..Expect::default() })
+            (
+                String::new(),
+                Expect {
+                    problems,
+                    ..Expect::default()
+                },
+            )
         },
     )
     .await;
@@ -50,7 +56,13 @@ async fn graph_503_bursts_mid_round() {
                 .await;
             }
             let problems = graph_faults_met(case, 9).await;
-            (String::new(), Expect { problems, ..Expect::default() })
+            (
+                String::new(),
+                Expect {
+                    problems,
+                    ..Expect::default()
+                },
+            )
         },
     )
     .await;
@@ -66,9 +78,19 @@ async fn graph_410_gone_mid_round_restarts_the_round() {
         Probe::Pages,
         "Graph 410 Gone on a users-delta next link (3 pages later)",
         async |case| {
-            graph_fault(case, json!({"kind": "gone", "skip": 3, "path_prefix": USERS_DELTA})).await;
+            graph_fault(
+                case,
+                json!({"kind": "gone", "skip": 3, "path_prefix": USERS_DELTA}),
+            )
+            .await;
             let problems = graph_faults_met(case, 1).await;
-            (String::new(), Expect { problems, ..Expect::default() })
+            (
+                String::new(),
+                Expect {
+                    problems,
+                    ..Expect::default()
+                },
+            )
         },
     )
     .await;

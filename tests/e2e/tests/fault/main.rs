@@ -13,3 +13,4 @@ mod kills;
 mod messages;
 mod pbx;
 mod strike;
+mod tenants;

@@ -9,18 +9,43 @@ use serde_json::{json, Value};
 use usersync_e2e::inject::{Captured, PIPELINE, RESYNC, ROUTES};
 use usersync_e2e::wait_for;
 
-use crate::case::{after, Case, Expect};
+use crate::case::{after, Case, Expect, CLIENT_SECRET};
 use crate::kills::Probe;
 use crate::strike::{mid_run, pbx_stats};
+use crate::tenants;
 
 /// One poison message per stage: (stage, exchange, routing key, AMQP type, body).
 /// Each is not a valid message of that stage's type: wrong JSON types, not
 /// JSON at all, JSON of the wrong shape, and a list.
 const POISON: [(&str, &str, &str, &str, &str); 4] = [
-    ("fetcher", RESYNC, "manual", "usersync.resync.v1", r#"{"tenant_id": 42, "full": "yes"}"#),
-    ("differ", PIPELINE, "usersync.differ.pages", "usersync.directory-page.v1", "this is not JSON"),
-    ("applier", PIPELINE, "usersync.applier.changes", "usersync.change-batch.v1", r#"{"run_id": "poison"}"#),
-    ("notifier", PIPELINE, "usersync.notifier.events", "usersync.event.v1", "[]"),
+    (
+        "fetcher",
+        RESYNC,
+        "manual",
+        "usersync.resync.v1",
+        r#"{"tenant_id": 42, "full": "yes"}"#,
+    ),
+    (
+        "differ",
+        PIPELINE,
+        "usersync.differ.pages",
+        "usersync.directory-page.v1",
+        "this is not JSON",
+    ),
+    (
+        "applier",
+        PIPELINE,
+        "usersync.applier.changes",
+        "usersync.change-batch.v1",
+        r#"{"run_id": "poison"}"#,
+    ),
+    (
+        "notifier",
+        PIPELINE,
+        "usersync.notifier.events",
+        "usersync.event.v1",
+        "[]",
+    ),
 ];
 
 /// How long a poison message may take to reach its DLQ.
@@ -72,9 +97,13 @@ fn dlq_problems(letters: &Value) -> Vec<String> {
     }
     for (stage, ..) in POISON {
         let id = format!("poison-{stage}");
-        let here: Vec<&Value> = letters.iter().filter(|l| l["message_id"] == id.as_str()).collect();
+        let here: Vec<&Value> = letters
+            .iter()
+            .filter(|l| l["message_id"] == id.as_str())
+            .collect();
         match here.as_slice() {
-            [letter] if letter["stage"] == stage && letter["reason"].as_str().is_some_and(|r| !r.is_empty()) => {}
+            [letter]
+                if letter["stage"] == stage && letter["reason"].as_str().is_some_and(|r| !r.is_empty()) => {}
             other => problems.push(format!(
                 "{id} should be parked once in usersync.{stage}.dlq with a reason, found {other:?}"
             )),
@@ -134,16 +163,104 @@ async fn one_of_each_type(case: &Case) -> BTreeMap<String, Captured> {
     ];
     // Filled across the polls of the wait; borrowed only between its awaits.
     let found: RefCell<BTreeMap<String, Captured>> = RefCell::default();
-    wait_for("one captured message of each type", Duration::from_secs(60), || async {
-        let taken = case.stack.take_captured(CAPTURE, 200).await;
-        let mut found = found.borrow_mut();
-        for message in taken {
-            if kinds.contains(&message.kind()) && !found.contains_key(message.kind()) {
-                found.insert(message.kind().to_owned(), message);
+    wait_for(
+        "one captured message of each type",
+        Duration::from_secs(60),
+        || async {
+            let taken = case.stack.take_captured(CAPTURE, 200).await;
+            let mut found = found.borrow_mut();
+            for message in taken {
+                if kinds.contains(&message.kind()) && !found.contains_key(message.kind()) {
+                    found.insert(message.kind().to_owned(), message);
+                }
             }
-        }
-        (found.len() == kinds.len()).then_some(())
-    })
+            (found.len() == kinds.len()).then_some(())
+        },
+    )
     .await;
     found.into_inner()
+}
+
+/// The tenant a parked resync request asks for before it exists.
+const LATE_TENANT: usize = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: scripts/fault-suite"]
+async fn a_parked_request_replayed_once_fixed_is_handled_once() {
+    let mut case = Case::start("dlq_replay", false).await;
+    case.resync().await;
+    let seen = Probe::Creates.wait_percent(&case, 30).await;
+    let late = tenants::id(LATE_TENANT);
+    case.struck(
+        &format!("a resync request for tenant {late} before it exists (parked), then the tenant applied and `usersync dlq replay fetcher`"),
+        after(seen, case.members, Probe::Creates.noun()),
+    );
+    let request_id = uuid::Uuid::new_v4().to_string();
+    case.stack
+        .publish(
+            RESYNC,
+            "manual",
+            &json!({"tenant_id": late}).to_string(),
+            json!({"type": "usersync.resync.v1", "message_id": request_id, "content_type": "application/json"}),
+        )
+        .await;
+    let parked = wait_for("the request in usersync.fetcher.dlq", PARKED_WITHIN, || async {
+        case.assert_alive();
+        let letters = case.stack.cli_json(&["dlq", "list", "fetcher", "--json"]).await;
+        (letters.as_array().map_or(0, Vec::len) >= 1).then_some(letters)
+    })
+    .await;
+    let mut problems = Vec::new();
+    let reason = parked[0]["reason"].as_str().unwrap_or("");
+    if parked.as_array().map_or(0, Vec::len) != 1
+        || parked[0]["message_id"] != request_id.as_str()
+        || !reason.contains(&late)
+    {
+        problems.push(format!(
+            "expected the one request for {late} parked with a reason naming it: {parked}"
+        ));
+    }
+
+    // The fix, then the replay.
+    tenants::add_tenant(&case.stack, LATE_TENANT, CLIENT_SECRET).await;
+    let replayed = Instant::now();
+    let (ok, stdout, stderr) = case.stack.cli(&["dlq", "replay", "fetcher"], None).await;
+    assert!(ok, "dlq replay fetcher failed: {stderr}");
+    if !stdout.contains("1 message(s) moved") {
+        problems.push(format!("`usersync dlq replay fetcher` said: {stdout}"));
+    }
+    let runs = wait_for(
+        &format!("{late}'s run to end"),
+        Duration::from_secs(300),
+        || async {
+            case.assert_alive();
+            let runs = case.stack.cli_json(&["runs", &late, "--json"]).await;
+            let list = runs.as_array()?;
+            (!list.is_empty() && list.iter().all(|r| !r["finished_at"].is_null())).then_some(runs)
+        },
+    )
+    .await;
+    let handled = replayed.elapsed();
+    if runs.as_array().map_or(0, Vec::len) != 1
+        || runs[0]["id"] != request_id.as_str()
+        || runs[0]["state"] != "succeeded"
+    {
+        problems.push(format!(
+            "the replayed request should make exactly one run {request_id}, succeeded: {runs}"
+        ));
+    }
+    let (tenant, report) = tenants::audit(&case.stack, LATE_TENANT).await;
+    problems.extend(report.problems.iter().map(|p| format!("{tenant}: {p}")));
+    let left = case.stack.cli_json(&["dlq", "list", "--json"]).await;
+    if left != json!([]) {
+        problems.push(format!("the DLQs are not empty after the replay: {left}"));
+    }
+    case.finish_with(
+        Some(handled),
+        Expect {
+            problems,
+            ..Expect::default()
+        },
+    )
+    .await;
 }

@@ -40,7 +40,10 @@ async fn pbx_throttles_every_50th_create_mid_run() {
             clear_pbx_faults(case).await;
             (
                 format!(", until {THROTTLED} were throttled"),
-                Expect { problems, ..Expect::default() },
+                Expect {
+                    problems,
+                    ..Expect::default()
+                },
             )
         },
     )
@@ -57,10 +60,18 @@ async fn pbx_503_bursts_mid_run() {
         Probe::Creates,
         "PBX 503 on 20 POSTs in a row, three times (at 30%, 50%, 70% of creates)",
         async |case| {
-            pbx_fault(case, json!({"kind": "status", "status": 503, "count": 20, "method": "POST"})).await;
+            pbx_fault(
+                case,
+                json!({"kind": "status", "status": 503, "count": 20, "method": "POST"}),
+            )
+            .await;
             for percent in [50, 70] {
                 Probe::Creates.wait_percent(case, percent).await;
-                pbx_fault(case, json!({"kind": "status", "status": 503, "count": 20, "method": "POST"})).await;
+                pbx_fault(
+                    case,
+                    json!({"kind": "status", "status": 503, "count": 20, "method": "POST"}),
+                )
+                .await;
             }
             (String::new(), Expect::default())
         },
@@ -84,7 +95,10 @@ async fn pbx_answers_in_2_seconds_for_a_while_mid_run() {
             clear_pbx_faults(case).await;
             (
                 format!(", for {SLOW_CREATES} creates, then cleared"),
-                Expect { problems, ..Expect::default() },
+                Expect {
+                    problems,
+                    ..Expect::default()
+                },
             )
         },
     )
@@ -104,7 +118,13 @@ async fn pbx_connection_dropped_after_commit_mid_run() {
             pbx_fault(case, json!({"kind": "drop", "count": DROPPED, "method": "POST"})).await;
             // Each cut create is sent again under its Idempotency-Key and answered from the record.
             let problems = pbx_counter_reaches(case, "idempotent_replays", replays + DROPPED).await;
-            (String::new(), Expect { problems, ..Expect::default() })
+            (
+                String::new(),
+                Expect {
+                    problems,
+                    ..Expect::default()
+                },
+            )
         },
     )
     .await;
@@ -127,7 +147,10 @@ async fn pbx_409_conflicts_fail_only_their_users() {
     case.wait_runs_ended().await;
     let mut problems = Vec::new();
     for (object_id, alias, holder) in &taken {
-        let explained = case.stack.cli_json(&["explain", "acme", object_id, "--json"]).await;
+        let explained = case
+            .stack
+            .cli_json(&["explain", "acme", object_id, "--json"])
+            .await;
         let text = explained.to_string();
         if !(text.contains(holder.as_str()) && text.contains("remove or rename that PBX user")) {
             problems.push(format!(
@@ -150,8 +173,14 @@ async fn pbx_409_conflicts_fail_only_their_users() {
 /// returns (object id, alias, holder's PBX id).
 async fn take_aliases(case: &Case) -> Vec<(String, String, String)> {
     let base = format!("/_sim/tenants/{ENTRA_TENANT}");
-    let users = case.stack.graph_call(Method::GET, &format!("{base}/users"), None).await;
-    let groups = case.stack.graph_call(Method::GET, &format!("{base}/groups"), None).await;
+    let users = case
+        .stack
+        .graph_call(Method::GET, &format!("{base}/users"), None)
+        .await;
+    let groups = case
+        .stack
+        .graph_call(Method::GET, &format!("{base}/groups"), None)
+        .await;
     let members: Vec<String> = groups["value"]
         .as_array()
         .expect("value")
@@ -163,7 +192,10 @@ async fn take_aliases(case: &Case) -> Vec<(String, String, String)> {
         .iter()
         .filter_map(|m| m.as_str().map(str::to_owned))
         .collect();
-    let pbx = case.stack.pbx_call(Method::GET, "/_sim/companies/acme/users", None).await;
+    let pbx = case
+        .stack
+        .pbx_call(Method::GET, "/_sim/companies/acme/users", None)
+        .await;
     let created: BTreeSet<&str> = pbx["items"]
         .as_array()
         .expect("items")
@@ -205,10 +237,17 @@ async fn take_aliases(case: &Case) -> Vec<(String, String, String)> {
         }
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "creating a foreign PBX user: {status} {body}");
+        assert!(
+            status.is_success(),
+            "creating a foreign PBX user: {status} {body}"
+        );
         let holder = body["id"].as_str().expect("the new PBX user's id").to_owned();
         taken.push((id.clone(), alias, holder));
     }
-    assert_eq!(taken.len(), CONFLICTS, "enough users not yet created to take the aliases of");
+    assert_eq!(
+        taken.len(),
+        CONFLICTS,
+        "enough users not yet created to take the aliases of"
+    );
     taken
 }

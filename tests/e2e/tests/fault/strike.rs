@@ -55,7 +55,11 @@ pub async fn graph_stats(case: &Case) -> Value {
 /// Injects Graph faults (`POST /_sim/tenants/{t}/faults`).
 pub async fn graph_fault(case: &Case, fault: Value) {
     case.stack
-        .graph_call(Method::POST, &format!("/_sim/tenants/{ENTRA_TENANT}/faults"), Some(fault))
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/faults"),
+            Some(fault),
+        )
         .await;
 }
 
