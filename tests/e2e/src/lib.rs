@@ -28,6 +28,7 @@ pub const SECRET_KEY: &str = "dXNlcnN5bmMtZTJlLXRlc3Qta2V5LTMyLWJ5dGVzISE=";
 const STACK_POOL_SIZE: &str = "8";
 pub mod audit;
 pub mod inject;
+pub mod maildir;
 pub mod private_postgres;
 pub mod private_rabbit;
 

@@ -4,10 +4,13 @@
 
 use reqwest::Method;
 use usersync_e2e::inject::ROUTES;
-use usersync_e2e::{PBX_TOKEN, SECRET_KEY};
+use usersync_e2e::{poll_until, PBX_TOKEN, SECRET_KEY};
 
 use crate::case::{after, Case, Expect, CLIENT_SECRET, ENTRA_TENANT};
 use crate::kills::Probe;
+
+/// How long a run's report mail may take after the run ended.
+const REPORT_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Every message of the run is copied here.
 const CAPTURE: &str = "capture.secrets";
@@ -61,8 +64,12 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         places.push((format!("log {name}"), text));
     }
+    // Raw (as sent) and decoded (as read): a base64 body hides its text from a raw search.
     for (index, mail) in case.stack.mails().into_iter().enumerate() {
         places.push((format!("mail {index}"), mail));
+    }
+    for mail in case.stack.decoded_mails() {
+        places.push((format!("mail {} (decoded)", mail["message_id"]), mail.to_string()));
     }
     let dump = std::process::Command::new("pg_dump")
         .args(["--data-only", "--no-owner", &case.stack.database_url])
@@ -189,14 +196,24 @@ async fn an_emptied_directory_is_held_until_approved() {
             case.members
         ));
     }
-    // Quoted-printable bodies break long lines with a trailing `=`.
-    let warned = case
-        .stack
-        .mails()
-        .iter()
-        .map(|mail| mail.replace("=\r\n", "").replace("=\n", ""))
-        .any(|mail| mail.contains(&format!("{held} deletions held back by the mass-deletion guard")));
-    if !warned {
+    let report_line = format!("Held:     {held} deletions held back by the mass-deletion guard");
+    // The run's report is mailed after the run ended.
+    let warned = poll_until(REPORT_WITHIN, || async {
+        case.stack
+            .decoded_mails()
+            .iter()
+            .any(|mail| {
+                mail["to"]
+                    .as_str()
+                    .is_some_and(|to| to.contains("it@acme.example"))
+                    && mail["text"]
+                        .as_str()
+                        .is_some_and(|text| text.contains(&report_line))
+            })
+            .then_some(())
+    })
+    .await;
+    if warned.is_none() {
         problems.push("no run report says the mass-deletion guard held the deletions".to_owned());
     }
     let (ok, _, stderr) = case.stack.cli(&["approve-deletions", "acme"], None).await;

@@ -39,6 +39,7 @@ async fn graph_429_storm_with_fractional_retry_after_mid_round() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: scripts/fault-suite"]
 async fn graph_503_bursts_mid_round() {
     mid_run(
         "graph_503_bursts",

@@ -106,6 +106,7 @@ async fn pbx_answers_in_2_seconds_for_a_while_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: scripts/fault-suite"]
 async fn pbx_connection_dropped_after_commit_mid_run() {
     mid_run(
         "pbx_drop_after_commit",
