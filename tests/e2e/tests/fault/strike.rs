@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::Value;
-use usersync_e2e::{poll_until, AuditReport};
+use usersync_e2e::{poll_until, wait_for, AuditReport};
 
 use crate::case::{after, Case, Expect, ENTRA_TENANT};
 use crate::kills::Probe;
@@ -14,6 +14,9 @@ use crate::kills::Probe;
 /// How long an injected fault may take to be met in full before the case
 /// calls it a problem: the run moved on without meeting it.
 const FAULT_MET_WITHIN: Duration = Duration::from_secs(180);
+
+/// How long work may take to move again after a fault.
+const RESUME_WITHIN: Duration = Duration::from_secs(600);
 
 /// Starts the first run, waits until `strike` reaches `percent`, runs
 /// `fault` (it injects and returns a detail for the record and what the
@@ -36,13 +39,37 @@ where
     let struck = Instant::now();
     let when = after(seen, strike.total(&case), strike.noun());
     case.struck(injected, when.clone());
-    let (detail, expect) = fault(&mut case).await;
+    let (detail, mut expect) = fault(&mut case).await;
     case.struck(&format!("{injected}{detail}"), when);
     let back = resume.read(&case).await;
-    let resumed = case
-        .wait_progress(resume.noun(), back, || resume.read(&case))
-        .await;
-    case.finish_with(Some(resumed - struck), expect).await
+    // Work moves on after the fault, unless the run ended on it: no need to wait then.
+    let resumed = wait_for(
+        &format!("{} to move past {back}, or the run to end", resume.noun()),
+        RESUME_WITHIN,
+        || async {
+            case.assert_alive();
+            if resume.read(&case).await > back {
+                return Some(Some(Instant::now()));
+            }
+            let runs = case.stack.cli_json(&["runs", "acme", "--json"]).await;
+            let ended = runs
+                .as_array()
+                .is_some_and(|r| r.iter().all(|r| !r["finished_at"].is_null()));
+            ended.then_some(None)
+        },
+    )
+    .await;
+    case.wait_runs_ended().await;
+    // A fault the product rides out leaves the run succeeded, not just ended.
+    let runs = case.stack.cli_json(&["runs", "acme", "--json"]).await;
+    let first = &runs[0];
+    if first["state"] != "succeeded" {
+        expect.problems.push(format!(
+            "the run under the fault ended {} (not succeeded): {}",
+            first["state"], first["error"]
+        ));
+    }
+    case.finish_with(resumed.map(|at| at - struck), expect).await
 }
 
 /// The Graph sim's counters for the case's tenant.
