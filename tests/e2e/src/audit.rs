@@ -38,6 +38,11 @@ pub struct Audit<'a> {
     pub runs: usize,
     /// The case puts messages in a DLQ on purpose (they are reported, not counted against it).
     pub expect_dlq: bool,
+    /// In-scope directory users the case makes fail on purpose (e.g. a PBX
+    /// conflict): they must be absent from the PBX and get no welcome mail.
+    pub expected_failures: &'a [String],
+    /// PBX user ids the case placed itself (e.g. the holders of a conflict): not the tenant's.
+    pub foreign: &'a [String],
     /// How long to wait for the stack to settle (runs ended, queues empty, mails in).
     pub settle: Duration,
 }
@@ -120,7 +125,10 @@ impl Audit<'_> {
     async fn check(&self) -> AuditReport {
         let mut report = AuditReport::default();
         let directory = self.directory().await;
-        let in_scope = self.in_scope(&directory).await;
+        let mut in_scope = self.in_scope(&directory).await;
+        for id in self.expected_failures {
+            in_scope.remove(id);
+        }
         report.users_expected = in_scope.len();
 
         // PBX users by external id.
@@ -133,7 +141,11 @@ impl Audit<'_> {
             )
             .await;
         let mut by_external: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for user in pbx["items"].as_array().expect("the PBX sim's `items`") {
+        let items = pbx["items"].as_array().expect("the PBX sim's `items`");
+        for user in items
+            .iter()
+            .filter(|u| !self.foreign.iter().any(|f| u["id"] == f.as_str()))
+        {
             let id = user["external_id"].as_str().unwrap_or("").to_owned();
             by_external.entry(id).or_default().push(user.clone());
         }
@@ -176,7 +188,21 @@ impl Audit<'_> {
                 in_scope.len() + self.removed.len()
             ));
         }
-        let stray: Vec<&String> = by_external.keys().filter(|id| !in_scope.contains(*id)).collect();
+        let failed_but_written = self
+            .expected_failures
+            .iter()
+            .filter(|id| by_external.contains_key(*id))
+            .count();
+        if failed_but_written > 0 {
+            report.problems.push(format!(
+                "{failed_but_written} of the {} users expected to fail are in the PBX",
+                self.expected_failures.len()
+            ));
+        }
+        let stray: Vec<&String> = by_external
+            .keys()
+            .filter(|id| !in_scope.contains(*id) && !self.expected_failures.contains(*id))
+            .collect();
         report.not_deleted = stray.len();
         if !stray.is_empty() {
             report.problems.push(format!(

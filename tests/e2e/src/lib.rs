@@ -27,6 +27,8 @@ pub const SECRET_KEY: &str = "dXNlcnN5bmMtZTJlLXRlc3Qta2V5LTMyLWJ5dGVzISE=";
 /// Each service's PostgreSQL connections in a test stack (`DATABASE_POOL_SIZE`).
 const STACK_POOL_SIZE: &str = "8";
 pub mod audit;
+pub mod inject;
+pub mod maildir;
 pub mod private_postgres;
 pub mod private_rabbit;
 

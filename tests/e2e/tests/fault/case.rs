@@ -17,8 +17,7 @@ use usersync_e2e::{
 #[path = "../e2e/support.rs"]
 mod support;
 
-pub use support::ENTRA_TENANT;
-use support::{tenant_file, CALLER_ID, CLIENT_ID, CLIENT_SECRET};
+pub use support::{tenant_file, CALLER_ID, CLIENT_ID, CLIENT_SECRET, ENTRA_TENANT};
 
 const TENANT: &str = "acme";
 const SCOPE_GROUP: &str = "Telephony";
@@ -133,6 +132,11 @@ impl Case {
         self.runs += 1;
     }
 
+    /// Counts a run something else asked for (e.g. `usersync approve-deletions`).
+    pub fn requested_run(&mut self) {
+        self.runs += 1;
+    }
+
     /// Waits until the tenant has `self.runs` runs and all have ended.
     pub async fn wait_runs_ended(&self) {
         wait_for(
@@ -231,9 +235,18 @@ impl Case {
     /// After the faulty first run: lets it end, removes users three ways
     /// (deleted, disabled, out of the group), runs again, audits, writes
     /// the record and fails the test if the audit did.
-    pub async fn finish(mut self, recover: Option<Duration>) -> AuditReport {
+    pub async fn finish(self, recover: Option<Duration>) -> AuditReport {
+        self.finish_with(recover, Expect::default()).await
+    }
+
+    /// [`Case::finish`] for a case that expects failures, foreign PBX users,
+    /// parked messages, or found problems of its own (they fail the record too).
+    pub async fn finish_with(mut self, recover: Option<Duration>, expect: Expect) -> AuditReport {
         let removed = self.second_run().await;
-        let report = self.audit(&removed, Duration::from_secs(90)).await;
+        let mut report = self
+            .audit_expecting(&removed, Duration::from_secs(90), &expect)
+            .await;
+        report.problems.extend(expect.problems);
         self.audited = true;
         let path = self.record(&report, recover, true).write();
         assert!(
@@ -259,6 +272,10 @@ impl Case {
 
     /// The audit of this case's tenant, waiting up to `settle` for the stack to settle.
     pub async fn audit(&self, removed: &[Value], settle: Duration) -> AuditReport {
+        self.audit_expecting(removed, settle, &Expect::default()).await
+    }
+
+    async fn audit_expecting(&self, removed: &[Value], settle: Duration, expect: &Expect) -> AuditReport {
         let audit = Audit {
             stack: &self.stack,
             tenant: TENANT,
@@ -270,7 +287,9 @@ impl Case {
             removed,
             admin_copy_to: Some(ADMIN_COPY_TO),
             runs: self.runs,
-            expect_dlq: false,
+            expect_dlq: expect.dlq,
+            expected_failures: &expect.failures,
+            foreign: &expect.foreign,
             settle,
         };
         audit.run().await
@@ -340,6 +359,19 @@ impl Case {
         }
         members.into_iter().map(by_id).collect()
     }
+}
+
+/// What a case expects beyond the plain pass rule (see [`Case::finish_with`]).
+#[derive(Default)]
+pub struct Expect {
+    /// In-scope directory users that must fail (absent from the PBX, no welcome mail).
+    pub failures: Vec<String>,
+    /// PBX user ids the case placed itself.
+    pub foreign: Vec<String>,
+    /// Messages parked in DLQs on purpose.
+    pub dlq: bool,
+    /// Problems the case's own checks found; each fails the record.
+    pub problems: Vec<String>,
 }
 
 impl Drop for Case {

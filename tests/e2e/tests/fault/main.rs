@@ -8,5 +8,11 @@
 mod audit_check;
 mod backends;
 mod case;
+mod data;
+mod graph;
 mod kills;
+mod messages;
+mod pbx;
 mod servers;
+mod strike;
+mod tenants;
