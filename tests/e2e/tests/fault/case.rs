@@ -242,7 +242,8 @@ impl Case {
     /// [`Case::finish`] for a case that expects failures, foreign PBX users,
     /// parked messages, or found problems of its own (they fail the record too).
     pub async fn finish_with(mut self, recover: Option<Duration>, expect: Expect) -> AuditReport {
-        let removed = self.second_run().await;
+        let mut removed = self.second_run().await;
+        removed.extend(expect.removed.iter().cloned());
         let mut report = self
             .audit_expecting(&removed, Duration::from_secs(90), &expect)
             .await;
@@ -372,6 +373,10 @@ pub struct Expect {
     pub dlq: bool,
     /// Problems the case's own checks found; each fails the record.
     pub problems: Vec<String>,
+    /// Directory users (as the Graph simulator listed them) the case itself
+    /// took out of scope: the audit expects them deleted, as the ones the
+    /// second run removes.
+    pub removed: Vec<Value>,
 }
 
 impl Drop for Case {

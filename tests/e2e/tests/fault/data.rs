@@ -230,6 +230,7 @@ async fn an_emptied_directory_is_held_until_approved() {
         Some(deleted - recover),
         Expect {
             problems,
+            removed: users["value"].as_array().cloned().unwrap_or_default(),
             ..Expect::default()
         },
     )
