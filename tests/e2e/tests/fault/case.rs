@@ -3,6 +3,7 @@
 //! its fault while it runs), a second run that removes some users, the audit,
 //! and the result record.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -294,6 +295,36 @@ impl Case {
             settle,
         };
         audit.run().await
+    }
+
+    /// The directory objects of the scope group's members, as they are now.
+    pub async fn in_scope_users(&self) -> Vec<Value> {
+        let base = format!("/_sim/tenants/{ENTRA_TENANT}");
+        let users = self
+            .stack
+            .graph_call(Method::GET, &format!("{base}/users"), None)
+            .await;
+        let groups = self
+            .stack
+            .graph_call(Method::GET, &format!("{base}/groups"), None)
+            .await;
+        let members: BTreeSet<&str> = groups["value"]
+            .as_array()
+            .expect("value")
+            .iter()
+            .find(|g| g["name"] == SCOPE_GROUP)
+            .and_then(|g| g["members"].as_array())
+            .expect("the scope group's members")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        users["value"]
+            .as_array()
+            .expect("value")
+            .iter()
+            .filter(|u| u["id"].as_str().is_some_and(|id| members.contains(id)))
+            .cloned()
+            .collect()
     }
 
     /// Takes `each` users out of scope each way; returns their directory objects as they were.
