@@ -410,6 +410,16 @@ pub struct Expect {
     pub removed: Vec<Value>,
 }
 
+impl Expect {
+    /// Only the problems the case's own checks found.
+    pub fn problems(problems: Vec<String>) -> Expect {
+        Expect {
+            problems,
+            ..Expect::default()
+        }
+    }
+}
+
 impl Drop for Case {
     /// A case that panicked before its audit still leaves a (failed) record.
     fn drop(&mut self) {

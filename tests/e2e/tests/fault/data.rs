@@ -106,14 +106,7 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
         &format!("a search for the client secret and the PBX token in {searched} logs, messages, CLI outputs, mails and the database dump"),
         after(seen, case.members, Probe::Creates.noun()),
     );
-    case.finish_with(
-        None,
-        Expect {
-            problems,
-            ..Expect::default()
-        },
-    )
-    .await;
+    case.finish_with(None, Expect::problems(problems)).await;
 }
 
 /// Runs every read command of [`CLI_READS`]; each output is a place to search.

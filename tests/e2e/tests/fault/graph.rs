@@ -26,13 +26,7 @@ async fn graph_429_storm_with_fractional_retry_after_mid_round() {
             )
             .await;
             let problems = graph_faults_met(case, 30).await;
-            (
-                String::new(),
-                Expect {
-                    problems,
-                    ..Expect::default()
-                },
-            )
+            (String::new(), Expect::problems(problems))
         },
     )
     .await;
@@ -57,13 +51,7 @@ async fn graph_503_bursts_mid_round() {
                 .await;
             }
             let problems = graph_faults_met(case, 9).await;
-            (
-                String::new(),
-                Expect {
-                    problems,
-                    ..Expect::default()
-                },
-            )
+            (String::new(), Expect::problems(problems))
         },
     )
     .await;
@@ -85,13 +73,7 @@ async fn graph_410_gone_mid_round_restarts_the_round() {
             )
             .await;
             let problems = graph_faults_met(case, 1).await;
-            (
-                String::new(),
-                Expect {
-                    problems,
-                    ..Expect::default()
-                },
-            )
+            (String::new(), Expect::problems(problems))
         },
     )
     .await;

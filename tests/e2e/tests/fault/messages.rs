@@ -145,10 +145,7 @@ async fn a_second_copy_of_every_message_type_changes_nothing() {
     if stats["posts"] != stats["created"] || stats["idempotent_replays"] != 0 {
         problems.push(format!("a change was written to the PBX twice: {stats}"));
     }
-    let expect = Expect {
-        problems,
-        ..Expect::default()
-    };
+    let expect = Expect::problems(problems);
     case.finish_with(Some(resumed - struck), expect).await;
 }
 
@@ -255,12 +252,5 @@ async fn a_parked_request_replayed_once_fixed_is_handled_once() {
     if left != json!([]) {
         problems.push(format!("the DLQs are not empty after the replay: {left}"));
     }
-    case.finish_with(
-        Some(handled),
-        Expect {
-            problems,
-            ..Expect::default()
-        },
-    )
-    .await;
+    case.finish_with(Some(handled), Expect::problems(problems)).await;
 }

@@ -40,10 +40,7 @@ async fn pbx_throttles_every_50th_create_mid_run() {
             clear_pbx_faults(case).await;
             (
                 format!(", until {THROTTLED} were throttled"),
-                Expect {
-                    problems,
-                    ..Expect::default()
-                },
+                Expect::problems(problems),
             )
         },
     )
@@ -95,10 +92,7 @@ async fn pbx_answers_in_2_seconds_for_a_while_mid_run() {
             clear_pbx_faults(case).await;
             (
                 format!(", for {SLOW_CREATES} creates, then cleared"),
-                Expect {
-                    problems,
-                    ..Expect::default()
-                },
+                Expect::problems(problems),
             )
         },
     )
@@ -119,13 +113,7 @@ async fn pbx_connection_dropped_after_commit_mid_run() {
             pbx_fault(case, json!({"kind": "drop", "count": DROPPED, "method": "POST"})).await;
             // Each cut create is sent again under its Idempotency-Key and answered from the record.
             let problems = pbx_counter_reaches(case, "idempotent_replays", replays + DROPPED).await;
-            (
-                String::new(),
-                Expect {
-                    problems,
-                    ..Expect::default()
-                },
-            )
+            (String::new(), Expect::problems(problems))
         },
     )
     .await;
