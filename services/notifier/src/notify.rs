@@ -66,8 +66,14 @@ impl Handler<Event> for Notifier {
             );
             return Ok(());
         };
-        let tenant = &tenant.config;
+        self.handle_event(&tenant.config, event).await
+    }
+}
+
+impl Notifier {
+    async fn handle_event(&self, tenant: &TenantConfig, event: &Event) -> Result<(), Failure> {
         match event {
+            Event::Batch { events, .. } => self.handle_batch(tenant, events).await,
             Event::UserCreated {
                 run_id,
                 pbx_id,
@@ -118,6 +124,29 @@ impl Handler<Event> for Notifier {
             }
             // Per-user updates, deletions and failures reach the operator in the run's digest.
             Event::UserChanged { .. } => Ok(()),
+        }
+    }
+
+    /// Every event of a batch is handled, whatever becomes of the others: a
+    /// mail refused for good must not keep its neighbours from going out. A
+    /// retry brings the whole batch back; what was sent is not sent again.
+    async fn handle_batch(&self, tenant: &TenantConfig, events: &[Event]) -> Result<(), Failure> {
+        let mut retry = None;
+        let mut refused = Vec::new();
+        for event in events {
+            match Box::pin(self.handle_event(tenant, event)).await {
+                Ok(()) => {}
+                Err(Failure::Reject { reason }) => refused.push(reason),
+                Err(failure) => retry = retry.or(Some(failure)),
+            }
+        }
+        if let Some(failure) = retry {
+            return Err(failure);
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::reject(refused.join("; ")))
         }
     }
 }

@@ -206,6 +206,14 @@ pub enum Event {
         /// Why it failed, or what changed.
         detail: Option<String>,
     },
+    /// The events of one change batch in one message: a batch costs the
+    /// broker one confirmed publish, not one per user.
+    Batch {
+        tenant_id: String,
+        run_id: Uuid,
+        batch: i64,
+        events: Vec<Event>,
+    },
 }
 
 impl Event {
@@ -218,6 +226,15 @@ impl Event {
             Self::UserChanged {
                 run_id, object_id, ..
             } => format!("changed:{run_id}:{object_id}"),
+            Self::Batch {
+                run_id,
+                batch,
+                events,
+                ..
+            } => {
+                let first = events.first().map(Event::message_id).unwrap_or_default();
+                format!("batch:{run_id}:{batch}:{}:{first}", events.len())
+            }
         }
     }
 
@@ -225,7 +242,8 @@ impl Event {
         match self {
             Self::UserCreated { tenant_id, .. }
             | Self::RunFinished { tenant_id, .. }
-            | Self::UserChanged { tenant_id, .. } => tenant_id,
+            | Self::UserChanged { tenant_id, .. }
+            | Self::Batch { tenant_id, .. } => tenant_id,
         }
     }
 }

@@ -145,13 +145,19 @@ impl Case {
             RUN_DEADLINE,
             || async {
                 self.assert_alive();
-                let (ok, stdout, _) = self.stack.cli(&["runs", TENANT, "--json"], None).await;
-                let runs: Value = serde_json::from_str(&stdout).ok().filter(|_| ok)?;
-                let runs = runs.as_array()?;
-                (runs.len() >= self.runs && runs.iter().all(|r| !r["finished_at"].is_null())).then_some(())
+                self.runs_ended().await.then_some(())
             },
         )
         .await;
+    }
+
+    /// Whether the tenant has `self.runs` runs and all have ended.
+    async fn runs_ended(&self) -> bool {
+        let (ok, stdout, _) = self.stack.cli(&["runs", TENANT, "--json"], None).await;
+        let runs: Option<Value> = serde_json::from_str(&stdout).ok().filter(|_| ok);
+        runs.as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|runs| runs.len() >= self.runs && runs.iter().all(|r| !r["finished_at"].is_null()))
     }
 
     /// Users created in the PBX so far (the sim's counter).
@@ -180,16 +186,23 @@ impl Case {
         self.stack.mails().len() as u64
     }
 
-    /// Waits until `progress` exceeds `at`: the first sign of work after a fault.
+    /// Waits until `progress` exceeds `at`: the first sign of work after a
+    /// fault. A run can also finish while the fault lasts (a service works
+    /// through what it holds while the broker is away), leaving nothing to
+    /// move: then the run's end is the sign.
     pub async fn wait_progress<F, Fut>(&self, what: &str, at: u64, progress: F) -> Instant
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = u64>,
     {
-        wait_for(&format!("{what} to move past {at}"), RUN_DEADLINE, || async {
-            self.assert_alive();
-            (progress().await > at).then(Instant::now)
-        })
+        wait_for(
+            &format!("{what} to move past {at}, or the runs to end"),
+            RUN_DEADLINE,
+            || async {
+                self.assert_alive();
+                (progress().await > at || self.runs_ended().await).then(Instant::now)
+            },
+        )
         .await
     }
 
