@@ -44,7 +44,7 @@ impl Handler<DirectoryPage> for Differ {
                 delta_link,
                 groups,
             } => {
-                let recorded = self.store.pages_recorded(round).await?;
+                let recorded = self.pages_recorded(round, i64::from(*pages)).await?;
                 if recorded < i64::from(*pages) {
                     let reason = format!("{recorded} of {pages} pages recorded so far");
                     if incoming.is_last_attempt() {
@@ -79,7 +79,30 @@ impl Handler<DirectoryPage> for Differ {
     }
 }
 
+/// How long the end of a round waits in-process for its pages. They were
+/// published before it and are mostly being recorded right now, by this
+/// replica or another (the queue hands out several messages at once): a trip
+/// through the retry tier would add a second or more to every run. A page
+/// that failed, or a replica that died holding one, takes longer: then the
+/// end of the round goes through the retry tier as before.
+const PAGES_WAIT: Duration = Duration::from_secs(3);
+
 impl Differ {
+    /// The round's pages recorded so far, once all `expected` are or
+    /// [`PAGES_WAIT`] has passed.
+    async fn pages_recorded(&self, round: StoreRound, expected: i64) -> anyhow::Result<i64> {
+        let deadline = tokio::time::Instant::now() + PAGES_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let recorded = self.store.pages_recorded(round).await?;
+            if recorded >= expected || tokio::time::Instant::now() + pause > deadline {
+                return Ok(recorded);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
     async fn complete_round(&self, round: &Round<'_>) -> anyhow::Result<()> {
         let Some(run) = self.store.run(round.ids.run_id).await? else {
             anyhow::bail!("run {} is not recorded", round.ids.run_id);
