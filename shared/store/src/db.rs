@@ -174,6 +174,13 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
     if config.get_keepalives_retries().is_none() {
         config.keepalives_retries(3);
     }
+    // Short statements only: JIT compiling never pays for itself here, and on
+    // tables without statistics (autovacuum off) the planner's estimates are
+    // big enough to trigger it, at about a second a statement.
+    let options = config.get_options().unwrap_or_default();
+    if !options.contains("jit") {
+        config.options(format!("{options} -c jit=off").trim());
+    }
     Ok(config)
 }
 
@@ -421,5 +428,15 @@ mod tests {
         let config = parse_url("postgres://u@h/db?connect_timeout=3&keepalives_idle=7").unwrap();
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert_eq!(config.get_keepalives_idle(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn jit_is_off_unless_the_url_says_otherwise() {
+        let config = parse_url("postgres://u@h/db").unwrap();
+        assert_eq!(config.get_options(), Some("-c jit=off"));
+        let config = parse_url("postgres://u@h/db?options=-c%20work_mem%3D8MB").unwrap();
+        assert_eq!(config.get_options(), Some("-c work_mem=8MB -c jit=off"));
+        let config = parse_url("postgres://u@h/db?options=-c%20jit%3Don").unwrap();
+        assert_eq!(config.get_options(), Some("-c jit=on"));
     }
 }

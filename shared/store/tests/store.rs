@@ -840,3 +840,14 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_stores_sessions_run_without_jit() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let client = store.client().await.expect("a connection");
+        let jit: String = client.query_one("SHOW jit", &[]).await.expect("SHOW jit").get(0);
+        assert_eq!(jit, "off");
+    })
+    .await;
+}
