@@ -84,19 +84,59 @@ impl Store {
         if !claim_page(&tx, round, page).await? {
             return Ok(());
         }
+        // Every user of the page gets a row (a new one as removed: counted
+        // nowhere yet) and is locked, in id order, so what the page changes
+        // is read and written with no other page in between.
         tx.execute(
-            "INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
-             SELECT $1, u.id, u.source, u.removed, $2, now()
-             FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
-             ON CONFLICT (tenant_id, object_id) DO UPDATE
-               SET source = d.source || EXCLUDED.source,
-                   removed = EXCLUDED.removed,
-                   seen_round = EXCLUDED.seen_round,
-                   updated_at = now()",
+            "INSERT INTO directory_users (tenant_id, object_id, removed)
+             SELECT $1, id, true FROM unnest($2::text[]) AS id
+             ON CONFLICT DO NOTHING",
+            &[&tenant_id, &ids],
+        )
+        .await
+        .context("adding the page's new users")?;
+        tx.execute(
+            "SELECT 1 FROM directory_users WHERE tenant_id = $1 AND object_id = ANY($2)
+             ORDER BY object_id FOR UPDATE",
+            &[&tenant_id, &ids],
+        )
+        .await
+        .context("locking the page's users")?;
+        // The discovered fields move by what the page changed: the fields the
+        // users had before count down, those they have now count up.
+        tx.execute(
+            "WITH before AS (
+               SELECT DISTINCT d.object_id, f.field
+               FROM directory_users d, source_fields(d.source) f
+               WHERE d.tenant_id = $1 AND d.object_id = ANY($3) AND NOT d.removed
+             ), recorded AS (
+               UPDATE directory_users d
+               SET source = d.source || u.source, removed = u.removed, seen_round = $2, updated_at = now()
+               FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
+               WHERE d.tenant_id = $1 AND d.object_id = u.id
+               RETURNING d.object_id, d.source, d.removed
+             ), after AS (
+               SELECT DISTINCT ON (r.object_id, f.field) r.object_id, f.field, f.value
+               FROM recorded r, source_fields(r.source) f
+               WHERE NOT r.removed
+             ), moves AS (
+               SELECT field, sum(step)::int4 AS step,
+                      (array_agg(value ORDER BY object_id) FILTER (WHERE value IS NOT NULL))[1] AS example
+               FROM (SELECT object_id, field, -1 AS step, NULL::jsonb AS value FROM before
+                     UNION ALL
+                     SELECT object_id, field, 1, value FROM after) m
+               GROUP BY field
+             )
+             INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
+             SELECT $1, field, step, coalesce(example, 'null'), now() FROM moves ORDER BY field
+             ON CONFLICT (tenant_id, field) DO UPDATE
+               SET users = t.users + EXCLUDED.users, updated_at = now(),
+                   example = CASE WHEN EXCLUDED.example = 'null' THEN t.example ELSE EXCLUDED.example END",
             &[&tenant_id, &round.round_id, &ids, &sources, &removed],
         )
         .await
         .context("recording a page of users")?;
+        forget_unused_fields(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -131,29 +171,46 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// After a full round: every user the round did not return is gone.
+    /// After a full round: every user the round did not return is gone, and
+    /// no longer counts for the discovered fields.
     pub async fn mark_unseen_removed(&self, tenant_id: &str, round: Round) -> Result<u64> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE directory_users SET removed = true, updated_at = now()
-                 WHERE tenant_id = $1 AND NOT removed AND seen_round IS DISTINCT FROM $2",
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                "WITH gone AS (
+                   UPDATE directory_users SET removed = true, updated_at = now()
+                   WHERE tenant_id = $1 AND NOT removed AND seen_round IS DISTINCT FROM $2
+                   RETURNING object_id, source
+                 ), moves AS (
+                   SELECT f.field, count(DISTINCT g.object_id)::int4 AS users
+                   FROM gone g, source_fields(g.source) f GROUP BY f.field
+                 ), counted AS (
+                   UPDATE tenant_fields t SET users = t.users - m.users, updated_at = now()
+                   FROM moves m WHERE t.tenant_id = $1 AND t.field = m.field
+                 )
+                 SELECT count(*) FROM gone",
                 &[&tenant_id, &round.round_id],
             )
             .await
-            .context("marking users the full round did not return as removed")
+            .context("marking users the full round did not return as removed")?;
+        forget_unused_fields(&tx, tenant_id).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
-    /// A keyset page of the tenant's users, ordered by object id, after `after`.
+    /// A keyset page of the tenant's users, ordered by object id, after
+    /// `after`: all of them, or with `chosen` those that run decides.
     pub async fn reconcile_rows(
         &self,
         tenant_id: &str,
         round: Round,
+        chosen: Option<Uuid>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
         let mut client = self.client().await?;
-        reconcile_page(&mut client, tenant_id, round, after, limit).await
+        reconcile_page(&mut client, tenant_id, round, chosen, after, limit).await
     }
 }
 
@@ -170,6 +227,7 @@ pub(crate) async fn reconcile_page(
     client: &mut deadpool_postgres::Object,
     tenant_id: &str,
     round: Round,
+    chosen: Option<Uuid>,
     after: &str,
     limit: i64,
 ) -> Result<Vec<ReconcileRow>> {
@@ -177,13 +235,23 @@ pub(crate) async fn reconcile_page(
     tx.batch_execute(PIN_PAGE_PLAN)
         .await
         .context("pinning the page to the primary key")?;
-    let rows = tx
-        .query(
-            &reconcile_page_statement(),
-            &[&tenant_id, &round.round_id, &after, &limit],
-        )
-        .await
-        .context("loading users to reconcile")?;
+    let rows = match chosen {
+        None => {
+            tx.query(
+                &reconcile_page_statement(),
+                &[&tenant_id, &round.round_id, &after, &limit],
+            )
+            .await
+        }
+        Some(run_id) => {
+            tx.query(
+                &chosen_page_statement(),
+                &[&tenant_id, &round.round_id, &after, &limit, &run_id],
+            )
+            .await
+        }
+    }
+    .context("loading users to reconcile")?;
     tx.commit().await?;
     Ok(rows.iter().map(ReconcileRow::from_row).collect())
 }
@@ -199,6 +267,21 @@ fn reconcile_page_statement() -> String {
         "SELECT {RECONCILE_COLUMNS}
          FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
                ORDER BY object_id LIMIT $4) d
+         {RECONCILE_JOINS}
+         ORDER BY d.object_id"
+    )
+}
+
+/// As [`reconcile_page_statement`], over the users run `$5` decides (by the
+/// key of `run_plan_users`).
+fn chosen_page_statement() -> String {
+    format!(
+        "SELECT {RECONCILE_COLUMNS}
+         FROM (SELECT u.* FROM run_plan_users p
+               JOIN LATERAL (SELECT * FROM directory_users
+                             WHERE tenant_id = $1 AND object_id = p.object_id) u ON true
+               WHERE p.run_id = $5 AND p.object_id > $3
+               ORDER BY p.object_id LIMIT $4) d
          {RECONCILE_JOINS}
          ORDER BY d.object_id"
     )
@@ -228,6 +311,17 @@ impl ReconcileRow {
             sync: has_sync_row.then(|| SyncRow::from_row(row)),
         }
     }
+}
+
+/// Drops the discovered fields no user has any more.
+async fn forget_unused_fields(tx: &deadpool_postgres::Transaction<'_>, tenant_id: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM tenant_fields WHERE tenant_id = $1 AND users <= 0",
+        &[&tenant_id],
+    )
+    .await
+    .context("forgetting fields no user has")?;
+    Ok(())
 }
 
 /// Marks a page as recorded; false when it already was.
