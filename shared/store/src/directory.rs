@@ -95,43 +95,62 @@ impl Store {
         )
         .await
         .context("adding the page's new users")?;
+        // By key, user after user: the cost is the page's, never the tenant's.
         tx.execute(
-            "SELECT 1 FROM directory_users WHERE tenant_id = $1 AND object_id = ANY($2)
-             ORDER BY object_id FOR UPDATE",
+            "SELECT 1 FROM unnest($2::text[]) AS u(id)
+             CROSS JOIN LATERAL (SELECT 1 FROM directory_users
+                                 WHERE tenant_id = $1 AND object_id = u.id FOR UPDATE) d",
             &[&tenant_id, &ids],
         )
         .await
         .context("locking the page's users")?;
-        // The discovered fields move by what the page changed: the fields the
-        // users had before count down, those they have now count up.
+        // The discovered fields move by what the page changed: the fields its
+        // users had count down, those they have now count up. The tenant's
+        // counts are locked in order first, so pages recorded at once take
+        // turns here instead of deadlocking.
+        tx.execute(
+            "SELECT 1 FROM tenant_fields WHERE tenant_id = $1 ORDER BY field FOR UPDATE",
+            &[&tenant_id],
+        )
+        .await
+        .context("locking the discovered fields")?;
+        // OFFSET 0 keeps each user a lookup by key (not a join over the tenant).
         tx.execute(
             "WITH before AS (
-               SELECT DISTINCT d.object_id, f.field
-               FROM directory_users d, source_fields(d.source) f
-               WHERE d.tenant_id = $1 AND d.object_id = ANY($3) AND NOT d.removed
-             ), recorded AS (
-               UPDATE directory_users d
-               SET source = d.source || u.source, removed = u.removed, seen_round = $2, updated_at = now()
+               SELECT f.field, count(DISTINCT d.object_id)::int4 AS users
+               FROM unnest($2::text[]) AS u(id)
+               CROSS JOIN LATERAL (SELECT object_id, source FROM directory_users
+                                   WHERE tenant_id = $1 AND object_id = u.id AND NOT removed
+                                   OFFSET 0) d
+               CROSS JOIN LATERAL source_fields(d.source) f
+               GROUP BY f.field
+             )
+             UPDATE tenant_fields t SET users = t.users - b.users, updated_at = now()
+             FROM before b WHERE t.tenant_id = $1 AND t.field = b.field",
+            &[&tenant_id, &ids],
+        )
+        .await
+        .context("counting down the fields the page's users had")?;
+        tx.execute(
+            "WITH recorded AS (
+               INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
+               SELECT $1, u.id, u.source, u.removed, $2, now()
                FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
-               WHERE d.tenant_id = $1 AND d.object_id = u.id
+               ON CONFLICT (tenant_id, object_id) DO UPDATE
+                 SET source = d.source || EXCLUDED.source, removed = EXCLUDED.removed,
+                     seen_round = EXCLUDED.seen_round, updated_at = now()
                RETURNING d.object_id, d.source, d.removed
              ), after AS (
-               SELECT DISTINCT ON (r.object_id, f.field) r.object_id, f.field, f.value
+               SELECT f.field, count(DISTINCT r.object_id)::int4 AS users,
+                      (array_agg(f.value ORDER BY r.object_id))[1] AS example
                FROM recorded r, source_fields(r.source) f
                WHERE NOT r.removed
-             ), moves AS (
-               SELECT field, sum(step)::int4 AS step,
-                      (array_agg(value ORDER BY object_id) FILTER (WHERE value IS NOT NULL))[1] AS example
-               FROM (SELECT object_id, field, -1 AS step, NULL::jsonb AS value FROM before
-                     UNION ALL
-                     SELECT object_id, field, 1, value FROM after) m
-               GROUP BY field
+               GROUP BY f.field
              )
              INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
-             SELECT $1, field, step, coalesce(example, 'null'), now() FROM moves ORDER BY field
+             SELECT $1, field, users, example, now() FROM after ORDER BY field
              ON CONFLICT (tenant_id, field) DO UPDATE
-               SET users = t.users + EXCLUDED.users, updated_at = now(),
-                   example = CASE WHEN EXCLUDED.example = 'null' THEN t.example ELSE EXCLUDED.example END",
+               SET users = t.users + EXCLUDED.users, example = EXCLUDED.example, updated_at = now()",
             &[&tenant_id, &round.round_id, &ids, &sources, &removed],
         )
         .await

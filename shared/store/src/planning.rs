@@ -80,7 +80,9 @@ impl ClaimSession {
 
     /// Every claim on a value that more than one user claims. With `chosen`
     /// (the run that decides only some users), the claims added are those of
-    /// the users it decides, and the stored claims of everyone else count too.
+    /// the users it decides, and the stored claims of everyone else on the
+    /// same values count too (looked up value by value: OFFSET 0 keeps the
+    /// planner from joining the tenant's claims instead).
     pub async fn contested(&self, tenant_id: &str, chosen: Option<Uuid>) -> Result<Vec<Claim>> {
         let rows = self
             .client
@@ -89,10 +91,11 @@ impl ClaimSession {
                    SELECT field, value, object_id, holds, wants FROM plan_claims
                    UNION ALL
                    SELECT u.field, u.value, u.object_id, u.holds, u.wants
-                   FROM (SELECT DISTINCT field, value FROM plan_claims) v
-                   JOIN user_claims u ON u.tenant_id = $1 AND u.field = v.field AND u.value = v.value
-                   WHERE $2::uuid IS NOT NULL
-                     AND NOT EXISTS (SELECT 1 FROM run_plan_users p
+                   FROM (SELECT DISTINCT field, value FROM plan_claims WHERE $2::uuid IS NOT NULL) v
+                   CROSS JOIN LATERAL (SELECT * FROM user_claims
+                                       WHERE tenant_id = $1 AND field = v.field AND value = v.value
+                                       OFFSET 0) u
+                   WHERE NOT EXISTS (SELECT 1 FROM run_plan_users p
                                      WHERE p.run_id = $2 AND p.object_id = u.object_id)
                  )
                  SELECT c.field, c.value, c.object_id, c.holds, c.wants

@@ -562,8 +562,15 @@ async fn store_claims(
     ids: &[&str],
     planned: &[PlannedUser],
 ) -> Result<()> {
+    // Found user by user through the index by user (OFFSET 0 keeps the
+    // planner from joining the tenant's claims instead), deleted by row id.
     tx.execute(
-        "DELETE FROM user_claims WHERE tenant_id = $1 AND object_id = ANY($2)",
+        "WITH earlier AS (
+           SELECT c.at FROM unnest($2::text[]) AS u(id)
+           CROSS JOIN LATERAL (SELECT ctid AS at FROM user_claims
+                               WHERE tenant_id = $1 AND object_id = u.id OFFSET 0) c
+         )
+         DELETE FROM user_claims WHERE ctid = ANY(ARRAY(SELECT at FROM earlier))",
         &[&tenant_id, &ids],
     )
     .await
