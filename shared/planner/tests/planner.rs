@@ -468,3 +468,35 @@ async fn the_guard_counts_deletions_against_everyone_in_the_pbx_when_few_are_dec
     })
     .await;
 }
+
+/// A relisted membership or a full round's removals are remembered until a
+/// plan is stored: a run that fails before has the next one decide everyone.
+#[tokio::test]
+async fn a_relisted_membership_has_the_next_stored_plan_decide_everyone() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(0, "surname");
+        let (store, _) = synced_tenant(&url, &tenant).await;
+        let failed = next_round(&store, &[]).await;
+        let groups = usersync_contract::GroupsRound {
+            delta_link: "https://graph/groups/delta?$deltatoken=1".to_owned(),
+            filter_group_ids: vec!["g1".to_owned()],
+            nested_group_ids: Vec::new(),
+            relisted: true,
+        };
+        store
+            .settle_membership("acme", failed, Some(&groups))
+            .await
+            .expect("settling");
+        // That run ends before its plan is stored; the next one is not relisted.
+        store
+            .fail_run(failed.run_id, "differ.test", "ended before its plan was stored")
+            .await
+            .expect("failing the run");
+        let (survey, labels) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert!(survey.decides_everyone());
+        assert_eq!(labels.len(), 30);
+        let (survey, _) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert!(!survey.decides_everyone());
+    })
+    .await;
+}

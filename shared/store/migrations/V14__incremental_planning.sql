@@ -1,4 +1,4 @@
--- A run decides only the users that may need a decision (docs/planning.md):
+-- A run decides only the users that may need a decision (README, Planning):
 -- those its round returned, those not settled yet, and those sharing a unique
 -- value with them; everyone when what planning depends on changed.
 

@@ -214,8 +214,16 @@ impl Store {
             .await
             .context("marking users the full round did not return as removed")?;
         forget_unused_fields(&tx, tenant_id).await?;
+        let gone = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if gone > 0 {
+            // Until a plan is stored, the tenant's next plan decides everyone
+            // (a later round need not return them again).
+            tx.execute("DELETE FROM tenant_plans WHERE tenant_id = $1", &[&tenant_id])
+                .await
+                .context("forgetting the last plan's basis")?;
+        }
         tx.commit().await?;
-        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        Ok(gone)
     }
 
     /// A keyset page of the tenant's users, ordered by object id, after

@@ -54,6 +54,11 @@ impl Store {
             return Ok(());
         };
         if groups.relisted {
+            // Anyone may have moved in or out of scope: until a plan is
+            // stored, the tenant's next plan decides everyone.
+            tx.execute("DELETE FROM tenant_plans WHERE tenant_id = $1", &[&tenant_id])
+                .await
+                .context("forgetting the last plan's basis")?;
             tx.execute("DELETE FROM tenant_members WHERE tenant_id = $1", &[&tenant_id])
                 .await?;
             tx.execute(
