@@ -375,7 +375,7 @@ mod tests {
     use serde_json::{json, Value};
     use uuid::Uuid;
 
-    use super::{fold_page, reconcile_page_statement, Round, PIN_PAGE_PLAN};
+    use super::{chosen_page_statement, fold_page, reconcile_page_statement, Round, PIN_PAGE_PLAN};
     use crate::testing::{in_fresh_database, store_with_minimal_tenant};
 
     /// Rows read from `table` by the plan's nodes (a JSON plan of EXPLAIN ANALYZE).
@@ -435,6 +435,53 @@ mod tests {
             assert_eq!(plan["Actual Rows"], 500, "{plan:#}");
             assert!(rows_read(plan, "directory_users") <= 500.0, "{plan:#}");
             assert!(rows_read(plan, "round_members") <= 500.0, "{plan:#}");
+        })
+        .await;
+    }
+
+    /// Without statistics, a page of the users a run chose reads those
+    /// users only, not the tenant (5,000 users, 3 chosen).
+    #[tokio::test]
+    async fn a_page_of_chosen_users_reads_them_only_without_statistics() {
+        in_fresh_database(|url| async move {
+            let store = store_with_minimal_tenant(&url, "acme", 2).await;
+            let round = Round {
+                run_id: Uuid::new_v4(),
+                round_id: Uuid::new_v4(),
+            };
+            store
+                .start_run(round.run_id, "acme", "manual", false)
+                .await
+                .expect("starting the run");
+            let ids: Vec<String> = (0..5000).map(|i| format!("u{i:06}")).collect();
+            for (page, chunk) in ids.chunks(500).enumerate() {
+                let users: Vec<Value> = chunk.iter().map(|id| json!({"id": id, "givenName": "Anna"})).collect();
+                let page = u32::try_from(page).expect("a page number");
+                store
+                    .record_users_page(round, "acme", page, &users)
+                    .await
+                    .expect("recording users");
+            }
+            let mut client = store.client().await.expect("a connection");
+            client
+                .execute(
+                    "INSERT INTO run_plan_users (run_id, object_id) VALUES ($1, 'u000007'), ($1, 'u002500'), ($1, 'u004999')",
+                    &[&round.run_id],
+                )
+                .await
+                .expect("choosing users");
+            let tx = client.transaction().await.expect("a transaction");
+            tx.batch_execute(PIN_PAGE_PLAN).await.expect("pinning");
+            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", chosen_page_statement());
+            let row = tx
+                .query_one(&explain, &[&"acme", &round.round_id, &"", &500i64, &round.run_id])
+                .await
+                .expect("explaining a page");
+            let tokio_postgres::types::Json(plan): tokio_postgres::types::Json<Value> = row.get(0);
+            let plan = &plan[0]["Plan"];
+            assert_eq!(plan["Actual Rows"], 3, "{plan:#}");
+            assert!(rows_read(plan, "directory_users") <= 3.0, "{plan:#}");
+            assert!(rows_read(plan, "sync_users") <= 3.0, "{plan:#}");
         })
         .await;
     }
