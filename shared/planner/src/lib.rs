@@ -42,7 +42,7 @@ pub const FULL_PLAN_EVERY: TimeDelta = TimeDelta::days(7);
 pub struct Planner<'a> {
     pub store: &'a Store,
     pub tenant: &'a TenantConfig,
-    /// The round whose filter-group members are in scope.
+    /// The round planned: the users it returned are decided.
     pub round: Round,
     pub scoped: bool,
     pub now: DateTime<Utc>,
@@ -130,7 +130,7 @@ impl Planner<'_> {
         let mut after = String::new();
         loop {
             let rows = claims
-                .reconcile_rows(&self.tenant.id, self.round, chosen, &after, PLAN_PAGE)
+                .reconcile_rows(&self.tenant.id, chosen, &after, PLAN_PAGE)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.object_id.clone();
@@ -229,7 +229,7 @@ impl Planner<'_> {
 
     async fn page(&self, chosen: Option<Uuid>, after: &str) -> anyhow::Result<Vec<ReconcileRow>> {
         self.store
-            .reconcile_rows(&self.tenant.id, self.round, chosen, after, PLAN_PAGE)
+            .reconcile_rows(&self.tenant.id, chosen, after, PLAN_PAGE)
             .await
     }
 }

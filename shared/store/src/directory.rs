@@ -237,13 +237,12 @@ impl Store {
     pub async fn reconcile_rows(
         &self,
         tenant_id: &str,
-        round: Round,
         chosen: Option<Uuid>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
         let mut client = self.client().await?;
-        reconcile_page(&mut client, tenant_id, round, chosen, after, limit).await
+        reconcile_page(&mut client, tenant_id, chosen, after, limit).await
     }
 }
 
@@ -259,7 +258,6 @@ impl Store {
 pub(crate) async fn reconcile_page(
     client: &mut deadpool_postgres::Object,
     tenant_id: &str,
-    round: Round,
     chosen: Option<Uuid>,
     after: &str,
     limit: i64,
@@ -270,18 +268,12 @@ pub(crate) async fn reconcile_page(
         .context("pinning the page to the primary key")?;
     let rows = match chosen {
         None => {
-            tx.query(
-                &reconcile_page_statement(),
-                &[&tenant_id, &round.round_id, &after, &limit],
-            )
-            .await
+            tx.query(&reconcile_page_statement(), &[&tenant_id, &after, &limit])
+                .await
         }
         Some(run_id) => {
-            tx.query(
-                &chosen_page_statement(),
-                &[&tenant_id, &round.round_id, &after, &limit, &run_id],
-            )
-            .await
+            tx.query(&chosen_page_statement(), &[&tenant_id, &after, &limit, &run_id])
+                .await
         }
     }
     .context("loading users to reconcile")?;
@@ -292,20 +284,20 @@ pub(crate) async fn reconcile_page(
 /// Leaves the planner no way to read a page but the ordered primary key.
 const PIN_PAGE_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
 
-/// `$1` tenant, `$2` round, `$3` after, `$4` limit. The page of directory
+/// `$1` tenant, `$2` after, `$3` limit. The page of directory
 /// users first, then each one's rows by key: the cost of a page does not grow
 /// with the tenant.
 fn reconcile_page_statement() -> String {
     format!(
         "SELECT {RECONCILE_COLUMNS}
-         FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
-               ORDER BY object_id LIMIT $4) d
+         FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $2
+               ORDER BY object_id LIMIT $3) d
          {RECONCILE_JOINS}
          ORDER BY d.object_id"
     )
 }
 
-/// As [`reconcile_page_statement`], over the users run `$5` decides (by the
+/// As [`reconcile_page_statement`], over the users run `$4` decides (by the
 /// key of `run_plan_users`).
 fn chosen_page_statement() -> String {
     format!(
@@ -313,8 +305,8 @@ fn chosen_page_statement() -> String {
          FROM (SELECT u.* FROM run_plan_users p
                JOIN LATERAL (SELECT * FROM directory_users
                              WHERE tenant_id = $1 AND object_id = p.object_id) u ON true
-               WHERE p.run_id = $5 AND p.object_id > $3
-               ORDER BY p.object_id LIMIT $4) d
+               WHERE p.run_id = $4 AND p.object_id > $2
+               ORDER BY p.object_id LIMIT $3) d
          {RECONCILE_JOINS}
          ORDER BY d.object_id"
     )
@@ -326,9 +318,11 @@ pub(crate) const RECONCILE_COLUMNS: &str =
     "d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
      s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version, s.pending_delete_at";
 
-/// Membership in round `$2` and the sync row, looked up by key per user.
-pub(crate) const RECONCILE_JOINS: &str = "LEFT JOIN LATERAL (SELECT object_id FROM round_members
-                        WHERE round_id = $2 AND object_id = d.object_id) m ON true
+/// Membership in the tenant's filter groups, as the last settled round
+/// left it (`Store::settle_membership`), and the sync row, looked up by key
+/// per user.
+pub(crate) const RECONCILE_JOINS: &str = "LEFT JOIN LATERAL (SELECT object_id FROM tenant_members
+                        WHERE tenant_id = d.tenant_id AND object_id = d.object_id) m ON true
      LEFT JOIN LATERAL (SELECT * FROM sync_users
                         WHERE tenant_id = d.tenant_id AND object_id = d.object_id) s ON true";
 
@@ -422,19 +416,29 @@ mod tests {
                     .await
                     .expect("recording members");
             }
+            let groups = usersync_contract::GroupsRound {
+                delta_link: "https://graph/groups/delta?$deltatoken=1".to_owned(),
+                filter_group_ids: vec!["g1".to_owned()],
+                nested_group_ids: Vec::new(),
+                relisted: true,
+            };
+            store
+                .settle_membership("acme", round, Some(&groups))
+                .await
+                .expect("settling the members");
             let mut client = store.client().await.expect("a connection");
             let tx = client.transaction().await.expect("a transaction");
             tx.batch_execute(PIN_PAGE_PLAN).await.expect("pinning");
             let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", reconcile_page_statement());
             let row = tx
-                .query_one(&explain, &[&"acme", &round.round_id, &"", &500i64])
+                .query_one(&explain, &[&"acme", &"", &500i64])
                 .await
                 .expect("explaining a page");
             let tokio_postgres::types::Json(plan): tokio_postgres::types::Json<Value> = row.get(0);
             let plan = &plan[0]["Plan"];
             assert_eq!(plan["Actual Rows"], 500, "{plan:#}");
             assert!(rows_read(plan, "directory_users") <= 500.0, "{plan:#}");
-            assert!(rows_read(plan, "round_members") <= 500.0, "{plan:#}");
+            assert!(rows_read(plan, "tenant_members") <= 500.0, "{plan:#}");
         })
         .await;
     }
@@ -474,7 +478,7 @@ mod tests {
             tx.batch_execute(PIN_PAGE_PLAN).await.expect("pinning");
             let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", chosen_page_statement());
             let row = tx
-                .query_one(&explain, &[&"acme", &round.round_id, &"", &500i64, &round.run_id])
+                .query_one(&explain, &[&"acme", &"", &500i64, &round.run_id])
                 .await
                 .expect("explaining a page");
             let tokio_postgres::types::Json(plan): tokio_postgres::types::Json<Value> = row.get(0);

@@ -25,12 +25,11 @@ impl ClaimSession {
     pub async fn reconcile_rows(
         &mut self,
         tenant_id: &str,
-        round: Round,
         chosen: Option<Uuid>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
-        crate::directory::reconcile_page(&mut self.client, tenant_id, round, chosen, after, limit).await
+        crate::directory::reconcile_page(&mut self.client, tenant_id, chosen, after, limit).await
     }
 
     /// Adds users to those run `run_id` decides (the users in a conflict
@@ -297,22 +296,22 @@ impl Store {
 
     /// The users `key` names: an object id, a synced alias, a mail address or
     /// a user principal name (case-insensitive).
-    pub async fn find_users(&self, tenant_id: &str, round: Round, key: &str) -> Result<Vec<ReconcileRow>> {
+    pub async fn find_users(&self, tenant_id: &str, key: &str) -> Result<Vec<ReconcileRow>> {
         let client = self.client().await?;
         let rows = client
             .query(
                 &format!(
                     "SELECT {RECONCILE_COLUMNS} FROM directory_users d {RECONCILE_JOINS}
                      WHERE d.tenant_id = $1
-                       AND (d.object_id = $3
-                            OR lower(s.desired->>'alias') = lower($3)
-                            OR lower(s.applied->>'alias') = lower($3)
-                            OR lower(d.source->>'mailNickname') = lower($3)
-                            OR lower(d.source->>'mail') = lower($3)
-                            OR lower(d.source->>'userPrincipalName') = lower($3))
+                       AND (d.object_id = $2
+                            OR lower(s.desired->>'alias') = lower($2)
+                            OR lower(s.applied->>'alias') = lower($2)
+                            OR lower(d.source->>'mailNickname') = lower($2)
+                            OR lower(d.source->>'mail') = lower($2)
+                            OR lower(d.source->>'userPrincipalName') = lower($2))
                      ORDER BY d.object_id LIMIT 10"
                 ),
-                &[&tenant_id, &round.round_id, &key],
+                &[&tenant_id, &key],
             )
             .await
             .context("looking the user up")?;

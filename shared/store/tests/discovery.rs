@@ -217,8 +217,8 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
         let client = store.client().await.expect("client");
         let rows = client
             .query(
-                "SELECT object_id FROM round_members WHERE round_id = $1 ORDER BY object_id",
-                &[&second.round_id],
+                "SELECT object_id FROM tenant_members WHERE tenant_id = 'acme' ORDER BY object_id",
+                &[],
             )
             .await
             .expect("round members");
