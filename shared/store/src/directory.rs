@@ -84,12 +84,6 @@ impl Store {
         if !claim_page(&tx, round, page).await? {
             return Ok(());
         }
-        // Estimates without statistics are large enough for PostgreSQL to
-        // JIT-compile the statements below, which costs more (about a second)
-        // than running them.
-        tx.batch_execute("SET LOCAL jit = off")
-            .await
-            .context("turning JIT off")?;
         // Every user of the page gets a row (a new one as removed: counted
         // nowhere yet) and is locked, in id order, so what the page changes
         // is read and written with no other page in between.
