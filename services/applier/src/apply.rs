@@ -400,8 +400,7 @@ impl Applier {
             }
             match written {
                 Written::Done(record, event) => {
-                    events.extend(event.map(|event| *event));
-                    ends.push(self.ended(ctx, change, record, &mut events));
+                    ends.push(self.ended(ctx, change, record, event, &mut events));
                 }
                 Written::Paused => {
                     step.paused.insert(&change.object_id);
@@ -441,7 +440,8 @@ impl Applier {
                 AfterFailure::GiveUp => {
                     let reason = gave_up_reason(&describe, tried.tries, tried.failing_for);
                     step.tally.gave_up.push(format!("{}: {reason}", change.object_id));
-                    ends.push(self.ended(ctx, change, ChangeRecord::Failed { reason }, &mut events));
+                    let record = ChangeRecord::Failed { reason };
+                    ends.push(self.ended(ctx, change, record, None, &mut events));
                 }
             }
         }
@@ -472,19 +472,22 @@ impl Applier {
         Ok(step)
     }
 
-    /// A change's end to record; a failure also tells the notifier (when the
-    /// write gave no event of its own).
+    /// A change's end to record, its event added to the step's; a failure
+    /// tells the notifier too when the write gave no event of its own.
     fn ended<'c>(
         &self,
         ctx: &BatchContext<'_>,
         change: &'c Change,
         record: ChangeRecord,
+        event: Option<Box<Event>>,
         events: &mut Vec<Event>,
     ) -> ChangeEnd<'c> {
+        let mut event = event.map(|event| *event);
         if let ChangeRecord::Failed { reason } = &record {
             tracing::warn!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, %reason, "change failed");
-            events.push(user_changed(ctx, change, "failed", Some(reason.clone())));
+            event.get_or_insert_with(|| user_changed(ctx, change, "failed", Some(reason.clone())));
         }
+        events.extend(event);
         ChangeEnd {
             object_id: &change.object_id,
             desired_version: change.desired_version,
