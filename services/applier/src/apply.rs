@@ -1,11 +1,16 @@
-//! One change batch: each change under its user's row lock, checked against the
-//! current desired version, written to the PBX, then recorded. A pause the PBX
-//! asks for (429) is waited out, in-process while it is short, else through the
-//! bus's delayed retry, and is never a failure. A change's own transient
-//! failure is recorded on the change and tried again after backoff, through
-//! the delayed retry; the change is given up once its own failures span the
-//! give-up bound. A retried batch writes only its changes still pending.
+//! One change batch, in recording steps: the step's users are locked and read
+//! in one statement, each change is checked against the current desired
+//! version and written to the PBX (concurrently, up to the tenant's calls in
+//! flight), then the step's outcomes are recorded together and its events go
+//! to the notifier in one message, before the commit. A pause the PBX asks
+//! for (429) is waited out, in-process while it is short (the changes it
+//! stopped go into the next step), else through the bus's delayed retry, and
+//! is never a failure. A change's own transient failure is recorded on the
+//! change and tried again after backoff, through the delayed retry; the change
+//! is given up once its own failures span the give-up bound. A retried batch
+//! writes only its changes still pending.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +21,10 @@ use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
 use usersync_core::{diff, Action, AdoptMatch, FieldPatch, SyncedFields, TenantConfig};
 use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxUser};
-use usersync_store::{ChangeRecord, CreateConflict, LockedUser, PbxCheck, SecretKey, Store, DISPATCH_WINDOW};
+use usersync_store::{
+    ChangeEnd, ChangeRecord, CreateAnswers, CreateConflict, LockedUser, PbxCheck, SecretKey, Store,
+    UserToLock, DISPATCH_WINDOW,
+};
 use uuid::Uuid;
 
 use crate::limits::{Gate, TenantGates, DEFAULT_PAUSE};
@@ -51,6 +59,7 @@ pub struct Applier {
 /// What one batch needs to know while its changes are written.
 struct BatchContext<'a> {
     run_id: Uuid,
+    batch: u32,
     tenant: &'a TenantConfig,
     pbx: PbxClient,
     gate: Arc<Gate>,
@@ -68,24 +77,26 @@ impl BatchContext<'_> {
     }
 }
 
-/// How one change went.
-enum Outcome {
-    /// Recorded (or nothing was left to do).
-    Done,
-    /// Not written yet: to be tried again, not before `after`. Not a failure
-    /// of the batch (a pause, or its own failure still within the bound).
-    Later { after: Duration, why: String },
-    /// Its own writes failed for the whole bound: recorded as failed with this reason.
-    GaveUp(String),
+/// What became of a batch's changes over its recording steps.
+#[derive(Default)]
+struct Tally {
+    /// Not written yet: to be tried again, not before the duration. Not a
+    /// failure of the batch (a pause, or its own failure still within the bound).
+    later: Vec<(Duration, String)>,
+    /// Own writes failed for the whole bound: recorded as failed, with these reasons.
+    gave_up: Vec<String>,
     /// The PBX refused the token: the tenant's run stops.
-    Unauthorized(PbxError),
+    refused: Option<PbxError>,
+    /// Our side failed (database, broker): the step was not recorded.
+    broken: Option<anyhow::Error>,
 }
 
-/// One try at a change, within its transaction.
-enum Step {
-    Finished(Outcome),
-    /// The tenant is paused (a 429, maybe this change's own): wait, then try again.
-    Paused,
+/// How one change's try in a step went, before it is recorded.
+struct Tried<'c> {
+    change: &'c Change,
+    written: Written,
+    /// The definite answers its creates got (each uses up a key).
+    answers: Answers,
 }
 
 /// How a PBX write went, before it is recorded.
@@ -93,6 +104,32 @@ enum Written {
     Done(ChangeRecord, Option<Box<Event>>),
     Transient(PbxError),
     Unauthorized(PbxError),
+    /// The tenant was paused before the write: not tried, in the next step.
+    Paused,
+}
+
+/// The definite answers (201, 4xx) a change's creates got in one try, and the
+/// conflict that stands after the last: recorded with the step, so a crash
+/// before its commit repeats the same Idempotency-Key.
+#[derive(Default)]
+struct Answers {
+    count: i64,
+    conflict: Option<CreateConflict>,
+}
+
+impl Answers {
+    fn answered(&mut self, conflict: Option<CreateConflict>) {
+        self.count += 1;
+        self.conflict = conflict;
+    }
+}
+
+/// What one recording step leaves for the batch.
+#[derive(Default)]
+struct Step<'c> {
+    /// Stopped by a pause (their own 429 or another's): tried again after it, in this batch.
+    paused: HashSet<&'c String>,
+    tally: Tally,
 }
 
 impl Handler<ChangeBatch> for Applier {
@@ -161,6 +198,7 @@ impl Handler<ChangeBatch> for Applier {
         };
         let context = BatchContext {
             run_id: batch.run_id,
+            batch: batch.batch,
             tenant: &tenant,
             gate,
             pbx,
@@ -168,29 +206,12 @@ impl Handler<ChangeBatch> for Applier {
             taken,
             refused: AtomicBool::new(false),
         };
-        let writes: Vec<_> = batch
-            .changes
-            .iter()
-            .map(|change| self.apply(&context, change))
-            .collect();
-        let outcomes: Vec<anyhow::Result<Outcome>> = stream::iter(writes)
-            .buffer_unordered(context.gate.max_in_flight())
-            .collect()
-            .await;
-
-        let mut later: Vec<(Duration, String)> = Vec::new();
-        let mut gave_up = Vec::new();
-        let mut refused = None;
-        let mut broken = None;
-        for outcome in outcomes {
-            match outcome {
-                Ok(Outcome::Done) => {}
-                Ok(Outcome::Later { after, why }) => later.push((after, why)),
-                Ok(Outcome::GaveUp(reason)) => gave_up.push(reason),
-                Ok(Outcome::Unauthorized(err)) => refused = Some(err),
-                Err(err) => broken = Some(err),
-            }
-        }
+        let Tally {
+            later,
+            gave_up,
+            refused,
+            broken,
+        } = self.apply_batch(&context, &batch.changes).await;
         if let Some(err) = refused {
             let reason = unauthorized_reason(&tenant, &err);
             tracing::error!(tenant_id = %tenant.id, %reason, "stopping writes for the tenant");
@@ -286,123 +307,233 @@ impl Applier {
             .await
     }
 
-    /// Applies one change, waiting out the tenant's pauses first: a change
-    /// that waits for a pause has not failed, whoever's 429 caused it.
-    async fn apply(&self, ctx: &BatchContext<'_>, change: &Change) -> anyhow::Result<Outcome> {
-        let _slot = ctx.gate.slot().await;
-        loop {
-            if ctx.refused.load(Ordering::Relaxed) {
-                return Ok(Outcome::Done);
-            }
-            // Waited before a connection or the user's lock is taken.
+    /// Writes the batch's changes in recording steps: the first step tries
+    /// them all; the changes a pause stopped are tried in the next, once the
+    /// pause is waited out (a change that waits for a pause has not failed,
+    /// whoever's 429 caused it).
+    async fn apply_batch(&self, ctx: &BatchContext<'_>, changes: &[Change]) -> Tally {
+        let mut tally = Tally::default();
+        let mut to_write: Vec<&Change> = changes.iter().collect();
+        while !to_write.is_empty() {
+            // Waited before a connection or the users' locks are taken.
             if let Some(wait) = ctx.gate.paused_for() {
                 if !ctx.may_wait(wait) {
-                    return Ok(Outcome::Later {
-                        after: wait,
-                        why: "waiting out the PBX's pause (429)".to_owned(),
-                    });
+                    let why = "waiting out the PBX's pause (429)";
+                    tally
+                        .later
+                        .extend(to_write.iter().map(|_| (wait, why.to_owned())));
+                    break;
                 }
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            match self.try_change(ctx, change).await? {
-                Step::Finished(outcome) => return Ok(outcome),
-                Step::Paused => {}
+            match self.step(ctx, &to_write).await {
+                Ok(step) => {
+                    // In the batch's order: a change a 429 stopped goes
+                    // before those that waited for it without calling.
+                    to_write.retain(|change| step.paused.contains(&change.object_id));
+                    tally.later.extend(step.tally.later);
+                    tally.gave_up.extend(step.tally.gave_up);
+                    tally.refused = tally.refused.or(step.tally.refused);
+                }
+                Err(err) => {
+                    tally.broken = Some(err);
+                    break;
+                }
             }
+            if tally.refused.is_some() {
+                break;
+            }
+        }
+        tally
+    }
+
+    /// One recording step, in one transaction: lock the users, write their
+    /// changes, record the outcomes and failed tries, send the events, commit.
+    async fn step<'c>(&self, ctx: &BatchContext<'_>, changes: &[&'c Change]) -> anyhow::Result<Step<'c>> {
+        let mut client = self.store.client().await?;
+        let tx = Store::begin_step(&mut client).await?;
+        let users: Vec<UserToLock> = changes
+            .iter()
+            .map(|change| UserToLock {
+                object_id: &change.object_id,
+                match_value: match &change.action {
+                    Action::Create { fields } => directory_match_value(ctx.tenant.adopt_match, fields),
+                    _ => None,
+                },
+            })
+            .collect();
+        let locked = Store::lock_users(&tx, ctx.run_id, &ctx.tenant.id, &users).await?;
+        // A change not in the run, or done already (another replica, or an
+        // earlier try of this batch), has nothing left to write.
+        let mut tries = Vec::new();
+        for &change in changes {
+            match locked.get(&change.object_id) {
+                Some(user) if user.outcome == "pending" => {
+                    tries.push(self.try_change(ctx, &tx, change, user))
+                }
+                _ => {}
+            }
+        }
+        let tried: Vec<anyhow::Result<Tried>> = stream::iter(tries)
+            .buffer_unordered(ctx.gate.max_in_flight())
+            .collect()
+            .await;
+
+        let mut step = Step::default();
+        let mut ends = Vec::new();
+        let mut events = Vec::new();
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        for tried in tried {
+            let Tried {
+                change,
+                written,
+                answers,
+            } = tried?;
+            if answers.count > 0 {
+                answered.push(CreateAnswers {
+                    object_id: &change.object_id,
+                    answers: answers.count,
+                    conflict: answers.conflict,
+                });
+            }
+            match written {
+                Written::Done(record, event) => {
+                    ends.push(self.ended(ctx, change, record, event, &mut events));
+                }
+                Written::Paused => {
+                    step.paused.insert(&change.object_id);
+                }
+                Written::Unauthorized(err) => step.tally.refused = Some(err),
+                Written::Transient(err) => {
+                    let throttled = matches!(err.kind, PbxErrorKind::RateLimited { .. });
+                    failed.push((change, err.describe(), throttled));
+                }
+            }
+        }
+        let failed_tries: Vec<(&str, String)> = failed
+            .iter()
+            .map(|(change, describe, _)| (change.object_id.as_str(), describe.clone()))
+            .collect();
+        let mut tries = Store::record_failed_tries(&tx, ctx.run_id, &failed_tries).await?;
+        for (change, describe, throttled) in failed {
+            let Some(tried) = tries.remove(&change.object_id) else {
+                continue;
+            };
+            let next = after_failure(
+                tried.tries,
+                tried.failing_for,
+                self.give_up_after,
+                &mut rand::thread_rng(),
+            );
+            match next {
+                AfterFailure::TryAgain(after) => {
+                    tracing::info!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, tries = tried.tries, error = %describe, "write failed; trying again");
+                    // A 429 waits for its pause like every other change.
+                    if throttled {
+                        step.paused.insert(&change.object_id);
+                    } else {
+                        step.tally.later.push((after, describe));
+                    }
+                }
+                AfterFailure::GiveUp => {
+                    let reason = gave_up_reason(&describe, tried.tries, tried.failing_for);
+                    step.tally.gave_up.push(format!("{}: {reason}", change.object_id));
+                    let record = ChangeRecord::Failed { reason };
+                    ends.push(self.ended(ctx, change, record, None, &mut events));
+                }
+            }
+        }
+        Store::record_create_answers(&tx, &ctx.tenant.id, &answered).await?;
+        // Events go out before the commit: if the commit fails the changes are
+        // redone, and the events' deterministic ids keep the mails single. They
+        // go out before the batch's and the run's rows are locked to count the
+        // changes, so those locks are held for database work only.
+        if !events.is_empty() {
+            let event = Event::Batch {
+                tenant_id: ctx.tenant.id.clone(),
+                run_id: ctx.run_id,
+                batch: ctx.batch.into(),
+                events,
+            };
+            self.bus
+                .send(Stage::Notifier, &event, &event.message_id())
+                .await?;
+        }
+        let finished = Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends).await?;
+        if let Some(event) = &finished {
+            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
+        }
+        tx.commit().await.context("recording the changes")?;
+        if finished.is_some() {
+            self.store.forget_unowned(ctx.run_id).await?;
+        }
+        Ok(step)
+    }
+
+    /// A change's end to record, its event added to the step's; a failure
+    /// tells the notifier too when the write gave no event of its own.
+    fn ended<'c>(
+        &self,
+        ctx: &BatchContext<'_>,
+        change: &'c Change,
+        record: ChangeRecord,
+        event: Option<Box<Event>>,
+        events: &mut Vec<Event>,
+    ) -> ChangeEnd<'c> {
+        let mut event = event.map(|event| *event);
+        if let ChangeRecord::Failed { reason } = &record {
+            tracing::warn!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, %reason, "change failed");
+            event.get_or_insert_with(|| user_changed(ctx, change, "failed", Some(reason.clone())));
+        }
+        events.extend(event);
+        ChangeEnd {
+            object_id: &change.object_id,
+            desired_version: change.desired_version,
+            record,
         }
     }
 
-    /// One try at a change, in its own transaction.
-    async fn try_change(&self, ctx: &BatchContext<'_>, change: &Change) -> anyhow::Result<Step> {
-        let mut client = self.store.client().await?;
-        let tx = client.transaction().await.context("starting a transaction")?;
-        let Some(locked) = Store::lock_user(&tx, ctx.run_id, &ctx.tenant.id, &change.object_id).await? else {
-            return Ok(Step::Finished(Outcome::Done));
-        };
-        if locked.outcome != "pending" {
-            return Ok(Step::Finished(Outcome::Done));
-        }
+    /// One try at a change, under its user's lock in the step's transaction.
+    async fn try_change<'c>(
+        &self,
+        ctx: &BatchContext<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
+        change: &'c Change,
+        locked: &LockedUser,
+    ) -> anyhow::Result<Tried<'c>> {
+        let mut answers = Answers::default();
         // Another run planned the same change and it is done, or the user has
         // moved on since: either way this change has nothing left to write.
         let stale = locked.sync.desired_version != change.desired_version
             || locked.sync.applied_version >= change.desired_version;
         let written = if stale {
             Written::Done(ChangeRecord::Superseded, None)
-        } else if ctx.gate.paused_for().is_some() {
-            // Paused while this change was being locked: wait without the lock.
-            return Ok(Step::Paused);
+        } else if ctx.refused.load(Ordering::Relaxed) {
+            // Left pending: the run is failed for the refusal.
+            Written::Paused
         } else {
-            self.write(ctx, &tx, change, &locked).await?
-        };
-        let (record, mut event, outcome) = match written {
-            Written::Done(record, event) => (record, event, Outcome::Done),
-            Written::Unauthorized(err) => {
-                ctx.refused.store(true, Ordering::Relaxed);
-                return Ok(Step::Finished(Outcome::Unauthorized(err)));
-            }
-            Written::Transient(err) => {
-                let throttled = matches!(err.kind, PbxErrorKind::RateLimited { .. });
-                if throttled {
-                    ctx.gate.pause(err.retry_after().unwrap_or(DEFAULT_PAUSE));
-                }
-                let describe = err.describe();
-                let Some(tried) =
-                    Store::record_failed_try(&tx, ctx.run_id, &change.object_id, &describe).await?
-                else {
-                    return Ok(Step::Finished(Outcome::Done));
-                };
-                let next = after_failure(
-                    tried.tries,
-                    tried.failing_for,
-                    self.give_up_after,
-                    &mut rand::thread_rng(),
-                );
-                match next {
-                    AfterFailure::TryAgain(after) => {
-                        tx.commit().await.context("recording a failed try")?;
-                        tracing::info!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, tries = tried.tries, error = %describe, "write failed; trying again");
-                        // A 429 waits for its pause like every other change.
-                        if throttled {
-                            return Ok(Step::Paused);
-                        }
-                        return Ok(Step::Finished(Outcome::Later { after, why: describe }));
-                    }
-                    AfterFailure::GiveUp => {
-                        let reason = gave_up_reason(&describe, tried.tries, tried.failing_for);
-                        let gave_up = format!("{}: {reason}", change.object_id);
-                        (ChangeRecord::Failed { reason }, None, Outcome::GaveUp(gave_up))
-                    }
-                }
+            let _slot = ctx.gate.slot().await;
+            if ctx.gate.paused_for().is_some() {
+                Written::Paused
+            } else {
+                self.write(ctx, tx, change, locked, &mut answers).await?
             }
         };
-        if let ChangeRecord::Failed { reason } = &record {
-            tracing::warn!(tenant_id = %ctx.tenant.id, object_id = %change.object_id, %reason, "change failed");
-            event.get_or_insert_with(|| Box::new(user_changed(ctx, change, "failed", Some(reason.clone()))));
+        // At once, so that the step's other changes do not call meanwhile.
+        match &written {
+            Written::Unauthorized(_) => ctx.refused.store(true, Ordering::Relaxed),
+            Written::Transient(err) if matches!(err.kind, PbxErrorKind::RateLimited { .. }) => {
+                ctx.gate.pause(err.retry_after().unwrap_or(DEFAULT_PAUSE));
+            }
+            _ => {}
         }
-        // Events go out before the commit: if the commit fails the change is
-        // redone, and the events' deterministic ids keep the mails single. The
-        // user's event goes out before the run's row is locked to count the
-        // change, so that lock is held for database work only.
-        if let Some(event) = event.as_deref() {
-            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
-        }
-        let finished = Store::record_change(
-            &tx,
-            ctx.run_id,
-            &ctx.tenant.id,
-            &change.object_id,
-            change.desired_version,
-            &record,
-        )
-        .await?;
-        if let Some(event) = &finished {
-            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
-        }
-        tx.commit().await.context("recording the change")?;
-        if finished.is_some() {
-            self.store.forget_unowned(ctx.run_id).await?;
-        }
-        Ok(Step::Finished(outcome))
+        Ok(Tried {
+            change,
+            written,
+            answers,
+        })
     }
 
     async fn write(
@@ -411,11 +542,12 @@ impl Applier {
         tx: &deadpool_postgres::Transaction<'_>,
         change: &Change,
         locked: &LockedUser,
+        answers: &mut Answers,
     ) -> anyhow::Result<Written> {
         let company = &ctx.tenant.pbx_company_id;
         Ok(match &change.action {
             Action::None => Written::Done(ChangeRecord::Superseded, None),
-            Action::Create { fields } => self.create(ctx, tx, change, fields, locked).await?,
+            Action::Create { fields } => self.create(ctx, tx, change, fields, locked, answers).await?,
             Action::Update { pbx_id, .. } => {
                 // The difference between what the PBX was last told and what is
                 // wanted now, under the lock: never more than that.
@@ -466,6 +598,7 @@ impl Applier {
     }
 
     /// Creates the user, or adopts the PBX user that is already there for it.
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         ctx: &BatchContext<'_>,
@@ -473,9 +606,12 @@ impl Applier {
         change: &Change,
         fields: &SyncedFields,
         locked: &LockedUser,
+        answers: &mut Answers,
     ) -> anyhow::Result<Written> {
         let by = ctx.tenant.adopt_match;
-        if let Some(value) = directory_match_value(by, fields) {
+        // Claimed only when the run listed one: most creates adopt nothing.
+        let listed = locked.unowned.then(|| directory_match_value(by, fields));
+        if let Some(value) = listed.flatten() {
             if let Some(unowned) = Store::claim_unowned(tx, ctx.run_id, &value).await? {
                 if let Ok(user) = serde_json::from_value::<PbxUser>(unowned) {
                     return Ok(self.adopt(ctx, change, fields, user).await);
@@ -499,7 +635,7 @@ impl Applier {
             // state is committed with the change's record, or not at all.
             let err = match answer {
                 Ok(created) => {
-                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
+                    answers.answered(None);
                     return Ok(created_record(ctx, change, fields, locked, created.id));
                 }
                 Err(err) if !is_definite(&err) => return Ok(classify(err)),
@@ -514,7 +650,7 @@ impl Applier {
                     }
                 }
                 _ => {
-                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
+                    answers.answered(None);
                     return Ok(failed(err.describe()));
                 }
             };
@@ -527,13 +663,13 @@ impl Applier {
                         .await?;
                     let standing = matches!(&written, Written::Done(ChangeRecord::Failed { .. }, _));
                     let conflict = remembered.filter(|_| standing);
-                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, conflict.as_ref()).await?;
+                    answers.answered(conflict);
                     return Ok(written);
                 }
                 // Freed since the 409: post again, with the next key (once;
                 // a value that keeps changing hands is tried again later).
                 _ if posts < 2 => {
-                    Store::create_answered(tx, &ctx.tenant.id, &change.object_id, None).await?;
+                    answers.answered(None);
                     generation += 1;
                 }
                 _ => return Ok(Written::Transient(err)),

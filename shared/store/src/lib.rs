@@ -3,6 +3,7 @@
 //! The database is created when absent and migrated at start under an advisory
 //! lock, so replicas starting together do not race.
 
+mod applying;
 mod crypto;
 mod db;
 mod directory;
@@ -20,6 +21,7 @@ mod sync_users;
 mod tenants;
 pub mod testing;
 
+pub use applying::{ChangeEnd, CreateAnswers, CreateConflict, FailedTries, LockedUser, UserToLock};
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
 pub use directory::{ReconcileRow, Round};
@@ -34,7 +36,7 @@ pub use run_ends::{RunEnd, RunEnds};
 pub use runs::{
     DueFollowUp, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,
 };
-pub use sync_users::{ChangeRecord, CreateConflict, FailedTries, LockedUser, PlannedUser, RoundEnd, SyncRow};
+pub use sync_users::{ChangeRecord, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary};
 
 /// Errors from the store. Database errors keep their cause for the logs.

@@ -4,7 +4,6 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::types::Json;
 use usersync_contract::{Change, Event, RunCounts, UserProblem};
@@ -42,29 +41,6 @@ impl SyncRow {
             pending_delete_at: row.get("pending_delete_at"),
         }
     }
-}
-
-/// A user locked for writing, with what the welcome mail needs from the directory.
-#[derive(Debug, Clone)]
-pub struct LockedUser {
-    pub sync: SyncRow,
-    /// The outcome of this user's change in the run (`pending` until done).
-    pub outcome: String,
-    pub mail: Option<String>,
-    pub language: Option<String>,
-    /// Definite answers (201, 4xx) to this user's creates so far: part of the
-    /// next create's Idempotency-Key.
-    pub create_generation: i64,
-    /// The holder that refused the last create, to check before posting again.
-    pub create_conflict: Option<CreateConflict>,
-}
-
-/// The PBX user that held one of a user's unique values (`alias`,
-/// `pstn_fixed`) when its create was refused with 409.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreateConflict {
-    pub holder_id: String,
-    pub field: String,
 }
 
 /// The differ's verdict on one user in one run, to store.
@@ -135,7 +111,7 @@ pub enum ChangeRecord {
 }
 
 impl ChangeRecord {
-    fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             ChangeRecord::Created { .. } => "created",
             ChangeRecord::Updated { .. } | ChangeRecord::Adopted { .. } => "updated",
@@ -144,14 +120,6 @@ impl ChangeRecord {
             ChangeRecord::Failed { .. } => "failed",
         }
     }
-}
-
-/// A change's own failed tries so far, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FailedTries {
-    pub tries: u32,
-    /// From its first failed try to the latest, by the database's clock.
-    pub failing_for: std::time::Duration,
 }
 
 /// Most user problems one digest carries; the rest are counted, not listed.
@@ -349,102 +317,6 @@ impl Store {
         Ok(event)
     }
 
-    /// The user's sync row, locked until the returned transaction ends, with the
-    /// outcome its change in this run already has. Serialises every write to one
-    /// user across applier replicas.
-    pub async fn lock_user(
-        tx: &deadpool_postgres::Transaction<'_>,
-        run_id: Uuid,
-        tenant_id: &str,
-        object_id: &str,
-    ) -> Result<Option<LockedUser>> {
-        let row = tx
-            .query_opt(
-                "SELECT s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version,
-                        s.pending_delete_at, s.create_generation, s.create_conflict, c.outcome,
-                        d.source->>'mail' AS mail, d.source->>'preferredLanguage' AS language
-                 FROM sync_users s
-                 JOIN run_changes c ON c.run_id = $1 AND c.object_id = s.object_id
-                 LEFT JOIN directory_users d ON d.tenant_id = s.tenant_id AND d.object_id = s.object_id
-                 WHERE s.tenant_id = $2 AND s.object_id = $3
-                 FOR UPDATE OF s",
-                &[&run_id, &tenant_id, &object_id],
-            )
-            .await
-            .context("locking the user")?;
-        Ok(row.map(|row| {
-            let sync = SyncRow::from_row(&row);
-            LockedUser {
-                sync,
-                outcome: row.get("outcome"),
-                mail: row.get("mail"),
-                language: row.get("language"),
-                create_generation: row.get("create_generation"),
-                // A value this code cannot read is no remembered conflict: posting decides afresh.
-                create_conflict: row
-                    .get::<_, Option<Json<Value>>>("create_conflict")
-                    .and_then(|Json(value)| serde_json::from_value(value).ok()),
-            }
-        }))
-    }
-
-    /// Records a failed try of the change's own write, with its error; the
-    /// change stays pending. A run whose changes are being tried is alive, so
-    /// its heartbeat moves on too. None when the change is no longer pending.
-    pub async fn record_failed_try(
-        tx: &deadpool_postgres::Transaction<'_>,
-        run_id: Uuid,
-        object_id: &str,
-        error: &str,
-    ) -> Result<Option<FailedTries>> {
-        let row = tx
-            .query_opt(
-                "WITH at AS (SELECT clock_timestamp() AS now)
-                 UPDATE run_changes c SET tries = c.tries + 1, detail = $3,
-                        first_failed_at = coalesce(c.first_failed_at, at.now), last_failed_at = at.now
-                 FROM at
-                 WHERE c.run_id = $1 AND c.object_id = $2 AND c.outcome = 'pending'
-                 RETURNING c.tries, extract(epoch FROM c.last_failed_at - c.first_failed_at)::float8",
-                &[&run_id, &object_id, &error],
-            )
-            .await
-            .context("recording a failed try of the change")?;
-        let Some(row) = row else { return Ok(None) };
-        // At most one heartbeat a second, however many changes fail.
-        tx.execute(
-            "UPDATE runs SET heartbeat_at = now() WHERE id = $1 AND finished_at IS NULL
-               AND heartbeat_at < clock_timestamp() - interval '1 second'",
-            &[&run_id],
-        )
-        .await
-        .context("refreshing the run's heartbeat")?;
-        Ok(Some(FailedTries {
-            tries: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
-            failing_for: std::time::Duration::try_from_secs_f64(row.get::<_, f64>(1)).unwrap_or_default(),
-        }))
-    }
-
-    /// Records that the PBX gave a definite answer to the user's create (201
-    /// or 4xx): the next create uses a new Idempotency-Key. Remembers the
-    /// holder when the answer was a conflict that stands. Call it in the
-    /// transaction that records the change, so a crash before the commit
-    /// repeats the same key.
-    pub async fn create_answered(
-        tx: &deadpool_postgres::Transaction<'_>,
-        tenant_id: &str,
-        object_id: &str,
-        conflict: Option<&CreateConflict>,
-    ) -> Result<()> {
-        tx.execute(
-            "UPDATE sync_users SET create_generation = create_generation + 1, create_conflict = $3
-             WHERE tenant_id = $1 AND object_id = $2",
-            &[&tenant_id, &object_id, &conflict.map(Json)],
-        )
-        .await
-        .context("recording the PBX's answer to the create")?;
-        Ok(())
-    }
-
     /// How a directory user of the tenant is called (nickname, else UPN), or
     /// None when the tenant's directory has no such user.
     pub async fn directory_user_name(
@@ -461,96 +333,6 @@ impl Store {
             .await
             .context("looking up a directory user")?;
         Ok(row.map(|row| row.get(0)))
-    }
-
-    /// Records how a change ended; when it was the run's last, ends the run and
-    /// returns its finish event (publish it before committing).
-    pub async fn record_change(
-        tx: &deadpool_postgres::Transaction<'_>,
-        run_id: Uuid,
-        tenant_id: &str,
-        object_id: &str,
-        desired_version: i64,
-        record: &ChangeRecord,
-    ) -> Result<Option<Event>> {
-        match record {
-            ChangeRecord::Created { pbx_id, fields } | ChangeRecord::Adopted { pbx_id, fields } => {
-                tx.execute(
-                    "UPDATE sync_users SET pbx_id = $3, applied = $4, applied_version = $5,
-                            state = 'active', create_conflict = NULL, updated_at = now()
-                     WHERE tenant_id = $1 AND object_id = $2",
-                    &[&tenant_id, &object_id, pbx_id, &Json(fields), &desired_version],
-                )
-                .await?;
-            }
-            ChangeRecord::Updated { fields } => {
-                tx.execute(
-                    "UPDATE sync_users SET applied = $3, applied_version = $4, updated_at = now()
-                     WHERE tenant_id = $1 AND object_id = $2",
-                    &[&tenant_id, &object_id, &Json(fields), &desired_version],
-                )
-                .await?;
-            }
-            ChangeRecord::Deleted => {
-                tx.execute(
-                    "UPDATE sync_users SET pbx_id = NULL, applied = NULL, applied_version = $3,
-                            pending_delete_at = NULL, state = 'deleted', updated_at = now()
-                     WHERE tenant_id = $1 AND object_id = $2",
-                    &[&tenant_id, &object_id, &desired_version],
-                )
-                .await?;
-            }
-            ChangeRecord::Superseded | ChangeRecord::Failed { .. } => {}
-        }
-        let detail = match record {
-            ChangeRecord::Failed { reason } => Some(reason.as_str()),
-            _ => None,
-        };
-        let outcome = record.outcome();
-        let Some(row) = tx
-            .query_opt(
-                "UPDATE run_changes SET outcome = $3, detail = $4
-                 WHERE run_id = $1 AND object_id = $2 AND outcome = 'pending'
-                 RETURNING batch",
-                &[&run_id, &object_id, &outcome, &detail],
-            )
-            .await
-            .context("recording the change's outcome")?
-        else {
-            return Ok(None);
-        };
-        let batch: Option<i32> = row.get(0);
-        let batch = batch.with_context(|| format!("change of {object_id} in run {run_id} has no batch"))?;
-        // Counted on the batch's row: changes of other batches do not wait for
-        // this one, and the run's live counts are the sum over its batches.
-        let row = tx
-            .query_one(
-                "UPDATE run_batches SET pending = pending - 1,
-                        created = created + ($3 = 'created')::int, updated = updated + ($3 = 'updated')::int,
-                        deleted = deleted + ($3 = 'deleted')::int, failed = failed + ($3 = 'failed')::int
-                 WHERE run_id = $1 AND batch = $2 RETURNING pending",
-                &[&run_id, &batch, &outcome],
-            )
-            .await
-            .context("counting the change in its batch")?;
-        if row.get::<_, i32>(0) > 0 {
-            return Ok(None);
-        }
-        // The batch's last change: the run's row is touched once per batch.
-        let row = tx
-            .query_one(
-                "UPDATE runs SET batches_pending = batches_pending - 1 WHERE id = $1
-                 RETURNING batches_pending, state",
-                &[&run_id],
-            )
-            .await
-            .context("counting down the run's batches")?;
-        let open: i32 = row.get(0);
-        let state: String = row.get(1);
-        if open > 0 || state != RunState::Applying.as_str() {
-            return Ok(None);
-        }
-        Ok(Some(finish_run(tx, run_id, RunState::Succeeded).await?))
     }
 }
 
@@ -603,7 +385,7 @@ pub(crate) const BATCH_TOTALS: &str = "(SELECT coalesce(sum(created), 0)::int4 A
 
 /// Ends the run with the counts of its batches (partial when a change failed)
 /// and builds its event.
-async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) -> Result<Event> {
+pub(crate) async fn finish_run(client: &impl GenericClient, run_id: Uuid, state: RunState) -> Result<Event> {
     let row = client
         .query_one(
             &format!(

@@ -9,7 +9,7 @@ use serde_json::json;
 use usersync_contract::Change;
 use usersync_core::Action;
 use usersync_store::testing::{in_fresh_database, store_with_minimal_tenant};
-use usersync_store::{ChangeRecord, PbxCheck, PlannedUser, RoundEnd, Store};
+use usersync_store::{ChangeEnd, ChangeRecord, PbxCheck, PlannedUser, RoundEnd, Store, UserToLock};
 use uuid::Uuid;
 
 /// Runs `test` with a store on a new database with tenant `acme` and one
@@ -98,9 +98,10 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
         let mut tried = Vec::new();
         for error in ["PBX answered 503 unavailable", "PBX answered 429 rate_limited"] {
             let tx = client.transaction().await.expect("a transaction");
-            let tries = Store::record_failed_try(&tx, run, "u000000", error)
+            let tries = Store::record_failed_tries(&tx, run, &[("u000000", error.to_owned())])
                 .await
                 .expect("recording a try")
+                .remove("u000000")
                 .expect("the change is pending");
             tx.commit().await.expect("commit");
             tried.push(tries);
@@ -128,14 +129,19 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
 
         // Its outcome clears the latest error; a done change takes no more tries.
         let tx = client.transaction().await.expect("a transaction");
-        Store::record_change(&tx, run, "acme", "u000000", 1, &ChangeRecord::Deleted)
+        let deleted = ChangeEnd {
+            object_id: "u000000",
+            desired_version: 1,
+            record: ChangeRecord::Deleted,
+        };
+        Store::record_changes(&tx, run, "acme", &[deleted])
             .await
             .expect("recording the outcome");
-        assert_eq!(
-            Store::record_failed_try(&tx, run, "u000000", "late")
+        assert!(
+            Store::record_failed_tries(&tx, run, &[("u000000", "late".to_owned())])
                 .await
-                .expect("recording a try"),
-            None
+                .expect("recording a try")
+                .is_empty()
         );
         tx.commit().await.expect("commit");
         let row = client
@@ -375,6 +381,105 @@ async fn an_unowned_pbx_user_is_claimed_once_and_a_rolled_back_claim_is_undone()
             None,
             "adopted once"
         );
+    })
+    .await;
+}
+
+/// A run of 20,000 changes written batch by batch as the applier does: each
+/// batch's users locked in one statement and its outcomes recorded in one, on
+/// tables never analysed. Each step must cost the same however far the run
+/// is (the printed time), the counts land on the batches' rows, and the run
+/// ends with its last batch, once.
+#[tokio::test]
+async fn a_batch_is_locked_and_recorded_in_one_statement_each_and_the_last_ends_the_run() {
+    with_run(|store, run| async move {
+        const CHANGES: usize = 20_000;
+        let planned: Vec<_> = (0..CHANGES).map(planned_delete).collect();
+        let mut numbered = 0;
+        for page in planned.chunks(500) {
+            numbered += store.save_plan(run, "acme", page, numbered).await.expect("saving a page");
+        }
+        complete_planning(&store, run).await;
+        let batches = store.batch_count(run).await.expect("counting");
+        store
+            .save_unowned(run, &[("u000001".into(), json!({"id": "p-1"}))])
+            .await
+            .expect("an unowned PBX user");
+        let mut client = store.client().await.expect("a connection");
+        let started = Instant::now();
+        let mut finished = Vec::new();
+        // The last batch first: the run ends with whichever batch is done last.
+        for batch in (0..batches).rev() {
+            let changes = store.pending_batch(run, batch).await.expect("a batch");
+            let tx = Store::begin_step(&mut client).await.expect("a transaction");
+            let users: Vec<UserToLock> = changes
+                .iter()
+                .map(|c| UserToLock {
+                    object_id: &c.object_id,
+                    match_value: Some(c.object_id.clone()),
+                })
+                .collect();
+            let locked = Store::lock_users(&tx, run, "acme", &users).await.expect("locking");
+            assert_eq!(locked.len(), 100, "batch {batch}");
+            assert!(locked.values().all(|user| user.outcome == "pending"));
+            if batch == 0 {
+                let listed: Vec<&str> = locked
+                    .iter()
+                    .filter(|(_, user)| user.unowned)
+                    .map(|(id, _)| id.as_str())
+                    .collect();
+                assert_eq!(listed, ["u000001"], "the listed unowned user is named");
+            }
+            let ends: Vec<ChangeEnd> = changes
+                .iter()
+                .enumerate()
+                .map(|(index, c)| ChangeEnd {
+                    object_id: &c.object_id,
+                    desired_version: c.desired_version,
+                    record: if index == 0 {
+                        ChangeRecord::Failed {
+                            reason: "refused".into(),
+                        }
+                    } else {
+                        ChangeRecord::Deleted
+                    },
+                })
+                .collect();
+            finished.extend(
+                Store::record_changes(&tx, run, "acme", &ends)
+                    .await
+                    .expect("recording"),
+            );
+            // Recorded again (a redelivered batch): nothing is counted twice.
+            assert_eq!(
+                Store::record_changes(&tx, run, "acme", &ends).await.expect("recording again"),
+                None
+            );
+            tx.commit().await.expect("committing");
+        }
+        println!(
+            "{batches} batches locked and recorded in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        let [usersync_contract::Event::RunFinished { outcome, counts, .. }] = finished.as_slice() else {
+            panic!("one finish event: {finished:?}");
+        };
+        assert_eq!(outcome, "partial");
+        assert_eq!((counts.deleted, counts.failed), (19_800, 200));
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE applied_version = 1), count(*) FILTER (WHERE applied_version = 0)
+                 FROM sync_users WHERE tenant_id = 'acme'",
+                &[],
+            )
+            .await
+            .expect("the users");
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+            (19_800, 200),
+            "a deletion is applied, a failure is not"
+        );
+        assert!(!analysed(&store, "sync_users").await && !analysed(&store, "run_changes").await);
     })
     .await;
 }

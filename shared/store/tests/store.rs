@@ -761,7 +761,7 @@ async fn a_standing_error_is_opened_once_and_resolved_once() {
 #[tokio::test]
 async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_kept_until_created() {
     in_fresh_database(|url| async move {
-        use usersync_store::{ChangeRecord, CreateConflict};
+        use usersync_store::{ChangeEnd, ChangeRecord, CreateAnswers, CreateConflict, LockedUser, UserToLock};
         let store = store_with_tenant(&url, "acme").await;
         let run = Uuid::new_v4();
         store.start_run(run, "acme", "manual", false).await.expect("a run");
@@ -782,22 +782,38 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
             holder_id: "p-9".into(),
             field: "pstn_fixed".into(),
         };
+        async fn lock(tx: &deadpool_postgres::Transaction<'_>, run: Uuid) -> LockedUser {
+            let user = UserToLock {
+                object_id: "obj-1",
+                match_value: None,
+            };
+            let mut locked = Store::lock_users(tx, run, "acme", &[user]).await.unwrap();
+            locked.remove("obj-1").expect("locked")
+        }
+        async fn answered(tx: &deadpool_postgres::Transaction<'_>, conflict: &CreateConflict) {
+            let answers = CreateAnswers {
+                object_id: "obj-1",
+                answers: 1,
+                conflict: Some(conflict.clone()),
+            };
+            Store::record_create_answers(tx, "acme", &[answers]).await.unwrap();
+        }
 
         // Answered, then a crash before the commit: the same key next time.
         let tx = client.transaction().await.unwrap();
-        let locked = Store::lock_user(&tx, run, "acme", "obj-1").await.unwrap().expect("locked");
+        let locked = lock(&tx, run).await;
         assert_eq!((locked.create_generation, locked.create_conflict), (0, None));
-        Store::create_answered(&tx, "acme", "obj-1", Some(&conflict)).await.unwrap();
+        answered(&tx, &conflict).await;
         drop(tx);
         let tx = client.transaction().await.unwrap();
-        let locked = Store::lock_user(&tx, run, "acme", "obj-1").await.unwrap().expect("locked");
+        let locked = lock(&tx, run).await;
         assert_eq!((locked.create_generation, locked.create_conflict), (0, None));
 
         // Committed with the change: a new key, and the holder to re-check.
-        Store::create_answered(&tx, "acme", "obj-1", Some(&conflict)).await.unwrap();
+        answered(&tx, &conflict).await;
         tx.commit().await.unwrap();
         let tx = client.transaction().await.unwrap();
-        let locked = Store::lock_user(&tx, run, "acme", "obj-1").await.unwrap().expect("locked");
+        let locked = lock(&tx, run).await;
         assert_eq!(locked.create_generation, 1);
         assert_eq!(locked.create_conflict.as_ref(), Some(&conflict));
         assert_eq!(
@@ -825,7 +841,12 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
             pbx_id: "p-1".into(),
             fields,
         };
-        Store::record_change(&tx, run, "acme", "obj-1", 1, &created).await.unwrap();
+        let end = ChangeEnd {
+            object_id: "obj-1",
+            desired_version: 1,
+            record: created,
+        };
+        Store::record_changes(&tx, run, "acme", &[end]).await.unwrap();
         tx.commit().await.unwrap();
         let row = client
             .query_one(
