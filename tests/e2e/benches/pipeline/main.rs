@@ -77,7 +77,7 @@ impl Config {
             page_size: env_or("BENCH_PAGE_SIZE", 999),
             pbx_in_flight: env_or("BENCH_PBX_IN_FLIGHT", 8),
             smtp_connections: env_or("BENCH_SMTP_CONNECTIONS", 32),
-            figure_cap: Duration::from_secs(env_or("BENCH_FIGURE_CAP_SECS", if quick { 60 } else { 200 })),
+            figure_cap: Duration::from_secs(env_or("BENCH_FIGURE_CAP_SECS", if quick { 60 } else { 150 })),
             budget_end: Instant::now() + Duration::from_secs(budget),
         }
     }
@@ -273,6 +273,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Memory {
     small: Vec<(String, u64)>,
     big: Vec<(String, u64)>,
+    /// A run of N users was cut off by its cap: its peak so far.
+    unfinished: bool,
 }
 
 impl Memory {
@@ -326,13 +328,19 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
         "{:.1} s (page {}, POST {} in flight)",
         floor.secs, config.page_size, config.pbx_in_flight
     );
-    let run = match resync_wait(&stack, "big", config.deadline()).await {
+    let run = resync_wait(&stack, "big", config.deadline()).await;
+    // The peak while handling N users, even if the run did not end in time.
+    memory.add_big(peak_rss(&stack));
+    let run = match run {
         Ok(run) if run.succeeded => run,
         Ok(run) => return rows.push(first.missed(run.last_line)),
         Err(why) => {
+            memory.unfinished = true;
             rows.push(first.missed(why));
+            let skipped = "the first sync did not end";
+            rows.push(Row::new("next nightly run, nothing changed", "≤ 3 s").missed(skipped));
             rows.push(
-                Row::new("next nightly run, nothing changed", "≤ 3 s").missed("the first sync did not end"),
+                Row::new("one user changed, resync: request to PBX write", "p50 ≤ 1 s").missed(skipped),
             );
             return;
         }
@@ -342,7 +350,6 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
     first.ratio = Some(took / floor.secs);
     first.pass = Some(took <= 60.0 && took <= 2.0 * floor.secs);
     rows.push(first);
-    memory.add_big(peak_rss(&stack));
     let fetched = run.fetched;
 
     // 3. The next run, nothing changed.
@@ -504,7 +511,7 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
 }
 
 /// Figure 2: the first sync with the welcome mail and admin copy on.
-async fn mail_tenant(config: &Config, rows: &mut Vec<Row>, memory: &mut Memory) -> Option<f64> {
+async fn mail_tenant(config: &Config, rows: &mut Vec<Row>, memory: &mut Memory) {
     let stack = Stack::start_with("bench_mail", vec![("RUST_LOG", "warn".into())]).await;
     tenant(&stack, "mail", 3, config.mail_users, config.page_size, true).await;
     let mails = 2 * config.mail_users;
@@ -529,6 +536,7 @@ async fn mail_tenant(config: &Config, rows: &mut Vec<Row>, memory: &mut Memory) 
     let (resync, delivered, first_mail) = tokio::join!(resync, delivered, first_mail);
     memory.add_big(peak_rss(&stack));
     let (Some(done), Some(first_mail)) = (delivered, first_mail) else {
+        memory.unfinished = true;
         rows.push(row.missed(format!(
             "{} of {} mails after {} ({})",
             maildir_count(&stack.maildir),
@@ -536,7 +544,7 @@ async fn mail_tenant(config: &Config, rows: &mut Vec<Row>, memory: &mut Memory) 
             secs(started.elapsed()),
             resync.map_or_else(|why| why, |run| run.last_line)
         )));
-        return None;
+        return;
     };
     let (floor, sent) = floors::smtp(&stack.maildir, stack.smtp_port, config.smtp_connections)
         .await
@@ -553,7 +561,6 @@ async fn mail_tenant(config: &Config, rows: &mut Vec<Row>, memory: &mut Memory) 
     row.ratio = Some(mail_stage / floor);
     row.pass = Some(mail_stage <= 2.0 * floor);
     rows.push(row);
-    Some(mail_stage / floor)
 }
 
 /// Figure 5: many small tenants' first syncs at once, and a manual resync meanwhile.
@@ -676,9 +683,14 @@ fn memory_rows(config: &Config, memory: &Memory) -> Vec<Row> {
             match (find(&memory.small), find(&memory.big)) {
                 (Some(small), Some(big)) => {
                     row.measured = format!(
-                        "{small:.1} MB at {}, {big:.1} MB at {}",
+                        "{small:.1} MB at {}, {big:.1} MB at {}{}",
                         count(config.rss_users),
-                        count(config.users)
+                        count(config.users),
+                        if memory.unfinished {
+                            " (so far: a run was cut off)"
+                        } else {
+                            ""
+                        }
                     );
                     row.pass = Some(small.max(big) <= 128.0 && big <= small * 1.25);
                     row
