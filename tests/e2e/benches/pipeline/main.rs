@@ -296,10 +296,15 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
     let entra = tenant(&stack, "big", 1, config.users, config.page_size, false).await;
     company(&stack, "floor").await;
 
-    match resync_wait(&stack, "small", config.deadline()).await {
-        Ok(run) if run.succeeded => memory.small = peak_rss(&stack),
+    let run = resync_wait(&stack, "small", config.deadline()).await;
+    memory.small = peak_rss(&stack);
+    match run {
+        Ok(run) if run.succeeded => {}
         Ok(run) => eprintln!("the {} users' first sync: {}", config.rss_users, run.last_line),
-        Err(why) => eprintln!("the {} users' first sync: {why}", config.rss_users),
+        Err(why) => {
+            memory.unfinished = true;
+            eprintln!("the {} users' first sync: {why}", config.rss_users);
+        }
     }
 
     let mut first = Row::new(
@@ -433,12 +438,19 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
             "updated",
         );
         let requested = Instant::now();
-        let resync = resync_wait(&stack, "big", left);
-        let written = poll(left, Duration::from_millis(20), || async {
+        let mut resync = std::pin::pin!(resync_wait(&stack, "big", left));
+        let mut written = std::pin::pin!(poll(left, Duration::from_millis(20), || async {
             let stats = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
             (pbx_counter(&stats, "big", "updated") > before).then(|| requested.elapsed())
-        });
-        let (resync, written) = tokio::join!(resync, written);
+        }));
+        // A run that ended without the write stops the wait (after one more look).
+        let (resync, written) = tokio::select! {
+            written = &mut written => (resync.await, written),
+            resync = &mut resync => {
+                let written = tokio::time::timeout(Duration::from_secs(1), written).await;
+                (resync, written.ok().flatten())
+            }
+        };
         match (resync, written) {
             (Ok(run), Some(latency)) if run.succeeded => latencies.push(latency.as_secs_f64()),
             (Ok(run), _) => eprintln!("change {index}: {}", run.last_line),
