@@ -89,6 +89,12 @@ impl Config {
     }
 }
 
+/// The workspace: the folder that holds `target/`.
+fn workspace_root() -> PathBuf {
+    let target = workspace_target();
+    target.parent().map_or(target.clone(), Path::to_path_buf)
+}
+
 fn secs(duration: Duration) -> String {
     format!("{:.1} s", duration.as_secs_f64())
 }
@@ -485,8 +491,7 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
         "for context",
     );
     let sdk_check = |tenant: &str, users: u64| {
-        let script = workspace_target().join("../scripts/msgraph-sdk-check");
-        let mut command = tokio::process::Command::new(script);
+        let mut command = tokio::process::Command::new(workspace_root().join("scripts/msgraph-sdk-check"));
         command
             .args([
                 &stack.graph.url,
@@ -751,7 +756,7 @@ async fn main() {
     let path: PathBuf = if quick {
         workspace_target().join("bench/performance.md")
     } else {
-        workspace_target().join("../docs/performance.md")
+        workspace_root().join("docs/performance.md")
     };
     report::write(&path, &generated).expect("writing the report");
     println!("written to {}", path.display());
