@@ -380,6 +380,17 @@ impl Stack {
             .expect("waiting for the service")
     }
 
+    /// Each service process started, in start order, with its pid while it runs
+    /// (the benchmark reads their peak memory from `/proc`).
+    pub fn service_pids(&self) -> Vec<(String, Option<u32>)> {
+        let services = self.services.lock().expect("the services' lock");
+        services
+            .iter()
+            .zip(&self.metrics)
+            .map(|(child, (name, _))| (name.clone(), child.id()))
+            .collect()
+    }
+
     /// The service processes that ended on their own (not killed by the
     /// test), as `name-index: status`: a wait can stop early when one did.
     pub fn exited_services(&self) -> Vec<String> {
