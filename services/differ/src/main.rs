@@ -16,7 +16,10 @@ async fn main() -> anyhow::Result<()> {
         bus: service.bus.clone(),
     };
     let options = ConsumeOptions {
-        prefetch: 8,
+        // A page of users is up to a megabyte or two of JSON, decoded and
+        // bound into its statements: the pages in hand decide the peak memory.
+        // Recording is the database's work; four at a time keep it busy.
+        prefetch: 4,
         max_attempts: 8,
         ..ConsumeOptions::default()
     };
