@@ -740,7 +740,7 @@ async fn main() {
     let took = started.elapsed();
     println!("\n{table}\n{machine}- whole run: {}", secs(took));
     let generated = format!(
-        "# Performance\n\nWritten by `scripts/bench{}` ({}): release builds, the four services \
+        "# Performance\n\nWritten by `scripts/bench{}` ({}): {} builds, the four services \
          over the local RabbitMQ and PostgreSQL, the Graph and PBX simulators and aiosmtpd. \
          Each floor is measured in the same run; the ratio is measured / floor. The machine \
          is shared with other builds and tests while this runs: figures are noisy.\n\n{table}\n\
@@ -750,6 +750,11 @@ async fn main() {
             "a small configuration"
         } else {
             "the full configuration"
+        },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
         },
         secs(took)
     );
