@@ -21,10 +21,8 @@ use crate::MailError;
 
 /// How long one SMTP command may take before the send counts as failed.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections kept open to the server: one per event the notifier handles
-/// at once, so a send waiting on the database between DATA and the message
-/// holds up no other.
-const SMTP_CONNECTIONS: usize = 32;
+/// Connections kept open to the server by default (`SMTP_CONNECTIONS`).
+pub const DEFAULT_SMTP_CONNECTIONS: usize = 32;
 /// A connection idle longer than this is checked with NOOP before reuse, as
 /// servers close idle sessions.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -38,6 +36,10 @@ pub struct MailConfig {
     pub smtp_url: String,
     /// Sender, for example `Usersync <noreply@localhost>`.
     pub from: String,
+    /// Connections kept open to the server, at most: as many sends are in
+    /// flight at once. Size it to what the server takes (its concurrent
+    /// sessions per client).
+    pub connections: usize,
 }
 
 /// One message to send.
@@ -57,6 +59,7 @@ pub struct OutgoingMail {
 pub struct Mailer {
     pool: managed::Pool<Server>,
     from: Mailbox,
+    connections: usize,
 }
 
 // The server may carry SMTP credentials, so only the sender is shown.
@@ -221,11 +224,25 @@ impl Mailer {
             MailError::Config(format!("sender {:?} is not a mail address: {err}", config.from))
         })?;
         let server = Server::from_url(&config.smtp_url)?;
+        if config.connections == 0 {
+            return Err(MailError::Config(
+                "the SMTP connection pool needs at least one connection".into(),
+            ));
+        }
         let pool = managed::Pool::builder(server)
-            .max_size(SMTP_CONNECTIONS)
+            .max_size(config.connections)
             .build()
             .map_err(|err| MailError::Config(format!("the SMTP connection pool: {err}")))?;
-        Ok(Self { pool, from })
+        Ok(Self {
+            pool,
+            from,
+            connections: config.connections,
+        })
+    }
+
+    /// Sends that can be in flight at once: the pool's connections.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
     /// Sends one message at once (see [`Mailer::prepare`]).
