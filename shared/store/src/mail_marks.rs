@@ -9,11 +9,11 @@
 //! (an outage stays an outage, a bad row fails only its own send).
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::db::pooled;
 use crate::mail_locks::MAIL_LOCKS;
@@ -21,6 +21,11 @@ use crate::Result;
 
 /// Writes taken into one statement at most.
 const MAX_GROUP: usize = 512;
+/// Groups being committed at once: a mark that arrives while a group waits
+/// for the disk starts the next group instead of waiting for that one
+/// (PostgreSQL flushes concurrent commits together too). Leaves most of the
+/// pool to the claims.
+const GROUPS_AT_ONCE: usize = 3;
 
 /// One send's write of its claim (its attempt only).
 pub(crate) struct Mark {
@@ -84,15 +89,27 @@ impl MailMarks {
     }
 }
 
-/// Takes every mark waiting, writes them in one statement per kind (both at
-/// once, on two connections), answers each, and so on.
+/// Takes every mark waiting, writes them in one statement per kind, answers
+/// each, and so on, up to [`GROUPS_AT_ONCE`] groups at a time.
 async fn write_groups(pool: deadpool_postgres::Pool, mut waiting: mpsc::UnboundedReceiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(GROUPS_AT_ONCE));
     let mut group = Vec::new();
-    while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
+    loop {
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the writer never closes its semaphore");
+        if waiting.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return;
+        }
         let (transmitting, settles): (Vec<_>, Vec<_>) = group
             .drain(..)
             .partition(|queued| queued.mark.write.is_transmitting());
-        tokio::join!(write_group(&pool, transmitting), write_group(&pool, settles));
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            tokio::join!(write_group(&pool, transmitting), write_group(&pool, settles));
+            drop(slot);
+        });
     }
 }
 
