@@ -6,14 +6,16 @@ mod plan;
 use std::path::PathBuf;
 
 use anyhow::bail;
+use tokio::sync::Semaphore;
 use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
-use usersync_mail::{Language, MailConfig, Mailer, Templates};
+use usersync_mail::{Language, MailConfig, Mailer, Templates, DEFAULT_SMTP_CONNECTIONS};
 use usersync_runtime::{env_opt, env_or, init_tracing};
 use usersync_service::Service;
 
 /// Events handled at once. Each waits mostly on SMTP and PostgreSQL, so many
-/// in flight keep the pooled SMTP connections busy.
+/// in flight keep the pooled SMTP connections busy. A batch event sends as
+/// many of its mails at once as the SMTP pool has connections.
 const PREFETCH: u16 = 32;
 /// Database connections: statements are short, and the claims of the sends
 /// in flight are held by one more session outside the pool, so a few serve
@@ -30,9 +32,17 @@ async fn main() -> anyhow::Result<()> {
         "en" => Language::En,
         other => bail!("MAIL_DEFAULT_LANGUAGE={other:?} is not a mail language: set it to `sv` or `en`"),
     };
+    let connections = match env_opt("SMTP_CONNECTIONS") {
+        None => DEFAULT_SMTP_CONNECTIONS,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => bail!("SMTP_CONNECTIONS={text:?} is not a number of connections: set it to what the SMTP server takes at once (default {DEFAULT_SMTP_CONNECTIONS})"),
+        },
+    };
     let mailer = Mailer::new(&MailConfig {
         smtp_url: env_or("SMTP_URL", "smtp://127.0.0.1:1025"),
         from: env_or("MAIL_FROM", "Usersync <noreply@localhost>"),
+        connections,
     })?;
     let service = Service::start("usersync-notifier", POOL_SIZE).await?;
     let notifier = notify::Notifier {
@@ -40,6 +50,8 @@ async fn main() -> anyhow::Result<()> {
         mailer,
         templates,
         default_language,
+        // Two chunks per batch path: one sending while the next is claimed.
+        batch_claims: Semaphore::new(2 * connections),
     };
     let options = ConsumeOptions {
         prefetch: PREFETCH,

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::future::join_all;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 use usersync_bus::{Failure, Handler, Incoming};
 use usersync_contract::{Event, RunCounts, UserProblem};
 use usersync_core::{NotificationLevel, TenantConfig};
@@ -29,6 +31,10 @@ pub struct Notifier {
     pub mailer: Mailer,
     pub templates: Templates,
     pub default_language: Language,
+    /// Mails of batches claimed and not yet settled, at most: a chunk of a
+    /// batch claims only as the SMTP pool can soon serve it, so the batches
+    /// in hand hold few locks and `sending` rows at a time.
+    pub batch_claims: Semaphore,
 }
 
 /// One mail, before rendering.
@@ -74,32 +80,19 @@ impl Notifier {
     async fn handle_event(&self, tenant: &TenantConfig, event: &Event) -> Result<(), Failure> {
         match event {
             Event::Batch { events, .. } => self.handle_batch(tenant, events).await,
-            Event::UserCreated {
-                run_id,
-                pbx_id,
-                alias,
-                first_name,
-                surname,
-                pstn_fixed,
-                email,
-                language,
-                ..
-            } => {
-                if !tenant.welcome_mail {
+            Event::UserCreated { .. } => {
+                let Some(user) = self.welcome_user(tenant, event) else {
                     return Ok(());
-                }
-                let user = WelcomeUser {
-                    run_id: *run_id,
-                    pbx_id,
-                    context: json!({
-                        "first_name": first_name, "surname": surname, "alias": alias,
-                        "pstn_fixed": pstn_fixed, "email": email, "company_name": tenant.name,
-                    }),
-                    alias,
-                    email: email.as_deref(),
-                    language: Language::from_preferred(language.as_deref(), self.default_language),
                 };
-                self.welcome(tenant, &user).await
+                // One after the other: an event in hand holds one send.
+                for mail in self.welcome_mails(tenant, &user).await? {
+                    let claim = self
+                        .store
+                        .claim_mail(&mail.record(&tenant.id), clock::now())
+                        .await?;
+                    self.deliver(tenant, &mail, claim).await?;
+                }
+                Ok(())
             }
             Event::RunFinished {
                 run_id,
@@ -130,23 +123,80 @@ impl Notifier {
     /// Every event of a batch is handled, whatever becomes of the others: a
     /// mail refused for good must not keep its neighbours from going out. A
     /// retry brings the whole batch back; what was sent is not sent again.
+    /// The welcome mails go out together first (see [`Notifier::send_together`]),
+    /// then the other events are handled in order.
     async fn handle_batch(&self, tenant: &TenantConfig, events: &[Event]) -> Result<(), Failure> {
-        let mut retry = None;
-        let mut refused = Vec::new();
-        for event in events {
-            match Box::pin(self.handle_event(tenant, event)).await {
-                Ok(()) => {}
-                Err(Failure::Reject { reason }) => refused.push(reason),
-                Err(failure) => retry = retry.or(Some(failure)),
+        let mut outcomes = Outcomes::default();
+        let mut mails = Vec::new();
+        for user in events.iter().filter_map(|event| self.welcome_user(tenant, event)) {
+            match self.welcome_mails(tenant, &user).await {
+                Ok(planned) => mails.extend(planned),
+                Err(failure) => outcomes.add(Err(failure)),
             }
         }
-        if let Some(failure) = retry {
+        self.send_together(tenant, &mails, &mut outcomes).await;
+        for event in events {
+            if !matches!(event, Event::UserCreated { .. }) {
+                outcomes.add(Box::pin(self.handle_event(tenant, event)).await);
+            }
+        }
+        outcomes.into_result()
+    }
+
+    /// Sends `mails` as many at once as the SMTP pool has connections: each
+    /// chunk is claimed in one go (two statements), then its sends run
+    /// concurrently, each with its own outcome.
+    async fn send_together(&self, tenant: &TenantConfig, mails: &[Planned<'_>], outcomes: &mut Outcomes) {
+        for chunk in mails.chunks(self.mailer.connections()) {
+            let permits = u32::try_from(chunk.len()).expect("a chunk is as large as the SMTP pool");
+            let _claims = self
+                .batch_claims
+                .acquire_many(permits)
+                .await
+                .expect("the notifier never closes its semaphore");
+            let records: Vec<NewMail<'_>> = chunk.iter().map(|mail| mail.record(&tenant.id)).collect();
+            let claims = match self.store.claim_mails(&records, clock::now()).await {
+                Ok(claims) => claims,
+                Err(err) => return outcomes.add(Err(err.into())),
+            };
+            let sends = chunk
+                .iter()
+                .zip(claims)
+                .map(|(mail, claim)| self.deliver(tenant, mail, claim));
+            for outcome in join_all(sends).await {
+                outcomes.add(outcome);
+            }
+        }
+    }
+}
+
+/// What became of a batch's events and mails: any failure to retry brings
+/// the whole batch back (the first one says why); refusals are reported together.
+#[derive(Default)]
+struct Outcomes {
+    retry: Option<Failure>,
+    refused: Vec<String>,
+}
+
+impl Outcomes {
+    fn add(&mut self, outcome: Result<(), Failure>) {
+        match outcome {
+            Ok(()) => {}
+            Err(Failure::Reject { reason }) => self.refused.push(reason),
+            Err(failure) => {
+                self.retry.get_or_insert(failure);
+            }
+        }
+    }
+
+    fn into_result(self) -> Result<(), Failure> {
+        if let Some(failure) = self.retry {
             return Err(failure);
         }
-        if refused.is_empty() {
+        if self.refused.is_empty() {
             Ok(())
         } else {
-            Err(Failure::reject(refused.join("; ")))
+            Err(Failure::reject(self.refused.join("; ")))
         }
     }
 }
@@ -171,27 +221,55 @@ struct FinishedRun<'a> {
 }
 
 impl Notifier {
-    /// The welcome mail to the user and its copy to the admin address.
-    async fn welcome(&self, tenant: &TenantConfig, user: &WelcomeUser<'_>) -> Result<(), Failure> {
+    /// The user a created-user event welcomes, if the tenant sends welcome mails.
+    fn welcome_user<'a>(&self, tenant: &TenantConfig, event: &'a Event) -> Option<WelcomeUser<'a>> {
+        let Event::UserCreated {
+            run_id,
+            pbx_id,
+            alias,
+            first_name,
+            surname,
+            pstn_fixed,
+            email,
+            language,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        tenant.welcome_mail.then(|| WelcomeUser {
+            run_id: *run_id,
+            pbx_id,
+            context: json!({
+                "first_name": first_name, "surname": surname, "alias": alias,
+                "pstn_fixed": pstn_fixed, "email": email, "company_name": tenant.name,
+            }),
+            alias,
+            email: email.as_deref(),
+            language: Language::from_preferred(language.as_deref(), self.default_language),
+        })
+    }
+
+    /// The welcome mail to the user and its copy to the admin address, to be
+    /// sent; a user without an address is recorded (and reported) here.
+    async fn welcome_mails<'a>(
+        &self,
+        tenant: &'a TenantConfig,
+        user: &WelcomeUser<'a>,
+    ) -> Result<Vec<Planned<'a>>, Failure> {
         let detail = json!({"user": user.alias});
         let id = plan::welcome_id(&tenant.id, user.pbx_id);
+        let mut mails = Vec::with_capacity(2);
         match user.email {
-            Some(to) => {
-                let mail = Planned {
-                    id,
-                    kind: MailKind::Welcome,
-                    to,
-                    language: user.language,
-                    run_id: user.run_id,
-                    context: user.context.clone(),
-                    detail: detail.clone(),
-                };
-                let claim = self
-                    .store
-                    .claim_mail(&mail.record(&tenant.id), clock::now())
-                    .await?;
-                self.deliver(tenant, &mail, claim).await?;
-            }
+            Some(to) => mails.push(Planned {
+                id,
+                kind: MailKind::Welcome,
+                to,
+                language: user.language,
+                run_id: user.run_id,
+                context: user.context.clone(),
+                detail: detail.clone(),
+            }),
             None => {
                 let record = NewMail {
                     id: &id,
@@ -208,7 +286,7 @@ impl Notifier {
             }
         }
         if let Some(to) = &tenant.welcome_mail_copy_to {
-            let mail = Planned {
+            mails.push(Planned {
                 id: plan::welcome_copy_id(&tenant.id, user.pbx_id),
                 kind: MailKind::WelcomeCopy,
                 to,
@@ -216,14 +294,9 @@ impl Notifier {
                 run_id: user.run_id,
                 context: user.context.clone(),
                 detail,
-            };
-            let claim = self
-                .store
-                .claim_mail(&mail.record(&tenant.id), clock::now())
-                .await?;
-            self.deliver(tenant, &mail, claim).await?;
+            });
         }
-        Ok(())
+        Ok(mails)
     }
 
     /// The digest of a run at the tenant's level, "resolved" mails for the

@@ -5,5 +5,5 @@ mod mailer;
 mod templates;
 
 pub use error::MailError;
-pub use mailer::{MailConfig, Mailer, OutgoingMail, Prepared};
+pub use mailer::{MailConfig, Mailer, OutgoingMail, Prepared, DEFAULT_SMTP_CONNECTIONS};
 pub use templates::{Language, MailKind, Rendered, Templates};

@@ -21,10 +21,8 @@ use crate::MailError;
 
 /// How long one SMTP command may take before the send counts as failed.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections kept open to the server: one per event the notifier handles
-/// at once, so a send waiting on the database between DATA and the message
-/// holds up no other.
-const SMTP_CONNECTIONS: usize = 32;
+/// Connections kept open to the server by default (`SMTP_CONNECTIONS`).
+pub const DEFAULT_SMTP_CONNECTIONS: usize = 32;
 /// A connection idle longer than this is checked with NOOP before reuse, as
 /// servers close idle sessions.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -38,6 +36,10 @@ pub struct MailConfig {
     pub smtp_url: String,
     /// Sender, for example `Usersync <noreply@localhost>`.
     pub from: String,
+    /// Connections kept open to the server, at most: as many sends are in
+    /// flight at once. Size it to what the server takes (its concurrent
+    /// sessions per client).
+    pub connections: usize,
 }
 
 /// One message to send.
@@ -57,6 +59,7 @@ pub struct OutgoingMail {
 pub struct Mailer {
     pool: managed::Pool<Server>,
     from: Mailbox,
+    connections: usize,
 }
 
 // The server may carry SMTP credentials, so only the sender is shown.
@@ -128,32 +131,69 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Opens a session: TCP (with TLS from the first byte for `smtps`), EHLO.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, MailError> {
+        let address = (self.host.as_str(), self.port);
+        if let Tls::Wrapper(parameters) = &self.tls {
+            return AsyncSmtpConnection::connect_tokio1(
+                address,
+                Some(SMTP_TIMEOUT),
+                &self.hello,
+                Some(parameters.clone()),
+                None,
+            )
+            .await
+            .map_err(|err| classify(&err));
+        }
+        let unreachable = |why: String| {
+            MailError::Temporary(format!(
+                "connecting to the SMTP server {}:{}: {why}",
+                self.host, self.port
+            ))
+        };
+        let stream = tokio::time::timeout(SMTP_TIMEOUT, tokio::net::TcpStream::connect(address))
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|err| unreachable(err.to_string()))?;
+        // lettre writes a message's final dot apart from its data: with
+        // Nagle's algorithm that write would wait for the server to
+        // acknowledge the data (a delayed ACK, tens of ms a mail).
+        stream
+            .set_nodelay(true)
+            .map_err(|err| unreachable(err.to_string()))?;
+        AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+            .await
+            .map_err(|err| classify(&err))
+    }
+}
+
 impl managed::Manager for Server {
     type Type = AsyncSmtpConnection;
-    type Error = lettre::transport::smtp::Error;
+    type Error = MailError;
 
-    async fn create(&self) -> Result<AsyncSmtpConnection, Self::Error> {
-        let wrapper = match &self.tls {
-            Tls::Wrapper(parameters) => Some(parameters.clone()),
-            _ => None,
-        };
-        let mut connection = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            Some(SMTP_TIMEOUT),
-            &self.hello,
-            wrapper,
-            None,
-        )
-        .await?;
+    /// A session ready for MAIL FROM: connected, STARTTLS and AUTH as configured.
+    async fn create(&self) -> Result<AsyncSmtpConnection, MailError> {
+        let mut connection = self.connect().await?;
+        let failed = |err: lettre::transport::smtp::Error| classify(&err);
         match &self.tls {
             Tls::Opportunistic(parameters) if connection.can_starttls() => {
-                connection.starttls(parameters.clone(), &self.hello).await?;
+                connection
+                    .starttls(parameters.clone(), &self.hello)
+                    .await
+                    .map_err(failed)?;
             }
-            Tls::Required(parameters) => connection.starttls(parameters.clone(), &self.hello).await?,
+            Tls::Required(parameters) => connection
+                .starttls(parameters.clone(), &self.hello)
+                .await
+                .map_err(failed)?,
             _ => {}
         }
         if let Some(credentials) = &self.credentials {
-            connection.auth(DEFAULT_MECHANISMS, credentials).await?;
+            connection
+                .auth(DEFAULT_MECHANISMS, credentials)
+                .await
+                .map_err(failed)?;
         }
         Ok(connection)
     }
@@ -162,7 +202,7 @@ impl managed::Manager for Server {
         &self,
         connection: &mut AsyncSmtpConnection,
         metrics: &Metrics,
-    ) -> RecycleResult<Self::Error> {
+    ) -> RecycleResult<MailError> {
         if connection.has_broken() {
             return Err(RecycleError::message("the SMTP connection broke"));
         }
@@ -221,11 +261,25 @@ impl Mailer {
             MailError::Config(format!("sender {:?} is not a mail address: {err}", config.from))
         })?;
         let server = Server::from_url(&config.smtp_url)?;
+        if config.connections == 0 {
+            return Err(MailError::Config(
+                "the SMTP connection pool needs at least one connection".into(),
+            ));
+        }
         let pool = managed::Pool::builder(server)
-            .max_size(SMTP_CONNECTIONS)
+            .max_size(config.connections)
             .build()
             .map_err(|err| MailError::Config(format!("the SMTP connection pool: {err}")))?;
-        Ok(Self { pool, from })
+        Ok(Self {
+            pool,
+            from,
+            connections: config.connections,
+        })
+    }
+
+    /// Sends that can be in flight at once: the pool's connections.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
     /// Sends one message at once (see [`Mailer::prepare`]).
@@ -239,7 +293,7 @@ impl Mailer {
     pub async fn prepare(&self, mail: &OutgoingMail) -> Result<Prepared, MailError> {
         let message = self.build_message(mail)?;
         let mut connection = self.pool.get().await.map_err(|err| match err {
-            managed::PoolError::Backend(err) => classify(&err),
+            managed::PoolError::Backend(err) => err,
             other => MailError::Temporary(format!("no SMTP connection: {other}")),
         })?;
         let envelope = message.envelope().clone();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use usersync_mail::{MailConfig, MailError, Mailer, OutgoingMail};
+use usersync_mail::{MailConfig, MailError, Mailer, OutgoingMail, DEFAULT_SMTP_CONNECTIONS};
 
 const PYTHON: &str = "/usr/bin/python3";
 const FROM: &str = "Usersync <noreply@localhost>";
@@ -62,6 +62,7 @@ fn mailer_with_server() -> (ServerProcess, tempfile::TempDir, Mailer) {
     let mailer = Mailer::new(&MailConfig {
         smtp_url: format!("smtp://127.0.0.1:{port}"),
         from: FROM.into(),
+        connections: DEFAULT_SMTP_CONNECTIONS,
     })
     .unwrap();
     (server, dir, mailer)
@@ -185,6 +186,7 @@ async fn closed_port_is_a_temporary_failure() {
     let mailer = Mailer::new(&MailConfig {
         smtp_url: format!("smtp://127.0.0.1:{}", free_port()),
         from: FROM.into(),
+        connections: DEFAULT_SMTP_CONNECTIONS,
     })
     .unwrap();
     let err = mailer.send(&welcome_mail("asa@acme.example")).await.unwrap_err();
@@ -196,6 +198,7 @@ async fn invalid_recipient_is_a_permanent_failure() {
     let mailer = Mailer::new(&MailConfig {
         smtp_url: format!("smtp://127.0.0.1:{}", free_port()),
         from: FROM.into(),
+        connections: DEFAULT_SMTP_CONNECTIONS,
     })
     .unwrap();
     let err = mailer.send(&welcome_mail("not an address")).await.unwrap_err();
@@ -207,11 +210,13 @@ async fn bad_configuration_is_refused_up_front() {
     let bad_url = Mailer::new(&MailConfig {
         smtp_url: "gopher://mail.example".into(),
         from: FROM.into(),
+        connections: DEFAULT_SMTP_CONNECTIONS,
     });
     assert!(matches!(bad_url, Err(MailError::Config(_))));
     let bad_from = Mailer::new(&MailConfig {
         smtp_url: "smtp://127.0.0.1:25".into(),
         from: "nobody".into(),
+        connections: DEFAULT_SMTP_CONNECTIONS,
     });
     assert!(matches!(bad_from, Err(MailError::Config(_))));
 }
@@ -221,6 +226,7 @@ async fn debug_output_hides_smtp_credentials() {
     let mailer = Mailer::new(&MailConfig {
         smtp_url: "smtps://user:hunter2@mail.example:465".into(),
         from: FROM.into(),
+        connections: DEFAULT_SMTP_CONNECTIONS,
     })
     .unwrap();
     let printed = format!("{mailer:?}");

@@ -11,6 +11,7 @@ use usersync_runtime::health::{reconnect_backoff, MAX_RECONNECT_DELAY};
 use usersync_runtime::{outage, Dependency, Health};
 
 use crate::mail_locks::MailLocks;
+use crate::mail_marks::MailMarks;
 use crate::Result;
 
 mod embedded {
@@ -48,6 +49,8 @@ pub struct Store {
     pub(crate) target: Arc<str>,
     /// The process's mail claims (see [`crate::mail_locks`]).
     pub(crate) mail_locks: Arc<MailLocks>,
+    /// The writes of the process's sends in flight (see [`crate::mail_marks`]).
+    pub(crate) mail_marks: Arc<MailMarks>,
 }
 
 impl Store {
@@ -212,11 +215,13 @@ async fn open(config: &tokio_postgres::Config, pool_size: usize) -> Result<Store
         .build()
         .context("building the PostgreSQL pool")?;
     let mail_locks = Arc::new(MailLocks::new(config.clone()));
+    let mail_marks = Arc::new(MailMarks::new(pool.clone()));
     Ok(Store {
         pool,
         config: config.clone(),
         target: target.into(),
         mail_locks,
+        mail_marks,
     })
 }
 

@@ -10,6 +10,7 @@ mod directory;
 mod dispatch;
 mod fields;
 mod mail_locks;
+mod mail_marks;
 mod mails;
 mod membership;
 mod operations;

@@ -64,32 +64,42 @@ impl MailLocks {
     /// Takes the mail's lock on the process's session; `None` when this
     /// process is sending the mail already or another session holds it.
     pub(crate) async fn claim(self: &Arc<Self>, id: &str) -> Result<Option<HeldLock>> {
-        let Some(entry) = InFlightEntry::enter(self, id) else {
-            return Ok(None);
-        };
+        Ok(self.claim_many(&[id]).await?.pop().flatten())
+    }
+
+    /// As [`MailLocks::claim`] for each of `ids`, in one statement.
+    pub(crate) async fn claim_many(self: &Arc<Self>, ids: &[&str]) -> Result<Vec<Option<HeldLock>>> {
+        let entries: Vec<_> = ids.iter().map(|id| InFlightEntry::enter(self, id)).collect();
+        if entries.iter().all(Option::is_none) {
+            return Ok(entries.into_iter().map(|_| None).collect());
+        }
         let locks = Arc::clone(self);
         // Spawned, so a claim cancelled mid-way leaves no lock taken and
         // unpaired: a result nobody awaits any more is dropped, which unlocks.
-        tokio::spawn(async move { locks.try_lock(entry).await })
+        tokio::spawn(async move { locks.try_lock(entries).await })
             .await
-            .context("taking a mail's claim")?
+            .context("taking mails' claims")?
     }
 
-    async fn try_lock(&self, entry: InFlightEntry) -> Result<Option<HeldLock>> {
+    async fn try_lock(&self, entries: Vec<Option<InFlightEntry>>) -> Result<Vec<Option<HeldLock>>> {
+        let ids: Vec<String> = entries.iter().flatten().map(|entry| entry.id.clone()).collect();
         let mut retried = false;
         loop {
             let session = self.session().await?;
-            match session
-                .client
-                .query_one(&session.lock, &[&MAIL_LOCKS, &entry.id])
-                .await
-            {
-                Ok(row) => {
-                    let locked: bool = row.get(0);
-                    return Ok(locked.then(|| HeldLock {
-                        session,
-                        entry: Some(entry),
-                    }));
+            match session.client.query(&session.lock, &[&MAIL_LOCKS, &ids]).await {
+                Ok(rows) => {
+                    // One row per id, in order.
+                    let mut locked = rows.iter().map(|row| row.get::<_, bool>(0));
+                    return Ok(entries
+                        .into_iter()
+                        .map(|entry| {
+                            let entry = entry?;
+                            locked.next().unwrap_or(false).then(|| HeldLock {
+                                session: Arc::clone(&session),
+                                entry: Some(entry),
+                            })
+                        })
+                        .collect());
                 }
                 // A session that failed is closed and so holds no locks: once
                 // more on a fresh one (the old one may have died long ago).
@@ -99,7 +109,7 @@ impl MailLocks {
                 }
                 Err(err) => {
                     session.lose(&err);
-                    return Err(anyhow!(err).context("taking a mail's claim"));
+                    return Err(anyhow!(err).context("taking mails' claims"));
                 }
             }
         }
@@ -145,7 +155,10 @@ impl LockSession {
         let prepared = async {
             let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
             let lock = client
-                .prepare("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .prepare(
+                    "SELECT pg_try_advisory_lock($1, hashtext(mail.id))
+                     FROM unnest($2::text[]) WITH ORDINALITY AS mail (id, n) ORDER BY n",
+                )
                 .await?;
             let unlock = client
                 .prepare("SELECT pg_advisory_unlock($1, hashtext($2))")

@@ -1,7 +1,9 @@
 //! The notifier's outbox: every mail by deterministic id and where it got to,
 //! the run → digest decision, and the standing errors of each tenant.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -10,8 +12,8 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use crate::db::pooled;
-use crate::mail_locks::{HeldLock, MAIL_LOCKS};
+use crate::mail_locks::HeldLock;
+use crate::mail_marks::{MailMarks, Mark, Write};
 use crate::{Result, Store};
 
 /// A mail the notifier means to send.
@@ -49,7 +51,7 @@ pub enum Claim {
 /// Every write of the claim names its attempt, so an attempt whose claim
 /// was taken over changes nothing.
 pub struct MailClaim {
-    pool: deadpool_postgres::Pool,
+    marks: Arc<MailMarks>,
     /// `None` once released.
     lock: Option<HeldLock>,
     id: String,
@@ -92,29 +94,22 @@ impl MailClaim {
                 "the session holding this mail's claim was lost before its data went out: not sent by this attempt");
             return Ok(false);
         }
-        let client = pooled(&self.pool).await?;
-        let transmitting = client
-            .prepare_cached(
-                "UPDATE mails SET state = 'transmitting'
-                 WHERE id = $1 AND state = 'sending' AND attempts = $2
-                   AND EXISTS (SELECT 1 FROM pg_locks
-                               WHERE locktype = 'advisory' AND granted AND pid = $4 AND objsubid = 2
-                                 AND classid = $3::int4::oid AND objid = hashtext($1)::oid)",
-            )
-            .await
-            .context("preparing to mark a mail transmitting")?;
-        let marked = client
-            .execute(
-                &transmitting,
-                &[&self.id, &self.attempt, &MAIL_LOCKS, &self.lock().pid()],
-            )
+        let marked = self
+            .marks
+            .write(Mark {
+                id: self.id.clone(),
+                attempt: self.attempt,
+                write: Write::Transmitting {
+                    pid: self.lock().pid(),
+                },
+            })
             .await
             .with_context(|| format!("marking mail {} transmitting", self.id))?;
-        if marked == 0 {
+        if !marked {
             tracing::warn!(mail = %self.id, attempt = self.attempt,
                 "the claim on this mail was lost before its data went out (its lock session ended, or another attempt took it over): not sent by this attempt");
         }
-        Ok(marked == 1)
+        Ok(marked)
     }
 
     /// The SMTP server accepted the mail.
@@ -144,25 +139,25 @@ impl MailClaim {
     /// gets the outcome this attempt saw.
     async fn settle(
         mut self,
-        state: &str,
+        state: &'static str,
         reply: Option<&str>,
         sent_at: Option<DateTime<Utc>>,
     ) -> Result<()> {
-        let client = pooled(&self.pool).await?;
-        let settle = client
-            .prepare_cached(
-                "UPDATE mails SET state = $2, reply = coalesce($3, reply), sent_at = $4
-                 WHERE id = $1 AND attempts = $5 AND state IN ('sending', 'transmitting', 'uncertain')",
-            )
-            .await
-            .context("preparing to settle a mail")?;
         // Committed before the unlock, so the next holder of the lock sees the outcome.
-        let settled = client
-            .execute(&settle, &[&self.id, &state, &reply, &sent_at, &self.attempt])
+        let settled = self
+            .marks
+            .write(Mark {
+                id: self.id.clone(),
+                attempt: self.attempt,
+                write: Write::Settle {
+                    state,
+                    reply: reply.map(str::to_owned),
+                    sent_at,
+                },
+            })
             .await
             .with_context(|| format!("marking mail {} {state}", self.id))?;
-        drop(client);
-        if settled == 0 {
+        if !settled {
             tracing::warn!(mail = %self.id, attempt = self.attempt, state,
                 "another attempt took this mail over: this attempt's outcome is not recorded");
         }
@@ -214,16 +209,41 @@ impl Store {
     /// Takes a mail for sending at `now`, unless it was sent or settled
     /// already or a live attempt holds it.
     pub async fn claim_mail(&self, mail: &NewMail<'_>, now: DateTime<Utc>) -> Result<Claim> {
-        let Some(lock) = self.mail_locks.claim(mail.id).await? else {
-            return Ok(Claim::InFlight);
-        };
-        // From here a failure drops the lock, which releases it.
-        let mut client = self.client().await?;
-        let tx = claim_transaction(&mut client).await?;
-        let found = claim_in(&tx, mail, now).await?;
-        tx.commit().await.context("claiming the mail")?;
-        drop(client);
-        Ok(self.finish_claim(lock, mail, found).await)
+        let mut claims = self.claim_mails(std::slice::from_ref(mail), now).await?;
+        Ok(claims.pop().expect("one claim per mail"))
+    }
+
+    /// As [`Store::claim_mail`] for each of `mails` (distinct ids), in two
+    /// statements: their locks, then their rows. One claim per mail, in order.
+    pub async fn claim_mails(&self, mails: &[NewMail<'_>], now: DateTime<Utc>) -> Result<Vec<Claim>> {
+        let ids: Vec<&str> = mails.iter().map(|mail| mail.id).collect();
+        let locks = self.mail_locks.claim_many(&ids).await?;
+        let locked: Vec<NewMail<'_>> = mails
+            .iter()
+            .zip(&locks)
+            .filter(|(_, lock)| lock.is_some())
+            .map(|(mail, _)| mail.clone())
+            .collect();
+        // From here a failure drops the locks, which releases them.
+        let mut found = Vec::new();
+        if !locked.is_empty() {
+            let mut client = self.client().await?;
+            let tx = claim_transaction(&mut client).await?;
+            found = claim_in(&tx, &locked, now).await?;
+            tx.commit().await.context("claiming mails")?;
+        }
+        let mut found = found.into_iter();
+        let mut claims = Vec::with_capacity(mails.len());
+        for (mail, lock) in mails.iter().zip(locks) {
+            claims.push(match lock {
+                Some(lock) => {
+                    let found = found.next().expect("one answer per locked mail");
+                    self.finish_claim(lock, mail, found).await
+                }
+                None => Claim::InFlight,
+            });
+        }
+        Ok(claims)
     }
 
     /// Claims a digest and, in the same transaction, takes every unreported
@@ -242,7 +262,10 @@ impl Store {
         };
         let mut client = self.client().await?;
         let tx = claim_transaction(&mut client).await?;
-        let found = claim_in(&tx, mail, now).await?;
+        let found = claim_in(&tx, std::slice::from_ref(mail), now)
+            .await?
+            .pop()
+            .expect("one answer per mail");
         let mut problems = Vec::new();
         if found.is_ok() {
             tx.execute(
@@ -280,7 +303,7 @@ impl Store {
     ) -> Claim {
         match found {
             Ok(attempt) => Claim::Send(MailClaim {
-                pool: self.pool.clone(),
+                marks: Arc::clone(&self.mail_marks),
                 lock: Some(lock),
                 id: mail.id.to_owned(),
                 attempt,
@@ -422,61 +445,83 @@ async fn claim_transaction(
     Ok(tx)
 }
 
-/// With the mail's lock held: a row left `sending` belongs to an attempt
+/// With the mails' locks held: a row left `sending` belongs to an attempt
 /// whose session ended before any data went out, so it is sent again; one
 /// left `transmitting` may have reached the server, so it becomes `uncertain`.
+/// One answer per mail, in order: this attempt's number, or what else it is.
 async fn claim_in(
     client: &deadpool_postgres::Transaction<'_>,
-    mail: &NewMail<'_>,
+    mails: &[NewMail<'_>],
     now: DateTime<Utc>,
-) -> Result<std::result::Result<i32, Claim>> {
+) -> Result<Vec<std::result::Result<i32, Claim>>> {
     let claim = client
         .prepare_cached(
             "INSERT INTO mails (id, tenant_id, kind, recipient, run_id, state, attempts, claimed_at, detail)
-             VALUES ($1, $2, $3, $4, $5, 'sending', 1, $6, $7)
+             SELECT id, tenant_id, kind, recipient, run_id, 'sending', 1, $6, detail
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $7::jsonb[])
+                  AS mail (id, tenant_id, kind, recipient, run_id, detail)
              ON CONFLICT (id) DO UPDATE
                SET state = 'sending', attempts = mails.attempts + 1, claimed_at = EXCLUDED.claimed_at
                WHERE mails.state IN ('pending', 'sending')
-             RETURNING attempts",
+             RETURNING id, attempts",
         )
         .await
-        .context("preparing to claim a mail")?;
-    let claimed = client
-        .query_opt(
+        .context("preparing to claim mails")?;
+    let ids: Vec<&str> = mails.iter().map(|mail| mail.id).collect();
+    let tenants: Vec<&str> = mails.iter().map(|mail| mail.tenant_id).collect();
+    let kinds: Vec<&str> = mails.iter().map(|mail| mail.kind).collect();
+    let recipients: Vec<&str> = mails.iter().map(|mail| mail.recipient).collect();
+    let runs: Vec<Option<Uuid>> = mails.iter().map(|mail| mail.run_id).collect();
+    let details: Vec<Json<&Value>> = mails.iter().map(|mail| Json(&mail.detail)).collect();
+    let claimed: HashMap<String, i32> = client
+        .query(
             &claim,
-            &[
-                &mail.id,
-                &mail.tenant_id,
-                &mail.kind,
-                &mail.recipient,
-                &mail.run_id,
-                &now,
-                &Json(&mail.detail),
-            ],
+            &[&ids, &tenants, &kinds, &recipients, &runs, &now, &details],
         )
         .await
-        .context("claiming a mail")?;
-    if let Some(row) = claimed {
-        return Ok(Ok(row.get(0)));
+        .context("claiming mails")?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut states = HashMap::new();
+    if claimed.len() < mails.len() {
+        let others: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !claimed.contains_key(*id))
+            .collect();
+        states = client
+            .query("SELECT id, state FROM mails WHERE id = ANY($1)", &[&others])
+            .await
+            .context("reading claimed mails")?
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            .collect();
+        let abandoned: Vec<&str> = others
+            .iter()
+            .copied()
+            .filter(|id| states.get(*id).is_some_and(|state| state == "transmitting"))
+            .collect();
+        if !abandoned.is_empty() {
+            client
+                .execute(
+                    "UPDATE mails SET state = 'uncertain',
+                            reply = 'the sending attempt stopped after the message data went out, before the server''s answer was recorded'
+                     WHERE id = ANY($1)",
+                    &[&abandoned],
+                )
+                .await
+                .context("marking abandoned mails uncertain")?;
+        }
     }
-    let state: String = client
-        .query_one("SELECT state FROM mails WHERE id = $1", &[&mail.id])
-        .await
-        .context("reading a claimed mail")?
-        .get(0);
-    if state != "transmitting" {
-        return Ok(Err(Claim::Settled { state }));
-    }
-    client
-        .execute(
-            "UPDATE mails SET state = 'uncertain',
-                    reply = 'the sending attempt stopped after the message data went out, before the server''s answer was recorded'
-             WHERE id = $1",
-            &[&mail.id],
-        )
-        .await
-        .context("marking an abandoned mail uncertain")?;
-    Ok(Err(Claim::Abandoned))
+    ids.iter()
+        .map(|id| match (claimed.get(*id), states.remove(*id)) {
+            (Some(attempt), _) => Ok(Ok(*attempt)),
+            (None, Some(state)) if state == "transmitting" => Ok(Err(Claim::Abandoned)),
+            (None, Some(state)) => Ok(Err(Claim::Settled { state })),
+            (None, None) => Err(anyhow::anyhow!("mail {id} vanished while it was claimed")),
+        })
+        .collect()
 }
 
 async fn problems_where(

@@ -598,6 +598,103 @@ async fn one_session_holds_the_claims_of_every_mail_in_flight() {
     .await;
 }
 
+/// A batch's chunk of mails is claimed in two statements, and each mail is
+/// found as a claim of its own would find it; the sends of the chunk then
+/// mark and settle their mails at once, together.
+#[tokio::test]
+async fn a_chunk_of_mails_is_claimed_at_once_each_as_if_alone() {
+    in_fresh_database(|url| async move {
+        let (store, other, dying) = (
+            connect_store(&url).await,
+            connect_store(&url).await,
+            connect_store(&url).await,
+        );
+        let mail = |id| outgoing(id, "welcome", "jo@acme.example");
+        assert!(next_transmits(claim_to_send(&store, &mail("welcome:acme:sent")).await).await);
+        claim_to_send(&store, &mail("welcome:acme:pending"))
+            .await
+            .release("451 later")
+            .await
+            .unwrap();
+        // Its claimant died while the data went out.
+        let mut cut = claim_to_send(&dying, &mail("welcome:acme:cut")).await;
+        assert!(cut.transmitting().await.unwrap());
+        kill_claimant(&store).await;
+        let held = claim_to_send(&other, &mail("welcome:acme:held")).await;
+
+        let fresh: Vec<String> = (0..40).map(|i| format!("welcome:acme:new-{i}")).collect();
+        let mut ids = vec![
+            "welcome:acme:sent",
+            "welcome:acme:pending",
+            "welcome:acme:cut",
+            "welcome:acme:held",
+            "welcome:acme:new-0",
+        ];
+        ids.extend(fresh.iter().map(String::as_str));
+        let chunk: Vec<NewMail<'_>> = ids.iter().map(|id| mail(id)).collect();
+        let claims = store.claim_mails(&chunk, chrono::Utc::now()).await.unwrap();
+        let mut sends = Vec::new();
+        let mut found = Vec::new();
+        for claim in claims {
+            found.push(match claim {
+                Claim::Send(claim) => {
+                    let attempt = format!("attempt {}", claim.attempt());
+                    sends.push(claim);
+                    attempt
+                }
+                Claim::Settled { state } => state,
+                Claim::InFlight => "in flight".into(),
+                Claim::Abandoned => "abandoned".into(),
+            });
+        }
+        // new-0 twice in the chunk: its second entry finds it in flight.
+        let mut expected = vec![
+            "sent",
+            "attempt 2",
+            "abandoned",
+            "in flight",
+            "attempt 1",
+            "in flight",
+        ];
+        expected.extend(["attempt 1"; 39]);
+        assert_eq!(found, expected);
+        held.release("451 later").await.unwrap();
+        assert_eq!(
+            claim_locks_by_session(&store).await,
+            [41],
+            "the chunk's claims on one session"
+        );
+
+        // Every send of the chunk at once: marked and settled in groups.
+        let transmitted = futures::future::join_all(sends.into_iter().map(next_transmits)).await;
+        assert!(transmitted.iter().all(|&t| t), "{transmitted:?}");
+        for id in &ids[..3] {
+            let expected = if *id == "welcome:acme:cut" {
+                "uncertain"
+            } else {
+                "sent"
+            };
+            assert_eq!(
+                store.mail_state(id).await.unwrap().as_deref(),
+                Some(expected),
+                "{id}"
+            );
+        }
+        for id in &fresh {
+            assert_eq!(
+                store.mail_state(id).await.unwrap().as_deref(),
+                Some("sent"),
+                "{id}"
+            );
+        }
+        assert!(
+            claim_locks_by_session(&store).await.is_empty(),
+            "every claim released"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn one_process_claims_a_mail_once_however_many_events_ask_at_once() {
     in_fresh_database(|url| async move {

@@ -1100,6 +1100,90 @@ async fn a_deferred_mail_is_retried_and_a_refused_one_given_up_and_reported() {
     assert!(digest[0].text().contains("550"));
 }
 
+/// One `Event::Batch` of a change batch's events: its welcome mails and
+/// copies go out together, each exactly once; a refused one never holds up
+/// its neighbours, a deferred one brings the batch back and arrives once, the
+/// batch's run digest (last in the batch) reports the refusal, and a
+/// redelivery of the batch sends nothing again.
+#[tokio::test]
+async fn a_batch_of_events_sends_its_mails_together_each_once() {
+    const USERS: usize = 100;
+    let room = Mailroom::start("notifier_batch").await;
+    room.tenant(|_| {}).await;
+    let run = Uuid::new_v4();
+    let mut events: Vec<Event> = (0..USERS)
+        .map(|i| {
+            let alias = format!("user{i}.test");
+            created(
+                run,
+                &format!("pbx-{i}"),
+                &alias,
+                Some(&format!("user{i}@acme.example")),
+                None,
+            )
+        })
+        .collect();
+    events.push(created(
+        run,
+        "pbx-b",
+        "bounce.user",
+        Some("bounce.user@acme.example"),
+        None,
+    ));
+    events.push(created(
+        run,
+        "pbx-d",
+        "defer.user",
+        Some("defer.user@acme.example"),
+        None,
+    ));
+    events.push(Event::UserChanged {
+        tenant_id: "acme".into(),
+        run_id: run,
+        object_id: "obj-pbx-0".into(),
+        outcome: "updated".into(),
+        detail: None,
+    });
+    let counts = RunCounts {
+        created: USERS as i64 + 2,
+        ..RunCounts::default()
+    };
+    events.push(finished("acme", run, "succeeded", counts));
+    let batch = Event::Batch {
+        tenant_id: "acme".into(),
+        run_id: run,
+        batch: 1,
+        events,
+    };
+    room.publish(&batch).await;
+    // Welcome mails and copies of USERS + 2 users, less the refused welcome; the digest.
+    let expected = 2 * (USERS + 2) - 1 + 1;
+    room.wait_mails(expected).await;
+    room.wait_handled(1).await;
+    let (_, attempts, reply) = room.mail_row("welcome:acme:pbx-b").await.unwrap();
+    assert_eq!(attempts, 1, "refused for good, not retried");
+    assert!(reply.unwrap().contains("550"));
+    let (state, attempts, _) = room.mail_row("welcome:acme:pbx-d").await.unwrap();
+    assert_eq!((state.as_str(), attempts), ("sent", 3), "451 twice, then sent");
+    let mails = room.mails();
+    let digest = to(&mails, "it@acme.example");
+    assert_eq!(digest.len(), 1);
+    assert!(
+        digest[0]
+            .text()
+            .contains("  - bounce.user <bounce.user@acme.example>: refused: "),
+        "{}",
+        digest[0].text()
+    );
+
+    room.publish(&batch).await;
+    room.wait_handled(2).await;
+    let mails = room.mails();
+    let ids: HashSet<_> = mails.iter().filter_map(|m| m.message_id.clone()).collect();
+    assert_eq!((ids.len(), mails.len()), (expected, expected), "each once");
+    assert_eq!(room.ids_in("sent").await.len(), expected);
+}
+
 /// Through the whole pipeline: a wrong secret fails runs; the error is mailed
 /// once however often it recurs that day, and once the secret is fixed a mail
 /// says it is resolved, next to the welcome mails of the first real sync.
