@@ -1,6 +1,5 @@
-//! The differ's handler: record pages; at the end of a round decide the users
-//! that may need it (everyone when what planning depends on changed), store
-//! the verdicts and hand the changes to the applier.
+//! The differ's handler: record pages; at the end of a round decide every user,
+//! store the verdicts and hand the changes to the applier.
 
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage, PageBody};
 use usersync_core::Mode;
 use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
 
-use usersync_planner::Planner;
+use usersync_planner::{decision_label, Planner};
 use usersync_runtime::clock;
 
 pub struct Differ {
@@ -147,9 +146,7 @@ impl Differ {
             // The injectable clock: grace periods are tested by moving it.
             now: clock::now(),
         };
-        // A relisted membership may have moved anyone in or out of scope.
-        let everyone = round.full_round || round.groups.is_some_and(|g| g.relisted);
-        let survey = planner.survey_run(round.ids.run_id, everyone).await?;
+        let survey = planner.survey().await?;
         // An approval covers the next run only: one left open would wave
         // through a later, unrelated mass deletion.
         let approval = self
@@ -158,19 +155,25 @@ impl Differ {
             .await?;
         let approved = survey.guard_trips && approval;
         let hold = survey.hold_reason(&tenant.config, approved);
-        let stored = planner
-            .store_plan(round.ids.run_id, &survey, hold.as_deref(), |decision| {
+        let mut held = 0i64;
+        // Changes stored so far: the next page's changes are numbered on from here.
+        let mut numbered = 0u64;
+        let mut after = String::new();
+        loop {
+            let page = planner.plan_page(&survey, hold.as_deref(), &after).await?;
+            let Some(last) = page.last() else { break };
+            after = last.row.object_id.clone();
+            let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
+            for user in &planned {
+                let decision = decision_label(user);
+                held += i64::from(decision == "held");
                 metrics::counter!("usersync_user_decisions_total", "decision" => decision).increment(1);
-            })
-            .await?;
-        tracing::info!(
-            tenant_id = round.tenant_id,
-            run_id = %round.ids.run_id,
-            everyone = survey.decides_everyone(),
-            users = stored.users,
-            changes = stored.changes,
-            "planned"
-        );
+            }
+            numbered += self
+                .store
+                .save_plan(round.ids.run_id, round.tenant_id, &planned, numbered)
+                .await?;
+        }
         let mut warnings = survey.warnings(hold.as_deref());
         if approved {
             warnings.push(format!(
@@ -182,8 +185,10 @@ impl Differ {
             tracing::warn!(tenant_id = round.tenant_id, run_id = %round.ids.run_id, "{warning}");
         }
         self.store
-            .record_plan_outcome(round.ids.run_id, i64::try_from(stored.held)?, &warnings)
+            .record_plan_outcome(round.ids.run_id, held, &warnings)
             .await?;
+        // Before the run can end: once it shows as succeeded, its fields are there.
+        self.store.record_fields(round.tenant_id).await?;
         let paused = tenant.config.mode == Mode::Pause;
         if let Some(event) = self
             .store
@@ -194,9 +199,6 @@ impl Differ {
                     delta_link: round.delta_link,
                     full_round: round.full_round,
                     paused,
-                    basis: &planner.basis()?,
-                    planned_everyone: survey.decides_everyone(),
-                    planned_at: planner.now,
                 },
             )
             .await?

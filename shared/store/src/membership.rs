@@ -33,11 +33,10 @@ impl Store {
         }))
     }
 
-    /// Makes the round's members the ones the differ reads (`tenant_members`,
-    /// with the groups delta link): a relisting round replaces the stored
-    /// membership with the members it listed, any other scoped round keeps
-    /// it. An unscoped round drops the state. Idempotent: a redelivered end
-    /// of round does the same again.
+    /// Makes the round's members the ones the differ reads (`round_members`), and
+    /// stores them with the groups delta link: a relisting round replaces the
+    /// stored membership, any other scoped round uses it. An unscoped round
+    /// drops the state. Idempotent: a redelivered end of round does the same again.
     pub async fn settle_membership(
         &self,
         tenant_id: &str,
@@ -55,11 +54,6 @@ impl Store {
             return Ok(());
         };
         if groups.relisted {
-            // Anyone may have moved in or out of scope: until a plan is
-            // stored, the tenant's next plan decides everyone.
-            tx.execute("DELETE FROM tenant_plans WHERE tenant_id = $1", &[&tenant_id])
-                .await
-                .context("forgetting the last plan's basis")?;
             tx.execute("DELETE FROM tenant_members WHERE tenant_id = $1", &[&tenant_id])
                 .await?;
             tx.execute(
@@ -69,6 +63,15 @@ impl Store {
             )
             .await
             .context("storing the listed members")?;
+        } else {
+            tx.execute(
+                "INSERT INTO round_members (run_id, round_id, object_id)
+                 SELECT $2, $3, object_id FROM tenant_members WHERE tenant_id = $1
+                 ON CONFLICT DO NOTHING",
+                &[&tenant_id, &round.run_id, &round.round_id],
+            )
+            .await
+            .context("using the stored members for the round")?;
         }
         tx.execute(
             "INSERT INTO tenant_groups (tenant_id, delta_link, filter_group_ids, nested_group_ids)
