@@ -87,7 +87,16 @@ where
 }
 
 /// Polls `check` every 100 ms until it returns `Some`; `None` once `deadline` passed.
-pub async fn poll_until<T, F, Fut>(deadline: Duration, mut check: F) -> Option<T>
+pub async fn poll_until<T, F, Fut>(deadline: Duration, check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    poll_every(deadline, Duration::from_millis(100), check).await
+}
+
+/// Polls `check` every `every` until it returns `Some`; `None` once `deadline` passed.
+pub async fn poll_every<T, F, Fut>(deadline: Duration, every: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -100,7 +109,7 @@ where
         if start.elapsed() >= deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -21,7 +21,7 @@ use futures::{stream, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use usersync_e2e::{binary, workspace_target, Stack, PBX_TOKEN, RABBITMQ_API};
+use usersync_e2e::{binary, poll_every, workspace_target, Stack, PBX_TOKEN, RABBITMQ_API};
 
 use report::Row;
 
@@ -220,24 +220,6 @@ async fn run_duration(stack: &Stack, tenant: &str) -> f64 {
     match (time("started_at"), time("finished_at")) {
         (Some(started), Some(finished)) => (finished - started).as_seconds_f64(),
         _ => f64::NAN,
-    }
-}
-
-/// Polls `check` every `every` until it gives a value, or `None` after `deadline`.
-async fn poll<T, F, Fut>(deadline: Duration, every: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if started.elapsed() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(every).await;
     }
 }
 
@@ -445,7 +427,7 @@ async fn big_tenant(config: &mut Config, rows: &mut Vec<Row>, memory: &mut Memor
         );
         let requested = Instant::now();
         let mut resync = std::pin::pin!(resync_wait(&stack, "big", left));
-        let mut written = std::pin::pin!(poll(left, Duration::from_millis(20), || async {
+        let mut written = std::pin::pin!(poll_every(left, Duration::from_millis(20), || async {
             let stats = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
             (pbx_counter(&stats, "big", "updated") > before).then(|| requested.elapsed())
         }));
@@ -547,11 +529,11 @@ async fn mail_tenant(config: &Config, rows: &mut Vec<Row>, memory: &mut Memory) 
     let started = Instant::now();
     let deadline = config.deadline();
     let resync = resync_wait(&stack, "mail", deadline);
-    let delivered = poll(deadline, Duration::from_millis(250), || {
+    let delivered = poll_every(deadline, Duration::from_millis(250), || {
         std::future::ready((maildir_count(&stack.maildir) >= mails).then(|| started.elapsed()))
     });
     // When the first mail arrived: the start of the mail stage.
-    let first_mail = poll(deadline, Duration::from_millis(50), || {
+    let first_mail = poll_every(deadline, Duration::from_millis(50), || {
         std::future::ready((maildir_count(&stack.maildir) > 0).then(|| started.elapsed()))
     });
     let (resync, delivered, first_mail) = tokio::join!(resync, delivered, first_mail);
@@ -652,7 +634,7 @@ async fn many_tenants(config: &Config, rows: &mut Vec<Row>) {
         Err(why) => manual = manual.missed(why),
     }
     let left = config.deadline().saturating_sub(started.elapsed());
-    let ended = poll(left, Duration::from_secs(1), || async {
+    let ended = poll_every(left, Duration::from_secs(1), || async {
         let status = stack.cli_json(&["status", "--json"]).await;
         let lines = status.as_array().cloned().unwrap_or_default();
         let (mut done, mut succeeded) = (0, 0);
