@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::{stream, StreamExt};
 use usersync_bus::{Bus, Failure, Handler, Incoming};
-use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
+use usersync_contract::{
+    topology::{Lane, Stage},
+    Change, ChangeBatch, Event,
+};
 use usersync_core::{diff, Action, AdoptMatch, FieldPatch, SyncedFields, TenantConfig};
 use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxUser};
 use usersync_store::{
@@ -296,14 +299,20 @@ impl Applier {
         if changes.is_empty() {
             return Ok(());
         }
+        let run = self
+            .store
+            .run(batch.run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {} is not recorded", batch.run_id))?;
         let message = ChangeBatch {
             run_id: batch.run_id,
             tenant_id: batch.tenant_id.clone(),
             batch: next,
             changes,
         };
+        // The lane the run's first batches took: its batches stay in one queue.
         self.bus
-            .send(Stage::Applier, &message, &message.message_id())
+            .send_in(Stage::Applier, Lane::for_trigger(&run.trigger), &message, &message.message_id())
             .await
     }
 

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use usersync_bus::{Bus, Failure, Handler, Incoming};
-use usersync_contract::{topology::Stage, ChangeBatch, DirectoryPage, PageBody};
+use usersync_contract::{
+    topology::{Lane, Stage},
+    ChangeBatch, DirectoryPage, PageBody,
+};
 use usersync_core::Mode;
 use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
 
@@ -117,7 +120,7 @@ impl Differ {
             Some(RunState::Applying) => {}
             _ => return Ok(()),
         }
-        self.publish_changes(round).await
+        self.publish_changes(round, Lane::for_trigger(&run.trigger)).await
     }
 
     async fn plan(&self, round: &Round<'_>) -> anyhow::Result<()> {
@@ -214,7 +217,8 @@ impl Differ {
     /// the plan was stored); the applier sends each next one as it finishes
     /// one (windowed dispatch, so one run cannot bury the others). A batch
     /// already done is not sent again.
-    async fn publish_changes(&self, round: &Round<'_>) -> anyhow::Result<()> {
+    /// All in the run's lane: the applier sends the next ones in the same.
+    async fn publish_changes(&self, round: &Round<'_>, lane: Lane) -> anyhow::Result<()> {
         let run_id = round.ids.run_id;
         let batches = self.store.batch_count(run_id).await?;
         for batch in 0..batches.min(usersync_store::DISPATCH_WINDOW) {
@@ -229,7 +233,7 @@ impl Differ {
                 changes,
             };
             self.bus
-                .send(Stage::Applier, &message, &message.message_id())
+                .send_in(Stage::Applier, lane, &message, &message.message_id())
                 .await?;
         }
         tracing::info!(tenant_id = round.tenant_id, run_id = %run_id, batches, "changes handed to the applier");

@@ -3,7 +3,10 @@
 
 use tracing::Instrument;
 use usersync_bus::{Bus, Failure, Handler, Incoming};
-use usersync_contract::{topology::Stage, DirectoryPage, GroupsRound, PageBody, ResyncRequest};
+use usersync_contract::{
+    topology::{Lane, Stage},
+    DirectoryPage, GroupsRound, PageBody, ResyncRequest,
+};
 use usersync_core::TenantConfig;
 use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
 use usersync_store::{RunStart, RunState, SecretKey, Store};
@@ -169,11 +172,18 @@ impl Fetcher {
         tenant: &TenantConfig,
         delta_link: Option<String>,
     ) -> Result<(), RoundError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} is not recorded"))?;
         let round = RoundPublisher {
             bus: &self.bus,
             run_id,
             round_id: Uuid::new_v4(),
             tenant_id: &tenant.id,
+            // The whole run takes the lane of its trigger, page after page.
+            lane: Lane::for_trigger(&run.trigger),
         };
         let credentials = credentials(tenant);
         let mut pages = 0u32;
@@ -380,6 +390,7 @@ struct RoundPublisher<'a> {
     run_id: Uuid,
     round_id: Uuid,
     tenant_id: &'a str,
+    lane: Lane,
 }
 
 impl RoundPublisher<'_> {
@@ -390,7 +401,9 @@ impl RoundPublisher<'_> {
             tenant_id: self.tenant_id.to_owned(),
             body,
         };
-        self.bus.send(Stage::Differ, &page, &page.message_id()).await
+        self.bus
+            .send_in(Stage::Differ, self.lane, &page, &page.message_id())
+            .await
     }
 }
 

@@ -13,7 +13,10 @@ use tracing::Instrument;
 use usersync_contract::{topology::Stage, Message};
 use usersync_runtime::{health::reconnect_backoff, outage, Dependency};
 
-use crate::{header_u32, properties, retry_tier, Bus, Link, ATTEMPT_HEADER, PARKED_AT_HEADER, REASON_HEADER};
+use crate::{
+    header_u32, properties, retry_tier, Bus, Link, ATTEMPT_HEADER, ORIGIN_HEADER, PARKED_AT_HEADER,
+    REASON_HEADER,
+};
 
 /// How long a stopping service waits for the messages it is handling, unless
 /// `USERSYNC_SHUTDOWN_SECS` says otherwise.
@@ -112,12 +115,16 @@ pub trait Handler<M>: Send + Sync + 'static {
     fn handle(&self, incoming: Incoming<M>) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
+/// One consumer's next item, with the work queue it consumes: a retried
+/// message goes back to that queue's tiers, and so stays in its lane.
+type Taken = (Arc<str>, Option<lapin::Result<Delivery>>);
+
 /// The consumers of one connection: a channel per queue and their deliveries
 /// merged. A consumer whose stream ends yields `None` once, so the loss of any
 /// one of them is seen (not only of all).
 struct Subscription {
     channels: Vec<(Channel, ShortString)>,
-    deliveries: futures::stream::SelectAll<BoxStream<'static, Option<lapin::Result<Delivery>>>>,
+    deliveries: futures::stream::SelectAll<BoxStream<'static, Taken>>,
 }
 
 impl Subscription {
@@ -145,12 +152,12 @@ impl Subscription {
         let drain = async {
             while ended < self.channels.len() {
                 match self.deliveries.next().await {
-                    Some(Some(Ok(delivery))) => {
+                    Some((_, Some(Ok(delivery)))) => {
                         requeue(&delivery).await;
                         returned += 1;
                     }
-                    Some(Some(Err(_))) => {}
-                    Some(None) => ended += 1,
+                    Some((_, Some(Err(_)))) => {}
+                    Some((_, None)) => ended += 1,
                     None => break,
                 }
             }
@@ -283,21 +290,21 @@ impl Bus {
                 item = current.deliveries.next() => item,
                 () = &mut shutdown => break None,
             };
-            let delivery = match item {
-                Some(Some(Ok(delivery))) if current.is_live() => delivery,
+            let (source, delivery) = match item {
+                Some((source, Some(Ok(delivery)))) if current.is_live() => (source, delivery),
                 // Buffered by a channel that has since closed: it cannot be
                 // acknowledged, and the broker redelivers it anyway.
-                Some(Some(Ok(_))) => {
+                Some((_, Some(Ok(_)))) => {
                     self.lost(format!("the channel consuming {queue} closed"));
                     subscription = None;
                     continue;
                 }
-                Some(Some(Err(err))) => {
+                Some((_, Some(Err(err)))) => {
                     self.lost(format!("receiving from {queue}: {err}"));
                     subscription = None;
                     continue;
                 }
-                Some(None) | None => {
+                Some((_, None)) | None => {
                     self.lost(format!("the broker ended the consumer of {queue}"));
                     subscription = None;
                     continue;
@@ -313,7 +320,7 @@ impl Bus {
             let bus = self.clone();
             let handler = Arc::clone(&handler);
             in_hand.spawn(async move {
-                if let Err(err) = bus.handle(stage, options, delivery, handler).await {
+                if let Err(err) = bus.handle(stage, &source, options, delivery, handler).await {
                     tracing::error!(error = %format!("{err:#}"), "could not settle a message; it will be redelivered");
                 }
             });
@@ -341,9 +348,11 @@ impl Bus {
         Ok(())
     }
 
+    /// Handles one delivery taken from `source` (one of the stage's work queues).
     async fn handle<M, H, Fut>(
         &self,
         stage: Stage,
+        source: &str,
         options: ConsumeOptions,
         delivery: Delivery,
         handler: Arc<H>,
@@ -393,14 +402,14 @@ impl Bus {
                 let tier = retry_tier(wanted);
                 tracing::warn!(stage = stage.name(), attempt, delay_s = tier, %reason, "will retry");
                 metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(1);
-                self.republish(&delivery, &stage.retry_queue(tier), attempt + 1, None)
+                self.republish(&delivery, &stage.retry_queue_of(source, tier), attempt + 1, None)
                     .await?;
             }
             Err(Failure::Later { reason, after }) => {
                 let tier = retry_tier(after);
                 tracing::info!(stage = stage.name(), attempt, delay_s = tier, %reason, "not yet: will come back");
                 metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(1);
-                self.republish(&delivery, &stage.retry_queue(tier), attempt, None)
+                self.republish(&delivery, &stage.retry_queue_of(source, tier), attempt, None)
                     .await?;
             }
             Err(Failure::Unavailable { dependency, reason }) => {
@@ -408,12 +417,12 @@ impl Bus {
                 self.health().down(dependency, &reason);
                 let tier = retry_tier(Duration::ZERO);
                 tracing::warn!(stage = stage.name(), attempt, dependency = dependency.name(), %reason, "the {dependency} is unavailable: the message comes back without using an attempt");
-                self.republish(&delivery, &stage.retry_queue(tier), attempt, None)
+                self.republish(&delivery, &stage.retry_queue_of(source, tier), attempt, None)
                     .await?;
             }
             Err(Failure::Retry { reason, .. } | Failure::Reject { reason }) => {
                 tracing::error!(stage = stage.name(), attempt, %reason, "moved to the dead-letter queue");
-                self.republish(&delivery, &stage.dead_letter_queue(), attempt, Some(&reason))
+                self.republish(&delivery, &stage.dead_letter_queue(), attempt, Some((&reason, source)))
                     .await?;
             }
         }
@@ -425,18 +434,20 @@ impl Bus {
     }
 
     /// Copies a delivery to another queue (through the default exchange) with
-    /// its attempt count and, for the DLQ, the reason.
+    /// its attempt count and, for the DLQ, the reason and the work queue it
+    /// was taken from.
     async fn republish(
         &self,
         delivery: &Delivery,
         queue: &str,
         attempt: u32,
-        reason: Option<&str>,
+        parked: Option<(&str, &str)>,
     ) -> anyhow::Result<()> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
-        if let Some(reason) = reason {
+        if let Some((reason, origin)) = parked {
             headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+            headers.insert(ORIGIN_HEADER.into(), AMQPValue::LongString(origin.into()));
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -526,10 +537,12 @@ async fn subscribe(
             .with_context(|| format!("consuming {queue}"))?;
         tracing::info!(%queue, prefetch = options.prefetch, generation = link.generation, "consuming");
         channels.push((channel, consumer.tag()));
+        let source: Arc<str> = Arc::from(queue.as_str());
+        let end = Arc::clone(&source);
         deliveries.push(
             consumer
-                .map(Some)
-                .chain(futures::stream::once(async { None }))
+                .map(move |item| (Arc::clone(&source), Some(item)))
+                .chain(futures::stream::once(async move { (end, None) }))
                 .boxed(),
         );
     }

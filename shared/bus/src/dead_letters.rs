@@ -9,7 +9,7 @@ use lapin::{
 };
 use usersync_contract::topology::Stage;
 
-use crate::{header_u32, properties, Bus, ATTEMPT_HEADER, PARKED_AT_HEADER, REASON_HEADER};
+use crate::{header_u32, properties, Bus, ATTEMPT_HEADER, ORIGIN_HEADER, PARKED_AT_HEADER, REASON_HEADER};
 
 /// One message in a stage's dead-letter queue.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,7 +76,7 @@ impl Bus {
             let mut kept = FieldTable::default();
             for (key, value) in headers.inner() {
                 let key = key.as_str();
-                let bookkeeping = [REASON_HEADER, ATTEMPT_HEADER, PARKED_AT_HEADER].contains(&key)
+                let bookkeeping = [REASON_HEADER, ATTEMPT_HEADER, PARKED_AT_HEADER, ORIGIN_HEADER].contains(&key)
                     || key.starts_with("x-death")
                     || key.starts_with("x-first-death")
                     || key.starts_with("x-last-death");
@@ -111,15 +111,24 @@ impl Bus {
     }
 }
 
-/// The queue a parked message came from: the broker names it in `x-death` when
-/// it parked the message itself; the consumer parks only from the work queues.
+/// The work queue a parked message came from, so it goes back to its lane:
+/// the broker names it in `x-death` when it parked the message itself (the
+/// delivery limit); the consumer names it in [`ORIGIN_HEADER`]. Anything else
+/// (a message parked by an older version) goes to the stage's first queue.
 fn origin_queue(stage: Stage, headers: &FieldTable) -> String {
+    let consumed = stage.consumed_queues();
     let from_broker = first_death(headers).and_then(|death| match death.get("queue") {
         Some(AMQPValue::LongString(queue)) => Some(queue.to_string()),
         _ => None,
     });
-    from_broker
-        .filter(|queue| stage.consumed_queues().contains(queue))
+    let from_consumer = match headers.inner().get(ORIGIN_HEADER) {
+        Some(AMQPValue::LongString(queue)) => Some(queue.to_string()),
+        _ => None,
+    };
+    [from_broker, from_consumer]
+        .into_iter()
+        .flatten()
+        .find(|queue| consumed.contains(queue))
         .unwrap_or_else(|| stage.queue())
 }
 

@@ -22,7 +22,7 @@ use lapin::{
 };
 use tokio::sync::watch;
 use usersync_contract::{
-    topology::{Stage, MANUAL_ROUTING_KEY, PIPELINE_EXCHANGE, RESYNC_EXCHANGE, SCHEDULED_ROUTING_KEY},
+    topology::{Lane, Stage, PIPELINE_EXCHANGE, RESYNC_EXCHANGE},
     Message, ResyncRequest,
 };
 use usersync_runtime::{health::reconnect_backoff, outage, Dependency, Health};
@@ -34,6 +34,9 @@ pub use dead_letters::DeadLetter;
 pub const ATTEMPT_HEADER: &str = "x-usersync-attempt";
 /// Header carrying why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-usersync-reason";
+/// Header carrying the work queue a message was taken from when the consumer
+/// parked it: replay returns it there, to its lane.
+pub const ORIGIN_HEADER: &str = "x-usersync-origin";
 /// Header carrying when a message was dead-lettered (AMQP timestamp).
 pub const PARKED_AT_HEADER: &str = "x-usersync-parked-at";
 
@@ -226,12 +229,30 @@ impl Bus {
         }
     }
 
-    /// Publishes a message to a stage's work queue and waits for the broker's confirm.
+    /// Publishes a message to a stage's first work queue ([`Stage::queue`])
+    /// and waits for the broker's confirm. A run's pages and batches go with
+    /// [`Bus::send_in`], in the lane of the run.
     pub async fn send<M: Message>(&self, stage: Stage, message: &M, message_id: &str) -> anyhow::Result<()> {
+        self.send_to(&stage.queue(), message, message_id).await
+    }
+
+    /// Publishes a message to the work queue of `lane` in `stage` (see
+    /// [`Lane::for_trigger`]) and waits for the broker's confirm.
+    pub async fn send_in<M: Message>(
+        &self,
+        stage: Stage,
+        lane: Lane,
+        message: &M,
+        message_id: &str,
+    ) -> anyhow::Result<()> {
+        self.send_to(&stage.lane_queue(lane), message, message_id).await
+    }
+
+    async fn send_to<M: Message>(&self, queue: &str, message: &M, message_id: &str) -> anyhow::Result<()> {
         let body = serde_json::to_vec(message).context("encoding the message")?;
         self.publish_raw(
             PIPELINE_EXCHANGE,
-            &stage.queue(),
+            queue,
             &body,
             properties(M::TYPE, message_id, FieldTable::default()),
         )
@@ -243,11 +264,7 @@ impl Bus {
         let body = serde_json::to_vec(request).context("encoding the resync request")?;
         // The scheduler's own triggers wait in the scheduled queue; anything
         // a person or their tool asks for goes ahead of them.
-        let routing_key = if matches!(request.trigger.as_str(), "scheduled" | "sweep") {
-            SCHEDULED_ROUTING_KEY
-        } else {
-            MANUAL_ROUTING_KEY
-        };
+        let routing_key = Lane::for_trigger(&request.trigger).resync_routing_key();
         self.publish_raw(
             RESYNC_EXCHANGE,
             routing_key,

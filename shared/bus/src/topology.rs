@@ -33,7 +33,6 @@ pub(crate) async fn declare(channel: &Channel) -> anyhow::Result<()> {
     // their own that the fetcher consumes with separate capacity.
     let requests = Stage::Fetcher.queue();
     bind(channel, &requests, RESYNC_EXCHANGE, MANUAL_ROUTING_KEY).await?;
-    declare_queue(channel, SCHEDULED_REQUESTS_QUEUE, work_queue_args(Stage::Fetcher)).await?;
     bind(
         channel,
         SCHEDULED_REQUESTS_QUEUE,
@@ -70,31 +69,30 @@ fn work_queue_args(stage: Stage) -> FieldTable {
 }
 
 async fn declare_stage(channel: &Channel, stage: Stage) -> anyhow::Result<()> {
-    let work = stage.queue();
     let dlq = stage.dead_letter_queue();
-
-    declare_queue(channel, &work, work_queue_args(stage)).await?;
-    bind(channel, &work, PIPELINE_EXCHANGE, &work).await?;
-
     declare_queue(channel, &dlq, quorum()).await?;
     bind(channel, &dlq, PIPELINE_EXCHANGE, &dlq).await?;
-
-    // Retry tiers: a message waits out the queue's TTL, then dead-letters back to the work queue.
-    for delay in RETRY_DELAYS_SECS {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(i64::from(delay) * 1000),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(PIPELINE_EXCHANGE.into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(work.clone().into()),
-        );
-        declare_queue(channel, &stage.retry_queue(delay), args).await?;
+    // Every lane's work queue, each with retry tiers of its own: a message
+    // that waits out a tier comes back to the lane it was taken from.
+    for work in stage.consumed_queues() {
+        declare_queue(channel, &work, work_queue_args(stage)).await?;
+        bind(channel, &work, PIPELINE_EXCHANGE, &work).await?;
+        for delay in RETRY_DELAYS_SECS {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::from(delay) * 1000),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(PIPELINE_EXCHANGE.into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(work.clone().into()),
+            );
+            declare_queue(channel, &stage.retry_queue_of(&work, delay), args).await?;
+        }
     }
     Ok(())
 }
