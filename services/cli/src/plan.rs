@@ -235,7 +235,7 @@ pub fn field_changes(applied: &SyncedFields, patch: &FieldPatch) -> Vec<FieldCha
 
 pub async fn explain(store: &Store, id: &str, key: &str, json: bool) -> anyhow::Result<()> {
     let (tenant, round, scoped) = planner_inputs(store, id).await?;
-    let mut found = store.find_users(id, round, key).await?;
+    let mut found = store.find_users(id, key).await?;
     let row = match found.len() {
         0 => bail!(
             "no user of tenant {id} matches {key:?}: give an object id, an alias, a mail address or a user principal name"

@@ -1,5 +1,6 @@
-//! The differ's handler: record pages; at the end of a round decide every user,
-//! store the verdicts and hand the changes to the applier.
+//! The differ's handler: record pages; at the end of a round decide the users
+//! that may need it (everyone when what planning depends on changed), store
+//! the verdicts and hand the changes to the applier.
 
 use std::time::Duration;
 
@@ -9,9 +10,9 @@ use usersync_contract::{
     ChangeBatch, DirectoryPage, PageBody,
 };
 use usersync_core::Mode;
-use usersync_store::{Round as StoreRound, RoundEnd, RunState, Store};
+use usersync_store::{PageOutcome, Round as StoreRound, RoundEnd, RunState, Store};
 
-use usersync_planner::{decision_label, Planner};
+use usersync_planner::Planner;
 use usersync_runtime::clock;
 
 pub struct Differ {
@@ -28,16 +29,22 @@ impl Handler<DirectoryPage> for Differ {
         };
         match &page.body {
             PageBody::Users { page: number, users } => {
-                self.store
+                let outcome = self
+                    .store
                     .record_users_page(round, &page.tenant_id, *number, users)
                     .await?;
+                log_unrecorded(outcome, &page.tenant_id, round, *number);
                 Ok(())
             }
             PageBody::Members {
                 page: number,
                 member_ids,
             } => {
-                self.store.record_members_page(round, *number, member_ids).await?;
+                let outcome = self
+                    .store
+                    .record_members_page(round, &page.tenant_id, *number, member_ids)
+                    .await?;
+                log_unrecorded(outcome, &page.tenant_id, round, *number);
                 Ok(())
             }
             PageBody::RoundComplete {
@@ -47,6 +54,24 @@ impl Handler<DirectoryPage> for Differ {
                 delta_link,
                 groups,
             } => {
+                let ids = round;
+                let round = Round {
+                    ids,
+                    pages: *pages,
+                    tenant_id: &page.tenant_id,
+                    full_round: *full_round,
+                    scoped: *scoped,
+                    delta_link,
+                    groups: groups.as_ref(),
+                };
+                // A superseded round's pages are not all recorded and never
+                // will be: the run goes on with the round that superseded it.
+                if !self.store.is_current_round(&page.tenant_id, ids).await? {
+                    tracing::debug!(tenant_id = page.tenant_id, run_id = %ids.run_id, round_id = %ids.round_id,
+                        "the end of a superseded round: nothing to plan");
+                    return self.complete_superseded(&round).await.map_err(Failure::from);
+                }
+                let round = ids;
                 let recorded = self.pages_recorded(round, i64::from(*pages)).await?;
                 if recorded < i64::from(*pages) {
                     let reason = format!("{recorded} of {pages} pages recorded so far");
@@ -70,6 +95,7 @@ impl Handler<DirectoryPage> for Differ {
                 }
                 let round = Round {
                     ids: round,
+                    pages: *pages,
                     tenant_id: &page.tenant_id,
                     full_round: *full_round,
                     scoped: *scoped,
@@ -106,6 +132,18 @@ impl Differ {
         }
     }
 
+    /// A redelivered end of a round that planned its run before it was
+    /// superseded may still have its changes to publish; any other changes nothing.
+    async fn complete_superseded(&self, round: &Round<'_>) -> anyhow::Result<()> {
+        let Some(run) = self.store.run(round.ids.run_id).await? else {
+            return Ok(());
+        };
+        if RunState::parse(&run.state) == Some(RunState::Applying) {
+            self.publish_changes(round).await?;
+        }
+        Ok(())
+    }
+
     async fn complete_round(&self, round: &Round<'_>) -> anyhow::Result<()> {
         let Some(run) = self.store.run(round.ids.run_id).await? else {
             anyhow::bail!("run {} is not recorded", round.ids.run_id);
@@ -114,7 +152,9 @@ impl Differ {
             Some(RunState::Fetching | RunState::Differing) => {
                 // What an earlier attempt stored goes: the batches are numbered from the start.
                 self.store.restart_plan(round.ids.run_id).await?;
-                self.plan(round).await?;
+                if !self.plan(round).await? {
+                    return Ok(());
+                }
             }
             // A redelivered end of round: the plan is stored, only publishing may be missing.
             Some(RunState::Applying) => {}
@@ -123,16 +163,32 @@ impl Differ {
         self.publish_changes(round, Lane::for_trigger(&run.trigger)).await
     }
 
-    async fn plan(&self, round: &Round<'_>) -> anyhow::Result<()> {
+    /// Plans the run from its round; false when a newer round superseded
+    /// this one first (then nothing is stored).
+    async fn plan(&self, round: &Round<'_>) -> anyhow::Result<bool> {
         self.store
             .set_run_state(round.ids.run_id, RunState::Differing)
             .await?;
         let tenant = self.store.require_tenant(round.tenant_id, None).await?;
-        self.store
+        if !self
+            .store
             .settle_membership(round.tenant_id, round.ids, round.groups)
-            .await?;
+            .await?
+        {
+            tracing::debug!(tenant_id = round.tenant_id, round_id = %round.ids.round_id,
+                "superseded while planning: the newer round plans the run");
+            return Ok(false);
+        }
         if round.full_round {
-            let gone = self.store.mark_unseen_removed(round.tenant_id, round.ids).await?;
+            let Some(gone) = self
+                .store
+                .mark_unseen_removed(round.tenant_id, round.ids, round.pages)
+                .await?
+            else {
+                tracing::debug!(tenant_id = round.tenant_id, round_id = %round.ids.round_id,
+                    "superseded while planning: the newer round plans the run");
+                return Ok(false);
+            };
             if gone > 0 {
                 tracing::info!(
                     tenant_id = round.tenant_id,
@@ -149,7 +205,9 @@ impl Differ {
             // The injectable clock: grace periods are tested by moving it.
             now: clock::now(),
         };
-        let survey = planner.survey().await?;
+        // A relisted membership may have moved anyone in or out of scope.
+        let everyone = round.full_round || round.groups.is_some_and(|g| g.relisted);
+        let survey = planner.survey_run(round.ids.run_id, everyone).await?;
         // An approval covers the next run only: one left open would wave
         // through a later, unrelated mass deletion.
         let approval = self
@@ -158,25 +216,19 @@ impl Differ {
             .await?;
         let approved = survey.guard_trips && approval;
         let hold = survey.hold_reason(&tenant.config, approved);
-        let mut held = 0i64;
-        // Changes stored so far: the next page's changes are numbered on from here.
-        let mut numbered = 0u64;
-        let mut after = String::new();
-        loop {
-            let page = planner.plan_page(&survey, hold.as_deref(), &after).await?;
-            let Some(last) = page.last() else { break };
-            after = last.row.object_id.clone();
-            let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
-            for user in &planned {
-                let decision = decision_label(user);
-                held += i64::from(decision == "held");
+        let stored = planner
+            .store_plan(round.ids.run_id, &survey, hold.as_deref(), |decision| {
                 metrics::counter!("usersync_user_decisions_total", "decision" => decision).increment(1);
-            }
-            numbered += self
-                .store
-                .save_plan(round.ids.run_id, round.tenant_id, &planned, numbered)
-                .await?;
-        }
+            })
+            .await?;
+        tracing::info!(
+            tenant_id = round.tenant_id,
+            run_id = %round.ids.run_id,
+            everyone = survey.decides_everyone(),
+            users = stored.users,
+            changes = stored.changes,
+            "planned"
+        );
         let mut warnings = survey.warnings(hold.as_deref());
         if approved {
             warnings.push(format!(
@@ -188,10 +240,8 @@ impl Differ {
             tracing::warn!(tenant_id = round.tenant_id, run_id = %round.ids.run_id, "{warning}");
         }
         self.store
-            .record_plan_outcome(round.ids.run_id, held, &warnings)
+            .record_plan_outcome(round.ids.run_id, i64::try_from(stored.held)?, &warnings)
             .await?;
-        // Before the run can end: once it shows as succeeded, its fields are there.
-        self.store.record_fields(round.tenant_id).await?;
         let paused = tenant.config.mode == Mode::Pause;
         if let Some(event) = self
             .store
@@ -202,6 +252,9 @@ impl Differ {
                     delta_link: round.delta_link,
                     full_round: round.full_round,
                     paused,
+                    basis: &planner.basis()?,
+                    planned_everyone: survey.decides_everyone(),
+                    planned_at: planner.now,
                 },
             )
             .await?
@@ -210,7 +263,7 @@ impl Differ {
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends the first [`DISPATCH_WINDOW`] of the run's batches (numbered as
@@ -241,8 +294,23 @@ impl Differ {
     }
 }
 
+/// A page that changed nothing is acknowledged; the log says why.
+fn log_unrecorded(outcome: PageOutcome, tenant_id: &str, round: StoreRound, page: u32) {
+    match outcome {
+        PageOutcome::Recorded => {}
+        PageOutcome::AlreadyRecorded => {
+            tracing::debug!(tenant_id, round_id = %round.round_id, page, "page recorded before: skipped");
+        }
+        PageOutcome::StaleRound => {
+            tracing::debug!(tenant_id, round_id = %round.round_id, page, "page of a superseded round: skipped");
+        }
+    }
+}
+
 struct Round<'a> {
     ids: StoreRound,
+    /// Pages the round published (users and members).
+    pages: u32,
     tenant_id: &'a str,
     full_round: bool,
     scoped: bool,

@@ -185,6 +185,13 @@ impl Fetcher {
             // The whole run takes the lane of its trigger, page after page.
             lane: Lane::for_trigger(&run.trigger),
         };
+        // Before its first page: from now on the pages of any earlier round
+        // (of a fetcher killed mid-round, or a restarted paging) change nothing.
+        let ids = usersync_store::Round {
+            run_id,
+            round_id: round.round_id,
+        };
+        self.store.begin_round(&tenant.id, ids).await?;
         let credentials = credentials(tenant);
         let mut pages = 0u32;
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();

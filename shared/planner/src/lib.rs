@@ -3,33 +3,46 @@
 //! every decision; this crate gathers its inputs page by page.
 //!
 //! Two passes, both in pages so memory does not grow with the tenant:
-//! 1. the survey: every user's claims on unique values (alias, fixed number)
-//!    go to a temporary table, and the deletions the run would make are
-//!    counted; from that come the conflicts and the mass-deletion guard;
+//! 1. the survey: the claims on unique values (alias, fixed number) of the
+//!    users decided go to a temporary table, and the deletions the run would
+//!    make are counted; from that come the conflicts and the mass-deletion guard;
 //! 2. the plan: each user decided with those tenant-wide facts.
 //!
-//! The differ stores the plan; `usersync plan` and `usersync explain` print it
-//! and change nothing.
+//! A run decides everyone only when what planning depends on may have
+//! changed ([`Planner::survey_run`]); otherwise it decides the users its round
+//! returned, those not settled yet (a change not applied, skipped, held,
+//! pending deletion) and those sharing a unique value with them. Everyone
+//! else would be decided as before: nothing about them or their tenant
+//! changed, and their claims, stored with their last decision, still count
+//! for conflicts.
+//!
+//! The differ stores the plan; `usersync plan` and `usersync explain` decide
+//! everyone and change nothing.
 
 mod user;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use usersync_core::conflict::losers;
-use usersync_core::{claims_of, resolve_conflicts, Action, Conflict, Mode, Problem, Scope, TenantConfig};
+use usersync_core::{resolve_conflicts, Action, Conflict, Problem, Scope, TenantConfig};
 use usersync_store::{PlannedUser, ReconcileRow, Round, Store};
+use uuid::Uuid;
 
 pub use user::{applied_of, decision_label, mapped_fields, plan_user, scope_of, Overrides, PlanContext};
 
 /// Users read per page.
 pub const PLAN_PAGE: i64 = 500;
 
+/// The longest a tenant goes without a run that decides everyone: a
+/// safety net for anything that changed outside what planning tracks.
+pub const FULL_PLAN_EVERY: TimeDelta = TimeDelta::days(7);
+
 /// One tenant's plan in the making.
 pub struct Planner<'a> {
     pub store: &'a Store,
     pub tenant: &'a TenantConfig,
-    /// The round whose filter-group members are in scope.
+    /// The round planned: the users it returned are decided.
     pub round: Round,
     pub scoped: bool,
     pub now: DateTime<Utc>,
@@ -38,6 +51,8 @@ pub struct Planner<'a> {
 /// What the first pass found over the whole tenant.
 #[derive(Debug, Default)]
 pub struct Survey {
+    /// The run that decides only the users it chose; `None`: everyone.
+    pub chosen: Option<Uuid>,
     pub conflicts: Vec<Conflict>,
     losers: BTreeMap<String, Vec<Problem>>,
     /// Deletions due in this run, before the guard.
@@ -46,6 +61,16 @@ pub struct Survey {
     pub synced: u64,
     /// The deletions are more than the tenant's guard allows.
     pub guard_trips: bool,
+}
+
+/// What [`Planner::store_plan`] stored.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoredPlan {
+    /// Users decided.
+    pub users: u64,
+    pub changes: u64,
+    /// Due deletions the guard held back.
+    pub held: u64,
 }
 
 /// A user and its verdict.
@@ -63,17 +88,49 @@ impl Planner<'_> {
         }
     }
 
-    /// The first pass: conflicts and the deletion count.
+    /// What the plan depends on besides the stored users: the tenant file
+    /// as planned and the planner's version. Only its digest is stored.
+    pub fn basis(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "{} {}",
+            env!("CARGO_PKG_VERSION"),
+            serde_json::to_string(self.tenant)?
+        ))
+    }
+
+    /// The first pass of run `run_id`: over everyone when `everyone` (a full
+    /// round, a relisted membership) or when the tenant's last plan had
+    /// another basis or decided everyone too long ago; otherwise over the
+    /// users the round returned and those not settled.
+    pub async fn survey_run(&self, run_id: Uuid, everyone: bool) -> anyhow::Result<Survey> {
+        let last = self.store.last_plan(&self.tenant.id, &self.basis()?).await?;
+        let current =
+            last.is_some_and(|last| last.same_basis && self.now - last.full_planned_at < FULL_PLAN_EVERY);
+        if everyone || !current {
+            return self.survey().await;
+        }
+        self.store
+            .choose_plan_users(run_id, &self.tenant.id, self.round)
+            .await?;
+        self.survey_of(Some(run_id)).await
+    }
+
+    /// The first pass over everyone: conflicts and the deletion count.
     pub async fn survey(&self) -> anyhow::Result<Survey> {
+        self.survey_of(None).await
+    }
+
+    async fn survey_of(&self, chosen: Option<Uuid>) -> anyhow::Result<Survey> {
         let context = self.context();
-        // Paused or unable to build users: nothing is written, nothing conflicts.
-        let writes = self.tenant.mode != Mode::Pause && self.tenant.field_mapping.is_complete();
         let mut claims = self.store.claim_session().await?;
-        let mut survey = Survey::default();
+        let mut survey = Survey {
+            chosen,
+            ..Survey::default()
+        };
         let mut after = String::new();
         loop {
             let rows = claims
-                .reconcile_rows(&self.tenant.id, self.round, &after, PLAN_PAGE)
+                .reconcile_rows(&self.tenant.id, chosen, &after, PLAN_PAGE)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.object_id.clone();
@@ -82,19 +139,8 @@ impl Planner<'_> {
                 let (scope, mapped) = mapped_fields(row, &context);
                 let applied = applied_of(row);
                 survey.synced += u64::from(applied.is_some());
-                if !writes {
-                    continue;
-                }
-                let desired = match &mapped {
-                    Some(Ok(fields)) => Some(fields),
-                    _ => None,
-                };
-                page_claims.extend(claims_of(
-                    &row.object_id,
-                    desired,
-                    applied.as_ref().map(|a| &a.fields),
-                ));
-                if scope != Scope::In {
+                page_claims.extend(user::claims(row, mapped.as_ref(), applied.as_ref(), &context));
+                if context.writes() && scope != Scope::In {
                     let decision =
                         user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), &context);
                     survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
@@ -102,7 +148,14 @@ impl Planner<'_> {
             }
             claims.add(&page_claims).await?;
         }
-        let contested = claims.contested().await?;
+        let contested = claims.contested(&self.tenant.id, chosen).await?;
+        if let Some(run_id) = chosen {
+            // Everyone in a conflict is decided, whichever side they were on.
+            let involved: Vec<&str> = contested.iter().map(|c| c.object_id.as_str()).collect();
+            claims.choose(run_id, &involved).await?;
+            // Everyone not decided is settled: no deletion of theirs is due.
+            survey.synced = claims.synced_users(&self.tenant.id).await?;
+        }
         claims.finish().await?;
         survey.conflicts = resolve_conflicts(&contested);
         survey.losers = losers(&survey.conflicts);
@@ -123,7 +176,7 @@ impl Planner<'_> {
             losers: Some(&survey.losers),
             hold,
         };
-        let rows = self.page(after).await?;
+        let rows = self.page(survey.chosen, after).await?;
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -131,6 +184,38 @@ impl Planner<'_> {
                 Planned { row, user }
             })
             .collect())
+    }
+
+    /// The second pass of run `run_id`: decides the users of `survey` page by
+    /// page and stores each page's verdicts with its changes numbered into
+    /// batches. `decided` hears each decision's label.
+    pub async fn store_plan(
+        &self,
+        run_id: Uuid,
+        survey: &Survey,
+        hold: Option<&str>,
+        mut decided: impl FnMut(&'static str),
+    ) -> anyhow::Result<StoredPlan> {
+        let mut stored = StoredPlan::default();
+        let mut after = String::new();
+        loop {
+            let page = self.plan_page(survey, hold, &after).await?;
+            let Some(last) = page.last() else { break };
+            after = last.row.object_id.clone();
+            let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
+            for user in &planned {
+                let decision = decision_label(user);
+                stored.held += u64::from(decision == "held");
+                decided(decision);
+            }
+            stored.users += planned.len() as u64;
+            // Changes stored so far: this page's are numbered on from there.
+            stored.changes += self
+                .store
+                .save_plan(run_id, &self.tenant.id, &planned, stored.changes)
+                .await?;
+        }
+        Ok(stored)
     }
 
     /// The verdict on one user, with the tenant-wide facts of `survey`.
@@ -142,14 +227,19 @@ impl Planner<'_> {
         plan_user(row, &self.context(), &overrides)
     }
 
-    async fn page(&self, after: &str) -> anyhow::Result<Vec<ReconcileRow>> {
+    async fn page(&self, chosen: Option<Uuid>, after: &str) -> anyhow::Result<Vec<ReconcileRow>> {
         self.store
-            .reconcile_rows(&self.tenant.id, self.round, after, PLAN_PAGE)
+            .reconcile_rows(&self.tenant.id, chosen, after, PLAN_PAGE)
             .await
     }
 }
 
 impl Survey {
+    /// The plan decides everyone (not only the users it chose).
+    pub fn decides_everyone(&self) -> bool {
+        self.chosen.is_none()
+    }
+
     /// Why deletions are held: the guard tripped and no approval covers it.
     pub fn hold_reason(&self, tenant: &TenantConfig, approved: bool) -> Option<String> {
         (self.guard_trips && !approved).then(|| {

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use usersync_contract::Change;
 use usersync_core::{
-    decide, map_user, Action, Applied, Decision, Mode, Policy, Problem, Scope, SyncedFields, TenantConfig,
-    UserView,
+    claims_of, decide, map_user, Action, Applied, Claim, Decision, Mode, Policy, Problem, Scope,
+    SyncedFields, TenantConfig, UserView,
 };
 use usersync_store::{PlannedUser, ReconcileRow};
 
@@ -28,6 +28,12 @@ impl PlanContext<'_> {
             mapping_complete: self.tenant.field_mapping.is_complete(),
             now: self.now,
         }
+    }
+
+    /// Users are written to the PBX: not paused, and the mapping can build them.
+    /// Otherwise nothing is written and nothing conflicts.
+    pub fn writes(&self) -> bool {
+        self.tenant.mode != Mode::Pause && self.tenant.field_mapping.is_complete()
     }
 }
 
@@ -73,6 +79,24 @@ pub fn applied_of(row: &ReconcileRow) -> Option<Applied> {
     })
 }
 
+/// The user's claims on unique values: what it wants (when its mapping
+/// succeeds) and what it holds in the PBX.
+pub fn claims(
+    row: &ReconcileRow,
+    mapped: Option<&Result<SyncedFields, Vec<Problem>>>,
+    applied: Option<&Applied>,
+    context: &PlanContext,
+) -> Vec<Claim> {
+    if !context.writes() {
+        return Vec::new();
+    }
+    let desired = match mapped {
+        Some(Ok(fields)) => Some(fields),
+        _ => None,
+    };
+    claims_of(&row.object_id, desired, applied.map(|a| &a.fields))
+}
+
 /// The core's decision from the user's own data alone.
 pub fn own_decision(
     row: &ReconcileRow,
@@ -94,13 +118,14 @@ pub fn own_decision(
 
 pub fn plan_user(row: &ReconcileRow, context: &PlanContext, overrides: &Overrides) -> PlannedUser {
     let (scope, mut mapped) = mapped_fields(row, context);
+    let sync = row.sync.as_ref();
+    let applied = applied_of(row);
+    let claims = claims(row, mapped.as_ref(), applied.as_ref(), context);
     // A user who lost a conflict is skipped like an invalid one, so it
     // overwrites nobody.
     if let (Some(Ok(_)), Some(lost)) = (&mapped, overrides.losers.and_then(|l| l.get(&row.object_id))) {
         mapped = Some(Err(lost.clone()));
     }
-    let sync = row.sync.as_ref();
-    let applied = applied_of(row);
     let mut decision = own_decision(row, scope, mapped.as_ref(), applied.as_ref(), context);
     if let Some(reason) = overrides.hold {
         decision = decision.hold_deletion(reason);
@@ -135,6 +160,14 @@ pub fn plan_user(row: &ReconcileRow, context: &PlanContext, overrides: &Override
     } else {
         decision.skipped
     };
+    // Skips, holds and pending deletions are decided again by every run (a
+    // grace period runs out by time alone); a change settles once applied.
+    let settled_version =
+        if !skipped.is_empty() || decision.held.is_some() || decision.pending_delete_at.is_some() {
+            None
+        } else {
+            Some(change.as_ref().map_or(0, |c| c.desired_version))
+        };
     PlannedUser {
         object_id: row.object_id.clone(),
         state,
@@ -144,6 +177,8 @@ pub fn plan_user(row: &ReconcileRow, context: &PlanContext, overrides: &Override
         held: decision.held,
         pending_delete_at: decision.pending_delete_at,
         change,
+        settled_version,
+        claims,
     }
 }
 

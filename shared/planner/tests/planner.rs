@@ -5,9 +5,9 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use tokio_postgres::types::Json;
 use usersync_core::{parse_tenant_file, Action, SyncedFields, TenantConfig};
-use usersync_planner::{decision_label, Planner, PLAN_PAGE};
+use usersync_planner::{decision_label, Planner, Survey, PLAN_PAGE};
 use usersync_store::testing::{in_fresh_database, TEST_KEY};
-use usersync_store::{Round, RunStart, SecretKey, Store};
+use usersync_store::{Round, RoundEnd, RunStart, SecretKey, Store};
 use uuid::Uuid;
 
 fn tenant() -> TenantConfig {
@@ -207,6 +207,300 @@ async fn a_survey_leaves_no_claims_behind() {
             .unwrap()
             .get(0);
         assert_eq!(tables, 0);
+    })
+    .await;
+}
+
+/// One run of the differ over `round`: survey, store the plan, end planning;
+/// then what the applier records when every change is applied. Returns the
+/// survey and each decided user's label.
+async fn run(
+    store: &Store,
+    tenant: &TenantConfig,
+    round: Round,
+    now: chrono::DateTime<Utc>,
+    everyone: bool,
+) -> (Survey, std::collections::BTreeMap<String, &'static str>) {
+    let planner = Planner {
+        store,
+        tenant,
+        round,
+        scoped: false,
+        now,
+    };
+    let survey = planner.survey_run(round.run_id, everyone).await.expect("survey");
+    let hold = survey.hold_reason(tenant, false);
+    let mut labels = std::collections::BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page = planner
+            .plan_page(&survey, hold.as_deref(), &after)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        after = last.row.object_id.clone();
+        for planned in &page {
+            labels.insert(planned.row.object_id.clone(), decision_label(&planned.user));
+        }
+    }
+    planner
+        .store_plan(round.run_id, &survey, hold.as_deref(), |_| {})
+        .await
+        .expect("storing the plan");
+    let end = RoundEnd {
+        delta_link: "https://graph/users/delta?$deltatoken=1",
+        full_round: everyone,
+        paused: false,
+        basis: &planner.basis().expect("basis"),
+        planned_everyone: survey.decides_everyone(),
+        planned_at: now,
+    };
+    store
+        .complete_planning(round.run_id, "acme", &end)
+        .await
+        .expect("completing the planning");
+    apply_everything(store, round.run_id).await;
+    (survey, labels)
+}
+
+/// What the applier records when each of the run's changes is applied.
+async fn apply_everything(store: &Store, run_id: Uuid) {
+    let client = store.client().await.expect("connection");
+    client
+        .batch_execute(&format!(
+            "UPDATE sync_users s SET pbx_id = NULL, applied = NULL, applied_version = c.desired_version,
+                    pending_delete_at = NULL, state = 'deleted'
+             FROM run_changes c
+             WHERE c.run_id = '{run_id}' AND c.object_id = s.object_id AND c.action ? 'delete';
+             UPDATE sync_users s SET pbx_id = coalesce(s.pbx_id, 'pbx-' || s.object_id), applied = s.desired,
+                    applied_version = c.desired_version, state = 'active'
+             FROM run_changes c
+             WHERE c.run_id = '{run_id}' AND c.object_id = s.object_id AND NOT c.action ? 'delete';
+             UPDATE run_changes SET outcome = 'applied' WHERE run_id = '{run_id}';
+             UPDATE runs SET state = 'succeeded', finished_at = now() WHERE id = '{run_id}';"
+        ))
+        .await
+        .expect("applying the changes");
+}
+
+/// A new run of the tenant, with `users` as its round's page (if any).
+async fn next_round(store: &Store, users: &[Value]) -> Round {
+    let round = Round {
+        run_id: Uuid::new_v4(),
+        round_id: Uuid::new_v4(),
+    };
+    store
+        .start_run(round.run_id, "acme", "scheduled", false)
+        .await
+        .expect("run");
+    assert!(store
+        .begin_round("acme", round)
+        .await
+        .expect("beginning the round"));
+    if !users.is_empty() {
+        store
+            .record_users_page(round, "acme", 0, users)
+            .await
+            .expect("page");
+    }
+    round
+}
+
+fn tenant_with(grace_days: u32, surname: &str) -> TenantConfig {
+    let mut tenant = tenant();
+    tenant.delete_after_days = grace_days;
+    tenant.field_mapping = serde_json::from_value(json!({
+        "alias": "mailNickname", "first_name": "givenName", "surname": surname, "pstn_fixed": "businessPhones[0]"
+    }))
+    .expect("a mapping");
+    tenant
+}
+
+/// Thirty users synced by a first run (everyone decided, every change applied).
+async fn synced_tenant(url: &str, tenant: &TenantConfig) -> (Store, Vec<Value>) {
+    let users: Vec<Value> = (0..30).map(|i| user(i, &format!("user{i}"))).collect();
+    let (store, round) = recorded(url, &users).await;
+    let (survey, labels) = run(&store, tenant, round, Utc::now(), true).await;
+    assert!(survey.decides_everyone());
+    assert_eq!(labels.values().filter(|l| **l == "create").count(), 30);
+    (store, users)
+}
+
+#[tokio::test]
+async fn a_quiet_run_decides_nobody_and_a_change_only_its_user() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(0, "surname");
+        let (store, users) = synced_tenant(&url, &tenant).await;
+        // The run after the first sync: the applied creates are settled.
+        let round = next_round(&store, &[]).await;
+        let (survey, labels) = run(&store, &tenant, round, Utc::now(), false).await;
+        assert_eq!(survey.chosen, Some(round.run_id));
+        assert!(labels.is_empty(), "{labels:?}");
+        assert_eq!(survey.synced, 30);
+
+        let mut changed = users[7].clone();
+        changed["surname"] = json!("Lind");
+        let round = next_round(&store, &[changed]).await;
+        let (_, labels) = run(&store, &tenant, round, Utc::now(), false).await;
+        assert_eq!(
+            labels.into_iter().collect::<Vec<_>>(),
+            [("u0007".to_owned(), "update")]
+        );
+
+        // Its change applied, that user is settled too.
+        let (_, labels) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert!(labels.is_empty(), "{labels:?}");
+
+        // And `usersync plan` (everyone, from stored data) agrees: nothing to do.
+        let planner = planner(&store, &tenant, round);
+        let survey = planner.survey().await.expect("survey");
+        let page = planner.plan_page(&survey, None, "").await.expect("page");
+        assert_eq!(page.len(), 30);
+        assert!(page.iter().all(|p| decision_label(&p.user) == "none"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_conflict_between_a_changed_and_an_unchanged_user_is_found() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(0, "surname");
+        let (store, users) = synced_tenant(&url, &tenant).await;
+        // u0012 takes the alias u0003 has in the PBX.
+        let mut taker = users[12].clone();
+        taker["mailNickname"] = json!("user3");
+        let round = next_round(&store, &[taker]).await;
+        let (survey, labels) = run(&store, &tenant, round, Utc::now(), false).await;
+        assert_eq!(survey.conflicts.len(), 1, "{:?}", survey.conflicts);
+        assert_eq!(survey.conflicts[0].winner, "u0003");
+        assert_eq!(survey.conflicts[0].losers, ["u0012"]);
+        assert_eq!(labels["u0012"], "skip");
+        assert_eq!(labels["u0003"], "none");
+        assert_eq!(labels.len(), 2);
+        // The loser stays skipped, run after run, until it changes.
+        let (survey, labels) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert_eq!(survey.conflicts.len(), 1);
+        assert_eq!(labels["u0012"], "skip");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deletion_due_by_time_alone_is_made_by_a_quiet_run() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(3, "surname");
+        let (store, _) = synced_tenant(&url, &tenant).await;
+        let gone = json!({"id": "u0004", "@removed": {"reason": "deleted"}});
+        let (_, labels) = run(
+            &store,
+            &tenant,
+            next_round(&store, &[gone]).await,
+            Utc::now(),
+            false,
+        )
+        .await;
+        assert_eq!(labels["u0004"], "none", "pending: the grace period runs");
+        let (survey, labels) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert!(!survey.decides_everyone());
+        assert_eq!(labels["u0004"], "none", "still pending");
+        let later = Utc::now() + chrono::TimeDelta::days(4);
+        let (survey, labels) = run(&store, &tenant, next_round(&store, &[]).await, later, false).await;
+        assert!(!survey.decides_everyone());
+        assert_eq!(survey.deletions, 1);
+        assert_eq!(
+            labels.into_iter().collect::<Vec<_>>(),
+            [("u0004".to_owned(), "delete")]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_mapping_change_or_a_week_without_one_decides_everyone() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(0, "surname");
+        let (store, _) = synced_tenant(&url, &tenant).await;
+        let remapped = tenant_with(0, "givenName");
+        let (survey, labels) = run(
+            &store,
+            &remapped,
+            next_round(&store, &[]).await,
+            Utc::now(),
+            false,
+        )
+        .await;
+        assert!(survey.decides_everyone());
+        assert_eq!(labels.values().filter(|l| **l == "update").count(), 30);
+        let (survey, _) = run(
+            &store,
+            &remapped,
+            next_round(&store, &[]).await,
+            Utc::now(),
+            false,
+        )
+        .await;
+        assert!(!survey.decides_everyone());
+        let week = Utc::now() + usersync_planner::FULL_PLAN_EVERY;
+        let (survey, labels) = run(&store, &remapped, next_round(&store, &[]).await, week, false).await;
+        assert!(survey.decides_everyone());
+        assert_eq!(labels.len(), 30);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_guard_counts_deletions_against_everyone_in_the_pbx_when_few_are_decided() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(0, "surname");
+        let (store, _) = synced_tenant(&url, &tenant).await;
+        let gone: Vec<Value> = (0..10)
+            .map(|i| json!({"id": format!("u{i:04}"), "@removed": {"reason": "deleted"}}))
+            .collect();
+        let (survey, labels) = run(
+            &store,
+            &tenant,
+            next_round(&store, &gone).await,
+            Utc::now(),
+            false,
+        )
+        .await;
+        assert!(!survey.decides_everyone());
+        assert_eq!((survey.deletions, survey.synced), (10, 30));
+        assert!(survey.guard_trips);
+        assert_eq!(labels.len(), 10);
+        assert!(labels.values().all(|l| *l == "held"));
+    })
+    .await;
+}
+
+/// A relisted membership or a full round's removals are remembered until a
+/// plan is stored: a run that fails before has the next one decide everyone.
+#[tokio::test]
+async fn a_relisted_membership_has_the_next_stored_plan_decide_everyone() {
+    in_fresh_database(|url| async move {
+        let tenant = tenant_with(0, "surname");
+        let (store, _) = synced_tenant(&url, &tenant).await;
+        let failed = next_round(&store, &[]).await;
+        let groups = usersync_contract::GroupsRound {
+            delta_link: "https://graph/groups/delta?$deltatoken=1".to_owned(),
+            filter_group_ids: vec!["g1".to_owned()],
+            nested_group_ids: Vec::new(),
+            relisted: true,
+        };
+        store
+            .settle_membership("acme", failed, Some(&groups))
+            .await
+            .expect("settling");
+        // That run ends before its plan is stored; the next one is not relisted.
+        store
+            .fail_run(failed.run_id, "differ.test", "ended before its plan was stored")
+            .await
+            .expect("failing the run");
+        let (survey, labels) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert!(survey.decides_everyone());
+        assert_eq!(labels.len(), 30);
+        let (survey, _) = run(&store, &tenant, next_round(&store, &[]).await, Utc::now(), false).await;
+        assert!(!survey.decides_everyone());
     })
     .await;
 }

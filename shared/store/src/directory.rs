@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use deadpool_postgres::GenericClient;
 
+use crate::rounds::{enter_round, lock_if_current, retry_conflicts, PageOutcome};
 use crate::{Result, Store, SyncRow};
 
 /// One user as the differ needs it to decide: source, scope facts and sync state.
@@ -61,15 +62,26 @@ fn fold_page(users: &[Value]) -> BTreeMap<String, PageEntry> {
 }
 
 impl Store {
-    /// Records one page of users. A page already recorded for this round is skipped,
-    /// so a redelivered page changes nothing twice.
+    /// Records one page of users. A page already recorded for this round, or
+    /// one of a round that is no longer the tenant's current one, changes
+    /// nothing (see [`crate::rounds`]).
     pub async fn record_users_page(
         &self,
         round: Round,
         tenant_id: &str,
         page: u32,
         users: &[Value],
-    ) -> Result<()> {
+    ) -> Result<PageOutcome> {
+        retry_conflicts(|| self.record_users_page_once(round, tenant_id, page, users)).await
+    }
+
+    async fn record_users_page_once(
+        &self,
+        round: Round,
+        tenant_id: &str,
+        page: u32,
+        users: &[Value],
+    ) -> Result<PageOutcome> {
         let entries = fold_page(users);
         let mut ids = Vec::with_capacity(entries.len());
         let mut removed = Vec::with_capacity(entries.len());
@@ -81,32 +93,116 @@ impl Store {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if !claim_page(&tx, round, page).await? {
-            return Ok(());
+        // The tenant's directory lock first, then the page, the users in id
+        // order and the fields in name order: one order for every writer.
+        if !enter_round(&tx, tenant_id, round).await? {
+            return Ok(PageOutcome::StaleRound);
         }
+        if !claim_page(&tx, round, page).await? {
+            return Ok(PageOutcome::AlreadyRecorded);
+        }
+        // Every user of the page gets a row (a new one as removed: counted
+        // nowhere yet) and is locked, in id order, so what the page changes
+        // is read and written with no other page in between.
         tx.execute(
-            "INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
-             SELECT $1, u.id, u.source, u.removed, $2, now()
-             FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
-             ON CONFLICT (tenant_id, object_id) DO UPDATE
-               SET source = d.source || EXCLUDED.source,
-                   removed = EXCLUDED.removed,
-                   seen_round = EXCLUDED.seen_round,
-                   updated_at = now()",
+            "INSERT INTO directory_users (tenant_id, object_id, removed)
+             SELECT $1, id, true FROM unnest($2::text[]) AS id
+             ON CONFLICT DO NOTHING",
+            &[&tenant_id, &ids],
+        )
+        .await
+        .context("adding the page's new users")?;
+        // By key, user after user: the cost is the page's, never the tenant's.
+        tx.execute(
+            "SELECT 1 FROM unnest($2::text[]) AS u(id)
+             CROSS JOIN LATERAL (SELECT 1 FROM directory_users
+                                 WHERE tenant_id = $1 AND object_id = u.id FOR UPDATE) d",
+            &[&tenant_id, &ids],
+        )
+        .await
+        .context("locking the page's users")?;
+        // The discovered fields move by what the page changed: the fields its
+        // users had count down, those they have now count up. The tenant's
+        // counts are locked in order first, so pages recorded at once take
+        // turns here instead of deadlocking.
+        tx.execute(
+            "SELECT 1 FROM tenant_fields WHERE tenant_id = $1 ORDER BY field FOR UPDATE",
+            &[&tenant_id],
+        )
+        .await
+        .context("locking the discovered fields")?;
+        // OFFSET 0 keeps each user a lookup by key (not a join over the tenant).
+        tx.execute(
+            "WITH before AS (
+               SELECT f.field, count(DISTINCT d.object_id)::int4 AS users
+               FROM unnest($2::text[]) AS u(id)
+               CROSS JOIN LATERAL (SELECT object_id, source FROM directory_users
+                                   WHERE tenant_id = $1 AND object_id = u.id AND NOT removed
+                                   OFFSET 0) d
+               CROSS JOIN LATERAL source_fields(d.source) f
+               GROUP BY f.field
+             )
+             UPDATE tenant_fields t SET users = t.users - b.users, updated_at = now()
+             FROM before b WHERE t.tenant_id = $1 AND t.field = b.field",
+            &[&tenant_id, &ids],
+        )
+        .await
+        .context("counting down the fields the page's users had")?;
+        tx.execute(
+            "WITH recorded AS (
+               INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
+               SELECT $1, u.id, u.source, u.removed, $2, now()
+               FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
+               ON CONFLICT (tenant_id, object_id) DO UPDATE
+                 SET source = d.source || EXCLUDED.source, removed = EXCLUDED.removed,
+                     seen_round = EXCLUDED.seen_round, updated_at = now()
+               RETURNING d.object_id, d.source, d.removed
+             ), after AS (
+               SELECT f.field, count(DISTINCT r.object_id)::int4 AS users,
+                      (array_agg(f.value ORDER BY r.object_id))[1] AS example
+               FROM recorded r, source_fields(r.source) f
+               WHERE NOT r.removed
+               GROUP BY f.field
+             )
+             INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
+             SELECT $1, field, users, example, now() FROM after ORDER BY field
+             ON CONFLICT (tenant_id, field) DO UPDATE
+               SET users = t.users + EXCLUDED.users, example = EXCLUDED.example, updated_at = now()",
             &[&tenant_id, &round.round_id, &ids, &sources, &removed],
         )
         .await
         .context("recording a page of users")?;
+        forget_unused_fields(&tx, tenant_id).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(PageOutcome::Recorded)
     }
 
-    /// Records one page of filter-group members.
-    pub async fn record_members_page(&self, round: Round, page: u32, member_ids: &[String]) -> Result<()> {
+    /// Records one page of filter-group members, as [`Store::record_users_page`]
+    /// does users.
+    pub async fn record_members_page(
+        &self,
+        round: Round,
+        tenant_id: &str,
+        page: u32,
+        member_ids: &[String],
+    ) -> Result<PageOutcome> {
+        retry_conflicts(|| self.record_members_page_once(round, tenant_id, page, member_ids)).await
+    }
+
+    async fn record_members_page_once(
+        &self,
+        round: Round,
+        tenant_id: &str,
+        page: u32,
+        member_ids: &[String],
+    ) -> Result<PageOutcome> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        if !enter_round(&tx, tenant_id, round).await? {
+            return Ok(PageOutcome::StaleRound);
+        }
         if !claim_page(&tx, round, page).await? {
-            return Ok(());
+            return Ok(PageOutcome::AlreadyRecorded);
         }
         tx.execute(
             "INSERT INTO round_members (run_id, round_id, object_id)
@@ -117,7 +213,7 @@ impl Store {
         .await
         .context("recording a page of group members")?;
         tx.commit().await?;
-        Ok(())
+        Ok(PageOutcome::Recorded)
     }
 
     pub async fn pages_recorded(&self, round: Round) -> Result<i64> {
@@ -131,29 +227,83 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// After a full round: every user the round did not return is gone.
-    pub async fn mark_unseen_removed(&self, tenant_id: &str, round: Round) -> Result<u64> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE directory_users SET removed = true, updated_at = now()
-                 WHERE tenant_id = $1 AND NOT removed AND seen_round IS DISTINCT FROM $2",
-                &[&tenant_id, &round.round_id],
-            )
-            .await
-            .context("marking users the full round did not return as removed")
-    }
-
-    /// A keyset page of the tenant's users, ordered by object id, after `after`.
-    pub async fn reconcile_rows(
+    /// After a full round: every user the round did not return is gone, and
+    /// no longer counts for the discovered fields. Only for the tenant's
+    /// current round with all its `pages` recorded; `None` (nothing changed)
+    /// otherwise.
+    pub async fn mark_unseen_removed(
         &self,
         tenant_id: &str,
         round: Round,
+        pages: u32,
+    ) -> Result<Option<u64>> {
+        retry_conflicts(|| self.mark_unseen_removed_once(tenant_id, round, pages)).await
+    }
+
+    async fn mark_unseen_removed_once(
+        &self,
+        tenant_id: &str,
+        round: Round,
+        pages: u32,
+    ) -> Result<Option<u64>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if !lock_if_current(&tx, tenant_id, round).await? {
+            return Ok(None);
+        }
+        let recorded: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM round_pages WHERE round_id = $1",
+                &[&round.round_id],
+            )
+            .await
+            .context("counting the round's pages")?
+            .get(0);
+        if recorded < i64::from(pages) {
+            return Ok(None);
+        }
+        let row = tx
+            .query_one(
+                "WITH gone AS (
+                   UPDATE directory_users SET removed = true, updated_at = now()
+                   WHERE tenant_id = $1 AND NOT removed AND seen_round IS DISTINCT FROM $2
+                   RETURNING object_id, source
+                 ), moves AS (
+                   SELECT f.field, count(DISTINCT g.object_id)::int4 AS users
+                   FROM gone g, source_fields(g.source) f GROUP BY f.field
+                 ), counted AS (
+                   UPDATE tenant_fields t SET users = t.users - m.users, updated_at = now()
+                   FROM moves m WHERE t.tenant_id = $1 AND t.field = m.field
+                 )
+                 SELECT count(*) FROM gone",
+                &[&tenant_id, &round.round_id],
+            )
+            .await
+            .context("marking users the full round did not return as removed")?;
+        forget_unused_fields(&tx, tenant_id).await?;
+        let gone = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if gone > 0 {
+            // Until a plan is stored, the tenant's next plan decides everyone
+            // (a later round need not return them again).
+            tx.execute("DELETE FROM tenant_plans WHERE tenant_id = $1", &[&tenant_id])
+                .await
+                .context("forgetting the last plan's basis")?;
+        }
+        tx.commit().await?;
+        Ok(Some(gone))
+    }
+
+    /// A keyset page of the tenant's users, ordered by object id, after
+    /// `after`: all of them, or with `chosen` those that run decides.
+    pub async fn reconcile_rows(
+        &self,
+        tenant_id: &str,
+        chosen: Option<Uuid>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
         let mut client = self.client().await?;
-        reconcile_page(&mut client, tenant_id, round, after, limit).await
+        reconcile_page(&mut client, tenant_id, chosen, after, limit).await
     }
 }
 
@@ -169,7 +319,7 @@ impl Store {
 pub(crate) async fn reconcile_page(
     client: &mut deadpool_postgres::Object,
     tenant_id: &str,
-    round: Round,
+    chosen: Option<Uuid>,
     after: &str,
     limit: i64,
 ) -> Result<Vec<ReconcileRow>> {
@@ -177,13 +327,17 @@ pub(crate) async fn reconcile_page(
     tx.batch_execute(PIN_PAGE_PLAN)
         .await
         .context("pinning the page to the primary key")?;
-    let rows = tx
-        .query(
-            &reconcile_page_statement(),
-            &[&tenant_id, &round.round_id, &after, &limit],
-        )
-        .await
-        .context("loading users to reconcile")?;
+    let rows = match chosen {
+        None => {
+            tx.query(&reconcile_page_statement(), &[&tenant_id, &after, &limit])
+                .await
+        }
+        Some(run_id) => {
+            tx.query(&chosen_page_statement(), &[&tenant_id, &after, &limit, &run_id])
+                .await
+        }
+    }
+    .context("loading users to reconcile")?;
     tx.commit().await?;
     Ok(rows.iter().map(ReconcileRow::from_row).collect())
 }
@@ -191,14 +345,29 @@ pub(crate) async fn reconcile_page(
 /// Leaves the planner no way to read a page but the ordered primary key.
 const PIN_PAGE_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
 
-/// `$1` tenant, `$2` round, `$3` after, `$4` limit. The page of directory
+/// `$1` tenant, `$2` after, `$3` limit. The page of directory
 /// users first, then each one's rows by key: the cost of a page does not grow
 /// with the tenant.
 fn reconcile_page_statement() -> String {
     format!(
         "SELECT {RECONCILE_COLUMNS}
-         FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $3
-               ORDER BY object_id LIMIT $4) d
+         FROM (SELECT * FROM directory_users WHERE tenant_id = $1 AND object_id > $2
+               ORDER BY object_id LIMIT $3) d
+         {RECONCILE_JOINS}
+         ORDER BY d.object_id"
+    )
+}
+
+/// As [`reconcile_page_statement`], over the users run `$4` decides (by the
+/// key of `run_plan_users`).
+fn chosen_page_statement() -> String {
+    format!(
+        "SELECT {RECONCILE_COLUMNS}
+         FROM (SELECT u.* FROM run_plan_users p
+               JOIN LATERAL (SELECT * FROM directory_users
+                             WHERE tenant_id = $1 AND object_id = p.object_id) u ON true
+               WHERE p.run_id = $4 AND p.object_id > $2
+               ORDER BY p.object_id LIMIT $3) d
          {RECONCILE_JOINS}
          ORDER BY d.object_id"
     )
@@ -210,9 +379,11 @@ pub(crate) const RECONCILE_COLUMNS: &str =
     "d.object_id, d.source, d.removed, (m.object_id IS NOT NULL) AS member,
      s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version, s.pending_delete_at";
 
-/// Membership in round `$2` and the sync row, looked up by key per user.
-pub(crate) const RECONCILE_JOINS: &str = "LEFT JOIN LATERAL (SELECT object_id FROM round_members
-                        WHERE round_id = $2 AND object_id = d.object_id) m ON true
+/// Membership in the tenant's filter groups, as the last settled round
+/// left it (`Store::settle_membership`), and the sync row, looked up by key
+/// per user.
+pub(crate) const RECONCILE_JOINS: &str = "LEFT JOIN LATERAL (SELECT object_id FROM tenant_members
+                        WHERE tenant_id = d.tenant_id AND object_id = d.object_id) m ON true
      LEFT JOIN LATERAL (SELECT * FROM sync_users
                         WHERE tenant_id = d.tenant_id AND object_id = d.object_id) s ON true";
 
@@ -228,6 +399,17 @@ impl ReconcileRow {
             sync: has_sync_row.then(|| SyncRow::from_row(row)),
         }
     }
+}
+
+/// Drops the discovered fields no user has any more.
+async fn forget_unused_fields(tx: &deadpool_postgres::Transaction<'_>, tenant_id: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM tenant_fields WHERE tenant_id = $1 AND users <= 0",
+        &[&tenant_id],
+    )
+    .await
+    .context("forgetting fields no user has")?;
+    Ok(())
 }
 
 /// Marks a page as recorded; false when it already was.
@@ -248,7 +430,7 @@ mod tests {
     use serde_json::{json, Value};
     use uuid::Uuid;
 
-    use super::{fold_page, reconcile_page_statement, Round, PIN_PAGE_PLAN};
+    use super::{chosen_page_statement, fold_page, reconcile_page_statement, Round, PIN_PAGE_PLAN};
     use crate::testing::{in_fresh_database, store_with_minimal_tenant};
 
     /// Rows read from `table` by the plan's nodes (a JSON plan of EXPLAIN ANALYZE).
@@ -291,23 +473,80 @@ mod tests {
                     .await
                     .expect("recording users");
                 store
-                    .record_members_page(round, 100 + page, chunk)
+                    .record_members_page(round, "acme", 100 + page, chunk)
                     .await
                     .expect("recording members");
             }
+            let groups = usersync_contract::GroupsRound {
+                delta_link: "https://graph/groups/delta?$deltatoken=1".to_owned(),
+                filter_group_ids: vec!["g1".to_owned()],
+                nested_group_ids: Vec::new(),
+                relisted: true,
+            };
+            store
+                .settle_membership("acme", round, Some(&groups))
+                .await
+                .expect("settling the members");
             let mut client = store.client().await.expect("a connection");
             let tx = client.transaction().await.expect("a transaction");
             tx.batch_execute(PIN_PAGE_PLAN).await.expect("pinning");
             let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", reconcile_page_statement());
             let row = tx
-                .query_one(&explain, &[&"acme", &round.round_id, &"", &500i64])
+                .query_one(&explain, &[&"acme", &"", &500i64])
                 .await
                 .expect("explaining a page");
             let tokio_postgres::types::Json(plan): tokio_postgres::types::Json<Value> = row.get(0);
             let plan = &plan[0]["Plan"];
             assert_eq!(plan["Actual Rows"], 500, "{plan:#}");
             assert!(rows_read(plan, "directory_users") <= 500.0, "{plan:#}");
-            assert!(rows_read(plan, "round_members") <= 500.0, "{plan:#}");
+            assert!(rows_read(plan, "tenant_members") <= 500.0, "{plan:#}");
+        })
+        .await;
+    }
+
+    /// Without statistics, a page of the users a run chose reads those
+    /// users only, not the tenant (5,000 users, 3 chosen).
+    #[tokio::test]
+    async fn a_page_of_chosen_users_reads_them_only_without_statistics() {
+        in_fresh_database(|url| async move {
+            let store = store_with_minimal_tenant(&url, "acme", 2).await;
+            let round = Round {
+                run_id: Uuid::new_v4(),
+                round_id: Uuid::new_v4(),
+            };
+            store
+                .start_run(round.run_id, "acme", "manual", false)
+                .await
+                .expect("starting the run");
+            let ids: Vec<String> = (0..5000).map(|i| format!("u{i:06}")).collect();
+            for (page, chunk) in ids.chunks(500).enumerate() {
+                let users: Vec<Value> = chunk.iter().map(|id| json!({"id": id, "givenName": "Anna"})).collect();
+                let page = u32::try_from(page).expect("a page number");
+                store
+                    .record_users_page(round, "acme", page, &users)
+                    .await
+                    .expect("recording users");
+            }
+            let mut client = store.client().await.expect("a connection");
+            client
+                .execute(
+                    "INSERT INTO run_plan_users (run_id, object_id) VALUES ($1, 'u000007'), ($1, 'u002500'), ($1, 'u004999')",
+                    &[&round.run_id],
+                )
+                .await
+                .expect("choosing users");
+            let tx = client.transaction().await.expect("a transaction");
+            tx.batch_execute(PIN_PAGE_PLAN).await.expect("pinning");
+            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", chosen_page_statement());
+            let row = tx
+                .query_one(&explain, &[&"acme", &"", &500i64, &round.run_id])
+                .await
+                .expect("explaining a page");
+            let tokio_postgres::types::Json(plan): tokio_postgres::types::Json<Value> = row.get(0);
+            let plan = &plan[0]["Plan"];
+            assert_eq!(plan["Actual Rows"], 3, "{plan:#}");
+            assert!(rows_read(plan, "directory_users") <= 3.0, "{plan:#}");
+            assert!(rows_read(plan, "sync_users") <= 3.0, "{plan:#}");
         })
         .await;
     }

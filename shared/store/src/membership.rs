@@ -5,6 +5,7 @@
 use anyhow::Context;
 use usersync_contract::GroupsRound;
 
+use crate::rounds::{lock_if_current, retry_conflicts};
 use crate::{Result, Round, Store};
 
 /// The stored groups delta state of a tenant.
@@ -33,27 +34,46 @@ impl Store {
         }))
     }
 
-    /// Makes the round's members the ones the differ reads (`round_members`), and
-    /// stores them with the groups delta link: a relisting round replaces the
-    /// stored membership, any other scoped round uses it. An unscoped round
-    /// drops the state. Idempotent: a redelivered end of round does the same again.
+    /// Makes the round's members the ones the differ reads (`tenant_members`,
+    /// with the groups delta link): a relisting round replaces the stored
+    /// membership with the members it listed, any other scoped round keeps
+    /// it. An unscoped round drops the state. Idempotent: a redelivered end
+    /// of round does the same again. Only for the tenant's current round:
+    /// false (nothing changed) for a superseded one.
     pub async fn settle_membership(
         &self,
         tenant_id: &str,
         round: Round,
         groups: Option<&GroupsRound>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        retry_conflicts(|| self.settle_membership_once(tenant_id, round, groups)).await
+    }
+
+    async fn settle_membership_once(
+        &self,
+        tenant_id: &str,
+        round: Round,
+        groups: Option<&GroupsRound>,
+    ) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        if !lock_if_current(&tx, tenant_id, round).await? {
+            return Ok(false);
+        }
         let Some(groups) = groups else {
             tx.execute("DELETE FROM tenant_groups WHERE tenant_id = $1", &[&tenant_id])
                 .await?;
             tx.execute("DELETE FROM tenant_members WHERE tenant_id = $1", &[&tenant_id])
                 .await?;
             tx.commit().await?;
-            return Ok(());
+            return Ok(true);
         };
         if groups.relisted {
+            // Anyone may have moved in or out of scope: until a plan is
+            // stored, the tenant's next plan decides everyone.
+            tx.execute("DELETE FROM tenant_plans WHERE tenant_id = $1", &[&tenant_id])
+                .await
+                .context("forgetting the last plan's basis")?;
             tx.execute("DELETE FROM tenant_members WHERE tenant_id = $1", &[&tenant_id])
                 .await?;
             tx.execute(
@@ -63,15 +83,6 @@ impl Store {
             )
             .await
             .context("storing the listed members")?;
-        } else {
-            tx.execute(
-                "INSERT INTO round_members (run_id, round_id, object_id)
-                 SELECT $2, $3, object_id FROM tenant_members WHERE tenant_id = $1
-                 ON CONFLICT DO NOTHING",
-                &[&tenant_id, &round.run_id, &round.round_id],
-            )
-            .await
-            .context("using the stored members for the round")?;
         }
         tx.execute(
             "INSERT INTO tenant_groups (tenant_id, delta_link, filter_group_ids, nested_group_ids)
@@ -89,7 +100,7 @@ impl Store {
         .await
         .context("storing the groups delta state")?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets the groups delta state: the next scoped round lists every member.

@@ -1,6 +1,6 @@
-//! What planning needs beyond one user at a time: the tenant-wide claims on
-//! unique values, the deletion guard's approvals, the run's warnings, and the
-//! look-ups of `usersync plan` and `usersync explain`.
+//! What planning needs beyond one user at a time: whom a run decides, the
+//! tenant-wide claims on unique values, the deletion guard's approvals, the
+//! run's warnings, and the look-ups of `usersync plan` and `usersync explain`.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -25,11 +25,39 @@ impl ClaimSession {
     pub async fn reconcile_rows(
         &mut self,
         tenant_id: &str,
-        round: Round,
+        chosen: Option<Uuid>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<ReconcileRow>> {
-        crate::directory::reconcile_page(&mut self.client, tenant_id, round, after, limit).await
+        crate::directory::reconcile_page(&mut self.client, tenant_id, chosen, after, limit).await
+    }
+
+    /// Adds users to those run `run_id` decides (the users in a conflict
+    /// with one it decides).
+    pub async fn choose(&self, run_id: Uuid, object_ids: &[&str]) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO run_plan_users (run_id, object_id)
+                 SELECT $1, id FROM unnest($2::text[]) AS id ON CONFLICT DO NOTHING",
+                &[&run_id, &object_ids],
+            )
+            .await
+            .context("choosing users in a conflict")?;
+        Ok(())
+    }
+
+    /// The tenant's users with a PBX account (for the mass-deletion guard).
+    pub async fn synced_users(&self, tenant_id: &str) -> Result<u64> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM sync_users
+                 WHERE tenant_id = $1 AND pbx_id IS NOT NULL AND applied IS NOT NULL",
+                &[&tenant_id],
+            )
+            .await
+            .context("counting the users in the PBX")?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     pub async fn add(&self, claims: &[Claim]) -> Result<()> {
@@ -49,18 +77,33 @@ impl ClaimSession {
         Ok(())
     }
 
-    /// Every claim on a value that more than one user claims.
-    pub async fn contested(&self) -> Result<Vec<Claim>> {
+    /// Every claim on a value that more than one user claims. With `chosen`
+    /// (the run that decides only some users), the claims added are those of
+    /// the users it decides, and the stored claims of everyone else on the
+    /// same values count too (looked up value by value: OFFSET 0 keeps the
+    /// planner from joining the tenant's claims instead).
+    pub async fn contested(&self, tenant_id: &str, chosen: Option<Uuid>) -> Result<Vec<Claim>> {
         let rows = self
             .client
             .query(
-                "SELECT c.field, c.value, c.object_id, c.holds, c.wants
-                 FROM plan_claims c
-                 JOIN (SELECT field, value FROM plan_claims GROUP BY field, value
+                "WITH everyone AS (
+                   SELECT field, value, object_id, holds, wants FROM plan_claims
+                   UNION ALL
+                   SELECT u.field, u.value, u.object_id, u.holds, u.wants
+                   FROM (SELECT DISTINCT field, value FROM plan_claims WHERE $2::uuid IS NOT NULL) v
+                   CROSS JOIN LATERAL (SELECT * FROM user_claims
+                                       WHERE tenant_id = $1 AND field = v.field AND value = v.value
+                                       OFFSET 0) u
+                   WHERE NOT EXISTS (SELECT 1 FROM run_plan_users p
+                                     WHERE p.run_id = $2 AND p.object_id = u.object_id)
+                 )
+                 SELECT c.field, c.value, c.object_id, c.holds, c.wants
+                 FROM everyone c
+                 JOIN (SELECT field, value FROM everyone GROUP BY field, value
                        HAVING count(DISTINCT object_id) > 1) g
                    ON g.field = c.field AND g.value = c.value
                  ORDER BY c.field, c.value, c.object_id",
-                &[],
+                &[&tenant_id, &chosen],
             )
             .await
             .context("finding contested values")?;
@@ -85,6 +128,15 @@ impl ClaimSession {
             .context("dropping the claims table")?;
         Ok(())
     }
+}
+
+/// What the tenant's last stored plan was based on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastPlan {
+    /// It was planned from the same basis (tenant file and planner version).
+    pub same_basis: bool,
+    /// When it last decided everyone.
+    pub full_planned_at: DateTime<Utc>,
 }
 
 /// One change planned for a user in a run, and how it ended.
@@ -112,6 +164,46 @@ impl Store {
             .await
             .context("creating the claims table")?;
         Ok(ClaimSession { client })
+    }
+
+    /// The tenant's last stored plan, compared with `basis`; `None` before any.
+    pub async fn last_plan(&self, tenant_id: &str, basis: &str) -> Result<Option<LastPlan>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT basis = md5($2) AS same_basis, full_planned_at FROM tenant_plans WHERE tenant_id = $1",
+                &[&tenant_id, &basis],
+            )
+            .await
+            .context("loading the last plan's basis")?;
+        Ok(row.map(|row| LastPlan {
+            same_basis: row.get("same_basis"),
+            full_planned_at: row.get("full_planned_at"),
+        }))
+    }
+
+    /// Chooses whom run `run_id` decides when not everyone: the users its
+    /// round returned and those not settled. Forgets an earlier attempt's
+    /// choice first. Returns how many.
+    pub async fn choose_plan_users(&self, run_id: Uuid, tenant_id: &str, round: Round) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("DELETE FROM run_plan_users WHERE run_id = $1", &[&run_id])
+            .await
+            .context("forgetting an earlier choice")?;
+        let chosen = tx
+            .execute(
+                "INSERT INTO run_plan_users (run_id, object_id)
+                 SELECT $1::uuid, object_id FROM directory_users WHERE tenant_id = $2 AND seen_round = $3
+                 UNION
+                 SELECT $1::uuid, object_id FROM sync_users
+                 WHERE tenant_id = $2 AND (settled_version IS NULL OR applied_version < settled_version)",
+                &[&run_id, &tenant_id, &round.round_id],
+            )
+            .await
+            .context("choosing the users to decide")?;
+        tx.commit().await?;
+        Ok(chosen)
     }
 
     /// How many users' deletions the guard holds now.
@@ -204,22 +296,22 @@ impl Store {
 
     /// The users `key` names: an object id, a synced alias, a mail address or
     /// a user principal name (case-insensitive).
-    pub async fn find_users(&self, tenant_id: &str, round: Round, key: &str) -> Result<Vec<ReconcileRow>> {
+    pub async fn find_users(&self, tenant_id: &str, key: &str) -> Result<Vec<ReconcileRow>> {
         let client = self.client().await?;
         let rows = client
             .query(
                 &format!(
                     "SELECT {RECONCILE_COLUMNS} FROM directory_users d {RECONCILE_JOINS}
                      WHERE d.tenant_id = $1
-                       AND (d.object_id = $3
-                            OR lower(s.desired->>'alias') = lower($3)
-                            OR lower(s.applied->>'alias') = lower($3)
-                            OR lower(d.source->>'mailNickname') = lower($3)
-                            OR lower(d.source->>'mail') = lower($3)
-                            OR lower(d.source->>'userPrincipalName') = lower($3))
+                       AND (d.object_id = $2
+                            OR lower(s.desired->>'alias') = lower($2)
+                            OR lower(s.applied->>'alias') = lower($2)
+                            OR lower(d.source->>'mailNickname') = lower($2)
+                            OR lower(d.source->>'mail') = lower($2)
+                            OR lower(d.source->>'userPrincipalName') = lower($2))
                      ORDER BY d.object_id LIMIT 10"
                 ),
-                &[&tenant_id, &round.round_id, &key],
+                &[&tenant_id, &key],
             )
             .await
             .context("looking the user up")?;

@@ -55,6 +55,11 @@ pub struct PlannedUser {
     pub held: Option<Problem>,
     pub pending_delete_at: Option<DateTime<Utc>>,
     pub change: Option<Change>,
+    /// The user needs no decision once its applied version reaches this
+    /// (`None`: every run decides it).
+    pub settled_version: Option<i64>,
+    /// Its claims on unique values, which later runs check theirs against.
+    pub claims: Vec<usersync_core::Claim>,
 }
 
 impl PlannedUser {
@@ -73,6 +78,11 @@ pub struct RoundEnd<'a> {
     pub full_round: bool,
     /// The tenant is paused: the run ends as such when nothing is pending.
     pub paused: bool,
+    /// What the plan was based on (see `Store::last_plan`).
+    pub basis: &'a str,
+    /// The plan decided everyone, as of `planned_at`.
+    pub planned_everyone: bool,
+    pub planned_at: DateTime<Utc>,
 }
 
 /// How a change ended, as the applier records it.
@@ -139,22 +149,26 @@ impl Store {
         let reasons: Vec<Vec<&Problem>> = planned.iter().map(PlannedUser::reasons).collect();
         let problems: Vec<Json<&Vec<&Problem>>> = reasons.iter().map(Json).collect();
         let pending: Vec<Option<DateTime<Utc>>> = planned.iter().map(|p| p.pending_delete_at).collect();
+        let settled: Vec<Option<i64>> = planned.iter().map(|p| p.settled_version).collect();
         tx.execute(
             "INSERT INTO sync_users AS s (tenant_id, object_id, state, desired, desired_version,
-                                          problems, pending_delete_at, updated_at)
-             SELECT $1, u.id, u.state, u.desired, u.version, u.problems, u.pending, now()
-             FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::jsonb[], $7::timestamptz[])
-                  AS u(id, state, desired, version, problems, pending)
+                                          problems, pending_delete_at, settled_version, updated_at)
+             SELECT $1, u.id, u.state, u.desired, u.version, u.problems, u.pending, u.settled, now()
+             FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int8[], $6::jsonb[], $7::timestamptz[],
+                         $8::int8[])
+                  AS u(id, state, desired, version, problems, pending, settled)
              ON CONFLICT (tenant_id, object_id) DO UPDATE
                SET state = EXCLUDED.state, desired = EXCLUDED.desired,
                    desired_version = EXCLUDED.desired_version, problems = EXCLUDED.problems,
-                   pending_delete_at = EXCLUDED.pending_delete_at, updated_at = now()",
+                   pending_delete_at = EXCLUDED.pending_delete_at,
+                   settled_version = EXCLUDED.settled_version, updated_at = now()",
             &[
-                &tenant_id, &ids, &states, &desired, &versions, &problems, &pending,
+                &tenant_id, &ids, &states, &desired, &versions, &problems, &pending, &settled,
             ],
         )
         .await
         .context("storing desired state")?;
+        store_claims(&tx, tenant_id, &ids, planned).await?;
 
         let changes: Vec<&Change> = planned.iter().filter_map(|p| p.change.as_ref()).collect();
         let change_ids: Vec<&str> = changes.iter().map(|c| c.object_id.as_str()).collect();
@@ -271,6 +285,18 @@ impl Store {
         .await
         .context("moving the delta state")?;
         tx.execute(
+            "INSERT INTO tenant_plans AS p (tenant_id, basis, full_planned_at) VALUES ($1, md5($2), $3)
+             ON CONFLICT (tenant_id) DO UPDATE
+               SET basis = EXCLUDED.basis,
+                   full_planned_at = CASE WHEN $4 THEN EXCLUDED.full_planned_at ELSE p.full_planned_at END",
+            &[&tenant_id, &end.basis, &end.planned_at, &end.planned_everyone],
+        )
+        .await
+        .context("recording the plan's basis")?;
+        tx.execute("DELETE FROM run_plan_users WHERE run_id = $1", &[&run_id])
+            .await
+            .context("forgetting whom the run decided")?;
+        tx.execute(
             "UPDATE runs SET state = 'applying', changes_pending = $2, batches = $3,
                     batches_pending = $3, full_round = $4
              WHERE id = $1",
@@ -308,6 +334,47 @@ impl Store {
             .context("looking up a directory user")?;
         Ok(row.map(|row| row.get(0)))
     }
+}
+
+/// Replaces the stored claims on unique values of the users `ids` with
+/// those of their verdicts.
+async fn store_claims(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant_id: &str,
+    ids: &[&str],
+    planned: &[PlannedUser],
+) -> Result<()> {
+    // Found user by user through the index by user (OFFSET 0 keeps the
+    // planner from joining the tenant's claims instead), deleted by row id.
+    tx.execute(
+        "WITH earlier AS (
+           SELECT c.at FROM unnest($2::text[]) AS u(id)
+           CROSS JOIN LATERAL (SELECT ctid AS at FROM user_claims
+                               WHERE tenant_id = $1 AND object_id = u.id OFFSET 0) c
+         )
+         DELETE FROM user_claims WHERE ctid = ANY(ARRAY(SELECT at FROM earlier))",
+        &[&tenant_id, &ids],
+    )
+    .await
+    .context("forgetting earlier claims")?;
+    let claims: Vec<&usersync_core::Claim> = planned.iter().flat_map(|p| &p.claims).collect();
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<&str> = claims.iter().map(|c| c.field.as_str()).collect();
+    let values: Vec<&str> = claims.iter().map(|c| c.value.as_str()).collect();
+    let owners: Vec<&str> = claims.iter().map(|c| c.object_id.as_str()).collect();
+    let holds: Vec<bool> = claims.iter().map(|c| c.holds).collect();
+    let wants: Vec<bool> = claims.iter().map(|c| c.wants).collect();
+    tx.execute(
+        "INSERT INTO user_claims (tenant_id, field, value, object_id, holds, wants)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[])
+         ON CONFLICT DO NOTHING",
+        &[&tenant_id, &fields, &values, &owners, &holds, &wants],
+    )
+    .await
+    .context("storing claims on unique values")?;
+    Ok(())
 }
 
 /// The run's counts summed over its batches (a row of zeros before it has any).

@@ -36,11 +36,39 @@ async fn new_round(store: &Store) -> Round {
         .start_run(round.run_id, "acme", "manual", true)
         .await
         .expect("starting a run");
+    assert!(store
+        .begin_round("acme", round)
+        .await
+        .expect("beginning the round"));
     round
 }
 
+/// A later round of `round`'s run, begun (the fetcher begins a round before
+/// publishing its first page).
+async fn later_round(store: &Store, round: Round) -> Round {
+    let later = Round {
+        run_id: round.run_id,
+        round_id: Uuid::new_v4(),
+    };
+    assert!(store
+        .begin_round("acme", later)
+        .await
+        .expect("beginning the round"));
+    later
+}
+
+async fn fields_of(store: &Store) -> Vec<(String, i64, serde_json::Value)> {
+    store
+        .fields("acme")
+        .await
+        .expect("fields")
+        .into_iter()
+        .map(|f| (f.field, f.users, f.example))
+        .collect()
+}
+
 #[tokio::test]
-async fn fields_are_flattened_counted_and_exemplified() {
+async fn fields_are_flattened_counted_and_exemplified_as_the_page_is_recorded() {
     in_fresh_database(|url| async move {
         let store = store_with_tenant(&url).await;
         let round = new_round(&store).await;
@@ -53,21 +81,15 @@ async fn fields_are_flattened_counted_and_exemplified() {
             json!({"id": "c", "mail": "c@x"}),
             json!({"id": "d", "@removed": {"reason": "deleted"}}),
         ];
-        store
-            .record_users_page(round, "acme", 0, &users)
-            .await
-            .expect("recording");
-
-        assert_eq!(store.record_fields("acme").await.expect("recording fields"), 4);
-        let fields: Vec<_> = store
-            .fields("acme")
-            .await
-            .expect("fields")
-            .into_iter()
-            .map(|f| (f.field, f.users, f.example))
-            .collect();
+        for _ in 0..2 {
+            // A redelivered page counts once.
+            store
+                .record_users_page(round, "acme", 0, &users)
+                .await
+                .expect("recording");
+        }
         assert_eq!(
-            fields,
+            fields_of(&store).await,
             [
                 ("businessPhones[0]".to_owned(), 1, json!("+46 8 1")),
                 ("extension_0a1b_costCenter".to_owned(), 1, json!("CC-7")),
@@ -79,6 +101,95 @@ async fn fields_are_flattened_counted_and_exemplified() {
     .await;
 }
 
+/// Later pages move the counts by what they change: a user removed from the
+/// directory or one that loses a property counts no more, a new one counts.
+#[tokio::test]
+async fn later_pages_and_a_full_round_move_the_counts_by_what_changed() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenant(&url).await;
+        let round = new_round(&store).await;
+        let users = [
+            json!({"id": "a", "mail": "a@x", "jobTitle": "Boss"}),
+            json!({"id": "b", "mail": "b@x", "jobTitle": "Clerk"}),
+            json!({"id": "c", "mail": "c@x"}),
+        ];
+        store
+            .record_users_page(round, "acme", 0, &users)
+            .await
+            .expect("recording");
+        let later = later_round(&store, round).await;
+        let changes = [
+            json!({"id": "a", "@removed": {"reason": "deleted"}}),
+            json!({"id": "b", "jobTitle": null, "department": "Sales"}),
+            json!({"id": "e", "mail": "e@x"}),
+        ];
+        store
+            .record_users_page(later, "acme", 0, &changes)
+            .await
+            .expect("recording changes");
+        assert_eq!(
+            fields_of(&store).await,
+            [
+                ("department".to_owned(), 1, json!("Sales")),
+                ("mail".to_owned(), 3, json!("b@x")),
+            ]
+        );
+
+        // A full round that returns only b: c and e are gone.
+        let full = later_round(&store, round).await;
+        store
+            .record_users_page(
+                full,
+                "acme",
+                0,
+                &[json!({"id": "b", "mail": "b@x", "department": "Sales"})],
+            )
+            .await
+            .expect("recording the full round");
+        assert_eq!(
+            store.mark_unseen_removed("acme", full, 1).await.expect("marking"),
+            Some(2)
+        );
+        assert_eq!(
+            fields_of(&store).await,
+            [
+                ("department".to_owned(), 1, json!("Sales")),
+                ("mail".to_owned(), 1, json!("b@x")),
+            ]
+        );
+    })
+    .await;
+}
+
+/// Pages of one round recorded at once, with users in common, count each
+/// user once: the users' rows are locked before their fields are counted.
+#[tokio::test]
+async fn concurrent_pages_with_the_same_new_users_count_them_once() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenant(&url).await;
+        let round = new_round(&store).await;
+        let pages: Vec<Vec<serde_json::Value>> = (0..8)
+            .map(|page| {
+                (0..200)
+                    .map(|i| json!({"id": format!("u{i:04}"), "mail": format!("{i}@x"), "jobTitle": format!("t{page}")}))
+                    .collect()
+            })
+            .collect();
+        let mut recording = tokio::task::JoinSet::new();
+        for (page, users) in pages.into_iter().enumerate() {
+            let store = store.clone();
+            let page = u32::try_from(page).expect("a page number");
+            recording.spawn(async move { store.record_users_page(round, "acme", page, &users).await });
+        }
+        while let Some(outcome) = recording.join_next().await {
+            outcome.expect("a recording task").expect("recording");
+        }
+        let counts: Vec<(String, i64)> = fields_of(&store).await.into_iter().map(|(f, n, _)| (f, n)).collect();
+        assert_eq!(counts, [("jobTitle".to_owned(), 200), ("mail".to_owned(), 200)]);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
     in_fresh_database(|url| async move {
@@ -86,7 +197,7 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
         assert_eq!(store.groups_state("acme").await.expect("state"), None);
         let first = new_round(&store).await;
         store
-            .record_members_page(first, 0, &["u1".to_owned(), "u2".to_owned()])
+            .record_members_page(first, "acme", 0, &["u1".to_owned(), "u2".to_owned()])
             .await
             .expect("members");
         let mut groups = GroupsRound {
@@ -108,10 +219,7 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
         let state = store.groups_state("acme").await.expect("state").expect("stored");
         assert_eq!(state.nested_group_ids, ["g2"]);
         // Later rounds of the same run (a run is open while its rounds are planned).
-        let second = Round {
-            run_id: first.run_id,
-            round_id: Uuid::new_v4(),
-        };
+        let second = later_round(&store, first).await;
         groups.relisted = false;
         groups.delta_link = "https://graph/groups/delta?$deltatoken=2".to_owned();
         store
@@ -121,8 +229,8 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
         let client = store.client().await.expect("client");
         let rows = client
             .query(
-                "SELECT object_id FROM round_members WHERE round_id = $1 ORDER BY object_id",
-                &[&second.round_id],
+                "SELECT object_id FROM tenant_members WHERE tenant_id = 'acme' ORDER BY object_id",
+                &[],
             )
             .await
             .expect("round members");
@@ -132,10 +240,7 @@ async fn a_relisting_round_stores_members_and_a_later_round_reuses_them() {
         assert!(state.delta_link.ends_with("deltatoken=2"));
 
         // An unscoped round forgets it all.
-        let third = Round {
-            run_id: first.run_id,
-            round_id: Uuid::new_v4(),
-        };
+        let third = later_round(&store, first).await;
         store
             .settle_membership("acme", third, None)
             .await
@@ -161,6 +266,9 @@ async fn run_warnings_ride_on_the_run_finished_event_once_each() {
             delta_link: "https://graph/users/delta?$deltatoken=1",
             full_round: true,
             paused: false,
+            basis: "basis",
+            planned_everyone: true,
+            planned_at: chrono::Utc::now(),
         };
         let event = store
             .complete_planning(round.run_id, "acme", &end)

@@ -65,6 +65,8 @@ fn planned_delete(index: usize) -> PlannedUser {
                 pbx_id: format!("p{index}"),
             },
         }),
+        settled_version: Some(1),
+        claims: Vec::new(),
     }
 }
 
@@ -74,6 +76,9 @@ async fn complete_planning(store: &Store, run: Uuid) {
         delta_link: "https://graph/users/delta?$deltatoken=1",
         full_round: false,
         paused: false,
+        basis: "basis",
+        planned_everyone: true,
+        planned_at: chrono::Utc::now(),
     };
     store
         .complete_planning(run, "acme", &end)

@@ -75,7 +75,7 @@ async fn a_request_joins_a_run_that_makes_progress_and_replaces_one_that_stopped
             round_id: Uuid::new_v4(),
         };
         store
-            .record_members_page(round, 0, &["u1".to_owned()])
+            .record_members_page(round, "acme", 0, &["u1".to_owned()])
             .await
             .unwrap();
 
