@@ -77,6 +77,10 @@ enum Command {
         /// Also list users the run would leave as they are.
         #[arg(long)]
         all: bool,
+        /// Read the directory from Microsoft Graph now instead of the stored
+        /// copy (progress on stderr); still changes nothing.
+        #[arg(long)]
+        live: bool,
     },
     /// One user's state, source and mapped values, last change and reasons (USER: object id, alias, mail or UPN).
     Explain {
@@ -204,7 +208,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.require_tenant(&id, None).await?;
             output::runs(&store.runs(&id, limit).await?, json)
         }
-        Command::Plan { id, json, all } => plan::plan(&store().await?, &id, json, all).await,
+        Command::Plan {
+            id,
+            json,
+            all,
+            live: false,
+        } => plan::plan(&store().await?, &id, json, all).await,
+        Command::Plan {
+            id,
+            json,
+            all,
+            live: true,
+        } => plan::plan_live(&store().await?, &id, json, all).await,
         Command::Explain { id, user, json } => plan::explain(&store().await?, &id, &user, json).await,
         Command::ApproveDeletions { id } => approve::approve_deletions(&store().await?, &id).await,
         Command::Fields { id, json } => fields::show(&store().await?, &id, json).await,

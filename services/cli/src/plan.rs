@@ -3,37 +3,13 @@
 //! written: claims go to a session's temporary table, approvals are only peeked at.
 
 use anyhow::bail;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::{json, Value};
-use usersync_core::{Action, FieldPatch, SyncedFields, TenantConfig};
-use usersync_planner::{applied_of, decision_label, mapped_fields, Planner, Survey};
+use usersync_core::{Action, TenantConfig};
+use usersync_planner::{applied_of, fields_list, mapped_fields, plan_line, PlanLine, Planner, Survey};
 use usersync_runtime::clock;
-use usersync_store::{PlannedUser, ReconcileRow, Round, Store};
-
-/// One field's change: before → after (`None`: absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldChange {
-    pub field: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-}
-
-/// One user's line in the plan.
-#[derive(Debug, Serialize)]
-pub struct PlanLine {
-    pub object_id: String,
-    pub user: String,
-    /// create, update, delete, skip, held, pending_deletion or none.
-    pub decision: &'static str,
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<FieldChange>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delete_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
-}
+use usersync_graph::{GraphClient, GraphConfig};
+use usersync_preview::{read_directory, LivePlan, Progress};
+use usersync_store::{Round, SecretKey, Store};
 
 async fn planner_inputs(store: &Store, id: &str) -> anyhow::Result<(TenantConfig, Round, bool)> {
     let tenant = store.require_tenant(id, None).await?.config;
@@ -80,30 +56,85 @@ pub async fn plan(store: &Store, id: &str, json: bool, all: bool) -> anyhow::Res
         }
     }
     let warnings = survey.warnings(hold.as_deref());
+    let plan = LivePlan {
+        as_of: now,
+        summary,
+        warnings,
+    };
+    print_plan(&tenant, "stored", &plan, &lines, json)
+}
+
+/// `usersync plan ID --live`: the same plan from the directory as read now.
+pub async fn plan_live(store: &Store, id: &str, json: bool, all: bool) -> anyhow::Result<()> {
+    let key = SecretKey::from_env()?;
+    let tenant = store.require_tenant(id, Some(&key)).await?.config;
+    let graph = GraphClient::new(GraphConfig::from_env().map_err(anyhow::Error::msg)?);
+    let progress = progress_on_stderr();
+    let live = read_directory(&graph, &tenant, &progress)
+        .await
+        .map_err(|err| anyhow::anyhow!("reading the directory of tenant {id} ({}): {err}", err.code()))?;
+    let mut lines = Vec::new();
+    let plan = usersync_preview::plan_live(store, &tenant, &live, clock::now(), &progress, &mut lines).await?;
+    lines.retain(|line| all || line.decision != "none");
+    print_plan(&tenant, "live", &plan, &lines, json)
+}
+
+/// A progress line now and then, for a big directory.
+fn progress_on_stderr() -> impl Fn(Progress) + Send + Sync {
+    let shown = std::sync::Mutex::new((0u64, 0u64, 0u64));
+    move |step| {
+        let Ok(mut shown) = shown.lock() else { return };
+        let due = |done: u64, last: &mut u64| {
+            let due = done >= *last + PROGRESS_EVERY;
+            if due {
+                *last = done;
+            }
+            due
+        };
+        match step {
+            Progress::Members(n) if due(n, &mut shown.0) => eprintln!("read {n} filter-group members"),
+            Progress::Users(n) if due(n, &mut shown.1) => eprintln!("read {n} users"),
+            Progress::Planned(n, total) if due(n, &mut shown.2) || n == total => {
+                eprintln!("planned {n} of {total} users")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Users between two progress lines.
+const PROGRESS_EVERY: u64 = 5000;
+
+fn print_plan(tenant: &TenantConfig, source: &str, plan: &LivePlan, lines: &[PlanLine], json: bool) -> anyhow::Result<()> {
     if json {
         let out = json!({
             "tenant_id": tenant.id,
             "mode": tenant.mode.as_str(),
-            "as_of": now,
+            "as_of": plan.as_of,
+            "source": source,
             "users": lines,
-            "summary": summary,
-            "warnings": warnings,
+            "summary": plan.summary,
+            "warnings": plan.warnings,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let from = match source {
+        "live" => "from the directory as read now",
+        _ => "from stored data",
+    };
     println!(
-        "plan for {} (mode {}) as of {}, from stored data; nothing was changed",
+        "plan for {} (mode {}) as of {}, {from}; nothing was changed",
         tenant.id,
         tenant.mode,
-        now.format("%Y-%m-%d %H:%M UTC")
+        plan.as_of.format("%Y-%m-%d %H:%M UTC")
     );
-    for line in &lines {
+    for line in lines {
         print_line(line);
     }
-    let totals: Vec<String> = summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let totals: Vec<String> = plan.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("summary: {}", totals.join(", "));
-    for warning in warnings {
+    for warning in &plan.warnings {
         println!("warning: {warning}");
     }
     Ok(())
@@ -132,105 +163,6 @@ fn shown(value: &Option<String>) -> String {
     value
         .as_ref()
         .map_or_else(|| "(none)".to_owned(), |v| format!("\"{v}\""))
-}
-
-/// The best name for a user: the alias it has or would get, else its directory nickname.
-fn user_name(row: &ReconcileRow, planned: &PlannedUser) -> String {
-    planned
-        .desired
-        .as_ref()
-        .map(|d| d.alias.clone())
-        .or_else(|| applied_of(row).map(|a| a.fields.alias))
-        .or_else(|| {
-            ["mailNickname", "userPrincipalName"]
-                .iter()
-                .find_map(|key| row.source.get(*key)?.as_str().map(str::to_owned))
-        })
-        .unwrap_or_else(|| row.object_id.clone())
-}
-
-pub fn plan_line(row: &ReconcileRow, planned: &PlannedUser, now: DateTime<Utc>) -> PlanLine {
-    let mut decision = decision_label(planned);
-    if decision == "none" && planned.pending_delete_at.is_some_and(|at| at > now) {
-        decision = "pending_deletion";
-    }
-    let applied = applied_of(row);
-    let changes = match planned.change.as_ref().map(|c| &c.action) {
-        Some(Action::Create { fields }) => created_fields(fields),
-        Some(Action::Update { patch, .. }) => applied
-            .as_ref()
-            .map(|a| field_changes(&a.fields, patch))
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let reasons = planned
-        .problems
-        .iter()
-        .chain(planned.held.as_ref())
-        .map(ToString::to_string)
-        .collect();
-    PlanLine {
-        object_id: row.object_id.clone(),
-        user: user_name(row, planned),
-        decision,
-        state: planned.state,
-        changes,
-        delete_at: planned.pending_delete_at,
-        reasons,
-    }
-}
-
-fn fields_list(fields: &SyncedFields) -> Vec<(String, Option<String>)> {
-    let mut list = vec![
-        ("alias".to_owned(), Some(fields.alias.clone())),
-        ("first_name".to_owned(), Some(fields.first_name.clone())),
-        ("surname".to_owned(), Some(fields.surname.clone())),
-        ("pstn_fixed".to_owned(), Some(fields.pstn_fixed.clone())),
-        ("email".to_owned(), fields.email.clone()),
-    ];
-    list.extend(
-        fields
-            .attributes
-            .iter()
-            .map(|(k, v)| (format!("attributes.{k}"), Some(v.clone()))),
-    );
-    list
-}
-
-fn created_fields(fields: &SyncedFields) -> Vec<FieldChange> {
-    fields_list(fields)
-        .into_iter()
-        .filter(|(_, value)| value.is_some())
-        .map(|(field, after)| FieldChange {
-            field,
-            before: None,
-            after,
-        })
-        .collect()
-}
-
-/// Field by field, what a patch changes on the applied fields.
-pub fn field_changes(applied: &SyncedFields, patch: &FieldPatch) -> Vec<FieldChange> {
-    let mut after = applied.clone();
-    patch.apply_to(&mut after);
-    let before = fields_list(applied);
-    let after = fields_list(&after);
-    let changed = patch.changed_fields();
-    changed
-        .into_iter()
-        .map(|field| {
-            let find = |list: &[(String, Option<String>)]| {
-                list.iter()
-                    .find(|(name, _)| *name == field)
-                    .and_then(|(_, v)| v.clone())
-            };
-            FieldChange {
-                before: find(&before),
-                after: find(&after),
-                field,
-            }
-        })
-        .collect()
 }
 
 pub async fn explain(store: &Store, id: &str, key: &str, json: bool) -> anyhow::Result<()> {
@@ -381,58 +313,5 @@ fn action_name(action: &Action) -> &'static str {
         Action::Create { .. } => "create",
         Action::Update { .. } => "update",
         Action::Delete { .. } => "delete",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use usersync_core::diff;
-
-    use super::*;
-
-    fn fields(surname: &str, title: Option<&str>) -> SyncedFields {
-        SyncedFields {
-            alias: "anna".into(),
-            first_name: "Anna".into(),
-            surname: surname.into(),
-            pstn_fixed: "46811111111".into(),
-            email: Some("anna@acme.example".into()),
-            attributes: title
-                .map(|t| BTreeMap::from([("title".to_owned(), t.to_owned())]))
-                .unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn an_update_shows_each_field_before_and_after() {
-        let applied = fields("Berg", Some("CEO"));
-        let desired = fields("Lindqvist", None);
-        let changes = field_changes(&applied, &diff(&applied, &desired));
-        assert_eq!(
-            changes,
-            [
-                FieldChange {
-                    field: "surname".into(),
-                    before: Some("Berg".into()),
-                    after: Some("Lindqvist".into())
-                },
-                FieldChange {
-                    field: "attributes.title".into(),
-                    before: Some("CEO".into()),
-                    after: None
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn a_creation_lists_the_fields_it_sets() {
-        let names: Vec<String> = created_fields(&fields("Berg", None))
-            .into_iter()
-            .map(|c| c.field)
-            .collect();
-        assert_eq!(names, ["alias", "first_name", "surname", "pstn_fixed", "email"]);
     }
 }
