@@ -5,10 +5,10 @@
 use anyhow::bail;
 use serde_json::{json, Value};
 use usersync_core::{Action, TenantConfig};
-use usersync_planner::{applied_of, fields_list, mapped_fields, plan_line, PlanLine, Planner, Survey};
-use usersync_runtime::clock;
 use usersync_graph::{GraphClient, GraphConfig};
+use usersync_planner::{applied_of, fields_list, mapped_fields, plan_line, PlanLine, Planner, Survey};
 use usersync_preview::{read_directory, LivePlan, Progress};
+use usersync_runtime::clock;
 use usersync_store::{Round, SecretKey, Store};
 
 async fn planner_inputs(store: &Store, id: &str) -> anyhow::Result<(TenantConfig, Round, bool)> {
@@ -74,7 +74,8 @@ pub async fn plan_live(store: &Store, id: &str, json: bool, all: bool) -> anyhow
         .await
         .map_err(|err| anyhow::anyhow!("reading the directory of tenant {id} ({}): {err}", err.code()))?;
     let mut lines = Vec::new();
-    let plan = usersync_preview::plan_live(store, &tenant, &live, clock::now(), &progress, &mut lines).await?;
+    let plan =
+        usersync_preview::plan_live(store, &tenant, &live, clock::now(), &progress, &mut lines).await?;
     lines.retain(|line| all || line.decision != "none");
     print_plan(&tenant, "live", &plan, &lines, json)
 }
@@ -105,7 +106,13 @@ fn progress_on_stderr() -> impl Fn(Progress) + Send + Sync {
 /// Users between two progress lines.
 const PROGRESS_EVERY: u64 = 5000;
 
-fn print_plan(tenant: &TenantConfig, source: &str, plan: &LivePlan, lines: &[PlanLine], json: bool) -> anyhow::Result<()> {
+fn print_plan(
+    tenant: &TenantConfig,
+    source: &str,
+    plan: &LivePlan,
+    lines: &[PlanLine],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         let out = json!({
             "tenant_id": tenant.id,

@@ -60,7 +60,11 @@ pub struct FilterGroups {
 impl GraphClient {
     /// The ids of the groups named in `memberOf`; a name matching none is
     /// [`GraphError::GroupNotFound`].
-    pub async fn filter_groups(&self, creds: &Credentials, names: &[String]) -> Result<FilterGroups, GraphError> {
+    pub async fn filter_groups(
+        &self,
+        creds: &Credentials,
+        names: &[String],
+    ) -> Result<FilterGroups, GraphError> {
         let resolved = self.resolve_groups(creds, names).await?;
         if let Some(missing) = resolved.iter().find(|group| group.ids.is_empty()) {
             return Err(GraphError::GroupNotFound {

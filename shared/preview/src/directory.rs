@@ -96,7 +96,9 @@ fn fold_users(users: &mut BTreeMap<String, Value>, page: Vec<Value>) {
             continue;
         }
         let entry = users.entry(id).or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(properties) = entry else { continue };
+        let Value::Object(properties) = entry else {
+            continue;
+        };
         for (key, value) in object {
             if !key.starts_with('@') && !key.contains("@odata") && key != "id" {
                 properties.insert(key, value);

@@ -135,17 +135,14 @@ async fn run_preview(
         .await
         .map_err(PreviewError::Directory)?;
     let mut lines = StoredLines { store, id, next: 0 };
-    let plan = plan_live(
-        store,
-        tenant,
-        &live,
-        clock::now(),
-        &progress,
-        &mut lines,
-    )
-    .await?;
+    let plan = plan_live(store, tenant, &live, clock::now(), &progress, &mut lines).await?;
     store
-        .finish_preview(id, &plan.summary_json(), &serde_json::json!(plan.warnings))
+        .finish_preview(
+            id,
+            i64::try_from(live.users.len()).unwrap_or(i64::MAX),
+            &plan.summary_json(),
+            &serde_json::json!(plan.warnings),
+        )
         .await?;
     Ok(())
 }

@@ -11,5 +11,7 @@ mod jobs;
 mod plan;
 
 pub use directory::{read_directory, LiveDirectory, Progress};
-pub use jobs::{get_preview, settings_hash, start_preview, PreviewError, PreviewPage, PreviewReport, MAX_PAGE};
+pub use jobs::{
+    get_preview, settings_hash, start_preview, PreviewError, PreviewPage, PreviewReport, MAX_PAGE,
+};
 pub use plan::{plan_live, LinePage, LivePlan};

@@ -166,7 +166,10 @@ impl<'a> LiveRows<'a> {
 
     /// The next stored users the directory no longer has.
     async fn gone_page(&mut self, after: String) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
-        let stored = self.store.sync_rows_page(self.tenant_id, &after, PLAN_PAGE).await?;
+        let stored = self
+            .store
+            .sync_rows_page(self.tenant_id, &after, PLAN_PAGE)
+            .await?;
         let Some((last, _)) = stored.last() else {
             self.done = true;
             return Ok(None);

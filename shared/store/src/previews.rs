@@ -58,7 +58,12 @@ const PREVIEW_COLUMNS: &str = "id, tenant_id, state, settings_hash, summary, war
 
 impl Store {
     /// A keyset page of the tenant's stored sync rows after `after`, by object id.
-    pub async fn sync_rows_page(&self, tenant_id: &str, after: &str, limit: i64) -> Result<Vec<(String, SyncRow)>> {
+    pub async fn sync_rows_page(
+        &self,
+        tenant_id: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, SyncRow)>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The ordered primary key, whatever the statistics say (see `reconcile_page`).
@@ -80,7 +85,11 @@ impl Store {
     }
 
     /// The stored sync rows of the given users (those that have one).
-    pub async fn sync_rows_of(&self, tenant_id: &str, object_ids: &[String]) -> Result<HashMap<String, SyncRow>> {
+    pub async fn sync_rows_of(
+        &self,
+        tenant_id: &str,
+        object_ids: &[String],
+    ) -> Result<HashMap<String, SyncRow>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -153,13 +162,19 @@ impl Store {
     }
 
     /// Ends a running preview with its result; false when it was no longer running.
-    pub async fn finish_preview(&self, id: Uuid, summary: &Value, warnings: &Value) -> Result<bool> {
+    pub async fn finish_preview(
+        &self,
+        id: Uuid,
+        users_read: i64,
+        summary: &Value,
+        warnings: &Value,
+    ) -> Result<bool> {
         let client = self.client().await?;
         let updated = client
             .execute(
-                "UPDATE previews SET state = 'succeeded', summary = $2, warnings = $3, finished_at = now()
+                "UPDATE previews SET state = 'succeeded', users_read = $2, summary = $3, warnings = $4, finished_at = now()
                  WHERE id = $1 AND state = 'running'",
-                &[&id, &Json(summary), &Json(warnings)],
+                &[&id, &users_read, &Json(summary), &Json(warnings)],
             )
             .await
             .context("recording the preview's result")?;
