@@ -266,3 +266,86 @@ impl Store {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::testing::{in_fresh_database, store_with_minimal_tenant};
+
+    #[tokio::test]
+    async fn a_preview_that_stopped_beating_is_failed_and_its_late_result_refused() {
+        in_fresh_database(|url| async move {
+            let store = store_with_minimal_tenant(&url, "acme", 2).await;
+            let id = store.create_preview("acme", "hash").await.expect("created");
+            assert!(store.beat_preview(id, 10).await.expect("beat"));
+            store
+                .add_preview_lines(id, 0, &[("create", json!({"object_id": "u1"}))])
+                .await
+                .expect("lines");
+            let running = store.preview("acme", id).await.expect("read").expect("kept");
+            assert_eq!((running.state.as_str(), running.users_read), ("running", 10));
+            assert!(store.preview("other", id).await.expect("read").is_none(), "another tenant's");
+
+            // The process stalls past the stale limit (or died): the next reader fails it.
+            let client = store.client().await.expect("a connection");
+            client
+                .execute(
+                    "UPDATE previews SET heartbeat_at = now() - make_interval(secs => $2::int + 1) WHERE id = $1",
+                    &[&id, &(super::PREVIEW_STALE_SECS as i32)],
+                )
+                .await
+                .expect("aged");
+            let failed = store.preview("acme", id).await.expect("read").expect("kept");
+            assert_eq!(failed.state, "failed");
+            assert_eq!(failed.error_code.as_deref(), Some("preview.abandoned"));
+            assert_eq!(store.preview_lines(id, None, 0, 10).await.expect("lines").1, 0);
+            // A late worker learns it lost, and its result does not replace the failure.
+            assert!(!store.beat_preview(id, 20).await.expect("beat"));
+            assert!(!store.finish_preview(id, 20, &json!({}), &json!([])).await.expect("finish"));
+            assert_eq!(store.preview("acme", id).await.expect("read").expect("kept").state, "failed");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn lines_page_in_order_and_by_decision_and_old_previews_go() {
+        in_fresh_database(|url| async move {
+            let store = store_with_minimal_tenant(&url, "acme", 2).await;
+            let id = store.create_preview("acme", "hash").await.expect("created");
+            let lines: Vec<(&str, serde_json::Value)> = (0..7)
+                .map(|n| (if n % 2 == 0 { "create" } else { "skip" }, json!({"n": n})))
+                .collect();
+            store.add_preview_lines(id, 0, &lines[..4]).await.expect("lines");
+            store.add_preview_lines(id, 4, &lines[4..]).await.expect("lines");
+            assert!(store
+                .finish_preview(id, 7, &json!({"create": 4, "skip": 3}), &json!([]))
+                .await
+                .expect("finish"));
+            let (page, total) = store.preview_lines(id, None, 2, 3).await.expect("page");
+            assert_eq!(
+                (page, total),
+                (vec![json!({"n": 2}), json!({"n": 3}), json!({"n": 4})], 7)
+            );
+            let (page, total) = store.preview_lines(id, Some("skip"), 1, 10).await.expect("page");
+            assert_eq!((page, total), (vec![json!({"n": 3}), json!({"n": 5})], 3));
+
+            let client = store.client().await.expect("a connection");
+            client
+                .execute(
+                    "UPDATE previews SET created_at = now() - interval '25 hours' WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("aged");
+            let newer = store.create_preview("acme", "hash").await.expect("created");
+            assert!(
+                store.preview("acme", id).await.expect("read").is_none(),
+                "kept a day only"
+            );
+            assert!(store.preview("acme", newer).await.expect("read").is_some());
+            assert_eq!(store.preview_lines(id, None, 0, 10).await.expect("lines").1, 0);
+        })
+        .await;
+    }
+}

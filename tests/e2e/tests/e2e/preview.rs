@@ -141,9 +141,9 @@ async fn plan_live_before_the_first_sync_shows_what_the_first_run_then_does() {
     assert_eq!(in_pbx, ids_with(&plan, "create"));
 
     // After it: a renamed user is an update field by field, a user who left
-    // the group a deletion (grace period 0 days), read live — the stored
+    // the group or Entra a deletion (grace period 0 days), read live — the stored
     // plan cannot know either before the next run reads the directory.
-    let (renamed, leaving) = (&members[1], &members[2]);
+    let (renamed, leaving, gone) = (&members[1], &members[2], &members[3]);
     let before = graph_users(&stack).await[renamed.as_str()]["surname"].clone();
     stack
         .graph_call(
@@ -159,6 +159,10 @@ async fn plan_live_before_the_first_sync_shows_what_the_first_run_then_does() {
             None,
         )
         .await;
+    // Gone from Entra altogether: only the stored state knows the user.
+    stack
+        .graph_call(Method::DELETE, &sim(&format!("/users/{gone}")), None)
+        .await;
     let live = stack.cli_json(&["plan", "acme", "--live", "--json"]).await;
     let update = entry(&live, renamed);
     assert_eq!(update["decision"], "update", "{update:#}");
@@ -168,6 +172,14 @@ async fn plan_live_before_the_first_sync_shows_what_the_first_run_then_does() {
         "{update:#}"
     );
     assert_eq!(entry(&live, leaving)["decision"], "delete");
+    let removed = entry(&live, gone);
+    assert_eq!(removed["decision"], "delete", "{removed:#}");
+    assert_eq!(
+        removed["user"],
+        stack.sql(&format!(
+            "SELECT applied->>'alias' FROM sync_users WHERE object_id = '{gone}'"
+        ))
+    );
     assert_eq!(live["summary"].get("create"), None, "{:#}", live["summary"]);
     let stored = stack.cli_json(&["plan", "acme", "--json"]).await;
     assert!(ids_with(&stored, "update").is_empty(), "{stored:#}");
