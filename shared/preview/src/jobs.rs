@@ -150,7 +150,8 @@ async fn run_preview(
 /// A preview as the API answers for it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PreviewReport {
-    pub id: Uuid,
+    /// The preview's id, as `POST /v1/tenants/{id}/preview` answers it.
+    pub run_id: Uuid,
     pub tenant_id: String,
     /// running, succeeded or failed
     pub state: String,
@@ -165,9 +166,11 @@ pub struct PreviewReport {
     pub summary: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Value>,
-    /// Why it failed: `{"code", "message"}`.
+    /// Why it failed, as for runs: a stable code and the reason with what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// A page of the users' lines, once succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub users: Option<PreviewPage>,
@@ -215,7 +218,7 @@ pub async fn get_preview(
         _ => None,
     };
     Ok(Some(PreviewReport {
-        id: row.id,
+        run_id: row.id,
         tenant_id: row.tenant_id,
         state: row.state,
         settings_hash: row.settings_hash,
@@ -224,9 +227,8 @@ pub async fn get_preview(
         users_read: row.users_read,
         summary: row.summary,
         warnings: row.warnings,
-        error: row
-            .error_code
-            .map(|code| serde_json::json!({"code": code, "message": row.error})),
+        error_code: row.error_code,
+        error: row.error,
         users,
     }))
 }

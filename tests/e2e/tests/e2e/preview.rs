@@ -184,6 +184,15 @@ async fn plan_live_before_the_first_sync_shows_what_the_first_run_then_does() {
     let stored = stack.cli_json(&["plan", "acme", "--json"]).await;
     assert!(ids_with(&stored, "update").is_empty(), "{stored:#}");
     assert_eq!(pbx_users(&stack).await.len(), 119, "the preview changed nothing");
+
+    // An expired secret is said as such, with what to do.
+    stack
+        .graph_call(Method::PATCH, &sim(""), Some(json!({"secret_expired": true})))
+        .await;
+    let (ok, _, stderr) = stack.cli(&["plan", "acme", "--live"], None).await;
+    assert!(!ok);
+    assert!(stderr.contains("entra.7000222"), "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
 }
 
 async fn finished(store: &Store, tenant: &str, id: uuid::Uuid) -> PreviewReport {
@@ -276,8 +285,9 @@ async fn a_background_preview_plans_unsaved_settings_and_pages_its_lines() {
     )
     .await;
     assert_eq!(failed.state, "failed");
-    let error = failed.error.expect("an error");
-    assert_eq!(error["code"], "entra.7000215", "{error:#}");
+    assert_eq!(failed.error_code.as_deref(), Some("entra.7000215"), "{failed:#?}");
+    let error = failed.error.expect("a reason");
+    assert!(error.contains("client secret"), "{error}");
     assert!(failed.users.is_none());
 
     // A preview whose process died stops beating: reported failed, not running forever.
@@ -290,7 +300,7 @@ async fn a_background_preview_plans_unsaved_settings_and_pages_its_lines() {
         .expect("read")
         .expect("kept");
     assert_eq!(report.state, "failed");
-    assert_eq!(report.error.expect("an error")["code"], "preview.abandoned");
+    assert_eq!(report.error_code.as_deref(), Some("preview.abandoned"));
 
     assert!(pbx_users(&stack).await.is_empty());
     assert_nothing_written(&stack);
