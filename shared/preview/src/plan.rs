@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use usersync_core::TenantConfig;
 use usersync_planner::{plan_line, PlanLine, Planner, SurveyPass, PLAN_PAGE};
-use usersync_store::{ReconcileRow, Round, Store};
+use usersync_store::{ClaimSession, ReconcileRow, Round, Store};
 
 use crate::{LiveDirectory, Progress};
 
@@ -64,8 +64,8 @@ pub async fn plan_live(
         now,
     };
     let mut pass = SurveyPass::start(&planner).await?;
-    let mut rows = LiveRows::new(store, &tenant.id, live);
-    while let Some(page) = rows.next_page().await? {
+    let mut rows = LiveRows::new(&tenant.id, live);
+    while let Some(page) = rows.next_page(Reader::Session(&mut pass.claims)).await? {
         pass.add(&page).await?;
     }
     let survey = pass.finish().await?;
@@ -75,8 +75,8 @@ pub async fn plan_live(
     let total = rows.count;
     let mut summary: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut planned = 0;
-    let mut rows = LiveRows::new(store, &tenant.id, live);
-    while let Some(page) = rows.next_page().await? {
+    let mut rows = LiveRows::new(&tenant.id, live);
+    while let Some(page) = rows.next_page(Reader::Store(store)).await? {
         let lines: Vec<PlanLine> = page
             .iter()
             .map(|row| plan_line(row, &planner.plan_one(&survey, hold.as_deref(), row), now))
@@ -97,12 +97,19 @@ pub async fn plan_live(
     })
 }
 
+/// Where stored sync rows are read: during the survey on the claims
+/// session's own connection (a survey holding one connection never waits for
+/// a second, so concurrent previews cannot starve a small pool), else the pool.
+enum Reader<'a> {
+    Store(&'a Store),
+    Session(&'a mut ClaimSession),
+}
+
 /// The planner's rows from the live directory: first every user read now
 /// (with its stored sync state), then every stored user the directory no
 /// longer has (gone from Entra: removed). Pages of [`PLAN_PAGE`]; the order
 /// never depends on the database's collation.
 struct LiveRows<'a> {
-    store: &'a Store,
     tenant_id: &'a str,
     live: &'a LiveDirectory,
     users: std::collections::btree_map::Iter<'a, String, Value>,
@@ -114,9 +121,8 @@ struct LiveRows<'a> {
 }
 
 impl<'a> LiveRows<'a> {
-    fn new(store: &'a Store, tenant_id: &'a str, live: &'a LiveDirectory) -> Self {
+    fn new(tenant_id: &'a str, live: &'a LiveDirectory) -> Self {
         LiveRows {
-            store,
             tenant_id,
             live,
             users: live.users.iter(),
@@ -126,11 +132,11 @@ impl<'a> LiveRows<'a> {
         }
     }
 
-    async fn next_page(&mut self) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
+    async fn next_page(&mut self, mut reader: Reader<'_>) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
         while !self.done {
             let page = match &self.stored_after {
-                None => self.live_page().await?,
-                Some(after) => self.gone_page(after.clone()).await?,
+                None => self.live_page(&mut reader).await?,
+                Some(after) => self.gone_page(&mut reader, after.clone()).await?,
             };
             if let Some(page) = page.filter(|p| !p.is_empty()) {
                 self.count += page.len() as u64;
@@ -141,14 +147,17 @@ impl<'a> LiveRows<'a> {
     }
 
     /// The next live users; an empty page when a stored user's page had none gone.
-    async fn live_page(&mut self) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
+    async fn live_page(&mut self, reader: &mut Reader<'_>) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
         let users: Vec<(&String, &Value)> = self.users.by_ref().take(PLAN_PAGE as usize).collect();
         if users.is_empty() {
             self.stored_after = Some(String::new());
             return Ok(None);
         }
         let ids: Vec<String> = users.iter().map(|(id, _)| (*id).clone()).collect();
-        let mut stored = self.store.sync_rows_of(self.tenant_id, &ids).await?;
+        let mut stored = match reader {
+            Reader::Store(store) => store.sync_rows_of(self.tenant_id, &ids).await?,
+            Reader::Session(session) => session.sync_rows_of(self.tenant_id, &ids).await?,
+        };
         let members = self.live.members.as_ref();
         Ok(Some(
             users
@@ -165,11 +174,15 @@ impl<'a> LiveRows<'a> {
     }
 
     /// The next stored users the directory no longer has.
-    async fn gone_page(&mut self, after: String) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
-        let stored = self
-            .store
-            .sync_rows_page(self.tenant_id, &after, PLAN_PAGE)
-            .await?;
+    async fn gone_page(
+        &mut self,
+        reader: &mut Reader<'_>,
+        after: String,
+    ) -> anyhow::Result<Option<Vec<ReconcileRow>>> {
+        let stored = match reader {
+            Reader::Store(store) => store.sync_rows_page(self.tenant_id, &after, PLAN_PAGE).await?,
+            Reader::Session(session) => session.sync_rows_page(self.tenant_id, &after, PLAN_PAGE).await?,
+        };
         let Some((last, _)) = stored.last() else {
             self.done = true;
             return Ok(None);

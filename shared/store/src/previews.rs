@@ -9,7 +9,9 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use crate::{Result, Store, SyncRow};
+use deadpool_postgres::GenericClient;
+
+use crate::{ClaimSession, Result, Store, SyncRow};
 
 /// A preview is reported failed once its heartbeat is this old: the process
 /// running it died (it beats every few seconds while it works).
@@ -53,6 +55,74 @@ impl PreviewRow {
     }
 }
 
+impl ClaimSession {
+    /// [`Store::sync_rows_page`] on the session's own connection: a survey
+    /// never waits for a second connection while it holds one.
+    pub async fn sync_rows_page(
+        &mut self,
+        tenant_id: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, SyncRow)>> {
+        sync_rows_page(&mut self.client, tenant_id, after, limit).await
+    }
+
+    /// [`Store::sync_rows_of`] on the session's own connection.
+    pub async fn sync_rows_of(
+        &self,
+        tenant_id: &str,
+        object_ids: &[String],
+    ) -> Result<HashMap<String, SyncRow>> {
+        sync_rows_of(&self.client, tenant_id, object_ids).await
+    }
+}
+
+async fn sync_rows_page(
+    client: &mut deadpool_postgres::Object,
+    tenant_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, SyncRow)>> {
+    let tx = client.transaction().await?;
+    // The ordered primary key, whatever the statistics say (see `reconcile_page`).
+    tx.batch_execute(crate::directory::PIN_PAGE_PLAN).await?;
+    let rows = tx
+        .query(
+            "SELECT object_id, state, desired, desired_version, pbx_id, applied, applied_version, pending_delete_at
+             FROM sync_users WHERE tenant_id = $1 AND object_id > $2
+             ORDER BY object_id LIMIT $3",
+            &[&tenant_id, &after, &limit],
+        )
+        .await
+        .context("reading stored sync state")?;
+    tx.commit().await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("object_id"), SyncRow::from_row(row)))
+        .collect())
+}
+
+async fn sync_rows_of(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    object_ids: &[String],
+) -> Result<HashMap<String, SyncRow>> {
+    let rows = client
+        .query(
+            "SELECT s.object_id, s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version,
+                    s.pending_delete_at
+             FROM unnest($2::text[]) AS u(id)
+             JOIN LATERAL (SELECT * FROM sync_users WHERE tenant_id = $1 AND object_id = u.id) s ON true",
+            &[&tenant_id, &object_ids],
+        )
+        .await
+        .context("reading stored sync state")?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get("object_id"), SyncRow::from_row(row)))
+        .collect())
+}
+
 const PREVIEW_COLUMNS: &str = "id, tenant_id, state, settings_hash, summary, warnings, error_code, error,
      users_read, created_at, finished_at";
 
@@ -64,24 +134,7 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<(String, SyncRow)>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // The ordered primary key, whatever the statistics say (see `reconcile_page`).
-        tx.batch_execute(crate::directory::PIN_PAGE_PLAN).await?;
-        let rows = tx
-            .query(
-                "SELECT object_id, state, desired, desired_version, pbx_id, applied, applied_version, pending_delete_at
-                 FROM sync_users WHERE tenant_id = $1 AND object_id > $2
-                 ORDER BY object_id LIMIT $3",
-                &[&tenant_id, &after, &limit],
-            )
-            .await
-            .context("reading stored sync state")?;
-        tx.commit().await?;
-        Ok(rows
-            .iter()
-            .map(|row| (row.get("object_id"), SyncRow::from_row(row)))
-            .collect())
+        sync_rows_page(&mut self.client().await?, tenant_id, after, limit).await
     }
 
     /// The stored sync rows of the given users (those that have one).
@@ -90,21 +143,7 @@ impl Store {
         tenant_id: &str,
         object_ids: &[String],
     ) -> Result<HashMap<String, SyncRow>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT s.object_id, s.state, s.desired, s.desired_version, s.pbx_id, s.applied, s.applied_version,
-                        s.pending_delete_at
-                 FROM unnest($2::text[]) AS u(id)
-                 JOIN LATERAL (SELECT * FROM sync_users WHERE tenant_id = $1 AND object_id = u.id) s ON true",
-                &[&tenant_id, &object_ids],
-            )
-            .await
-            .context("reading stored sync state")?;
-        Ok(rows
-            .iter()
-            .map(|row| (row.get("object_id"), SyncRow::from_row(row)))
-            .collect())
+        sync_rows_of(&self.client().await?, tenant_id, object_ids).await
     }
 
     /// Records a new running preview, and deletes the ones kept long enough.

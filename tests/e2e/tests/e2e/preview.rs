@@ -269,6 +269,26 @@ async fn a_background_preview_plans_unsaved_settings_and_pages_its_lines() {
         "the unsaved mapping: {line:#}"
     );
 
+    // Previews at once on a pool of one connection: a survey holding its
+    // connection never waits for another, so none starves the rest.
+    let small = Store::connect(&stack.database_url, 1)
+        .await
+        .expect("a one-connection store");
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        started.push(
+            start_preview(&small, &graph, unsaved.clone())
+                .await
+                .expect("started"),
+        );
+    }
+    for id in started {
+        let report = finished(&small, "acme", id).await;
+        assert_eq!(report.state, "succeeded", "{report:#?}");
+        assert_eq!(report.summary, finished(&store, "acme", id).await.summary);
+        assert_eq!(report.summary.as_ref().expect("summary")["create"], 120);
+    }
+
     // Another tenant's id finds nothing.
     assert!(get_preview(&store, "other", id, None, 0, 10)
         .await
