@@ -11,7 +11,7 @@ use usersync_store::{PlannedUser, ReconcileRow};
 use crate::{applied_of, decision_label};
 
 /// One field's change: before → after (`None`: absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldChange {
     pub field: String,
     pub before: Option<String>,
@@ -19,7 +19,7 @@ pub struct FieldChange {
 }
 
 /// One user's line in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PlanLine {
     pub object_id: String,
     pub user: String,
