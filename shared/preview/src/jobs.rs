@@ -148,7 +148,7 @@ async fn run_preview(
 }
 
 /// A preview as the API answers for it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PreviewReport {
     /// The preview's id, as `POST /v1/tenants/{id}/preview` answers it.
     pub run_id: Uuid,
@@ -163,8 +163,11 @@ pub struct PreviewReport {
     pub users_read: i64,
     /// Users per decision, once succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub summary: Option<Value>,
+    /// Run-level warnings (duplicate group names, conflicts, a deletion hold).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub warnings: Option<Value>,
     /// Why it failed, as for runs: a stable code and the reason with what to do.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,7 +180,7 @@ pub struct PreviewReport {
 }
 
 /// One page of a preview's lines.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PreviewPage {
     /// Only lines with this decision, when asked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +189,8 @@ pub struct PreviewPage {
     pub limit: i64,
     /// Lines there are in all (of that decision).
     pub total: i64,
+    /// The users' lines, as `usersync plan --json` prints them.
+    #[schema(value_type = Vec<usersync_planner::PlanLine>)]
     pub items: Vec<Value>,
 }
 
