@@ -19,6 +19,7 @@
 //! The differ stores the plan; `usersync plan` and `usersync explain` decide
 //! everyone and change nothing.
 
+mod lines;
 mod user;
 
 use std::collections::BTreeMap;
@@ -26,9 +27,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, TimeDelta, Utc};
 use usersync_core::conflict::losers;
 use usersync_core::{resolve_conflicts, Action, Conflict, Problem, Scope, TenantConfig};
-use usersync_store::{PlannedUser, ReconcileRow, Round, Store};
+use usersync_store::{ClaimSession, PlannedUser, ReconcileRow, Round, Store};
 use uuid::Uuid;
 
+pub use lines::{field_changes, fields_list, plan_line, FieldChange, PlanLine};
 pub use user::{applied_of, decision_label, mapped_fields, plan_user, scope_of, Overrides, PlanContext};
 
 /// Users read per page.
@@ -120,47 +122,20 @@ impl Planner<'_> {
         self.survey_of(None).await
     }
 
+    /// The first pass over the users run `chosen` decides (everyone when `None`).
     async fn survey_of(&self, chosen: Option<Uuid>) -> anyhow::Result<Survey> {
-        let context = self.context();
-        let mut claims = self.store.claim_session().await?;
-        let mut survey = Survey {
-            chosen,
-            ..Survey::default()
-        };
+        let mut pass = SurveyPass::start(self, chosen).await?;
         let mut after = String::new();
         loop {
-            let rows = claims
+            let rows = pass
+                .claims
                 .reconcile_rows(&self.tenant.id, chosen, &after, PLAN_PAGE)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.object_id.clone();
-            let mut page_claims = Vec::new();
-            for row in &rows {
-                let (scope, mapped) = mapped_fields(row, &context);
-                let applied = applied_of(row);
-                survey.synced += u64::from(applied.is_some());
-                page_claims.extend(user::claims(row, mapped.as_ref(), applied.as_ref(), &context));
-                if context.writes() && scope != Scope::In {
-                    let decision =
-                        user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), &context);
-                    survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
-                }
-            }
-            claims.add(&page_claims).await?;
+            pass.add(&rows).await?;
         }
-        let contested = claims.contested(&self.tenant.id, chosen).await?;
-        if let Some(run_id) = chosen {
-            // Everyone in a conflict is decided, whichever side they were on.
-            let involved: Vec<&str> = contested.iter().map(|c| c.object_id.as_str()).collect();
-            claims.choose(run_id, &involved).await?;
-            // Everyone not decided is settled: no deletion of theirs is due.
-            survey.synced = claims.synced_users(&self.tenant.id).await?;
-        }
-        claims.finish().await?;
-        survey.conflicts = resolve_conflicts(&contested);
-        survey.losers = losers(&survey.conflicts);
-        survey.guard_trips = self.tenant.deletion_guard.trips(survey.deletions, survey.synced);
-        Ok(survey)
+        pass.finish().await
     }
 
     /// A page of verdicts after `after` (by object id); empty at the end.
@@ -231,6 +206,66 @@ impl Planner<'_> {
         self.store
             .reconcile_rows(&self.tenant.id, chosen, after, PLAN_PAGE)
             .await
+    }
+}
+
+/// The first pass over rows from any source, page by page: the stored
+/// directory (the differ, `usersync plan`) or the directory as read now (the
+/// live preview). Claims on unique values go to the session's temporary table.
+pub struct SurveyPass<'a> {
+    context: PlanContext<'a>,
+    tenant: &'a TenantConfig,
+    pub claims: ClaimSession,
+    survey: Survey,
+}
+
+impl<'a> SurveyPass<'a> {
+    /// A pass over the users run `chosen` decides, or over everyone (`None`).
+    pub async fn start(planner: &'a Planner<'a>, chosen: Option<Uuid>) -> anyhow::Result<SurveyPass<'a>> {
+        Ok(SurveyPass {
+            context: planner.context(),
+            tenant: planner.tenant,
+            claims: planner.store.claim_session().await?,
+            survey: Survey {
+                chosen,
+                ..Survey::default()
+            },
+        })
+    }
+
+    /// One page of rows, in object id order.
+    pub async fn add(&mut self, rows: &[ReconcileRow]) -> anyhow::Result<()> {
+        let context = &self.context;
+        let mut page_claims = Vec::new();
+        for row in rows {
+            let (scope, mapped) = mapped_fields(row, context);
+            let applied = applied_of(row);
+            self.survey.synced += u64::from(applied.is_some());
+            page_claims.extend(user::claims(row, mapped.as_ref(), applied.as_ref(), context));
+            if context.writes() && scope != Scope::In {
+                let decision = user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), context);
+                self.survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
+            }
+        }
+        self.claims.add(&page_claims).await
+    }
+
+    /// The tenant-wide facts, once every row was added.
+    pub async fn finish(self) -> anyhow::Result<Survey> {
+        let mut survey = self.survey;
+        let contested = self.claims.contested(&self.tenant.id, survey.chosen).await?;
+        if let Some(run_id) = survey.chosen {
+            // Everyone in a conflict is decided, whichever side they were on.
+            let involved: Vec<&str> = contested.iter().map(|c| c.object_id.as_str()).collect();
+            self.claims.choose(run_id, &involved).await?;
+            // Everyone not decided is settled: no deletion of theirs is due.
+            survey.synced = self.claims.synced_users(&self.tenant.id).await?;
+        }
+        self.claims.finish().await?;
+        survey.conflicts = resolve_conflicts(&contested);
+        survey.losers = losers(&survey.conflicts);
+        survey.guard_trips = self.tenant.deletion_guard.trips(survey.deletions, survey.synced);
+        Ok(survey)
     }
 }
 

@@ -7,4 +7,5 @@ mod notifier;
 mod operations;
 mod operator;
 mod pipeline;
+mod preview;
 mod support;
