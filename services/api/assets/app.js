@@ -193,7 +193,7 @@ async function openTenant(id) {
   show($('#picker'), false);
   show($('#page-error'), false);
   show($('#loading'), true);
-  show($('#change-company'), state.tenants.length !== 1);
+  show($('#change-company'), state.tenants.length > 1);
   try {
     await loadTenant();
     await Promise.all([loadStatus(), loadPbxLists()]);
@@ -372,7 +372,9 @@ function renderProviderCheck() {
 
 function problemText(problem) {
   const params = { ...problem.params };
-  if (params.detail && typeof params.detail === 'object') params.detail = t('ps_json_at', params.detail);
+  if (params.detail && typeof params.detail === 'object') {
+    params.detail = t(params.detail.end ? 'ps_json_end' : 'ps_json_at', params.detail);
+  }
   return t(`ps_${problem.code}`, params);
 }
 

@@ -102,7 +102,8 @@ function jsonErrorPlace(text, err) {
   const before = text.slice(0, offset);
   const line = before.split('\n').length;
   const column = offset - before.lastIndexOf('\n');
-  return { line, column, near: text.slice(offset, offset + 12) };
+  const near = text.slice(offset, offset + 12);
+  return near ? { line, column, near } : { line, column, end: true };
 }
 
 function isObject(value) {
