@@ -3,7 +3,7 @@
 // Then a second writer changes the template behind the page's back: the page's
 // next save is refused as stale (412) and offers to reload.
 //
-// Env: BASE_URL TOKEN TENANT SCREENSHOTS
+// Env: BASE_URL TOKEN TENANT SCREENSHOTS PROVIDER_SETTINGS
 
 import { assert, env, pageUrl, run, textMatches } from './lib.mjs';
 
@@ -37,8 +37,14 @@ await run('keyboard-save', async (page, shot) => {
   // A second writer (another admin) saves in between: this page's version is stale.
   const api = `${env('BASE_URL')}/v1/tenants/${encodeURIComponent(env('TENANT'))}`;
   const headers = { Authorization: `Bearer ${env('TOKEN')}`, 'Content-Type': 'application/json' };
-  const current = await (await fetch(api, { headers })).json();
-  const other = await fetch(api, { method: 'PUT', headers, body: JSON.stringify({ ...current, name: 'Acme Group AB' }) });
+  const read = await fetch(api, { headers });
+  const current = await read.json();
+  const other = await fetch(api, {
+    method: 'PUT',
+    headers: { ...headers, 'If-Match': read.headers.get('ETag') },
+    // The read masks the secret; this writer knows it, as the admin who pasted it does.
+    body: JSON.stringify({ ...current, name: 'Acme Group AB', provider_settings: env('PROVIDER_SETTINGS') }),
+  });
   assert(other.ok, `the second writer's save (HTTP ${other.status})`);
 
   await page.getByLabel('Delete user after (days)').focus();
