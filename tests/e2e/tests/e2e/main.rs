@@ -6,5 +6,6 @@ mod fetcher;
 mod notifier;
 mod operations;
 mod operator;
+mod page;
 mod pipeline;
 mod support;

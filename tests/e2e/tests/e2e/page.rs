@@ -1,0 +1,182 @@
+//! The company admin's page in a real headless Chromium: each test boots a stack
+//! with `usersync-api`, runs one flow of tests/browser (node + playwright-core,
+//! Debian's /usr/bin/chromium) against it, and checks the outcome from this side
+//! (the PBX simulator's users, the stored tenant). Screenshots of every step land in
+//! target/browser-screenshots/<flow>/.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use usersync_e2e::{binary, free_port, wait_for, workspace_target, Stack};
+
+use crate::support::{self, CALLER_ID, CLIENT_ID, CLIENT_SECRET, ENTRA_TENANT};
+
+/// `usersync-api` on a free port with the stack's environment.
+struct ApiServer {
+    url: String,
+    _child: Child,
+}
+
+async fn start_api(stack: &Stack) -> ApiServer {
+    let port = free_port();
+    let log = std::fs::File::create(stack.logs.join("usersync-api.log")).expect("a log file");
+    let child = Command::new(binary("usersync-api"))
+        .envs(stack.env())
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting usersync-api (cargo build --workspace --bins)");
+    let url = format!("http://127.0.0.1:{port}");
+    let health = format!("{url}/healthz");
+    wait_for("usersync-api to be healthy", Duration::from_secs(60), || async {
+        stack.http.get(&health).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    ApiServer { url, _child: child }
+}
+
+/// A new API token for one company, as the operator makes it (`usersync api-token create`).
+async fn company_token(stack: &Stack, tenant: &str) -> String {
+    let (ok, stdout, stderr) = stack.cli(&["api-token", "create", "--tenant", tenant], None).await;
+    assert!(ok, "usersync api-token create failed: {stderr}");
+    // The token is the one word of the output's last line that has no spaces.
+    stdout
+        .lines()
+        .rev()
+        .flat_map(str::split_whitespace)
+        .find(|word| word.len() >= 20)
+        .unwrap_or_else(|| panic!("no token in {stdout:?}"))
+        .to_owned()
+}
+
+fn provider_settings() -> String {
+    json!({
+        "tenant_id": ENTRA_TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "user_filter": {"memberOf": ["Telephony"]}
+    })
+    .to_string()
+}
+
+/// A small directory (30 users, 20 in Telephony) and the PBX company with a template and numbers.
+async fn seed_small(stack: &Stack) {
+    stack
+        .graph_call(
+            Method::POST,
+            "/_sim/tenants",
+            Some(json!({
+                "tenant_id": ENTRA_TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                "seed": 14, "users": 30, "groups": [{"name": "Telephony", "members": 20}], "page_size": 10
+            })),
+        )
+        .await;
+    stack
+        .pbx_call(
+            Method::PUT,
+            "/_sim/companies/acme",
+            Some(json!({
+                "templates": [{"id": "standard", "name": "Standard"}, {"id": "sales", "name": "Sales team"}],
+                "numbers": [{"number": CALLER_ID, "kind": "main"}, {"number": "46812345601", "kind": "fixed"}]
+            })),
+        )
+        .await;
+}
+
+/// Runs `node tests/browser/<flow>.mjs` and asserts it passed; returns what it reported.
+async fn run_flow(flow: &str, api: &ApiServer, token: &str, extra: &[(&str, String)]) -> Value {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "tests/browser/node_modules is missing: run scripts/services-up (it runs npm ci there)"
+    );
+    let result = tempfile::NamedTempFile::new().expect("a result file");
+    let output = Command::new("node")
+        .arg(browser_dir.join(format!("{flow}.mjs")))
+        .current_dir(&browser_dir)
+        .env("BASE_URL", &api.url)
+        .env("TOKEN", token)
+        .env("TENANT", "acme")
+        .env("SCREENSHOTS", workspace_target().join("browser-screenshots"))
+        .env("RESULT_FILE", result.path())
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("running node (scripts/services-up installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "browser flow {flow} failed:\n{stdout}\n{stderr}");
+    let text = std::fs::read_to_string(result.path()).unwrap_or_default();
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("the flow's report is JSON")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the usersync-api binary (services/api); run with --ignored once it is built"]
+async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows_an_expired_secret() {
+    let stack = Stack::start("page_flow").await;
+    seed_small(&stack).await;
+    let api = start_api(&stack).await;
+    let token = company_token(&stack, "acme").await;
+
+    let report = run_flow(
+        "seed-flow",
+        &api,
+        &token,
+        &[
+            ("PROVIDER_SETTINGS", provider_settings()),
+            ("PBX_COMPANY", "acme".to_owned()),
+            ("CALLER_ID", CALLER_ID.to_owned()),
+            ("TEMPLATE_ID", "standard".to_owned()),
+        ],
+    )
+    .await;
+
+    // What the preview promised is what the PBX now holds: Telephony's members only,
+    // with the caller id and template picked from the lists.
+    let promised = report["preview_create"].as_u64().expect("the preview's count");
+    let users = support::pbx_users(&stack).await;
+    assert_eq!(users.len() as u64, promised, "PBX users against the preview's creations");
+    let (_, members) = support::telephony_members(&stack).await;
+    for (object_id, user) in &users {
+        assert!(members.contains(object_id), "{object_id} is in Telephony");
+        assert_eq!(user["caller_id"], CALLER_ID, "{object_id}'s caller id");
+        assert_eq!(user["template"], "standard", "{object_id}'s template");
+        assert!(user["email"].as_str().is_some_and(|m| m.contains('@')), "{object_id}'s mapped mail");
+    }
+    let tenant = stack.cli_json(&["tenant", "show", "acme"]).await;
+    assert_eq!(tenant["welcome_mail_copy_to"], "pbx-admin@acme.example");
+    assert_eq!(tenant["field_mapping"]["pstn_fixed"], "businessPhones[0]");
+
+    // Entra now refuses the secret as expired: the page says so and what to do.
+    stack
+        .graph_call(Method::PATCH, &format!("/_sim/tenants/{ENTRA_TENANT}"), Some(json!({"secret_expired": true})))
+        .await;
+    run_flow("expired-secret", &api, &token, &[]).await;
+    let status = stack.cli_json(&["status", "acme", "--json"]).await;
+    assert_eq!(status[0]["last_run"]["error_code"], "entra.7000222");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the usersync-api binary (services/api); run with --ignored once it is built"]
+async fn the_admin_page_saves_by_keyboard_alone_and_refuses_a_stale_save() {
+    let stack = Stack::start("page_keyboard").await;
+    support::seed(&stack).await;
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&support::tenant_file())).await;
+    assert!(ok, "tenant apply: {stderr}");
+    let api = start_api(&stack).await;
+    let token = company_token(&stack, "acme").await;
+
+    run_flow("keyboard-save", &api, &token, &[("PROVIDER_SETTINGS", provider_settings())]).await;
+
+    // The keyboard save landed; the stale one did not (the second writer's name stands).
+    let tenant = stack.cli_json(&["tenant", "show", "acme"]).await;
+    assert_eq!(tenant["error_notification_email"], "helpdesk@acme.example");
+    assert_eq!(tenant["name"], "Acme Group AB");
+    assert_eq!(tenant["delete_after_days"], 0, "the refused save changed nothing");
+}
