@@ -86,11 +86,12 @@ export class Api {
 
   // `draft` is the tenant document as the form holds it, saved or not.
   startPreview(id, draft) {
-    return this.call('POST', this.tenantPath(id, '/preview'), { body: { tenant: draft } }).then((r) => r.json);
+    return this.call('POST', this.tenantPath(id, '/preview'), { body: draft }).then((r) => r.json);
   }
 
-  preview(id, runId) {
-    return this.call('GET', this.tenantPath(id, `/preview/${encodeURIComponent(runId)}`));
+  /** A preview: `state` running, succeeded or failed; once succeeded a page of its lines. */
+  preview(id, runId, query = '') {
+    return this.call('GET', this.tenantPath(id, `/preview/${encodeURIComponent(runId)}${query}`)).then((r) => r.json);
   }
 }
 

@@ -745,17 +745,21 @@ async function runPreview() {
   renderPreview();
   $('#preview').disabled = true;
   try {
-    const { run_id: runId } = await state.api.startPreview(state.tenantId, formDocument());
+    const started = await state.api.startPreview(state.tenantId, formDocument());
+    const previewId = started.run_id || started.id;
     for (;;) {
-      const { status, json } = await state.api.preview(state.tenantId, runId);
-      if (status === 200 && json && Array.isArray(json.users)) {
-        state.preview = json;
+      const report = await state.api.preview(state.tenantId, previewId, '?limit=1000');
+      if (report.state === 'succeeded') {
+        const skipped = await state.api.preview(state.tenantId, previewId, '?decision=skip&limit=1000');
+        state.preview = { ...report, users: lines(report.users), skipped: lines(skipped.users) };
         break;
       }
-      if (json && json.state === 'failed') {
-        state.preview = { error: json.error || json.message || 'failed' };
+      if (report.state === 'failed') {
+        state.preview = { error: report.error?.message || report.error?.code || t('state_failed') };
         break;
       }
+      state.preview = { pending: true, read: report.users_read || 0 };
+      renderPreview();
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
   } catch (err) {
@@ -772,11 +776,17 @@ async function runPreview() {
   renderSkipped();
 }
 
+/** A preview's lines, whether a bare list or a page of them. */
+function lines(users) {
+  if (Array.isArray(users)) return users;
+  return users?.items || [];
+}
+
 function renderPreview() {
   const box = $('#preview-result');
   const preview = state.preview;
   if (!preview) return box.replaceChildren();
-  if (preview.pending) return box.replaceChildren(h('p', { class: 'message' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), t('previewing')));
+  if (preview.pending) return box.replaceChildren(h('p', { class: 'message' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), t('previewing'), preview.read ? ` (${t('users_read', { count: preview.read })})` : ''));
   if (preview.error) return box.replaceChildren(h('p', { class: 'message error' }, preview.error));
   const summary = { create: 0, update: 0, delete: 0, skip: 0, ...(preview.summary || {}) };
   const lines = preview.users.filter((line) => line.decision !== 'none');
@@ -812,7 +822,7 @@ function previewDetails(line) {
 function renderSkipped() {
   const box = $('#skipped');
   // The preview names each skipped user with the reasons; the last run counts them.
-  const fromPreview = state.preview?.users?.filter((line) => line.decision === 'skip');
+  const fromPreview = state.preview?.skipped ?? state.preview?.users?.filter((line) => line.decision === 'skip');
   const lastRunSkipped = state.status?.last_run?.counts?.skipped || 0;
   if (!fromPreview) {
     return box.replaceChildren(h('p', { class: 'muted' }, lastRunSkipped ? t('skipped_unknown') : t('skipped_empty')));
