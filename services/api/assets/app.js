@@ -349,7 +349,11 @@ function renderProviderCheck() {
   const problems = checkProviderSettings(box.value);
   const serverProblems = state.serverErrors.filter((e) => e.field.startsWith('provider_settings'));
   const list = $('#provider-check');
-  if (problems.length) {
+  // An empty box is not wrong yet, only unfinished: a hint, not a warning.
+  const empty = problems.length === 1 && problems[0].code === 'empty';
+  if (empty && !serverProblems.length) {
+    list.replaceChildren(h('p', { class: 'message info' }, h('code', {}, 'provider_settings'), ' ', problemText(problems[0])));
+  } else if (problems.length) {
     list.replaceChildren(
       h('p', { class: 'message warning', role: 'alert' }, ...problems.map((problem) => h('span', { class: 'problem' }, h('code', {}, problem.field), ' ', problemText(problem)))),
     );
@@ -362,7 +366,7 @@ function renderProviderCheck() {
   } else {
     list.replaceChildren();
   }
-  box.setAttribute('aria-invalid', problems.length || serverProblems.length ? 'true' : 'false');
+  box.setAttribute('aria-invalid', (problems.length && !empty) || serverProblems.length ? 'true' : 'false');
   const blocked = problems.length > 0;
   for (const button of $$('#tenant-form button[type="submit"]')) {
     button.disabled = blocked || state.saving;

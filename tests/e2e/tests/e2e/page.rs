@@ -33,7 +33,13 @@ async fn start_api(stack: &Stack) -> ApiServer {
     let url = format!("http://127.0.0.1:{port}");
     let health = format!("{url}/healthz");
     wait_for("usersync-api to be healthy", Duration::from_secs(60), || async {
-        stack.http.get(&health).send().await.ok().filter(|r| r.status().is_success())
+        stack
+            .http
+            .get(&health)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
     })
     .await;
     ApiServer { url, _child: child }
@@ -41,7 +47,9 @@ async fn start_api(stack: &Stack) -> ApiServer {
 
 /// A new API token for one company, as the operator makes it (`usersync api-token create`).
 async fn company_token(stack: &Stack, tenant: &str) -> String {
-    let (ok, stdout, stderr) = stack.cli(&["api-token", "create", "--tenant", tenant], None).await;
+    let (ok, stdout, stderr) = stack
+        .cli(&["api-token", "create", "--tenant", tenant], None)
+        .await;
     assert!(ok, "usersync api-token create failed: {stderr}");
     // The token is the one word of the output's last line that has no spaces.
     stdout
@@ -107,7 +115,10 @@ async fn run_flow(flow: &str, api: &ApiServer, token: &str, extra: &[(&str, Stri
         .expect("running node (scripts/services-up installs it)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "browser flow {flow} failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "browser flow {flow} failed:\n{stdout}\n{stderr}"
+    );
     let text = std::fs::read_to_string(result.path()).unwrap_or_default();
     if text.is_empty() {
         Value::Null
@@ -141,13 +152,20 @@ async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows
     // with the caller id and template picked from the lists.
     let promised = report["preview_create"].as_u64().expect("the preview's count");
     let users = support::pbx_users(&stack).await;
-    assert_eq!(users.len() as u64, promised, "PBX users against the preview's creations");
+    assert_eq!(
+        users.len() as u64,
+        promised,
+        "PBX users against the preview's creations"
+    );
     let (_, members) = support::telephony_members(&stack).await;
     for (object_id, user) in &users {
         assert!(members.contains(object_id), "{object_id} is in Telephony");
         assert_eq!(user["caller_id"], CALLER_ID, "{object_id}'s caller id");
         assert_eq!(user["template"], "standard", "{object_id}'s template");
-        assert!(user["email"].as_str().is_some_and(|m| m.contains('@')), "{object_id}'s mapped mail");
+        assert!(
+            user["email"].as_str().is_some_and(|m| m.contains('@')),
+            "{object_id}'s mapped mail"
+        );
     }
     let tenant = stack.cli_json(&["tenant", "show", "acme"]).await;
     assert_eq!(tenant["welcome_mail_copy_to"], "pbx-admin@acme.example");
@@ -155,7 +173,11 @@ async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows
 
     // Entra now refuses the secret as expired: the page says so and what to do.
     stack
-        .graph_call(Method::PATCH, &format!("/_sim/tenants/{ENTRA_TENANT}"), Some(json!({"secret_expired": true})))
+        .graph_call(
+            Method::PATCH,
+            &format!("/_sim/tenants/{ENTRA_TENANT}"),
+            Some(json!({"secret_expired": true})),
+        )
         .await;
     run_flow("expired-secret", &api, &token, &[]).await;
     let status = stack.cli_json(&["status", "acme", "--json"]).await;
@@ -167,12 +189,20 @@ async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows
 async fn the_admin_page_saves_by_keyboard_alone_and_refuses_a_stale_save() {
     let stack = Stack::start("page_keyboard").await;
     support::seed(&stack).await;
-    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&support::tenant_file())).await;
+    let (ok, _, stderr) = stack
+        .cli(&["tenant", "apply", "-"], Some(&support::tenant_file()))
+        .await;
     assert!(ok, "tenant apply: {stderr}");
     let api = start_api(&stack).await;
     let token = company_token(&stack, "acme").await;
 
-    run_flow("keyboard-save", &api, &token, &[("PROVIDER_SETTINGS", provider_settings())]).await;
+    run_flow(
+        "keyboard-save",
+        &api,
+        &token,
+        &[("PROVIDER_SETTINGS", provider_settings())],
+    )
+    .await;
 
     // The keyboard save landed; the stale one did not (the second writer's name stands).
     let tenant = stack.cli_json(&["tenant", "show", "acme"]).await;
