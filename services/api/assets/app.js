@@ -107,6 +107,10 @@ async function start() {
   $('#tenant-select').addEventListener('change', () => show($('#new-tenant-row'), $('#tenant-select').value === ''));
   $('#change-company').addEventListener('click', () => showPicker());
   wireForm();
+  // Leaving with unsaved settings asks first (the browser words the question).
+  window.addEventListener('beforeunload', (event) => {
+    if (state.dirty && state.api) event.preventDefault();
+  });
 
   // A token in the address (#token=…) is taken once and removed from it, so it
   // is not left in the history or a shared link.

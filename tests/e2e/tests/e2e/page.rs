@@ -210,3 +210,67 @@ async fn the_admin_page_saves_by_keyboard_alone_and_refuses_a_stale_save() {
     assert_eq!(tenant["name"], "Acme Group AB");
     assert_eq!(tenant["delete_after_days"], 0, "the refused save changed nothing");
 }
+
+/// The page's live check of the pasted string and the core's check (the server's
+/// 422) flag the same fields, so the page never blocks what the server takes nor
+/// lets through what it refuses.
+#[tokio::test]
+async fn the_pages_provider_settings_check_flags_the_same_fields_as_the_core() {
+    let good = provider_settings();
+    let cases: Vec<String> = vec![
+        good.clone(),
+        good.replace(r#"["Telephony"]"#, r#"[""]"#),
+        good.replace(r#"["Telephony"]"#, "[]"),
+        good.replace(CLIENT_SECRET, &format!("{CLIENT_SECRET} ")),
+        format!(" {good}"),
+        String::new(),
+        "   ".to_owned(),
+        good.replace(&format!(r#""client_id":"{CLIENT_ID}","#), ""),
+        good.replace("\"client_id\"", "\"clientid\""),
+        good.replace("\"client_id\"", "\"colour\""),
+        good.replace("memberOf", "memberof"),
+        good.replace(r#"["Telephony"]"#, r#""Telephony""#),
+        good.replace(r#"["Telephony"]"#, r#"["Telephony",""]"#),
+        good.replace(r#"["Telephony"]"#, r#"[" Telephony"]"#),
+        good.replace(&format!(r#""{CLIENT_SECRET}""#), "5"),
+        good.replace(&format!(r#""{CLIENT_SECRET}""#), "null"),
+        good.replace(ENTRA_TENANT, &format!("{ENTRA_TENANT}\\t")),
+        good.replace(r#","user_filter":{"memberOf":["Telephony"]}"#, ""),
+        good.replace(r#"{"memberOf":["Telephony"]}"#, "[]"),
+        good[..good.len() - 1].to_owned(),
+        "[1,2]".to_owned(),
+    ];
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../browser/check-provider-settings.mjs");
+    let mut child = Command::new("node")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running node (scripts/services-up installs it)");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(json!(cases).to_string().as_bytes())
+            .await
+            .expect("writing the cases");
+    }
+    let output = child.wait_with_output().await.expect("node's output");
+    assert!(output.status.success(), "the check script failed");
+    let page: Vec<Vec<String>> = serde_json::from_slice(&output.stdout).expect("the page's fields as JSON");
+    for (pasted, page_fields) in cases.iter().zip(&page) {
+        let mut document: Value =
+            serde_json::from_str(&support::tenant_file()).expect("the sample tenant file");
+        document["provider_settings"] = json!(pasted);
+        let core_fields: std::collections::BTreeSet<String> =
+            match usersync_core::parse_tenant_file(&document.to_string()) {
+                Ok(_) => Default::default(),
+                Err(problems) => problems.into_iter().map(|p| p.field).collect(),
+            };
+        let page_fields: std::collections::BTreeSet<String> = page_fields.iter().cloned().collect();
+        assert_eq!(
+            page_fields, core_fields,
+            "fields flagged for {pasted:?}: page against core"
+        );
+    }
+}
