@@ -51,12 +51,10 @@ async fn company_token(stack: &Stack, tenant: &str) -> String {
         .cli(&["api-token", "create", "--tenant", tenant], None)
         .await;
     assert!(ok, "usersync api-token create failed: {stderr}");
-    // The token is the one word of the output's last line that has no spaces.
+    // Tokens start with `usk_` (shared/admin's TOKEN_PREFIX).
     stdout
-        .lines()
-        .rev()
-        .flat_map(str::split_whitespace)
-        .find(|word| word.len() >= 20)
+        .split_whitespace()
+        .find(|word| word.starts_with("usk_"))
         .unwrap_or_else(|| panic!("no token in {stdout:?}"))
         .to_owned()
 }
