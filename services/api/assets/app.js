@@ -394,22 +394,18 @@ async function save() {
   renderSaveState(t('saving'));
   renderProviderCheck();
   try {
-    const { json, etag } = await state.api.saveTenant(state.tenantId, formDocument(), state.etag);
+    const { json } = await state.api.saveTenant(state.tenantId, formDocument(), state.etag);
     const created = !state.tenant;
     state.saving = false;
-    if (json && json.id) {
-      state.tenant = json;
-      state.etag = etag;
-      fillForm();
-    } else {
-      await loadTenant();
-    }
+    // The answer says what the write did; the saved template (masked) is read back.
+    await loadTenant();
+    state.saveNote = json?.note || '';
     if (created) {
       state.tenants = await state.api.tenants().catch(() => state.tenants);
       await Promise.all([loadStatus(), loadPbxLists()]);
     }
     renderAll();
-    renderSaveState(t('saved'));
+    renderSaveState(state.saveNote ? `${t('saved')} ${state.saveNote}` : t('saved'));
   } catch (err) {
     state.saving = false;
     if (err instanceof ApiError && err.status === 422) {
@@ -554,7 +550,8 @@ function renderRun() {
   if (run) {
     const bar = $('#run-bar');
     const c = run.counts || {};
-    const done = (c.created || 0) + (c.updated || 0) + (c.deleted || 0) + (c.failed || 0);
+    const progress = run.progress || {};
+    const done = progress.applied ?? (c.created || 0) + (c.updated || 0) + (c.deleted || 0) + (c.failed || 0);
     const pending = run.changes_pending || 0;
     if (run.state === 'applying' && done + pending > 0) {
       bar.max = done + pending;
@@ -567,6 +564,7 @@ function renderRun() {
       h('strong', {}, t('run_state', { state: stateName(run.state) })),
       ' · ',
       run.state === 'queued' ? t('run_queued') : countsText(c),
+      progress.pages ? ` · ${t('run_pages', { pages: progress.pages })}` : '',
       pending ? ` · ${t('run_pending', { pending })}` : '',
     );
   }

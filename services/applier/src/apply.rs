@@ -20,7 +20,7 @@ use futures::{stream, StreamExt};
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, Change, ChangeBatch, Event};
 use usersync_core::{diff, Action, AdoptMatch, FieldPatch, SyncedFields, TenantConfig};
-use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxUser};
+use usersync_pbx::{NewUser, PbxClient, PbxError, PbxErrorKind, PbxTarget, PbxUser};
 use usersync_store::{
     ChangeEnd, ChangeRecord, CreateAnswers, CreateConflict, LockedUser, PbxCheck, SecretKey, Store,
     UserToLock, DISPATCH_WINDOW,
@@ -36,11 +36,6 @@ use crate::retry::{after_failure, backoff, gave_up_reason, AfterFailure};
 /// so a throttled tenant's batches give the replica's prefetch to others now
 /// and then, and a long pause holds no message.
 const IN_PROCESS_WAIT: Duration = Duration::from_secs(30);
-
-pub struct PbxTarget {
-    pub api_url: Option<String>,
-    pub api_token: Option<String>,
-}
 
 pub struct Applier {
     pub store: Store,
@@ -263,18 +258,11 @@ impl Applier {
 
     /// The tenant's own PBX, else the one from the environment.
     fn pbx_for(&self, tenant: &TenantConfig) -> Result<PbxClient, String> {
-        let (url, token) = match &tenant.pbx {
-            Some(pbx) => (Some(pbx.api_url.clone()), Some(pbx.api_token.clone())),
-            None => (
-                self.default_pbx.api_url.clone(),
-                self.default_pbx.api_token.clone(),
-            ),
-        };
-        let url =
-            url.ok_or("no PBX API URL: set PBX_API_URL for the applier, or the tenant's pbx.api_url")?;
-        let token = token
-            .ok_or("no PBX API token: set PBX_API_TOKEN for the applier, or the tenant's pbx.api_token")?;
-        Ok(PbxClient::with_http(self.http.clone(), &url, &token))
+        let own = tenant
+            .pbx
+            .as_ref()
+            .map(|pbx| (pbx.api_url.as_str(), pbx.api_token.as_str()));
+        self.default_pbx.client(&self.http, own, "applier")
     }
 
     /// Ends the run as failed (once, whichever replica gets there first) and tells the notifier.

@@ -33,10 +33,7 @@ async fn main() -> anyhow::Result<()> {
         bus: service.bus.clone(),
         http: usersync_pbx::PbxClient::http()
             .map_err(|err| anyhow::anyhow!("building the PBX HTTP client: {}", err.describe()))?,
-        default_pbx: apply::PbxTarget {
-            api_url: env_opt("PBX_API_URL"),
-            api_token: env_opt("PBX_API_TOKEN"),
-        },
+        default_pbx: usersync_pbx::PbxTarget::from_env(),
         // Only tenants with their own PBX token need the key.
         key: SecretKey::from_env().ok(),
         gates: limits::TenantGates::default(),

@@ -1,21 +1,17 @@
 //! `usersync fields ID`: the source properties the tenant's directory carries,
 //! to write a field mapping from.
 
-use serde_json::{json, Value};
-use usersync_store::{DiscoveredField, Store};
+use serde_json::Value;
+use usersync_admin::status::FieldInfo as DiscoveredField;
+use usersync_store::Store;
 
 /// Longest example shown in the table; the JSON output has it whole.
 const EXAMPLE_WIDTH: usize = 48;
 
 pub async fn show(store: &Store, id: &str, json: bool) -> anyhow::Result<()> {
-    store.require_tenant(id, None).await?;
-    let fields = store.fields(id).await?;
+    let fields = usersync_admin::status::fields(store, id).await?;
     if json {
-        let list: Vec<Value> = fields
-            .iter()
-            .map(|f| json!({"field": f.field, "users": f.users, "example": f.example}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        println!("{}", serde_json::to_string_pretty(&fields)?);
         return Ok(());
     }
     if fields.is_empty() {
@@ -56,6 +52,8 @@ fn example(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use std::io::Read;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use usersync_core::parse_tenant_file;
+use usersync_admin as admin;
 use usersync_runtime::database_url;
 use usersync_store::{SecretKey, Store};
 
@@ -93,6 +93,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tokens of usersync-api: create (shown once), list, revoke.
+    ApiToken {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it once (only its hash is stored).
+    Create {
+        /// The one tenant the token may see and change (it need not exist yet).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        tenant: Option<String>,
+        /// Every tenant: the operator's token.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ids, scopes, when created and last used; never the tokens.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (`tok_…`): it is refused from now on.
+    Revoke { token_id: String },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +150,8 @@ enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop syncing a tenant: deletes it and its sync state; its PBX users are left as they are.
+    Delete { id: String },
 }
 
 #[tokio::main]
@@ -147,12 +176,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => apply(&file).await,
         Command::Tenant {
             command: TenantCommand::List { json },
-        } => output::tenant_list(&store().await?.tenants().await?, json),
+        } => output::tenant_list(&admin::tenants::list(&store().await?, None).await?, json),
         Command::Tenant {
             command: TenantCommand::Show { id, json },
+        } => output::tenant_show(&admin::tenants::show(&store().await?, &id).await?.config, json),
+        Command::Tenant {
+            command: TenantCommand::Delete { id },
         } => {
-            let tenant = store().await?.require_tenant(&id, None).await?;
-            output::tenant_show(&tenant.config, json)
+            let deleted = admin::tenants::delete(&store().await?, &id, None).await?;
+            println!("tenant {id} deleted: {}", deleted.effect);
+            Ok(())
         }
         Command::Resync {
             id,
@@ -168,26 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { id, json } => {
-            let store = store().await?;
-            let tenants = store.tenant_overview(id.as_deref()).await?;
-            if let (Some(id), true) = (&id, tenants.is_empty()) {
-                bail!("no tenant {id:?}: create it with `usersync tenant apply FILE`");
-            }
-            // Tenants the scheduler has not seen yet: their next run from their schedule.
-            let schedules: std::collections::HashMap<String, usersync_core::Schedule> = store
-                .tenants()
-                .await?
-                .into_iter()
-                .map(|t| (t.config.id, t.config.schedule))
-                .collect();
-            let now = usersync_runtime::clock::now();
-            let lines: Vec<output::StatusLine> = tenants
-                .into_iter()
-                .map(|t| {
-                    let schedule = schedules.get(&t.tenant_id);
-                    output::StatusLine::new(t, schedule, now)
-                })
-                .collect();
+            let lines = admin::status::status(&store().await?, id.as_deref()).await?;
             match (&id, lines.as_slice()) {
                 (Some(_), [line]) => output::status_detail(line, json),
                 _ => output::status(&lines, json),
@@ -200,14 +214,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: DlqCommand::Replay { stage },
         } => operate::dlq_replay(&stage).await,
         Command::Runs { id, json, limit } => {
-            let store = store().await?;
-            store.require_tenant(&id, None).await?;
-            output::runs(&store.runs(&id, limit).await?, json)
+            output::runs(&admin::status::runs(&store().await?, &id, limit).await?, json)
         }
-        Command::Plan { id, json, all } => plan::plan(&store().await?, &id, json, all).await,
-        Command::Explain { id, user, json } => plan::explain(&store().await?, &id, &user, json).await,
+        Command::Plan { id, json, all } => {
+            plan::print_plan(&admin::plan::plan(&store().await?, &id, all).await?, json)
+        }
+        Command::Explain { id, user, json } => {
+            plan::print_explanation(&admin::plan::explain(&store().await?, &id, &user).await?, json)
+        }
         Command::ApproveDeletions { id } => approve::approve_deletions(&store().await?, &id).await,
         Command::Fields { id, json } => fields::show(&store().await?, &id, json).await,
+        Command::ApiToken { command } => match command {
+            TokenCommand::Create { tenant, json, .. } => {
+                let token = admin::tokens::create(&store().await?, tenant.as_deref()).await?;
+                output::new_token(&token, json)
+            }
+            TokenCommand::List { json } => output::tokens(&admin::tokens::list(&store().await?).await?, json),
+            TokenCommand::Revoke { token_id } => {
+                admin::tokens::revoke(&store().await?, &token_id).await?;
+                println!("API token {token_id} revoked: it is refused from now on");
+                Ok(())
+            }
+        },
     }
 }
 
@@ -217,25 +245,24 @@ async fn store() -> anyhow::Result<Store> {
 
 async fn apply(file: &str) -> anyhow::Result<()> {
     let text = read_input(file)?;
-    let tenant = match parse_tenant_file(&text) {
-        Ok(tenant) => tenant,
-        Err(problems) => {
+    let key = SecretKey::from_env()?;
+    let store = store().await?;
+    let applied = match admin::tenants::apply(&store, &key, &text, None, None).await {
+        Ok(applied) => applied,
+        Err(admin::AdminError::Invalid(problems)) => {
             for problem in &problems {
                 eprintln!("{problem}");
             }
             bail!("{} problem(s) in {file}; nothing was saved", problems.len());
         }
+        Err(err) => return Err(err.into()),
     };
-    let key = SecretKey::from_env()?;
-    let store = store().await?;
-    let previous = store.tenant(&tenant.id, None).await?;
-    let created = store.upsert_tenant(&tenant, &key).await?;
     println!(
         "tenant {} {}",
-        tenant.id,
-        if created { "created" } else { "updated" }
+        applied.id,
+        if applied.created { "created" } else { "updated" }
     );
-    if let Some(note) = previous.and_then(|p| plan::after_apply_note(&p.config, &tenant)) {
+    if let Some(note) = applied.note {
         println!("{note}");
     }
     Ok(())

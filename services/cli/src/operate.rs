@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use usersync_bus::Bus;
-use usersync_contract::{topology::Stage, ResyncRequest};
+use usersync_contract::topology::Stage;
 use usersync_runtime::amqp_url;
 use usersync_store::{RunState, Store};
-use uuid::Uuid;
 
 use crate::output;
 
@@ -20,15 +19,8 @@ pub const EXIT_FAILED: i32 = 3;
 /// joined (the run in progress, or the follow-up queued after it) and returns
 /// the exit code for its outcome.
 pub async fn resync(store: &Store, id: &str, full: bool, wait: Option<Duration>) -> anyhow::Result<i32> {
-    store.require_tenant(id, None).await?;
     let bus = Bus::connect(&amqp_url(), "usersync-cli").await?;
-    let request = ResyncRequest {
-        tenant_id: id.to_owned(),
-        full,
-        trigger: "manual".to_owned(),
-    };
-    let request_id = Uuid::new_v4();
-    bus.request_resync(&request, &request_id.to_string()).await?;
+    let request_id = usersync_admin::resync::request(store, &bus, id, full).await?;
     println!(
         "resync of {id} requested{}: run {request_id}, or the run in progress it joins, or the follow-up queued after it",
         if full { " with a full read" } else { "" }

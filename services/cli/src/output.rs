@@ -2,11 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
+use usersync_admin::status::{Counts, RunSummary, StatusLine};
+use usersync_admin::tenants::TenantLine;
+use usersync_admin::tokens::{NewToken, TokenInfo};
 use usersync_bus::DeadLetter;
-use usersync_contract::RunCounts;
-use usersync_core::{schedule::next_due, Schedule, TenantConfig};
-use usersync_store::{RunProgress, RunRow, RunState, TenantOverview, TenantSummary};
+use usersync_core::TenantConfig;
+use usersync_store::{RunProgress, RunRow};
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -20,7 +21,7 @@ fn time(value: Option<DateTime<Utc>>) -> String {
     )
 }
 
-fn counts_text(c: &RunCounts) -> String {
+fn counts_text(c: &Counts) -> String {
     let text = format!(
         "created {} updated {} deleted {} skipped {} failed {}",
         c.created, c.updated, c.deleted, c.skipped, c.failed
@@ -36,22 +37,13 @@ fn counts_text(c: &RunCounts) -> String {
     }
 }
 
-pub fn tenant_list(tenants: &[TenantSummary], json: bool) -> anyhow::Result<()> {
+pub fn tenant_list(tenants: &[TenantLine], json: bool) -> anyhow::Result<()> {
     if json {
-        let list: Vec<_> = tenants
-            .iter()
-            .map(|t| json!({"id": t.config.id, "name": t.config.name, "mode": t.config.mode.as_str()}))
-            .collect();
-        return print_json(&list);
+        return print_json(&tenants);
     }
     println!("{:<24} {:<16} NAME", "ID", "MODE");
     for t in tenants {
-        println!(
-            "{:<24} {:<16} {}",
-            t.config.id,
-            t.config.mode.as_str(),
-            t.config.name
-        );
+        println!("{:<24} {:<16} {}", t.id, t.mode, t.name);
     }
     Ok(())
 }
@@ -59,77 +51,6 @@ pub fn tenant_list(tenants: &[TenantSummary], json: bool) -> anyhow::Result<()> 
 pub fn tenant_show(config: &TenantConfig, _json: bool) -> anyhow::Result<()> {
     // The tenant file format is JSON either way; secrets are stored masked.
     print_json(&config.masked())
-}
-
-#[derive(Debug, Serialize)]
-pub struct StatusLine {
-    pub id: String,
-    pub mode: String,
-    /// The run in progress (`fetching`, `differing`, `applying`), `queued`
-    /// when only a follow-up waits to start, or `idle`.
-    pub state: String,
-    pub last_success_at: Option<DateTime<Utc>>,
-    pub last_run: Option<RunSummary>,
-    /// The follow-up run queued to start when the run in progress ends.
-    pub queued_run: Option<String>,
-    pub pending_deletions: i64,
-    pub next_run_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RunSummary {
-    pub id: String,
-    pub state: String,
-    pub trigger: String,
-    /// None while the run is queued.
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// So far while the run is in progress; final once it ended.
-    pub counts: RunCounts,
-    /// Planned changes not applied yet (while the run is in progress).
-    pub changes_pending: i64,
-    pub error: Option<String>,
-    pub error_code: Option<String>,
-}
-
-impl From<&RunRow> for RunSummary {
-    fn from(run: &RunRow) -> Self {
-        RunSummary {
-            id: run.id.to_string(),
-            state: run.state.clone(),
-            trigger: run.trigger.clone(),
-            started_at: (run.state != RunState::Queued.as_str()).then_some(run.started_at),
-            finished_at: run.finished_at,
-            counts: run.counts,
-            changes_pending: run.changes_pending.into(),
-            error: run.error.clone(),
-            error_code: run.error_code.clone(),
-        }
-    }
-}
-
-impl StatusLine {
-    /// `schedule` is the tenant's schedule, for a tenant the scheduler has not seen yet.
-    pub fn new(tenant: TenantOverview, schedule: Option<&Schedule>, now: DateTime<Utc>) -> StatusLine {
-        let state = match (&tenant.last_run, tenant.queued_run) {
-            (Some(run), _) if run.finished_at.is_none() => run.state.clone(),
-            // The run it waited for has ended; the scheduler starts it next.
-            (_, Some(_)) => "queued".to_owned(),
-            _ => "idle".to_owned(),
-        };
-        StatusLine {
-            next_run_at: tenant
-                .next_due
-                .or_else(|| schedule.map(|schedule| next_due(schedule, now))),
-            id: tenant.tenant_id,
-            mode: tenant.mode,
-            state,
-            last_success_at: tenant.last_success_at,
-            last_run: tenant.last_run.as_ref().map(RunSummary::from),
-            queued_run: tenant.queued_run.map(|id| id.to_string()),
-            pending_deletions: tenant.pending_deletions,
-        }
-    }
 }
 
 fn short_time(value: Option<DateTime<Utc>>) -> String {
@@ -220,10 +141,48 @@ pub fn progress_line(run: &RunRow, progress: &RunProgress) -> String {
 }
 
 pub fn run_outcome(run: &RunRow) {
-    println!("run {} ended {}: {}", run.id, run.state, counts_text(&run.counts));
+    println!(
+        "run {} ended {}: {}",
+        run.id,
+        run.state,
+        counts_text(&run.counts.into())
+    );
     if let Some(error) = &run.error {
         println!("  error: {error}");
     }
+}
+
+pub fn new_token(token: &NewToken, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(token);
+    }
+    println!(
+        "API token {} (scope {}); copy it now, it is not shown again:",
+        token.id, token.scope
+    );
+    println!("{}", token.token);
+    Ok(())
+}
+
+pub fn tokens(tokens: &[TokenInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&tokens);
+    }
+    if tokens.is_empty() {
+        println!("no API tokens: create one with `usersync api-token create --tenant ID` or `--all`");
+        return Ok(());
+    }
+    println!("{:<18} {:<24} {:<24} LAST USED", "ID", "SCOPE", "CREATED");
+    for token in tokens {
+        println!(
+            "{:<18} {:<24} {:<24} {}",
+            token.id,
+            token.scope,
+            time(Some(token.created_at)),
+            time(token.last_used_at)
+        );
+    }
+    Ok(())
 }
 
 pub fn dead_letters(letters: &[DeadLetter], json: bool, now: DateTime<Utc>) -> anyhow::Result<()> {
@@ -313,11 +272,11 @@ mod tests {
             state: "applying".into(),
             started_at: Utc::now(),
             finished_at: None,
-            counts: RunCounts {
+            counts: usersync_contract::RunCounts {
                 created: 40,
                 updated: 2,
                 failed: 1,
-                ..RunCounts::default()
+                ..Default::default()
             },
             changes_pending: 57,
             error: None,
@@ -342,15 +301,16 @@ mod tests {
 
     #[test]
     fn held_deletions_are_named_only_when_there_are_some() {
-        let clean = RunCounts {
+        let clean: Counts = usersync_contract::RunCounts {
             created: 2,
-            ..RunCounts::default()
-        };
+            ..Default::default()
+        }
+        .into();
         assert_eq!(
             counts_text(&clean),
             "created 2 updated 0 deleted 0 skipped 0 failed 0"
         );
-        let held = RunCounts { held: 12, ..clean };
+        let held = Counts { held: 12, ..clean };
         assert!(counts_text(&held)
             .ends_with("failed 0 held 12 (see `usersync plan`, `usersync approve-deletions`)"));
     }

@@ -1,109 +1,33 @@
-//! `usersync plan ID` and `usersync explain ID USER`: the next run's decisions
-//! from stored data, through the same planner the differ runs. Nothing is
-//! written: claims go to a session's temporary table, approvals are only peeked at.
+//! `usersync plan ID` and `usersync explain ID USER`: printed from the
+//! shared admin functions (the API serves the same data).
 
-use anyhow::bail;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::{json, Value};
-use usersync_core::{Action, FieldPatch, SyncedFields, TenantConfig};
-use usersync_planner::{applied_of, decision_label, mapped_fields, Planner, Survey};
-use usersync_runtime::clock;
-use usersync_store::{PlannedUser, ReconcileRow, Round, Store};
+use usersync_admin::plan::{fields_list, Explanation, PlanLine, PlanReport};
 
-/// One field's change: before → after (`None`: absent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldChange {
-    pub field: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
-}
-
-/// One user's line in the plan.
-#[derive(Debug, Serialize)]
-pub struct PlanLine {
-    pub object_id: String,
-    pub user: String,
-    /// create, update, delete, skip, held, pending_deletion or none.
-    pub decision: &'static str,
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<FieldChange>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delete_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
-}
-
-async fn planner_inputs(store: &Store, id: &str) -> anyhow::Result<(TenantConfig, Round, bool)> {
-    let tenant = store.require_tenant(id, None).await?.config;
-    // Scope is what the last run read; before any run nobody is a member yet.
-    let round = store.latest_round(id).await?.unwrap_or(Round {
-        run_id: uuid::Uuid::nil(),
-        round_id: uuid::Uuid::nil(),
-    });
-    let scoped = !tenant.provider_settings.user_filter.syncs_everyone();
-    Ok((tenant, round, scoped))
-}
-
-/// The hold the next run would apply: an open approval lifts it.
-async fn next_hold(store: &Store, tenant: &TenantConfig, survey: &Survey) -> anyhow::Result<Option<String>> {
-    let approved = store.has_open_deletion_approval(&tenant.id).await?;
-    Ok(survey.hold_reason(tenant, approved))
-}
-
-pub async fn plan(store: &Store, id: &str, json: bool, all: bool) -> anyhow::Result<()> {
-    let (tenant, round, scoped) = planner_inputs(store, id).await?;
-    let now = clock::now();
-    let planner = Planner {
-        store,
-        tenant: &tenant,
-        round,
-        scoped,
-        now,
-    };
-    let survey = planner.survey().await?;
-    let hold = next_hold(store, &tenant, &survey).await?;
-    let mut lines = Vec::new();
-    let mut summary: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    let mut after = String::new();
-    loop {
-        let page = planner.plan_page(&survey, hold.as_deref(), &after).await?;
-        let Some(last) = page.last() else { break };
-        after = last.row.object_id.clone();
-        for planned in page {
-            let line = plan_line(&planned.row, &planned.user, now);
-            *summary.entry(line.decision).or_default() += 1;
-            if all || line.decision != "none" {
-                lines.push(line);
-            }
-        }
-    }
-    let warnings = survey.warnings(hold.as_deref());
+pub fn print_plan(report: &PlanReport, json: bool) -> anyhow::Result<()> {
     if json {
-        let out = json!({
-            "tenant_id": tenant.id,
-            "mode": tenant.mode.as_str(),
-            "as_of": now,
-            "users": lines,
-            "summary": summary,
-            "warnings": warnings,
+        let out = serde_json::json!({
+            "tenant_id": report.tenant_id,
+            "mode": report.mode,
+            "as_of": report.as_of,
+            "users": report.users,
+            "summary": report.summary,
+            "warnings": report.warnings,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!(
         "plan for {} (mode {}) as of {}, from stored data; nothing was changed",
-        tenant.id,
-        tenant.mode,
-        now.format("%Y-%m-%d %H:%M UTC")
+        report.tenant_id,
+        report.mode,
+        report.as_of.format("%Y-%m-%d %H:%M UTC")
     );
-    for line in &lines {
+    for line in &report.users {
         print_line(line);
     }
-    let totals: Vec<String> = summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let totals: Vec<String> = report.summary.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("summary: {}", totals.join(", "));
-    for warning in warnings {
+    for warning in &report.warnings {
         println!("warning: {warning}");
     }
     Ok(())
@@ -134,305 +58,44 @@ fn shown(value: &Option<String>) -> String {
         .map_or_else(|| "(none)".to_owned(), |v| format!("\"{v}\""))
 }
 
-/// The best name for a user: the alias it has or would get, else its directory nickname.
-fn user_name(row: &ReconcileRow, planned: &PlannedUser) -> String {
-    planned
-        .desired
-        .as_ref()
-        .map(|d| d.alias.clone())
-        .or_else(|| applied_of(row).map(|a| a.fields.alias))
-        .or_else(|| {
-            ["mailNickname", "userPrincipalName"]
-                .iter()
-                .find_map(|key| row.source.get(*key)?.as_str().map(str::to_owned))
-        })
-        .unwrap_or_else(|| row.object_id.clone())
-}
-
-pub fn plan_line(row: &ReconcileRow, planned: &PlannedUser, now: DateTime<Utc>) -> PlanLine {
-    let mut decision = decision_label(planned);
-    if decision == "none" && planned.pending_delete_at.is_some_and(|at| at > now) {
-        decision = "pending_deletion";
-    }
-    let applied = applied_of(row);
-    let changes = match planned.change.as_ref().map(|c| &c.action) {
-        Some(Action::Create { fields }) => created_fields(fields),
-        Some(Action::Update { patch, .. }) => applied
-            .as_ref()
-            .map(|a| field_changes(&a.fields, patch))
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let reasons = planned
-        .problems
-        .iter()
-        .chain(planned.held.as_ref())
-        .map(ToString::to_string)
-        .collect();
-    PlanLine {
-        object_id: row.object_id.clone(),
-        user: user_name(row, planned),
-        decision,
-        state: planned.state,
-        changes,
-        delete_at: planned.pending_delete_at,
-        reasons,
-    }
-}
-
-fn fields_list(fields: &SyncedFields) -> Vec<(String, Option<String>)> {
-    let mut list = vec![
-        ("alias".to_owned(), Some(fields.alias.clone())),
-        ("first_name".to_owned(), Some(fields.first_name.clone())),
-        ("surname".to_owned(), Some(fields.surname.clone())),
-        ("pstn_fixed".to_owned(), Some(fields.pstn_fixed.clone())),
-        ("email".to_owned(), fields.email.clone()),
-    ];
-    list.extend(
-        fields
-            .attributes
-            .iter()
-            .map(|(k, v)| (format!("attributes.{k}"), Some(v.clone()))),
-    );
-    list
-}
-
-fn created_fields(fields: &SyncedFields) -> Vec<FieldChange> {
-    fields_list(fields)
-        .into_iter()
-        .filter(|(_, value)| value.is_some())
-        .map(|(field, after)| FieldChange {
-            field,
-            before: None,
-            after,
-        })
-        .collect()
-}
-
-/// Field by field, what a patch changes on the applied fields.
-pub fn field_changes(applied: &SyncedFields, patch: &FieldPatch) -> Vec<FieldChange> {
-    let mut after = applied.clone();
-    patch.apply_to(&mut after);
-    let before = fields_list(applied);
-    let after = fields_list(&after);
-    let changed = patch.changed_fields();
-    changed
-        .into_iter()
-        .map(|field| {
-            let find = |list: &[(String, Option<String>)]| {
-                list.iter()
-                    .find(|(name, _)| *name == field)
-                    .and_then(|(_, v)| v.clone())
-            };
-            FieldChange {
-                before: find(&before),
-                after: find(&after),
-                field,
-            }
-        })
-        .collect()
-}
-
-pub async fn explain(store: &Store, id: &str, key: &str, json: bool) -> anyhow::Result<()> {
-    let (tenant, round, scoped) = planner_inputs(store, id).await?;
-    let mut found = store.find_users(id, round, key).await?;
-    let row = match found.len() {
-        0 => bail!(
-            "no user of tenant {id} matches {key:?}: give an object id, an alias, a mail address or a user principal name"
-        ),
-        1 => found.remove(0),
-        _ => {
-            let ids: Vec<&str> = found.iter().map(|r| r.object_id.as_str()).collect();
-            bail!(
-                "{key:?} matches {} users of tenant {id} ({}); give one of their object ids",
-                found.len(),
-                ids.join(", ")
-            )
-        }
-    };
-    let now = clock::now();
-    let planner = Planner {
-        store,
-        tenant: &tenant,
-        round,
-        scoped,
-        now,
-    };
-    let survey = planner.survey().await?;
-    let hold = next_hold(store, &tenant, &survey).await?;
-    let planned = planner.plan_one(&survey, hold.as_deref(), &row);
-    let line = plan_line(&row, &planned, now);
-    let context = planner.context();
-    let (scope, mapped) = mapped_fields(&row, &context);
-    let sources: Vec<Value> = tenant
-        .field_mapping
-        .get("alias")
-        .map(|p| ("alias", p))
-        .into_iter()
-        .chain(
-            ["first_name", "surname", "pstn_fixed"]
-                .into_iter()
-                .filter_map(|f| tenant.field_mapping.get(f).map(|p| (f, p))),
-        )
-        .map(|(field, path)| json!({"field": field, "path": path.as_str(), "value": path.resolve(&row.source)}))
-        .chain(
-            tenant
-                .user_field_mapping
-                .iter()
-                .map(|(field, path)| json!({"field": field, "path": path.as_str(), "value": path.resolve(&row.source)})),
-        )
-        .collect();
-    let history = store.change_history(id, &row.object_id, 5).await?;
-    let last_applied = history
-        .iter()
-        .find(|c| matches!(c.outcome.as_str(), "created" | "updated" | "deleted"));
-    let applied = applied_of(&row);
-    let out = json!({
-        "object_id": row.object_id,
-        "user": line.user,
-        "stored_state": row.sync.as_ref().map(|s| s.state.clone()),
-        "state": planned.state,
-        "scope": scope,
-        "sources": sources,
-        "mapped": mapped.as_ref().map(|m| m.as_ref().ok()),
-        "problems": planned.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "held": planned.held.as_ref().map(ToString::to_string),
-        "pbx_id": applied.as_ref().map(|a| a.pbx_id.clone()),
-        "applied": applied.as_ref().map(|a| &a.fields),
-        "pending_delete_at": planned.pending_delete_at,
-        "next_run": line,
-        "last_change_applied": last_applied.map(|c| json!({
-            "run_id": c.run_id, "at": c.started_at, "action": c.action, "outcome": c.outcome,
-        })),
-        "recent_changes": history.iter().map(|c| json!({
-            "run_id": c.run_id, "at": c.started_at, "op": action_name(&c.action), "outcome": c.outcome, "detail": c.detail,
-        })).collect::<Vec<_>>(),
-    });
+pub fn print_explanation(explained: &Explanation, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&explained.json)?);
         return Ok(());
     }
-    println!("user {} ({})", line.user, row.object_id);
-    println!("  state: {} (scope: {:?})", planned.state, scope);
-    if let Some(at) = planned.pending_delete_at {
+    let line = &explained.line;
+    println!("user {} ({})", line.user, explained.object_id);
+    println!("  state: {} (scope: {})", explained.state, explained.scope);
+    if let Some(at) = line.delete_at {
         println!("  deletion due {}", at.format("%Y-%m-%d %H:%M UTC"));
     }
     println!("  source values:");
-    for source in &sources {
-        println!(
-            "    {:<20} ← {} = {}",
-            source["field"].as_str().unwrap_or_default(),
-            source["path"].as_str().unwrap_or_default(),
-            source["value"]
-        );
+    for source in &explained.sources {
+        let value = serde_json::to_value(&source.value)?;
+        println!("    {:<20} ← {} = {}", source.field, source.path, value);
     }
-    match &mapped {
-        Some(Ok(fields)) => {
+    match &explained.mapped {
+        Some(Some(fields)) => {
             println!("  mapped values:");
             for (field, value) in fields_list(fields) {
                 println!("    {field:<20} = {}", shown(&value));
             }
         }
-        Some(Err(_)) => println!("  mapped values: none (see the reasons below)"),
+        Some(None) => println!("  mapped values: none (see the reasons below)"),
         None => println!("  mapped values: none (out of scope)"),
     }
-    match &applied {
-        Some(applied) => println!(
-            "  in the PBX as {} (alias {})",
-            applied.pbx_id, applied.fields.alias
-        ),
+    match &explained.in_pbx {
+        Some((pbx_id, alias)) => println!("  in the PBX as {pbx_id} (alias {alias})"),
         None => println!("  not in the PBX"),
     }
-    match last_applied {
-        Some(change) => println!(
-            "  last change applied: {} ({}) in run {} at {}",
-            action_name(&change.action),
-            change.outcome,
-            change.run_id,
-            change.started_at.format("%Y-%m-%d %H:%M UTC")
+    match &explained.last_applied {
+        Some((action, outcome, run_id, at)) => println!(
+            "  last change applied: {action} ({outcome}) in run {run_id} at {}",
+            at.format("%Y-%m-%d %H:%M UTC")
         ),
         None => println!("  last change applied: none"),
     }
     println!("  next run: {}", line.decision);
-    print_line(&line);
+    print_line(line);
     Ok(())
-}
-
-/// What an operator should know after a change of the decision rules: the
-/// next run recomputes every user from the stored directory, no full read.
-pub fn after_apply_note(old: &TenantConfig, new: &TenantConfig) -> Option<String> {
-    let rules_changed = old.field_mapping != new.field_mapping
-        || old.user_field_mapping != new.user_field_mapping
-        || old.allowed_country_prefixes != new.allowed_country_prefixes
-        || old.mode != new.mode
-        || old.delete_after_days != new.delete_after_days;
-    rules_changed.then(|| {
-        format!(
-            "the next run decides every user again under the new settings, from the directory data \
-             already stored; `usersync plan {id}` shows what it will change, `usersync resync {id}` runs it",
-            id = new.id
-        )
-    })
-}
-
-fn action_name(action: &Action) -> &'static str {
-    match action {
-        Action::None => "none",
-        Action::Create { .. } => "create",
-        Action::Update { .. } => "update",
-        Action::Delete { .. } => "delete",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use usersync_core::diff;
-
-    use super::*;
-
-    fn fields(surname: &str, title: Option<&str>) -> SyncedFields {
-        SyncedFields {
-            alias: "anna".into(),
-            first_name: "Anna".into(),
-            surname: surname.into(),
-            pstn_fixed: "46811111111".into(),
-            email: Some("anna@acme.example".into()),
-            attributes: title
-                .map(|t| BTreeMap::from([("title".to_owned(), t.to_owned())]))
-                .unwrap_or_default(),
-        }
-    }
-
-    #[test]
-    fn an_update_shows_each_field_before_and_after() {
-        let applied = fields("Berg", Some("CEO"));
-        let desired = fields("Lindqvist", None);
-        let changes = field_changes(&applied, &diff(&applied, &desired));
-        assert_eq!(
-            changes,
-            [
-                FieldChange {
-                    field: "surname".into(),
-                    before: Some("Berg".into()),
-                    after: Some("Lindqvist".into())
-                },
-                FieldChange {
-                    field: "attributes.title".into(),
-                    before: Some("CEO".into()),
-                    after: None
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn a_creation_lists_the_fields_it_sets() {
-        let names: Vec<String> = created_fields(&fields("Berg", None))
-            .into_iter()
-            .map(|c| c.field)
-            .collect();
-        assert_eq!(names, ["alias", "first_name", "surname", "pstn_fixed", "email"]);
-    }
 }

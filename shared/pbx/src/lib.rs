@@ -8,8 +8,10 @@ pub mod answer;
 mod client;
 mod error;
 mod model;
+mod target;
 
 pub use answer::{Answer, Shape};
 pub use client::PbxClient;
 pub use error::{PbxError, PbxErrorKind};
 pub use model::{Items, NewUser, Number, PbxUser, Template, UserFilter, UsersPage};
+pub use target::PbxTarget;

@@ -66,13 +66,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// Call it first, before connecting: `/healthz` then says what a starting
 /// service still waits for.
 pub async fn serve_metrics(health: Health) -> anyhow::Result<()> {
-    let handle = PrometheusBuilder::new()
-        // Buckets make every `*_duration_seconds` a Prometheus histogram (so
-        // `histogram_quantile` works across replicas), not a summary.
-        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".to_owned()), DURATION_BUCKETS)
-        .context("setting the histogram buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let handle = install_metrics()?;
     let Some(addr) = env_opt("METRICS_ADDR") else {
         return Ok(());
     };
@@ -91,7 +85,20 @@ pub async fn serve_metrics(health: Health) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn metrics_router(handle: PrometheusHandle, health: Health) -> Router {
+/// Installs the Prometheus recorder (once per process) and returns what renders it.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        // Buckets make every `*_duration_seconds` a Prometheus histogram (so
+        // `histogram_quantile` works across replicas), not a summary.
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".to_owned()), DURATION_BUCKETS)
+        .context("setting the histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+/// `/metrics` and `/healthz`, for a service that serves them on its own
+/// address (usersync-api) instead of `METRICS_ADDR`.
+pub fn metrics_router(handle: PrometheusHandle, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
         .route(

@@ -3,6 +3,7 @@
 //! The database is created when absent and migrated at start under an advisory
 //! lock, so replicas starting together do not race.
 
+mod api_tokens;
 mod applying;
 mod crypto;
 mod db;
@@ -22,6 +23,7 @@ mod sync_users;
 mod tenants;
 pub mod testing;
 
+pub use api_tokens::ApiTokenRow;
 pub use applying::{ChangeEnd, CreateAnswers, CreateConflict, FailedTries, LockedUser, UserToLock};
 pub use crypto::{SecretKey, SecretKeyError};
 pub use db::Store;
@@ -32,13 +34,13 @@ pub use mails::{Claim, MailClaim, MailProblem, NewMail, StandingError};
 pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use pbx_checks::PbxCheck;
-pub use planning::{ChangeHistory, ClaimSession};
+pub use planning::{ChangeHistory, ClaimSession, HeldUser};
 pub use run_ends::{RunEnd, RunEnds};
 pub use runs::{
     DueFollowUp, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,
 };
 pub use sync_users::{ChangeRecord, PlannedUser, RoundEnd, SyncRow};
-pub use tenants::{StoredTenant, TenantSummary};
+pub use tenants::{StoredTenant, TenantSummary, TenantWrite};
 
 /// Errors from the store. Database errors keep their cause for the logs.
 pub type Result<T> = std::result::Result<T, anyhow::Error>;

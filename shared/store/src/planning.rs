@@ -97,6 +97,14 @@ pub struct ChangeHistory {
     pub detail: Option<String>,
 }
 
+/// A user whose deletion the mass-deletion guard holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldUser {
+    pub object_id: String,
+    pub pbx_id: Option<String>,
+    pub alias: Option<String>,
+}
+
 impl Store {
     /// Opens a claims session on a connection of its own.
     pub async fn claim_session(&self) -> Result<ClaimSession> {
@@ -125,6 +133,28 @@ impl Store {
             .await
             .context("counting held deletions")?;
         Ok(row.get(0))
+    }
+
+    /// The users whose deletion the guard holds now, by object id: their PBX
+    /// id and the alias they have there.
+    pub async fn held_users(&self, tenant_id: &str) -> Result<Vec<HeldUser>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT object_id, pbx_id, applied ->> 'alias' AS alias FROM sync_users
+                 WHERE tenant_id = $1 AND state = 'held' ORDER BY object_id",
+                &[&tenant_id],
+            )
+            .await
+            .context("listing held deletions")?;
+        Ok(rows
+            .iter()
+            .map(|row| HeldUser {
+                object_id: row.get("object_id"),
+                pbx_id: row.get("pbx_id"),
+                alias: row.get("alias"),
+            })
+            .collect())
     }
 
     /// Records an operator's approval of held deletions, for the tenant's next run.

@@ -1,0 +1,210 @@
+//! The tenant ("AD Sync template"): create or replace from the tenant file,
+//! show it masked, list, delete.
+
+use serde::Serialize;
+use serde_json::Value;
+use usersync_core::{parse_tenant_file, tenant::MASK, Problem, TenantConfig};
+use usersync_store::{SecretKey, Store, TenantWrite};
+
+use crate::{no_tenant, plan::after_apply_note, AdminError, AdminResult};
+
+/// What a write did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Applied {
+    pub id: String,
+    /// True when the tenant is new.
+    pub created: bool,
+    /// The tenant's version now (its `ETag`).
+    pub version: i64,
+    /// What the operator should know about the next run, when the rules changed.
+    pub note: Option<String>,
+}
+
+/// What a delete does, said to whoever asked for it.
+pub const DELETE_EFFECT: &str = "the tenant and its sync state (runs, users, delta link) are deleted and \
+     no run of it starts again; its users in the PBX are left as they are (none is deleted or changed); \
+     a run in progress stops at its next step; create the tenant again to sync it anew (a first full read, \
+     which adopts the PBX users it finds)";
+
+/// Creates or replaces a tenant from the tenant file's text.
+///
+/// `path_id`: the id the caller addressed (the API's `{id}`); the file may
+/// leave `id` out then, and must not name another. `expected_version`: write
+/// only over that version (`If-Match`). A secret given as the mask `********`
+/// (what `show` prints) keeps the stored secret. Nothing is saved on any problem.
+pub async fn apply(
+    store: &Store,
+    key: &SecretKey,
+    text: &str,
+    path_id: Option<&str>,
+    expected_version: Option<i64>,
+) -> AdminResult<Applied> {
+    let text = with_path_id(text, path_id);
+    let mut tenant = parse_tenant_file(&text).map_err(AdminError::Invalid)?;
+    if let Some(id) = path_id {
+        if tenant.id != id {
+            return Err(AdminError::Invalid(vec![Problem::new(
+                "id",
+                format!(
+                    "is {:?} but the address names tenant {id:?}; make them the same (or leave id out)",
+                    tenant.id
+                ),
+            )]));
+        }
+    }
+    let previous = store.tenant(&tenant.id, Some(key)).await?;
+    keep_masked_secrets(&mut tenant, previous.as_ref().map(|p| &p.config))?;
+    if let (Some(expected), None) = (expected_version, &previous) {
+        return Err(AdminError::Stale(format!(
+            "tenant {:?} does not exist, so it is not at version {expected}; create it without If-Match",
+            tenant.id
+        )));
+    }
+    let note = previous
+        .as_ref()
+        .and_then(|p| after_apply_note(&p.config, &tenant));
+    match store.write_tenant(&tenant, key, expected_version).await? {
+        TenantWrite::Created { version } => Ok(Applied {
+            id: tenant.id,
+            created: true,
+            version,
+            note: None,
+        }),
+        TenantWrite::Updated { version } => Ok(Applied {
+            id: tenant.id,
+            created: false,
+            version,
+            note,
+        }),
+        TenantWrite::Stale => Err(stale(&tenant.id)),
+    }
+}
+
+fn stale(id: &str) -> AdminError {
+    AdminError::Stale(format!(
+        "tenant {id:?} was changed since the version this write was made from; \
+         read it again (GET /v1/tenants/{id}), redo the change on it and send it with the new ETag"
+    ))
+}
+
+/// The file with `"id": path_id` added when it is an object without one.
+fn with_path_id(text: &str, path_id: Option<&str>) -> String {
+    let Some(id) = path_id else {
+        return text.to_owned();
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut map)) if !map.contains_key("id") => {
+            map.insert("id".to_owned(), Value::String(id.to_owned()));
+            Value::Object(map).to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+/// A secret left masked means "keep the one stored"; without one stored it is an error.
+fn keep_masked_secrets(tenant: &mut TenantConfig, previous: Option<&TenantConfig>) -> AdminResult<()> {
+    let mut problems = Vec::new();
+    if tenant.provider_settings.client_secret == MASK {
+        match previous {
+            Some(previous) => {
+                tenant.provider_settings.client_secret = previous.provider_settings.client_secret.clone()
+            }
+            None => problems.push(Problem::new(
+                "provider_settings.client_secret",
+                "is the mask ******** but no secret is stored yet; paste the application's client secret",
+            )),
+        }
+    }
+    if let Some(pbx) = tenant.pbx.as_mut() {
+        if pbx.api_token == MASK {
+            match previous.and_then(|p| p.pbx.as_ref()) {
+                Some(stored) => pbx.api_token = stored.api_token.clone(),
+                None => problems.push(Problem::new(
+                    "pbx.api_token",
+                    "is the mask ******** but no PBX token is stored yet; give the company's PBX API token",
+                )),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(problems))
+    }
+}
+
+/// One tenant as shown: its file with secrets masked, and its version.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub config: TenantConfig,
+    pub version: i64,
+}
+
+pub async fn show(store: &Store, id: &str) -> AdminResult<Shown> {
+    let tenant = crate::require_tenant(store, id).await?;
+    Ok(Shown {
+        config: tenant.config.masked(),
+        version: tenant.version,
+    })
+}
+
+/// One line of the tenant list.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TenantLine {
+    pub id: String,
+    pub name: String,
+    pub mode: String,
+}
+
+/// Every tenant, or the one `only` names.
+pub async fn list(store: &Store, only: Option<&str>) -> AdminResult<Vec<TenantLine>> {
+    Ok(store
+        .tenants()
+        .await?
+        .into_iter()
+        .filter(|t| only.is_none_or(|id| t.config.id == id))
+        .map(|t| TenantLine {
+            mode: t.config.mode.as_str().to_owned(),
+            name: t.config.name,
+            id: t.config.id,
+        })
+        .collect())
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    pub deleted: bool,
+    /// What happens now, to the sync and to the company's PBX users.
+    pub effect: String,
+}
+
+pub async fn delete(store: &Store, id: &str, expected_version: Option<i64>) -> AdminResult<Deleted> {
+    if store.delete_tenant(id, expected_version).await? {
+        return Ok(Deleted {
+            id: id.to_owned(),
+            deleted: true,
+            effect: DELETE_EFFECT.to_owned(),
+        });
+    }
+    match (store.tenant(id, None).await?, expected_version) {
+        (Some(_), Some(_)) => Err(stale(id)),
+        _ => Err(no_tenant(id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_id_fills_a_missing_id_only() {
+        assert_eq!(
+            with_path_id(r#"{"name":"A"}"#, Some("acme")),
+            r#"{"id":"acme","name":"A"}"#
+        );
+        assert_eq!(with_path_id(r#"{"id":"x"}"#, Some("acme")), r#"{"id":"x"}"#);
+        assert_eq!(with_path_id("not json", Some("acme")), "not json");
+    }
+}
