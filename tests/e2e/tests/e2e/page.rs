@@ -177,6 +177,15 @@ async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows
             Some(json!({"secret_expired": true})),
         )
         .await;
+    // The fetcher keeps its access token until it ages out; revoking it makes the
+    // next run ask Entra for a new one, which is when an expired secret shows.
+    stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/revoke-tokens"),
+            None,
+        )
+        .await;
     run_flow("expired-secret", &api, &token, &[]).await;
     let status = stack.cli_json(&["status", "acme", "--json"]).await;
     assert_eq!(status[0]["last_run"]["error_code"], "entra.7000222");
