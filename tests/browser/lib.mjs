@@ -3,7 +3,7 @@
 // The Rust e2e test (tests/e2e/tests/e2e/page.rs) boots the stack and runs a flow
 // with BASE_URL, TOKEN, TENANT and SCREENSHOTS in the environment.
 
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -19,6 +19,8 @@ export const STEP_TIMEOUT_MS = 90_000;
 /** Runs `flow(page, shot)` in a fresh headless Chromium; exits non-zero on any failure. */
 export async function run(name, flow) {
   const screenshots = join(env('SCREENSHOTS'), name);
+  // A run's screenshots only: none left from an earlier run of the flow.
+  rmSync(screenshots, { recursive: true, force: true });
   mkdirSync(screenshots, { recursive: true });
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
