@@ -95,7 +95,7 @@ pub async fn get_tenant(
 /// With `If-Match`, only over that version.
 #[utoipa::path(put, path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id"),
-           ("If-Match" = Option<String>, Header, description = "the ETag the change was made from")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[0-9]+")$"#, description = "the ETag the change was made from")),
     request_body(content = Object, description = "the tenant file", content_type = "application/json"),
     responses(
         (status = 200, description = "replaced", body = Applied, headers(("ETag" = String))),
@@ -162,7 +162,7 @@ pub async fn put_tenant(
 /// left as they are. With `If-Match`, only at that version.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id"),
-           ("If-Match" = Option<String>, Header, description = "the ETag the delete was decided on")),
+           ("If-Match" = Option<String>, Header, pattern = r#"^(\*|(W/)?"[0-9]+")$"#, description = "the ETag the delete was decided on")),
     responses(
         (status = 200, description = "deleted; `effect` says what happens to the sync and the PBX users", body = Deleted),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -200,7 +200,8 @@ pub struct ResyncAccepted {
 
 /// Reads an optional JSON body: empty is the default; anything else must parse.
 fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let text = body.trim_ascii();
+    if text.is_empty() || text == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|err| {
@@ -258,6 +259,7 @@ pub async fn status(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct RunsQuery {
     /// How many runs, newest first (1 to 200).
     #[param(minimum = 1, maximum = 200)]

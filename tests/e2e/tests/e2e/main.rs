@@ -1,5 +1,6 @@
 //! End-to-end tests, one binary: each test runs a whole stack (see `usersync_e2e::Stack`).
 
+mod api;
 mod applier;
 mod differ;
 mod fetcher;
