@@ -43,6 +43,8 @@ pub struct AppState {
     /// Encrypts the secrets of a tenant written; `None` refuses writes with a clear message.
     pub key: Option<SecretKey>,
     pub pbx: PbxAccess,
+    /// Reads the directory for previews (the fetcher's settings: `GRAPH_BASE_URL`, `ENTRA_LOGIN_URL`, retries).
+    pub graph: usersync_graph::GraphClient,
     pub rate_limits: auth::RateLimits,
 }
 
@@ -89,6 +91,8 @@ fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::user))
         .routes(routes!(routes::held_deletions))
         .routes(routes!(routes::approve_deletions))
+        .routes(routes!(routes::start_preview))
+        .routes(routes!(routes::get_preview))
         .split_for_parts()
 }
 
@@ -218,6 +222,9 @@ async fn main() -> anyhow::Result<()> {
             key: key.clone(),
         },
         key,
+        graph: usersync_graph::GraphClient::new(
+            usersync_graph::GraphConfig::from_env().map_err(anyhow::Error::msg)?,
+        ),
         rate_limits,
     });
     let listener = tokio::net::TcpListener::bind(addr)

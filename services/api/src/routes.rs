@@ -461,3 +461,159 @@ pub async fn approve_deletions(
         usersync_admin::approve::approve_deletions(&state.store, &state.bus, &id).await?,
     ))
 }
+
+/// The body of a preview request: nothing for the settings as saved, or a
+/// tenant file (as `PUT /v1/tenants/{id}` takes it) to preview before saving.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct PreviewBody {
+    /// The unsaved tenant file; secrets left as the mask `********` keep the stored ones.
+    #[schema(value_type = Option<Object>)]
+    pub tenant: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviewAccepted {
+    /// Follow it at `GET /v1/tenants/{id}/preview/{run_id}`.
+    pub run_id: String,
+}
+
+/// Starts a preview: what the next sync would do, read from the directory now
+/// and planned with the settings as they stand (or the unsaved ones given).
+/// Writes nothing to the PBX and sends no mail.
+#[utoipa::path(post, path = "/v1/tenants/{id}/preview", tag = "preview",
+    params(("id" = String, Path, description = "tenant id")),
+    request_body(content = Option<PreviewBody>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "started", body = PreviewAccepted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "the unsaved tenant file's problems, by field", body = ProblemsBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    ))]
+pub async fn start_preview(
+    State(state): AppStateRef,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<PreviewAccepted>)> {
+    caller.check(&id)?;
+    let body: PreviewBody = optional_json(&body)?;
+    let key = state.key.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_secret_key",
+            "USERSYNC_SECRET_KEY is not set for usersync-api, so the client secret cannot be read; the operator sets it",
+        )
+    })?;
+    let unsaved = body.tenant.map(|file| match file {
+        // The portal's box may hold the file as a string.
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    });
+    let tenant =
+        usersync_admin::tenants::settings_to_preview(&state.store, key, &id, unsaved.as_deref()).await?;
+    let run_id = usersync_preview::start_preview(&state.store, &state.graph, tenant)
+        .await
+        .map_err(usersync_admin::AdminError::Other)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PreviewAccepted {
+            run_id: run_id.to_string(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PreviewQuery {
+    /// Only users with this decision: create, update, delete, pending_deletion, skip, held or none.
+    pub decision: Option<String>,
+    /// Lines to pass over, in object id order.
+    #[serde(default)]
+    pub offset: i64,
+    /// Lines to return, 1 to 1,000.
+    #[serde(default = "default_preview_limit")]
+    pub limit: i64,
+}
+
+fn default_preview_limit() -> i64 {
+    100
+}
+
+/// A preview: `running`, then `succeeded` with the summary per decision, the
+/// warnings and a page of the users' lines (create with its fields, update
+/// field by field, deletion on a date, skip with the reasons), or `failed`
+/// with why. Kept a day.
+#[utoipa::path(get, path = "/v1/tenants/{id}/preview/{run_id}", tag = "preview",
+    params(("id" = String, Path, description = "tenant id"),
+           ("run_id" = Uuid, Path, description = "the run_id the preview request answered"),
+           PreviewQuery),
+    responses(
+        (status = 200, body = usersync_preview::PreviewReport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "no such preview of the tenant (or older than a day)", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+    ))]
+pub async fn get_preview(
+    State(state): AppStateRef,
+    Extension(caller): Extension<Caller>,
+    Path((id, run_id)): Path<(String, String)>,
+    Query(query): Query<PreviewQuery>,
+) -> ApiResult<Json<usersync_preview::PreviewReport>> {
+    caller.check(&id)?;
+    let run_id = Uuid::parse_str(&run_id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            format!("preview id {run_id:?} is not a UUID; use the run_id the preview request answered"),
+        )
+    })?;
+    const DECISIONS: [&str; 7] = [
+        "create",
+        "update",
+        "delete",
+        "pending_deletion",
+        "skip",
+        "held",
+        "none",
+    ];
+    if let Some(decision) = query.decision.as_deref().filter(|d| !DECISIONS.contains(d)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "decision {decision:?} is none of {}; leave it out for all",
+                DECISIONS.join(", ")
+            ),
+        ));
+    }
+    if !(1..=usersync_preview::MAX_PAGE).contains(&query.limit) || query.offset < 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "limit must be 1 to {} and offset 0 or more; got limit {} and offset {}",
+                usersync_preview::MAX_PAGE,
+                query.limit,
+                query.offset
+            ),
+        ));
+    }
+    let report = usersync_preview::get_preview(
+        &state.store,
+        &id,
+        run_id,
+        query.decision.as_deref(),
+        query.offset,
+        query.limit,
+    )
+    .await
+    .map_err(usersync_admin::AdminError::Other)?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("tenant {id:?} has no preview {run_id} (previews are kept a day)"),
+        )
+    })?;
+    Ok(Json(report))
+}

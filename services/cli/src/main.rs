@@ -77,6 +77,10 @@ enum Command {
         /// Also list users the run would leave as they are.
         #[arg(long)]
         all: bool,
+        /// Read the directory from Microsoft Graph now instead of the stored
+        /// copy (progress on stderr); still changes nothing.
+        #[arg(long)]
+        live: bool,
     },
     /// One user's state, source and mapped values, last change and reasons (USER: object id, alias, mail or UPN).
     Explain {
@@ -216,9 +220,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runs { id, json, limit } => {
             output::runs(&admin::status::runs(&store().await?, &id, limit).await?, json)
         }
-        Command::Plan { id, json, all } => {
-            plan::print_plan(&admin::plan::plan(&store().await?, &id, all).await?, json)
-        }
+        Command::Plan {
+            id,
+            json,
+            all,
+            live: false,
+        } => plan::print_plan(&admin::plan::plan(&store().await?, &id, all).await?, json),
+        Command::Plan {
+            id,
+            json,
+            all,
+            live: true,
+        } => plan::print_plan(&plan::live(&store().await?, &id, all).await?, json),
         Command::Explain { id, user, json } => {
             plan::print_explanation(&admin::plan::explain(&store().await?, &id, &user).await?, json)
         }

@@ -2,6 +2,43 @@
 //! shared admin functions (the API serves the same data).
 
 use usersync_admin::plan::{fields_list, Explanation, PlanLine, PlanReport};
+use usersync_graph::{GraphClient, GraphConfig};
+use usersync_preview::Progress;
+use usersync_store::{SecretKey, Store};
+
+/// `usersync plan ID --live`: the plan from the directory as read now.
+pub async fn live(store: &Store, id: &str, all: bool) -> anyhow::Result<PlanReport> {
+    let key = SecretKey::from_env()?;
+    let tenant = store.require_tenant(id, Some(&key)).await?.config;
+    let graph = GraphClient::new(GraphConfig::from_env().map_err(anyhow::Error::msg)?);
+    Ok(usersync_admin::plan::plan_live(store, &graph, &tenant, all, &progress_on_stderr()).await?)
+}
+
+/// Users between two progress lines.
+const PROGRESS_EVERY: u64 = 5000;
+
+/// A progress line now and then, for a big directory.
+fn progress_on_stderr() -> impl Fn(Progress) + Send + Sync {
+    let shown = std::sync::Mutex::new((0u64, 0u64, 0u64));
+    move |step| {
+        let Ok(mut shown) = shown.lock() else { return };
+        let due = |done: u64, last: &mut u64| {
+            let due = done >= *last + PROGRESS_EVERY;
+            if due {
+                *last = done;
+            }
+            due
+        };
+        match step {
+            Progress::Members(n) if due(n, &mut shown.0) => eprintln!("read {n} filter-group members"),
+            Progress::Users(n) if due(n, &mut shown.1) => eprintln!("read {n} users"),
+            Progress::Planned(n, total) if due(n, &mut shown.2) || n == total => {
+                eprintln!("planned {n} of {total} users")
+            }
+            _ => {}
+        }
+    }
+}
 
 pub fn print_plan(report: &PlanReport, json: bool) -> anyhow::Result<()> {
     if json {
@@ -9,6 +46,7 @@ pub fn print_plan(report: &PlanReport, json: bool) -> anyhow::Result<()> {
             "tenant_id": report.tenant_id,
             "mode": report.mode,
             "as_of": report.as_of,
+            "source": report.source,
             "users": report.users,
             "summary": report.summary,
             "warnings": report.warnings,
@@ -16,8 +54,12 @@ pub fn print_plan(report: &PlanReport, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let from = match report.source {
+        "live" => "from the directory as read now",
+        _ => "from stored data",
+    };
     println!(
-        "plan for {} (mode {}) as of {}, from stored data; nothing was changed",
+        "plan for {} (mode {}) as of {}, {from}; nothing was changed",
         report.tenant_id,
         report.mode,
         report.as_of.format("%Y-%m-%d %H:%M UTC")

@@ -6,8 +6,8 @@ mod schedule;
 
 use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
-use usersync_graph::{GraphClient, GraphConfig, RetryPolicy};
-use usersync_runtime::{env_or, init_tracing};
+use usersync_graph::{GraphClient, GraphConfig};
+use usersync_runtime::init_tracing;
 use usersync_service::Service;
 use usersync_store::SecretKey;
 
@@ -16,11 +16,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let key = SecretKey::from_env()?;
     let service = Service::start("usersync-fetcher", 8).await?;
-    let graph = GraphClient::new(GraphConfig {
-        graph_base_url: env_or("GRAPH_BASE_URL", "https://graph.microsoft.com/v1.0"),
-        login_base_url: env_or("ENTRA_LOGIN_URL", "https://login.microsoftonline.com"),
-        retry: retry_policy()?,
-    });
+    let graph = GraphClient::new(GraphConfig::from_env().map_err(anyhow::Error::msg)?);
     let scheduler = tokio::spawn(schedule::run(
         service.store.clone(),
         service.bus.clone(),
@@ -43,27 +39,4 @@ async fn main() -> anyhow::Result<()> {
     service
         .serve(Stage::Fetcher, options, fetcher, Some(scheduler))
         .await
-}
-
-/// Graph retries; an outage longer than `GRAPH_RETRY_MAX_WAIT_SECS` of waiting
-/// (or `GRAPH_RETRY_ATTEMPTS` attempts) fails the run with `graph.unavailable`.
-fn retry_policy() -> anyhow::Result<RetryPolicy> {
-    let defaults = RetryPolicy::default();
-    let number = |name: &str, default: u64| -> anyhow::Result<u64> {
-        match std::env::var(name) {
-            Err(_) => Ok(default),
-            Ok(text) => text.trim().parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "{name}={text:?} is not a whole number: set it to e.g. {default}, or unset it"
-                )
-            }),
-        }
-    };
-    let attempts = number("GRAPH_RETRY_ATTEMPTS", defaults.max_attempts as u64)?;
-    let max_wait = number("GRAPH_RETRY_MAX_WAIT_SECS", defaults.max_total_wait.as_secs())?;
-    Ok(RetryPolicy {
-        max_attempts: usize::try_from(attempts.max(1)).unwrap_or(usize::MAX),
-        max_total_wait: std::time::Duration::from_secs(max_wait),
-        ..defaults
-    })
 }

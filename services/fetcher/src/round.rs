@@ -5,7 +5,7 @@ use tracing::Instrument;
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{topology::Stage, DirectoryPage, GroupsRound, PageBody, ResyncRequest};
 use usersync_core::TenantConfig;
-use usersync_graph::{Credentials, GraphClient, GraphError, PageLink};
+use usersync_graph::{credentials_of, select_list, Credentials, GraphClient, GraphError, PageLink};
 use usersync_store::{RunStart, RunState, SecretKey, Store};
 use uuid::Uuid;
 
@@ -14,27 +14,6 @@ use crate::groups::{self, GroupsScan};
 /// Times a run reads the whole directory again after Graph ended the
 /// paging of a full round, before the run fails.
 const MAX_ROUND_RESTARTS: u32 = 3;
-
-/// Properties read for every user, mapped or not, so fields can be discovered
-/// before any mapping exists.
-const STANDARD_PROPERTIES: &[&str] = &[
-    "id",
-    "accountEnabled",
-    "displayName",
-    "givenName",
-    "surname",
-    "mailNickname",
-    "userPrincipalName",
-    "mail",
-    "businessPhones",
-    "mobilePhone",
-    "jobTitle",
-    "department",
-    "officeLocation",
-    "preferredLanguage",
-    "employeeId",
-    "onPremisesExtensionAttributes",
-];
 
 pub struct Fetcher {
     pub store: Store,
@@ -135,7 +114,7 @@ impl Fetcher {
     /// Takes a token, records that the round starts reading, then reads it.
     async fn round(&self, run_id: Uuid, tenant: &TenantConfig) -> Result<(), RoundError> {
         // The token is not the directory: until it is here, requests join this run.
-        self.graph.token(&credentials(tenant)).await?;
+        self.graph.token(&credentials_of(tenant)).await?;
         // From now on requests queue a follow-up. The run's record says whether
         // to read everything (so may a request that joined it), and the tenant
         // file is read again: a change made before a request that joined is in
@@ -175,7 +154,7 @@ impl Fetcher {
             round_id: Uuid::new_v4(),
             tenant_id: &tenant.id,
         };
-        let credentials = credentials(tenant);
+        let credentials = credentials_of(tenant);
         let mut pages = 0u32;
         let scoped = !tenant.provider_settings.user_filter.member_of.is_empty();
         let groups = if scoped {
@@ -311,32 +290,12 @@ impl Fetcher {
         credentials: &Credentials,
     ) -> Result<Vec<String>, RoundError> {
         let names = &tenant.provider_settings.user_filter.member_of;
-        let resolved = self.graph.resolve_groups(credentials, names).await?;
-        if let Some(missing) = resolved.iter().find(|group| group.ids.is_empty()) {
-            return Err(RoundError::Directory {
-                code: "graph.group_not_found".to_owned(),
-                reason: format!(
-                    "no group named {:?} in the directory: check provider_settings.user_filter.memberOf (names are group display names)",
-                    missing.name
-                ),
-            });
+        let groups = self.graph.filter_groups(credentials, names).await?;
+        for warning in &groups.warnings {
+            tracing::warn!(%warning);
+            self.store.add_run_warning(run_id, warning).await?;
         }
-        let mut ids = Vec::new();
-        for group in resolved {
-            if group.ids.len() > 1 {
-                let warning = format!(
-                    "{} groups are named {:?}: members of all of them are in scope (rename groups in Entra ID, or check provider_settings.user_filter.memberOf)",
-                    group.ids.len(),
-                    group.name
-                );
-                tracing::warn!(%warning);
-                self.store.add_run_warning(run_id, &warning).await?;
-            }
-            ids.extend(group.ids);
-        }
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
+        Ok(groups.ids)
     }
 
     /// Publishes the transitive members of the filter groups; returns the next page number.
@@ -417,65 +376,9 @@ fn follow_up_start(message_id: Option<&str>) -> Option<(Uuid, i32)> {
     Some((Uuid::parse_str(run_id).ok()?, number.parse().ok()?))
 }
 
-fn credentials(tenant: &TenantConfig) -> Credentials {
-    Credentials {
-        tenant_id: tenant.provider_settings.tenant_id.clone(),
-        client_id: tenant.provider_settings.client_id.clone(),
-        client_secret: tenant.provider_settings.client_secret.clone(),
-    }
-}
-
-/// Standard properties plus every top-level property the mapping reads.
-fn select_list(tenant: &TenantConfig) -> Vec<String> {
-    let mut select: Vec<String> = STANDARD_PROPERTIES.iter().map(|p| (*p).to_owned()).collect();
-    for path in tenant.mapped_source_paths() {
-        let property = path.top_level_property().to_owned();
-        if !select.contains(&property) {
-            select.push(property);
-        }
-    }
-    select
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn select_names_every_mapped_property_and_account_enabled() {
-        let document = serde_json::json!({
-            "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
-            "provider_settings": {"tenant_id": "t", "client_id": "c", "client_secret": "s",
-                                  "user_filter": {"memberOf": [""]}},
-            "pbx_company_id": "acme",
-            "field_mapping": {"alias": "extension_0a1b2c_alias", "first_name": "givenName",
-                              "surname": "surname", "pstn_fixed": "businessPhones[0]"},
-            "user_field_mapping": {"attributes.cost": "onPremisesExtensionAttributes.extensionAttribute3",
-                                   "attributes.fax": "faxNumber"}
-        });
-        let tenant = usersync_core::parse_tenant_file(&document.to_string()).expect("tenant file");
-        let select = select_list(&tenant);
-        for property in [
-            "extension_0a1b2c_alias",
-            "givenName",
-            "surname",
-            "businessPhones",
-            "onPremisesExtensionAttributes",
-            "faxNumber",
-        ] {
-            assert_eq!(
-                select.iter().filter(|p| *p == property).count(),
-                1,
-                "{property} in {select:?}"
-            );
-        }
-        let graph = GraphClient::new(usersync_graph::GraphConfig::default());
-        let url = graph.users_delta_start_url(&select);
-        let query = url.split_once("$select=").expect("a $select").1;
-        let selected: Vec<&str> = query.split(',').collect();
-        assert!(selected.contains(&"accountEnabled"), "{url}");
-        assert!(selected.contains(&"extension_0a1b2c_alias"), "{url}");
-    }
 
     #[test]
     fn a_follow_up_start_request_names_its_run_and_number() {

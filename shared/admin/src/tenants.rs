@@ -80,6 +80,36 @@ pub async fn apply(
     }
 }
 
+/// The settings a preview runs with, secrets in clear: the stored tenant's,
+/// or the unsaved tenant file `text` for it, refused as `apply` refuses it
+/// (masked secrets keep the stored ones). Nothing is saved.
+pub async fn settings_to_preview(
+    store: &Store,
+    key: &SecretKey,
+    id: &str,
+    text: Option<&str>,
+) -> AdminResult<TenantConfig> {
+    let stored = store
+        .tenant(id, Some(key))
+        .await?
+        .ok_or_else(|| crate::no_tenant(id))?;
+    let Some(text) = text else {
+        return Ok(stored.config);
+    };
+    let mut tenant = parse_tenant_file(&with_path_id(text, Some(id))).map_err(AdminError::Invalid)?;
+    if tenant.id != id {
+        return Err(AdminError::Invalid(vec![Problem::new(
+            "id",
+            format!(
+                "is {:?} but the address names tenant {id:?}; make them the same (or leave id out)",
+                tenant.id
+            ),
+        )]));
+    }
+    keep_masked_secrets(&mut tenant, Some(&stored.config))?;
+    Ok(tenant)
+}
+
 fn stale(id: &str) -> AdminError {
     AdminError::Stale(format!(
         "tenant {id:?} was changed since the version this write was made from; \

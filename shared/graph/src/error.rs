@@ -36,6 +36,13 @@ pub enum GraphError {
         message: String,
     },
 
+    /// No group carries a name the tenant's `memberOf` filter gives.
+    #[error(
+        "no group named {name:?} in the directory: check provider_settings.user_filter.memberOf \
+         (names are group display names)"
+    )]
+    GroupNotFound { name: String },
+
     /// A success answer whose body is not what Graph documents.
     #[error("unexpected response from Microsoft Graph: {reason}")]
     InvalidResponse { reason: String },
@@ -59,6 +66,7 @@ impl GraphError {
             GraphError::ResyncRequired { .. } => "graph.resync_required".to_owned(),
             GraphError::Unavailable { .. } => "graph.unavailable".to_owned(),
             GraphError::Http { status, .. } => format!("graph.http_{status}"),
+            GraphError::GroupNotFound { .. } => "graph.group_not_found".to_owned(),
             GraphError::InvalidResponse { .. } => "graph.invalid_response".to_owned(),
             GraphError::InvalidLink { .. } => "graph.invalid_link".to_owned(),
         }

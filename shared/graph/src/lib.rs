@@ -8,6 +8,7 @@ mod pages;
 pub mod parse;
 mod response;
 mod retry;
+mod tenant;
 mod token;
 mod urls;
 
@@ -17,6 +18,7 @@ pub use client::GraphClient;
 pub use error::{AuthFailure, AuthFailureKind, GraphError};
 pub use pages::{DeltaPage, GroupDelta, GroupsDeltaPage, MemberChange, MembersPage, PageLink, ResolvedGroup};
 pub use retry::{RetryEvent, RetryHook, RetryPolicy};
+pub use tenant::{credentials_of, select_list, FilterGroups, STANDARD_PROPERTIES};
 
 /// Microsoft's global Graph endpoint, API version 1.0.
 pub const MICROSOFT_GRAPH_BASE_URL: &str = "https://graph.microsoft.com/v1.0";

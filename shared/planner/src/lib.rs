@@ -11,6 +11,7 @@
 //! The differ stores the plan; `usersync plan` and `usersync explain` print it
 //! and change nothing.
 
+mod lines;
 mod user;
 
 use std::collections::BTreeMap;
@@ -18,8 +19,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use usersync_core::conflict::losers;
 use usersync_core::{claims_of, resolve_conflicts, Action, Conflict, Mode, Problem, Scope, TenantConfig};
-use usersync_store::{PlannedUser, ReconcileRow, Round, Store};
+use usersync_store::{ClaimSession, PlannedUser, ReconcileRow, Round, Store};
 
+pub use lines::{field_changes, fields_list, plan_line, FieldChange, PlanLine};
 pub use user::{applied_of, decision_label, mapped_fields, plan_user, scope_of, Overrides, PlanContext};
 
 /// Users read per page.
@@ -65,49 +67,18 @@ impl Planner<'_> {
 
     /// The first pass: conflicts and the deletion count.
     pub async fn survey(&self) -> anyhow::Result<Survey> {
-        let context = self.context();
-        // Paused or unable to build users: nothing is written, nothing conflicts.
-        let writes = self.tenant.mode != Mode::Pause && self.tenant.field_mapping.is_complete();
-        let mut claims = self.store.claim_session().await?;
-        let mut survey = Survey::default();
+        let mut pass = SurveyPass::start(self).await?;
         let mut after = String::new();
         loop {
-            let rows = claims
+            let rows = pass
+                .claims
                 .reconcile_rows(&self.tenant.id, self.round, &after, PLAN_PAGE)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.object_id.clone();
-            let mut page_claims = Vec::new();
-            for row in &rows {
-                let (scope, mapped) = mapped_fields(row, &context);
-                let applied = applied_of(row);
-                survey.synced += u64::from(applied.is_some());
-                if !writes {
-                    continue;
-                }
-                let desired = match &mapped {
-                    Some(Ok(fields)) => Some(fields),
-                    _ => None,
-                };
-                page_claims.extend(claims_of(
-                    &row.object_id,
-                    desired,
-                    applied.as_ref().map(|a| &a.fields),
-                ));
-                if scope != Scope::In {
-                    let decision =
-                        user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), &context);
-                    survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
-                }
-            }
-            claims.add(&page_claims).await?;
+            pass.add(&rows).await?;
         }
-        let contested = claims.contested().await?;
-        claims.finish().await?;
-        survey.conflicts = resolve_conflicts(&contested);
-        survey.losers = losers(&survey.conflicts);
-        survey.guard_trips = self.tenant.deletion_guard.trips(survey.deletions, survey.synced);
-        Ok(survey)
+        pass.finish().await
     }
 
     /// A page of verdicts after `after` (by object id); empty at the end.
@@ -146,6 +117,70 @@ impl Planner<'_> {
         self.store
             .reconcile_rows(&self.tenant.id, self.round, after, PLAN_PAGE)
             .await
+    }
+}
+
+/// The first pass over rows from any source, page by page: the stored
+/// directory (the differ, `usersync plan`) or the directory as read now (the
+/// live preview). Claims on unique values go to the session's temporary table.
+pub struct SurveyPass<'a> {
+    context: PlanContext<'a>,
+    tenant: &'a TenantConfig,
+    /// Paused or unable to build users: nothing is written, nothing conflicts.
+    writes: bool,
+    pub claims: ClaimSession,
+    survey: Survey,
+}
+
+impl<'a> SurveyPass<'a> {
+    pub async fn start(planner: &'a Planner<'a>) -> anyhow::Result<SurveyPass<'a>> {
+        let tenant = planner.tenant;
+        Ok(SurveyPass {
+            context: planner.context(),
+            tenant,
+            writes: tenant.mode != Mode::Pause && tenant.field_mapping.is_complete(),
+            claims: planner.store.claim_session().await?,
+            survey: Survey::default(),
+        })
+    }
+
+    /// One page of rows, in object id order.
+    pub async fn add(&mut self, rows: &[ReconcileRow]) -> anyhow::Result<()> {
+        let context = &self.context;
+        let mut page_claims = Vec::new();
+        for row in rows {
+            let (scope, mapped) = mapped_fields(row, context);
+            let applied = applied_of(row);
+            self.survey.synced += u64::from(applied.is_some());
+            if !self.writes {
+                continue;
+            }
+            let desired = match &mapped {
+                Some(Ok(fields)) => Some(fields),
+                _ => None,
+            };
+            page_claims.extend(claims_of(
+                &row.object_id,
+                desired,
+                applied.as_ref().map(|a| &a.fields),
+            ));
+            if scope != Scope::In {
+                let decision = user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), context);
+                self.survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
+            }
+        }
+        self.claims.add(&page_claims).await
+    }
+
+    /// The tenant-wide facts, once every row was added.
+    pub async fn finish(self) -> anyhow::Result<Survey> {
+        let mut survey = self.survey;
+        let contested = self.claims.contested().await?;
+        self.claims.finish().await?;
+        survey.conflicts = resolve_conflicts(&contested);
+        survey.losers = losers(&survey.conflicts);
+        survey.guard_trips = self.tenant.deletion_guard.trips(survey.deletions, survey.synced);
+        Ok(survey)
     }
 }
 

@@ -189,7 +189,7 @@ pub(crate) async fn reconcile_page(
 }
 
 /// Leaves the planner no way to read a page but the ordered primary key.
-const PIN_PAGE_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
+pub(crate) const PIN_PAGE_PLAN: &str = "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off";
 
 /// `$1` tenant, `$2` round, `$3` after, `$4` limit. The page of directory
 /// users first, then each one's rows by key: the cost of a page does not grow

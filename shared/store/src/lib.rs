@@ -17,6 +17,7 @@ mod membership;
 mod operations;
 mod pbx_checks;
 mod planning;
+mod previews;
 mod run_ends;
 mod runs;
 mod sync_users;
@@ -35,6 +36,7 @@ pub use membership::GroupsState;
 pub use operations::{RunProgress, ScheduleRow, TenantOverview};
 pub use pbx_checks::PbxCheck;
 pub use planning::{ChangeHistory, ClaimSession, HeldUser};
+pub use previews::{PreviewRow, PREVIEW_KEPT_HOURS, PREVIEW_STALE_SECS};
 pub use run_ends::{RunEnd, RunEnds};
 pub use runs::{
     DueFollowUp, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,

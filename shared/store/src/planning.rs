@@ -15,7 +15,7 @@ use crate::{ReconcileRow, Result, Round, Store};
 /// temporary table, so the tenant-wide check holds no directory in memory and
 /// writes nothing lasting (`usersync plan` uses it too).
 pub struct ClaimSession {
-    client: deadpool_postgres::Object,
+    pub(crate) client: deadpool_postgres::Object,
 }
 
 impl ClaimSession {

@@ -9,4 +9,5 @@ mod operations;
 mod operator;
 mod page;
 mod pipeline;
+mod preview;
 mod support;
