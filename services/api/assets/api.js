@@ -86,7 +86,7 @@ export class Api {
 
   // `draft` is the tenant document as the form holds it, saved or not.
   startPreview(id, draft) {
-    return this.call('POST', this.tenantPath(id, '/preview'), { body: draft }).then((r) => r.json);
+    return this.call('POST', this.tenantPath(id, '/preview'), { body: { tenant: draft } }).then((r) => r.json);
   }
 
   /** A preview: `state` running, succeeded or failed; once succeeded a page of its lines. */

@@ -4,60 +4,14 @@
 //! (the PBX simulator's users, the stored tenant). Screenshots of every step land in
 //! target/browser-screenshots/<flow>/.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{path::PathBuf, process::Stdio};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
-use usersync_e2e::{binary, free_port, wait_for, workspace_target, Stack};
+use tokio::process::Command;
+use usersync_e2e::{workspace_target, Api, Stack};
 
 use crate::support::{self, CALLER_ID, CLIENT_ID, CLIENT_SECRET, ENTRA_TENANT};
-
-/// `usersync-api` on a free port with the stack's environment.
-struct ApiServer {
-    url: String,
-    _child: Child,
-}
-
-async fn start_api(stack: &Stack) -> ApiServer {
-    let port = free_port();
-    let log = std::fs::File::create(stack.logs.join("usersync-api.log")).expect("a log file");
-    let child = Command::new(binary("usersync-api"))
-        .envs(stack.env())
-        .env("API_ADDR", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting usersync-api (cargo build --workspace --bins)");
-    let url = format!("http://127.0.0.1:{port}");
-    let health = format!("{url}/healthz");
-    wait_for("usersync-api to be healthy", Duration::from_secs(60), || async {
-        stack
-            .http
-            .get(&health)
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-    })
-    .await;
-    ApiServer { url, _child: child }
-}
-
-/// A new API token for one company, as the operator makes it (`usersync api-token create`).
-async fn company_token(stack: &Stack, tenant: &str) -> String {
-    let (ok, stdout, stderr) = stack
-        .cli(&["api-token", "create", "--tenant", tenant], None)
-        .await;
-    assert!(ok, "usersync api-token create failed: {stderr}");
-    // Tokens start with `usk_` (shared/admin's TOKEN_PREFIX).
-    stdout
-        .split_whitespace()
-        .find(|word| word.starts_with("usk_"))
-        .unwrap_or_else(|| panic!("no token in {stdout:?}"))
-        .to_owned()
-}
 
 fn provider_settings() -> String {
     json!({
@@ -92,7 +46,7 @@ async fn seed_small(stack: &Stack) {
 }
 
 /// Runs `node tests/browser/<flow>.mjs` and asserts it passed; returns what it reported.
-async fn run_flow(flow: &str, api: &ApiServer, token: &str, extra: &[(&str, String)]) -> Value {
+async fn run_flow(flow: &str, api: &Api, token: &str, extra: &[(&str, String)]) -> Value {
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists(),
@@ -126,12 +80,12 @@ async fn run_flow(flow: &str, api: &ApiServer, token: &str, extra: &[(&str, Stri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the usersync-api binary (services/api); run with --ignored once it is built"]
 async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows_an_expired_secret() {
-    let stack = Stack::start("page_flow").await;
+    let mut stack = Stack::start("page_flow").await;
     seed_small(&stack).await;
-    let api = start_api(&stack).await;
-    let token = company_token(&stack, "acme").await;
+    let api = stack.start_api().await;
+    // A company's token, made before its template exists: the admin creates it.
+    let (_, token) = stack.api_token(Some("acme")).await;
 
     let report = run_flow(
         "seed-flow",
@@ -192,16 +146,15 @@ async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the usersync-api binary (services/api); run with --ignored once it is built"]
 async fn the_admin_page_saves_by_keyboard_alone_and_refuses_a_stale_save() {
-    let stack = Stack::start("page_keyboard").await;
+    let mut stack = Stack::start("page_keyboard").await;
     support::seed(&stack).await;
     let (ok, _, stderr) = stack
         .cli(&["tenant", "apply", "-"], Some(&support::tenant_file()))
         .await;
     assert!(ok, "tenant apply: {stderr}");
-    let api = start_api(&stack).await;
-    let token = company_token(&stack, "acme").await;
+    let api = stack.start_api().await;
+    let (_, token) = stack.api_token(Some("acme")).await;
 
     run_flow(
         "keyboard-save",
