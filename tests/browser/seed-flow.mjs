@@ -91,7 +91,12 @@ await run('seed-flow', async (page, shot) => {
   assert(toCreate > 0, `the preview creates users (${await summary.textContent()})`);
   const createRows = await page.locator('#preview-result tbody .badge.create').count();
   assert(createRows === toCreate, `the preview lists every user it creates (${createRows} rows, ${toCreate} counted)`);
-  const skipRows = await page.locator('#skipped tbody tr').count();
+  // Skipped users are listed with their reasons (the Rust side seeds one without a phone).
+  const skipped = page.locator('#skipped tbody tr');
+  const skipRows = await skipped.count();
+  for (let i = 0; i < skipRows; i++) {
+    assert(/pstn_fixed/.test(await skipped.nth(i).textContent()), `skipped row ${i} gives the reason`);
+  }
   await shot('preview');
 
   await page.locator('#mapping-card button.save').click();

@@ -21,8 +21,10 @@ fn provider_settings() -> String {
     .to_string()
 }
 
-/// A small directory (30 users, 20 in Telephony) and the PBX company with a template and numbers.
-async fn seed_small(stack: &Stack) {
+/// A small directory (30 users, 20 in Telephony, and one more member without a
+/// phone, whom the sync must skip) and the PBX company with templates and numbers.
+/// Returns the phoneless member's object id.
+async fn seed_small(stack: &Stack) -> String {
     stack
         .graph_call(
             Method::POST,
@@ -43,6 +45,29 @@ async fn seed_small(stack: &Stack) {
             })),
         )
         .await;
+    let phoneless = stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/users"),
+            Some(json!({
+                "displayName": "Nils Nummerlös", "givenName": "Nils", "surname": "Nummerlös",
+                "mailNickname": "nils.nummerlos", "userPrincipalName": "nils.nummerlos@acme.example",
+                "mail": "nils.nummerlos@acme.example", "businessPhones": [], "accountEnabled": true
+            })),
+        )
+        .await["id"]
+        .as_str()
+        .expect("the new user's id")
+        .to_owned();
+    let (group, _) = support::telephony_members(stack).await;
+    stack
+        .graph_call(
+            Method::POST,
+            &format!("/_sim/tenants/{ENTRA_TENANT}/groups/{group}/members"),
+            Some(json!({"id": phoneless})),
+        )
+        .await;
+    phoneless
 }
 
 /// Runs `node tests/browser/<flow>.mjs` and asserts it passed; returns what it reported.
@@ -82,7 +107,7 @@ async fn run_flow(flow: &str, api: &Api, token: &str, extra: &[(&str, String)]) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows_an_expired_secret() {
     let mut stack = Stack::start("page_flow").await;
-    seed_small(&stack).await;
+    let phoneless = seed_small(&stack).await;
     let api = stack.start_api().await;
     // A company's token, made before its template exists: the admin creates it.
     let (_, token) = stack.api_token(Some("acme")).await;
@@ -108,6 +133,14 @@ async fn the_admin_page_takes_an_empty_company_through_the_portal_flow_and_shows
         users.len() as u64,
         promised,
         "PBX users against the preview's creations"
+    );
+    assert_eq!(
+        report["preview_skipped"], 1,
+        "the page listed the phoneless member as skipped"
+    );
+    assert!(
+        !users.contains_key(&phoneless),
+        "the phoneless member is not in the PBX"
     );
     let (_, members) = support::telephony_members(&stack).await;
     for (object_id, user) in &users {
