@@ -1,5 +1,6 @@
 // Keyboard only: from the top of the page, Tab to a setting, change it, Tab to
 // Save and press Enter; the saved template has it (the Rust side reads it back).
+// A mail address the server refuses is shown beside its field (the 422).
 // Then a second writer changes the template behind the page's back: the page's
 // next save is refused as stale (412) and offers to reload.
 //
@@ -33,6 +34,22 @@ await run('keyboard-save', async (page, shot) => {
   await page.keyboard.press('Enter');
   await textMatches(page.locator('#general-title ~ .form-actions .save-state'), /Saved/);
   await shot('keyboard-saved');
+
+  // The server's 422 is shown beside the field it names, and nothing is saved.
+  const copyTo = page.getByLabel('Also send a separate welcome mail to');
+  const savedCopyTo = await copyTo.inputValue();
+  await copyTo.focus();
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('pbx-admin at acme');
+  await page.keyboard.press('Enter');
+  const besideCopyTo = page.locator('[data-error-for="welcome_mail_copy_to"]');
+  await textMatches(besideCopyTo, /.+/);
+  assert((await copyTo.getAttribute('aria-invalid')) === 'true', 'the refused field is marked invalid');
+  await textMatches(page.locator('#general-title ~ .form-actions .save-state'), /Not saved/);
+  await shot('server-refusal-beside-field');
+  await copyTo.focus();
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type(savedCopyTo);
 
   // A second writer (another admin) saves in between: this page's version is stale.
   const api = `${env('BASE_URL')}/v1/tenants/${encodeURIComponent(env('TENANT'))}`;
