@@ -425,7 +425,7 @@ async fn the_api_creates_syncs_and_reports_a_tenant_through_every_endpoint() {
     // Log lines carry the token's id, never the token.
     let log = std::fs::read_to_string(stack.logs.join("usersync-api-4.log")).unwrap();
     assert!(
-        log.contains("token_id") && !log.contains(token.unwrap()),
+        log.contains("token_id") && !log.contains(token.expect("a token")),
         "the API log names token ids only"
     );
 
