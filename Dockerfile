@@ -10,7 +10,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/usersync /src/target/release/usersync-fetcher \
      /src/target/release/usersync-differ /src/target/release/usersync-applier \
-     /src/target/release/usersync-notifier /src/target/release/usersync-graph-sim \
+     /src/target/release/usersync-notifier /src/target/release/usersync-api \
+     /src/target/release/usersync-graph-sim \
      /src/target/release/usersync-pbx-sim /usr/local/bin/
 COPY examples /usr/share/usersync/examples
 USER nobody

@@ -43,9 +43,9 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> RateLimits {
+    pub fn new(per_minute: NonZeroU32, burst: NonZeroU32) -> RateLimits {
         RateLimits {
-            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
         }
     }
 

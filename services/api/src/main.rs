@@ -126,10 +126,11 @@ fn app(state: Arc<AppState>, health: Health, metrics: metrics_exporter::Handle, 
         })
         .with_state(state)
         .merge(metrics_router(metrics, health))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        // Outside the limit, so its plain-text 413 is rewritten too.
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             json_refusals(request, next, body_limit)
         }))
-        .layer(RequestBodyLimitLayer::new(body_limit))
 }
 
 mod metrics_exporter {
@@ -198,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("API_BODY_LIMIT={text:?} is not a number of bytes of at least 1024"))?,
     };
     let rate_limits = auth::RateLimits::new(
-        nonzero_env("API_RATE_PER_SEC", 20)?,
+        nonzero_env("API_RATE_PER_MINUTE", 1200)?,
         nonzero_env("API_RATE_BURST", 100)?,
     );
     let metrics = install_metrics()?;

@@ -11,17 +11,22 @@ use axum::{
 
 /// Every asset: its name under `/assets/`, its media type, its text.
 const ASSETS: &[(&str, &str, &str)] = &[
+    ("index.html", HTML, include_str!("../assets/index.html")),
+    ("style.css", CSS, include_str!("../assets/style.css")),
+    ("app.js", JS, include_str!("../assets/app.js")),
+    ("api.js", JS, include_str!("../assets/api.js")),
+    ("i18n.js", JS, include_str!("../assets/i18n.js")),
     (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_str!("../assets/index.html"),
-    ),
-    (
-        "page.css",
-        "text/css; charset=utf-8",
-        include_str!("../assets/page.css"),
+        "provider-settings.js",
+        JS,
+        include_str!("../assets/provider-settings.js"),
     ),
 ];
+
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+// ES modules load only with a JavaScript media type.
+const JS: &str = "text/javascript; charset=utf-8";
 
 fn asset(name: &str) -> Response {
     match ASSETS.iter().find(|(asset, _, _)| *asset == name) {

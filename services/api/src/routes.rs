@@ -28,7 +28,7 @@ use crate::{
 type AppStateRef = State<Arc<AppState>>;
 
 /// The version an `If-Match` names (`"3"` or `W/"3"`); `*` (any) is `None`.
-/// A value that names no version can match none: it is refused as stale.
+/// A value that is no ETag of ours is a malformed request (400).
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
@@ -40,11 +40,9 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
     let tag = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     tag.parse::<i64>().map(Some).map_err(|_| {
         ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "stale_version",
-            format!(
-                "If-Match {text:?} is no version of this tenant; send the ETag of GET /v1/tenants/{{id}}"
-            ),
+            StatusCode::BAD_REQUEST,
+            "invalid_if_match",
+            format!("If-Match {text:?} is not an ETag of this API (such as \"3\"); send the ETag of GET /v1/tenants/{{id}}"),
         )
     })
 }
@@ -95,12 +93,12 @@ pub async fn get_tenant(
 /// With `If-Match`, only over that version.
 #[utoipa::path(put, path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id"),
-           ("If-Match" = Option<String>, Header, description = "the ETag the change was made from")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[0-9]+")$"#, description = "the ETag the change was made from")),
     request_body(content = Object, description = "the tenant file", content_type = "application/json"),
     responses(
         (status = 200, description = "replaced", body = Applied, headers(("ETag" = String))),
         (status = 201, description = "created", body = Applied, headers(("ETag" = String))),
-        (status = 400, description = "the body is not JSON", body = ProblemsBody),
+        (status = 400, description = "the body is not JSON (`errors`), or If-Match is no ETag (`error`)", body = Object),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 412, description = "stale If-Match", body = ErrorBody),
         (status = 413, body = ErrorBody),
@@ -162,9 +160,10 @@ pub async fn put_tenant(
 /// left as they are. With `If-Match`, only at that version.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants",
     params(("id" = String, Path, description = "tenant id"),
-           ("If-Match" = Option<String>, Header, description = "the ETag the delete was decided on")),
+           ("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^(\*|(W/)?"[0-9]+")$"#, description = "the ETag the delete was decided on")),
     responses(
         (status = 200, description = "deleted; `effect` says what happens to the sync and the PBX users", body = Deleted),
+        (status = 400, description = "If-Match is no ETag", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 412, body = ErrorBody), (status = 429, body = ErrorBody),
     ))]
@@ -200,7 +199,8 @@ pub struct ResyncAccepted {
 
 /// Reads an optional JSON body: empty is the default; anything else must parse.
 fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let text = body.trim_ascii();
+    if text.is_empty() || text == b"null" {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|err| {
@@ -258,6 +258,8 @@ pub async fn status(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     /// How many runs, newest first (1 to 200).
     #[param(minimum = 1, maximum = 200)]

@@ -167,6 +167,13 @@ impl Sim {
     }
 }
 
+/// A running `usersync-api`: its base URL and an operator token.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub url: String,
+    pub token: String,
+}
+
 /// A whole stack: simulators, SMTP server, the four services, own database and vhost.
 pub struct Stack {
     pub name: String,
@@ -308,6 +315,67 @@ impl Stack {
             },
         )
         .await;
+    }
+
+    /// Starts a `usersync-api` replica (after the services, so its index
+    /// follows theirs), waits until it is healthy, and hands out its base URL
+    /// with an operator token (scope `all`).
+    pub async fn start_api(&mut self) -> Api {
+        self.start_api_with(&[]).await
+    }
+
+    /// Like [`Stack::start_api`], with more environment variables (`API_BODY_LIMIT`, …).
+    pub async fn start_api_with(&mut self, extra_env: &[(&str, &str)]) -> Api {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let index = self.services.get_mut().expect("the services' lock").len();
+        let log =
+            std::fs::File::create(self.logs.join(format!("usersync-api-{index}.log"))).expect("a log file");
+        let child = Command::new(binary("usersync-api"))
+            .envs(self.env())
+            .env("API_ADDR", format!("127.0.0.1:{port}"))
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting usersync-api: {err}"));
+        self.services.get_mut().expect("the services' lock").push(child);
+        self.metrics
+            .push(("usersync-api".to_owned(), format!("{url}/metrics")));
+        let healthz = format!("{url}/healthz");
+        let http = self.http.clone();
+        wait_for(
+            &format!("usersync-api to be healthy (logs in {})", self.logs.display()),
+            Duration::from_secs(60),
+            || {
+                let http = http.clone();
+                let healthz = healthz.clone();
+                async move {
+                    http.get(&healthz)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        let token = self.api_token(None).await.1;
+        Api { url, token }
+    }
+
+    /// A new API token from `usersync api-token create` (`None`: `--all`): (id, token).
+    pub async fn api_token(&self, tenant: Option<&str>) -> (String, String) {
+        let args: Vec<&str> = match tenant {
+            Some(id) => vec!["api-token", "create", "--tenant", id, "--json"],
+            None => vec!["api-token", "create", "--all", "--json"],
+        };
+        let created = self.cli_json(&args).await;
+        (
+            created["id"].as_str().expect("a token id").to_owned(),
+            created["token"].as_str().expect("a token").to_owned(),
+        )
     }
 
     /// Runs the operator CLI with this stack's environment; returns (success, stdout, stderr).

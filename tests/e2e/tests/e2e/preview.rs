@@ -325,3 +325,201 @@ async fn a_background_preview_plans_unsaved_settings_and_pages_its_lines() {
     assert!(pbx_users(&stack).await.is_empty());
     assert_nothing_written(&stack);
 }
+
+/// A running `usersync-api` on the stack, and its base URL.
+async fn start_api(stack: &Stack) -> (tokio::process::Child, String) {
+    let port = usersync_e2e::free_port();
+    let log = std::fs::File::create(stack.logs.join("usersync-api.log")).expect("a log file");
+    let child = tokio::process::Command::new(usersync_e2e::binary("usersync-api"))
+        .envs(stack.env())
+        .env("API_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting usersync-api");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("usersync-api to be healthy", Duration::from_secs(60), || async {
+        let answer = stack.http.get(format!("{url}/healthz")).send().await.ok()?;
+        answer.status().is_success().then_some(())
+    })
+    .await;
+    (child, url)
+}
+
+async fn token_for(stack: &Stack, tenant: &str) -> String {
+    let token = stack
+        .cli_json(&["api-token", "create", "--tenant", tenant, "--json"])
+        .await;
+    token["token"].as_str().expect("a token").to_owned()
+}
+
+async fn call(stack: &Stack, method: Method, url: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = stack.http.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let answer = request.send().await.expect("the API answers");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls the preview until it has ended; its body.
+async fn api_preview(stack: &Stack, url: &str, token: &str, run_id: &str, query: &str) -> Value {
+    wait_for("the preview to end", Duration::from_secs(120), || async {
+        let (status, body) = call(
+            stack,
+            Method::GET,
+            &format!("{url}/v1/tenants/acme/preview/{run_id}{query}"),
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body:#}");
+        (body["state"] != "running").then_some(body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_previews_saved_and_unsaved_settings_writes_nothing_and_hides_other_companies() {
+    let stack = Stack::start("preview_api").await;
+    seed(&stack).await;
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(&tenant_file())).await;
+    assert!(ok, "{stderr}");
+    let mut other: Value = serde_json::from_str(&tenant_file()).expect("JSON");
+    other["id"] = json!("globex");
+    let (ok, _, stderr) = stack
+        .cli(&["tenant", "apply", "-"], Some(&other.to_string()))
+        .await;
+    assert!(ok, "{stderr}");
+    let (_, members) = telephony_members(&stack).await;
+    let invalid = &members[0];
+    stack
+        .graph_call(
+            Method::PATCH,
+            &sim(&format!("/users/{invalid}")),
+            Some(json!({"businessPhones": ["call me"]})),
+        )
+        .await;
+    let (_api, url) = start_api(&stack).await;
+    let acme = token_for(&stack, "acme").await;
+    let globex = token_for(&stack, "globex").await;
+    let pbx_before = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
+
+    // Before the first sync: creates, and the skip with its reason.
+    let (status, started) = call(
+        &stack,
+        Method::POST,
+        &format!("{url}/v1/tenants/acme/preview"),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{started:#}");
+    let run_id = started["run_id"].as_str().expect("a run_id").to_owned();
+    let saved = api_preview(&stack, &url, &acme, &run_id, "?decision=skip").await;
+    assert_eq!(saved["state"], "succeeded", "{saved:#}");
+    assert_eq!(saved["summary"]["create"], 119, "{saved:#}");
+    assert_eq!(saved["summary"]["skip"], 1, "{saved:#}");
+    let skipped = &saved["users"]["items"][0];
+    assert_eq!(skipped["object_id"], invalid.as_str(), "{saved:#}");
+    assert!(
+        skipped["reasons"].to_string().contains("pstn_fixed"),
+        "{skipped:#}"
+    );
+    let (_, page) = call(
+        &stack,
+        Method::GET,
+        &format!("{url}/v1/tenants/acme/preview/{run_id}?decision=create&offset=110&limit=50"),
+        &acme,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            page["users"]["total"].as_i64(),
+            page["users"]["items"].as_array().map(Vec::len)
+        ),
+        (Some(119), Some(9))
+    );
+
+    // An unsaved mapping, the secret left masked as the page shows it.
+    let mut unsaved: Value = serde_json::from_str(&tenant_file()).expect("JSON");
+    unsaved["user_field_mapping"]["attributes.title"] = json!("department");
+    let mut provider: Value =
+        serde_json::from_str(unsaved["provider_settings"].as_str().expect("a string")).expect("JSON");
+    provider["client_secret"] = json!("********");
+    unsaved["provider_settings"] = json!(provider.to_string());
+    let (status, started) = call(
+        &stack,
+        Method::POST,
+        &format!("{url}/v1/tenants/acme/preview"),
+        &acme,
+        Some(json!({"tenant": unsaved})),
+    )
+    .await;
+    assert_eq!(status, 202, "{started:#}");
+    let unsaved_run = started["run_id"].as_str().expect("a run_id").to_owned();
+    let preview = api_preview(&stack, &url, &acme, &unsaved_run, "?decision=create&limit=5").await;
+    assert_eq!(preview["state"], "succeeded", "{preview:#}");
+    let directory = graph_users(&stack).await;
+    for line in preview["users"]["items"].as_array().expect("items") {
+        let source = &directory[line["object_id"].as_str().expect("id")];
+        let title = line["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .find(|c| c["field"] == "attributes.title")
+            .expect("a title");
+        assert_eq!(title["after"], source["department"], "{line:#}");
+    }
+    assert_ne!(preview["settings_hash"], saved["settings_hash"]);
+    // The saved tenant is untouched.
+    let show = stack.cli_json(&["tenant", "show", "acme", "--json"]).await;
+    assert_eq!(
+        show["user_field_mapping"]["attributes.title"], "jobTitle",
+        "{show:#}"
+    );
+
+    // An unsaved file with a problem: refused by field, nothing started.
+    let mut broken = unsaved.clone();
+    broken["field_mapping"]["pstn_fixed"] = json!("businessPhones[");
+    let (status, refused) = call(
+        &stack,
+        Method::POST,
+        &format!("{url}/v1/tenants/acme/preview"),
+        &acme,
+        Some(json!({"tenant": broken})),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused:#}");
+    assert!(
+        refused.to_string().contains("field_mapping.pstn_fixed"),
+        "{refused:#}"
+    );
+
+    // Another company's token finds neither the tenant nor its previews.
+    for (method, path) in [
+        (Method::POST, "/v1/tenants/acme/preview".to_owned()),
+        (Method::GET, format!("/v1/tenants/acme/preview/{run_id}")),
+    ] {
+        let (status, body) = call(&stack, method, &format!("{url}{path}"), &globex, None).await;
+        assert_eq!(status, 404, "{path}: {body:#}");
+        assert_eq!(body["error"], "not_found", "{body:#}");
+    }
+    let (status, _) = call(
+        &stack,
+        Method::GET,
+        &format!("{url}/v1/tenants/globex/preview/{run_id}"),
+        &globex,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "a preview belongs to its tenant");
+
+    // Written nowhere: no PBX request at all, no mail, no directory or sync state.
+    assert_eq!(stack.pbx_call(Method::GET, "/_sim/stats", None).await, pbx_before);
+    assert!(pbx_users(&stack).await.is_empty());
+    assert_nothing_written(&stack);
+}
