@@ -928,10 +928,14 @@ async fn a_manual_resync_completes_while_a_backlog_of_scheduled_runs_is_stuck_in
     }
     let differing =
         "SELECT count(*) FROM runs WHERE trigger = 'scheduled' AND state = 'differing' AND tenant_id LIKE 'night%'";
-    wait_for("the fetcher to publish every backlog round", Duration::from_secs(60), || {
-        let n = stack.sql(differing);
-        async move { (n == BACKLOG_TENANTS.to_string()).then_some(()) }
-    })
+    wait_for(
+        "the fetcher to publish every backlog round",
+        Duration::from_secs(60),
+        || {
+            let n = stack.sql(differing);
+            async move { (n == BACKLOG_TENANTS.to_string()).then_some(()) }
+        },
+    )
     .await;
     // A run shows `differing` once the broker confirmed the end of its round:
     // the whole backlog is in the differ's normal queue now.
@@ -956,7 +960,10 @@ async fn a_manual_resync_completes_while_a_backlog_of_scheduled_runs_is_stuck_in
     let (ok, stdout, stderr) = stack
         .cli(&["resync", "acme", "--wait", "--timeout", "120"], None)
         .await;
-    assert!(ok, "the manual resync did not succeed behind the backlog:\n{stdout}\n{stderr}");
+    assert!(
+        ok,
+        "the manual resync did not succeed behind the backlog:\n{stdout}\n{stderr}"
+    );
     assert_eq!(status(&stack, "acme").await["last_run"]["state"], "succeeded");
     let created = stack.sql("SELECT created FROM runs WHERE tenant_id = 'acme'");
     assert_ne!(created, "0", "the manual run created no user");
@@ -969,10 +976,14 @@ async fn a_manual_resync_completes_while_a_backlog_of_scheduled_runs_is_stuck_in
     let waiting = queue_messages(&stack, "usersync.differ.pages").await.unwrap_or(0);
     assert!(waiting > 0, "the differ's normal queue was drained");
     // The manual run's batches took the applier's express queue, none the normal one.
-    wait_for("the manual run's batches counted on usersync.applier.express", Duration::from_secs(30), || {
-        let stack = &stack;
-        async move { (queue_published(stack, "usersync.applier.express").await > 0).then_some(()) }
-    })
+    wait_for(
+        "the manual run's batches counted on usersync.applier.express",
+        Duration::from_secs(30),
+        || {
+            let stack = &stack;
+            async move { (queue_published(stack, "usersync.applier.express").await > 0).then_some(()) }
+        },
+    )
     .await;
     assert_eq!(queue_published(&stack, "usersync.applier.changes").await, 0);
 
