@@ -300,7 +300,12 @@ impl Applier {
         };
         // The lane the run's first batches took: its batches stay in one queue.
         self.bus
-            .send_in(Stage::Applier, Lane::for_trigger(&run.trigger), &message, &message.message_id())
+            .send_in(
+                Stage::Applier,
+                Lane::for_trigger(&run.trigger),
+                &message,
+                &message.message_id(),
+            )
             .await
     }
 

@@ -7,6 +7,9 @@ use usersync_contract::topology::Stage;
 use usersync_runtime::init_tracing;
 use usersync_service::Service;
 
+/// Bytes of pages decoded and recorded at once, per lane.
+const PAGE_BYTES_IN_HAND: usize = 2 * 1024 * 1024;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
@@ -16,10 +19,13 @@ async fn main() -> anyhow::Result<()> {
         bus: service.bus.clone(),
     };
     let options = ConsumeOptions {
-        // A page of users is up to a megabyte or two of JSON, decoded and
-        // bound into its statements: the pages in hand decide the peak memory.
-        // Recording is the database's work; four at a time keep it busy.
+        // Per lane (express and standard, each its own queue): recording is
+        // the database's work, and four at a time keep it busy.
         prefetch: 4,
+        // A page of users is up to a megabyte or two of JSON, decoded and
+        // bound into its statements several times its size: the bodies in
+        // hand decide the peak memory, so they are bounded by bytes too.
+        bytes_in_hand: Some(PAGE_BYTES_IN_HAND),
         max_attempts: 8,
         ..ConsumeOptions::default()
     };

@@ -98,6 +98,11 @@ pub struct ConsumeOptions {
     /// (`USERSYNC_SHUTDOWN_SECS`); what is unfinished then goes back to the
     /// queue when the channels close.
     pub shutdown_timeout: Duration,
+    /// Bytes of message bodies handled at once per consumed queue, on top of
+    /// `prefetch` (RabbitMQ has no byte prefetch): a delivery waits, not
+    /// decoded, until the bodies in hand leave room for it. One larger than
+    /// the whole budget is handled alone. `None`: no bound but `prefetch`.
+    pub bytes_in_hand: Option<usize>,
 }
 
 impl Default for ConsumeOptions {
@@ -106,6 +111,7 @@ impl Default for ConsumeOptions {
             prefetch: 16,
             max_attempts: 6,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            bytes_in_hand: None,
         }
     }
 }
@@ -169,6 +175,35 @@ impl Subscription {
             tracing::info!(%queue, returned, "returned prefetched messages to the queue");
         }
         self.channels
+    }
+}
+
+/// Room for message bodies in hand, counted in KiB (a semaphore's permits).
+#[derive(Clone)]
+struct ByteBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+impl ByteBudget {
+    fn new(bytes: usize) -> ByteBudget {
+        let total_kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        ByteBudget {
+            kib: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// Waits for room for a body of `bytes`; the room is given back when the
+    /// permit drops. A body over the whole budget waits for all of it.
+    async fn take(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib);
+        Arc::clone(&self.kib)
+            .acquire_many_owned(kib)
+            .await
+            .expect("the budget's semaphore is never closed")
     }
 }
 
@@ -247,6 +282,14 @@ impl Bus {
         metrics::counter!("usersync_retries_total", "stage" => stage.name()).increment(0);
         let handler = Arc::new(handler);
         let in_hand = TaskTracker::new();
+        // Per queue, so one lane's big messages never take another lane's room.
+        let budgets: std::collections::HashMap<Arc<str>, ByteBudget> = match options.bytes_in_hand {
+            Some(bytes) => queues
+                .iter()
+                .map(|queue| (Arc::from(queue.as_str()), ByteBudget::new(bytes)))
+                .collect(),
+            None => std::collections::HashMap::new(),
+        };
         let health = self.health().clone();
         let mut subscription: Option<Subscription> = None;
         // Spaces out tries to consume again when a fresh connection fails at once.
@@ -319,7 +362,13 @@ impl Bus {
             }
             let bus = self.clone();
             let handler = Arc::clone(&handler);
+            let budget = budgets.get(&source).cloned();
             in_hand.spawn(async move {
+                // Waits here, in its own task: the other queues' deliveries go on meanwhile.
+                let _room = match &budget {
+                    Some(budget) => Some(budget.take(delivery.data.len()).await),
+                    None => None,
+                };
                 if let Err(err) = bus.handle(stage, &source, options, delivery, handler).await {
                     tracing::error!(error = %format!("{err:#}"), "could not settle a message; it will be redelivered");
                 }
@@ -422,8 +471,13 @@ impl Bus {
             }
             Err(Failure::Retry { reason, .. } | Failure::Reject { reason }) => {
                 tracing::error!(stage = stage.name(), attempt, %reason, "moved to the dead-letter queue");
-                self.republish(&delivery, &stage.dead_letter_queue(), attempt, Some((&reason, source)))
-                    .await?;
+                self.republish(
+                    &delivery,
+                    &stage.dead_letter_queue(),
+                    attempt,
+                    Some((&reason, source)),
+                )
+                .await?;
             }
         }
         delivery

@@ -76,7 +76,8 @@ impl Bus {
             let mut kept = FieldTable::default();
             for (key, value) in headers.inner() {
                 let key = key.as_str();
-                let bookkeeping = [REASON_HEADER, ATTEMPT_HEADER, PARKED_AT_HEADER, ORIGIN_HEADER].contains(&key)
+                let bookkeeping = [REASON_HEADER, ATTEMPT_HEADER, PARKED_AT_HEADER, ORIGIN_HEADER]
+                    .contains(&key)
                     || key.starts_with("x-death")
                     || key.starts_with("x-first-death")
                     || key.starts_with("x-last-death");

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use usersync_bus::{Bus, ConsumeOptions, Failure, Handler, Incoming, ATTEMPT_HEADER, REASON_HEADER};
 use usersync_contract::{
-    topology::{Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS, SCHEDULED_REQUESTS_QUEUE},
+    topology::{Lane, Stage, PIPELINE_EXCHANGE, RETRY_DELAYS_SECS, SCHEDULED_REQUESTS_QUEUE},
     Message, ResyncRequest,
 };
 use usersync_runtime::{Dependency, Health};
@@ -380,7 +380,24 @@ async fn declaring_the_topology_twice_gives_quorum_work_and_dead_letter_queues()
             Some("quorum"),
             "the scheduled requests' queue"
         );
-        assert_eq!(queues.len(), Stage::ALL.len() * (2 + RETRY_DELAYS_SECS.len()) + 1);
+        // Every lane's work queue is quorum and has retry tiers of its own.
+        for stage in Stage::ALL {
+            for work in stage.consumed_queues() {
+                assert_eq!(type_of(&work).as_deref(), Some("quorum"), "queue {work}");
+                for delay in RETRY_DELAYS_SECS {
+                    let retry = stage.retry_queue_of(&work, delay);
+                    assert!(type_of(&retry).is_some(), "retry tier {retry} is missing");
+                }
+            }
+        }
+        for express in ["usersync.differ.express", "usersync.applier.express"] {
+            assert!(type_of(express).is_some(), "{express} is missing");
+        }
+        let work_queues: usize = Stage::ALL.iter().map(|stage| stage.consumed_queues().len()).sum();
+        assert_eq!(
+            queues.len(),
+            Stage::ALL.len() + work_queues * (1 + RETRY_DELAYS_SECS.len())
+        );
     })
     .await;
 }
@@ -526,6 +543,52 @@ async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_rea
         assert_queue_empty(&bus, &Stage::Applier.queue()).await;
         assert!(seen.try_recv().is_err(), "handled again after the last attempt");
         consumer.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_express_lane_message_retries_parks_and_replays_in_its_own_lane() {
+    in_fresh_vhost(|vhost| async move {
+        let bus = vhost.bus().await;
+        let (consumer, mut seen) = consume_in_background(&bus, Stage::Applier, 2, |_| {
+            Err(Failure::retry("the PBX is down"))
+        });
+        let request = resync_request("acme", "manual");
+        bus.send_in(Stage::Applier, Lane::Express, &request, "msg-express")
+            .await
+            .expect("send");
+        let attempts = [
+            next_seen(&mut seen).await.attempt,
+            next_seen(&mut seen).await.attempt,
+        ];
+        assert_eq!(attempts, [1, 2]);
+
+        let express = Stage::Applier.lane_queue(Lane::Express);
+        assert_eq!(express, "usersync.applier.express");
+        // Both tries were taken from the express queue: the retry came back to it.
+        eventually("both deliveries acked on the express queue", || async {
+            (vhost.acks_counted(&express).await >= 2).then_some(())
+        })
+        .await;
+        assert_eq!(vhost.acks_counted(&Stage::Applier.queue()).await, 0);
+        assert_queue_empty(&bus, &Stage::Applier.retry_queue_of(&express, 1)).await;
+        eventually("the message parked", || async {
+            (bus.queue_depth(&Stage::Applier.dead_letter_queue()).await.ok()? == 1).then_some(())
+        })
+        .await;
+        let listed = bus.dead_letters(Stage::Applier).await.expect("dlq list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].message_id.as_deref(), Some("msg-express"));
+        consumer.abort();
+
+        // Replay puts it back in the lane it came from, not the standard queue.
+        assert_eq!(bus.replay_dead_letters(Stage::Applier).await.expect("replay"), 1);
+        let (_connection, channel) = open_channel(&vhost).await;
+        let replayed = get_next(&channel, &express).await;
+        assert_eq!(message_id(&replayed).as_deref(), Some("msg-express"));
+        assert_queue_empty(&bus, &Stage::Applier.queue()).await;
+        assert_queue_empty(&bus, &Stage::Applier.dead_letter_queue()).await;
     })
     .await;
 }
@@ -1063,6 +1126,7 @@ async fn a_graceful_stop_finishes_the_messages_in_hand_and_returns_the_prefetche
             prefetch: 5,
             max_attempts: 2,
             shutdown_timeout: Duration::from_secs(10),
+            bytes_in_hand: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut serving = tokio::spawn({

@@ -157,18 +157,36 @@ mod tests {
 
     #[test]
     fn the_lane_picks_the_resync_routing_key() {
-        assert_eq!(Lane::for_trigger("manual").resync_routing_key(), MANUAL_ROUTING_KEY);
-        assert_eq!(Lane::for_trigger("sweep").resync_routing_key(), SCHEDULED_ROUTING_KEY);
+        assert_eq!(
+            Lane::for_trigger("manual").resync_routing_key(),
+            MANUAL_ROUTING_KEY
+        );
+        assert_eq!(
+            Lane::for_trigger("sweep").resync_routing_key(),
+            SCHEDULED_ROUTING_KEY
+        );
     }
 
     #[test]
     fn each_lane_has_its_own_work_queue_and_retry_tiers() {
         assert_eq!(Stage::Differ.lane_queue(Lane::Standard), "usersync.differ.pages");
         assert_eq!(Stage::Differ.lane_queue(Lane::Express), "usersync.differ.express");
-        assert_eq!(Stage::Applier.lane_queue(Lane::Standard), "usersync.applier.changes");
-        assert_eq!(Stage::Applier.lane_queue(Lane::Express), "usersync.applier.express");
-        assert_eq!(Stage::Fetcher.lane_queue(Lane::Express), "usersync.fetcher.requests");
-        assert_eq!(Stage::Fetcher.lane_queue(Lane::Standard), SCHEDULED_REQUESTS_QUEUE);
+        assert_eq!(
+            Stage::Applier.lane_queue(Lane::Standard),
+            "usersync.applier.changes"
+        );
+        assert_eq!(
+            Stage::Applier.lane_queue(Lane::Express),
+            "usersync.applier.express"
+        );
+        assert_eq!(
+            Stage::Fetcher.lane_queue(Lane::Express),
+            "usersync.fetcher.requests"
+        );
+        assert_eq!(
+            Stage::Fetcher.lane_queue(Lane::Standard),
+            SCHEDULED_REQUESTS_QUEUE
+        );
         assert_eq!(Stage::Notifier.lane_queue(Lane::Express), Stage::Notifier.queue());
         assert_eq!(
             Stage::Differ.consumed_queues(),

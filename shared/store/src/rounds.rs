@@ -7,8 +7,10 @@
 //! Only the current round's pages are recorded and only its end moves
 //! per-round state (seen rounds, removals, members); a superseded round's
 //! late pages change nothing. Every transaction that writes a tenant's
-//! directory users, discovered fields or members locks the tenant's round row
-//! first, so those writes take turns: no two of them can wait on each other.
+//! directory users, discovered fields or members takes a key share on the
+//! tenant's row and then locks the tenant's round row, before anything else
+//! (the run's row, users, fields), so those writes take turns and meet the
+//! run and round starts (tenant's row, then run's row) in the same order.
 
 use std::future::Future;
 
@@ -98,6 +100,7 @@ pub(crate) async fn lock_if_current(
     tenant_id: &str,
     round: Round,
 ) -> Result<bool> {
+    share_tenant(tx, tenant_id).await?;
     let row = tx
         .query_opt(
             "SELECT round_id FROM tenant_rounds WHERE tenant_id = $1 FOR UPDATE",
@@ -115,6 +118,7 @@ async fn lock_directory(
     tenant_id: &str,
     round: Round,
 ) -> Result<uuid::Uuid> {
+    share_tenant(tx, tenant_id).await?;
     let created = tx
         .execute(
             "INSERT INTO tenant_rounds (tenant_id, round_id, run_id) VALUES ($1, $2, $3)
@@ -134,6 +138,18 @@ async fn lock_directory(
         .await
         .context("locking the tenant's directory")?;
     Ok(row.get(0))
+}
+
+/// The key share on the tenant's row that the transaction's inserts would
+/// take anyway (their foreign keys), taken first. Starting a run or a round
+/// locks the tenant's row before the run's row; a page's claim locks the
+/// run's row (its heartbeat) and its inserts then needed the tenant's: the
+/// opposite order, which deadlocked with a fetcher starting its next round.
+async fn share_tenant(tx: &deadpool_postgres::Transaction<'_>, tenant_id: &str) -> Result<()> {
+    tx.execute("SELECT 1 FROM tenants WHERE id = $1 FOR KEY SHARE", &[&tenant_id])
+        .await
+        .context("sharing the tenant's row")?;
+    Ok(())
 }
 
 async fn remember_round(

@@ -362,3 +362,49 @@ async fn overlapping_pages_released_together_take_turns_and_count_once() {
     })
     .await;
 }
+
+/// A fetcher starting a round locks the tenant's row and then the run's row
+/// (`mark_round_started`). A page recorded at that moment must wait before it
+/// holds the run's row (its claim's heartbeat), not while holding it: the
+/// other order deadlocked (`adding the page's new users`).
+#[tokio::test]
+async fn a_page_recorded_while_a_round_starts_waits_before_it_holds_the_runs_row() {
+    in_fresh_database(|url| async move {
+        let store = store_with_minimal_tenant(&url, "acme", 6).await;
+        let run_id = new_run(&store).await;
+        let round = begun_round(&store, run_id).await;
+
+        let mut fetcher = store.client().await.expect("a connection");
+        let fetcher = fetcher.transaction().await.expect("a transaction");
+        fetcher
+            .execute("SELECT 1 FROM tenants WHERE id = 'acme' FOR UPDATE", &[])
+            .await
+            .expect("locking the tenant's row");
+        let page = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .record_users_page(round, "acme", 0, &users(0..20, "t"))
+                    .await
+            })
+        };
+        until_waiting_on_locks(&store, 1).await;
+        // The run's row is free: the page waits on the tenant's row alone.
+        fetcher
+            .execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE NOWAIT", &[&run_id])
+            .await
+            .expect("the run's row is not held by the waiting page");
+        fetcher
+            .execute(
+                "UPDATE runs SET round_started_at = now() WHERE id = $1",
+                &[&run_id],
+            )
+            .await
+            .expect("recording the round's start");
+        fetcher.commit().await.expect("committing");
+        let outcome = page.await.expect("the page's task").expect("recording");
+        assert_eq!(outcome, PageOutcome::Recorded);
+        assert_eq!(directory(&store, round).await.len(), 20);
+    })
+    .await;
+}

@@ -13,11 +13,14 @@ pub const PIPELINE: &str = "usersync.pipeline";
 pub const RESYNC: &str = "usersync.resync";
 
 /// Every route a message of a run takes: (exchange, routing key).
-pub const ROUTES: [(&str, &str); 5] = [
+/// (A run takes one lane: the express queues for manual runs, the others for scheduled ones.)
+pub const ROUTES: [(&str, &str); 7] = [
     (RESYNC, "manual"),
     (RESYNC, "scheduled"),
     (PIPELINE, "usersync.differ.pages"),
+    (PIPELINE, "usersync.differ.express"),
     (PIPELINE, "usersync.applier.changes"),
+    (PIPELINE, "usersync.applier.express"),
     (PIPELINE, "usersync.notifier.events"),
 ];
 

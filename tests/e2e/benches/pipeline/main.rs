@@ -610,7 +610,7 @@ async fn many_tenants(config: &Config, rows: &mut Vec<Row>) {
                     .basic_auth("guest", Some("guest"))
                     .json(&json!({
                         "routing_key": "scheduled", "payload_encoding": "string",
-                        "payload": json!({"tenant_id": id}).to_string(),
+                        "payload": json!({"tenant_id": id, "trigger": "scheduled"}).to_string(),
                         "properties": {"delivery_mode": 2, "content_type": "application/json",
                                        "message_id": uuid::Uuid::new_v4().to_string()}
                     }))

@@ -823,3 +823,186 @@ async fn sigterm_stops_every_service_with_exit_status_0() {
     }
     assert_eq!(logged(&stack, "usersync-fetcher", "scheduler stopped"), 1);
 }
+
+/// Messages in a queue of the stack's vhost, ready and unacknowledged, as the
+/// management API last counted them.
+async fn queue_messages(stack: &Stack, queue: &str) -> Option<u64> {
+    let url = format!(
+        "{}/queues/{}/{queue}",
+        usersync_e2e::RABBITMQ_API,
+        urlencode(&stack.vhost)
+    );
+    let reply: Value = stack
+        .http
+        .get(url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    reply["messages"].as_u64()
+}
+
+/// Messages ever published to a queue, as the management API last counted them.
+async fn queue_published(stack: &Stack, queue: &str) -> u64 {
+    let url = format!(
+        "{}/queues/{}/{queue}",
+        usersync_e2e::RABBITMQ_API,
+        urlencode(&stack.vhost)
+    );
+    let reply: Value = stack
+        .http
+        .get(url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("the management API")
+        .json()
+        .await
+        .expect("the management API's answer");
+    reply["message_stats"]["publish"].as_u64().unwrap_or(0)
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Tenants of the scheduled backlog in the express-lane test.
+const BACKLOG_TENANTS: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_resync_completes_while_a_backlog_of_scheduled_runs_is_stuck_in_the_normal_lane() {
+    let mut stack = Stack::start("express_lane").await;
+    // The differ is down while the backlog builds up, so it is all in its queue at once.
+    stack.kill_service(1).await;
+    let backlog: Vec<String> = (0..BACKLOG_TENANTS).map(|n| format!("night{n}")).collect();
+    for (n, id) in backlog.iter().map(String::as_str).chain(["acme"]).enumerate() {
+        let users = if id == "acme" { 12 } else { 30 };
+        stack
+            .graph_call(
+                Method::POST,
+                "/_sim/tenants",
+                Some(json!({
+                    "tenant_id": entra_tenant(0x40 + n), "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                    "seed": n, "users": users, "page_size": 10
+                })),
+            )
+            .await;
+        stack
+            .pbx_call(
+                Method::PUT,
+                &format!("/_sim/companies/{id}"),
+                Some(json!({
+                    "templates": [{"id": "standard", "name": "Standard"}],
+                    "numbers": [{"number": CALLER_ID, "kind": "main"}]
+                })),
+            )
+            .await;
+        let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
+        file["id"] = json!(id);
+        file["pbx_company_id"] = json!(id);
+        file["welcome_mail"] = json!(false);
+        file["provider_settings"] = json!({
+            "tenant_id": entra_tenant(0x40 + n), "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "user_filter": {"memberOf": []}
+        });
+        apply(&stack, &file.to_string()).await;
+    }
+    // The night's requests, as the scheduler sends them.
+    for id in &backlog {
+        stack
+            .publish(
+                usersync_e2e::inject::RESYNC,
+                "scheduled",
+                &json!({"tenant_id": id, "trigger": "scheduled"}).to_string(),
+                json!({"message_id": uuid::Uuid::new_v4().to_string(), "type": "usersync.resync.v1"}),
+            )
+            .await;
+    }
+    let differing =
+        "SELECT count(*) FROM runs WHERE trigger = 'scheduled' AND state = 'differing' AND tenant_id LIKE 'night%'";
+    wait_for(
+        "the fetcher to publish every backlog round",
+        Duration::from_secs(60),
+        || {
+            let n = stack.sql(differing);
+            async move { (n == BACKLOG_TENANTS.to_string()).then_some(()) }
+        },
+    )
+    .await;
+    // A run shows `differing` once the broker confirmed the end of its round:
+    // the whole backlog is in the differ's normal queue now.
+    // The backlog runs' rows are locked: whatever of theirs the differ takes
+    // waits on the lock, so the normal lane is stuck until this test lets go,
+    // however fast the machine.
+    let (db, connection) = tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
+        .await
+        .expect("connecting to the stack's database");
+    tokio::spawn(connection);
+    db.batch_execute("BEGIN").await.expect("BEGIN");
+    let locked = db
+        .query(
+            "SELECT id FROM runs WHERE trigger = 'scheduled' AND tenant_id LIKE 'night%' FOR UPDATE",
+            &[],
+        )
+        .await
+        .expect("locking the backlog's runs");
+    assert_eq!(locked.len(), BACKLOG_TENANTS);
+    stack.start_service("usersync-differ").await;
+
+    let (ok, stdout, stderr) = stack
+        .cli(&["resync", "acme", "--wait", "--timeout", "120"], None)
+        .await;
+    assert!(
+        ok,
+        "the manual resync did not succeed behind the backlog:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(status(&stack, "acme").await["last_run"]["state"], "succeeded");
+    let created = stack.sql("SELECT created FROM runs WHERE tenant_id = 'acme'");
+    assert_ne!(created, "0", "the manual run created no user");
+    assert_eq!(write_counts(&stack).await["writes"].to_string(), created);
+    // The backlog is still where it was: no run of it ended, its messages wait.
+    let ended = stack.sql(
+        "SELECT count(*) FROM runs WHERE tenant_id LIKE 'night%' AND state IN ('succeeded', 'partial', 'failed')",
+    );
+    assert_eq!(ended, "0", "a backlog run ended while its rows were locked");
+    let waiting = queue_messages(&stack, "usersync.differ.pages").await.unwrap_or(0);
+    assert!(waiting > 0, "the differ's normal queue was drained");
+    // The manual run's batches took the applier's express queue, none the normal one.
+    wait_for(
+        "the manual run's batches counted on usersync.applier.express",
+        Duration::from_secs(30),
+        || {
+            let stack = &stack;
+            async move { (queue_published(stack, "usersync.applier.express").await > 0).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(queue_published(&stack, "usersync.applier.changes").await, 0);
+
+    // Let go: the backlog drains and every night run succeeds.
+    db.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    let succeeded = "SELECT count(*) FROM runs WHERE tenant_id LIKE 'night%' AND state = 'succeeded'";
+    wait_for("the backlog's runs to succeed", Duration::from_secs(120), || {
+        let n = stack.sql(succeeded);
+        async move { (n == BACKLOG_TENANTS.to_string()).then_some(()) }
+    })
+    .await;
+    let stats = stack.pbx_call(Method::GET, "/_sim/stats", None).await;
+    for id in &backlog {
+        let created = stack.sql(&format!("SELECT created FROM runs WHERE tenant_id = '{id}'"));
+        assert_ne!(created, "0", "{id} created no user");
+        assert_eq!(
+            stats["companies"][id]["writes"].to_string(),
+            created,
+            "{id}: one PBX write per created user: {stats}"
+        );
+    }
+}
