@@ -39,6 +39,10 @@ const PAGE_SIZE: u64 = 50;
 const REMOVED_EACH: usize = 3;
 /// A run of a few thousand users in a debug build on a loaded machine, with a fault.
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
+/// How long the audit waits for the stack to settle after the second run: a
+/// bound, not a pace; the welcome mails of a few thousand users can take
+/// minutes on a loaded 2-core machine, and the audit ends as soon as they are in.
+const AUDIT_SETTLE: Duration = Duration::from_secs(300);
 
 /// Connection slots of a private PostgreSQL: four services' pools of 8, the
 /// CLI and the audit fit with room to spare.
@@ -259,7 +263,7 @@ impl Case {
         let mut removed = self.second_run().await;
         removed.extend(expect.removed.iter().cloned());
         let mut report = self
-            .audit_expecting(&removed, Duration::from_secs(90), &expect)
+            .audit_expecting(&removed, AUDIT_SETTLE, &expect)
             .await;
         report.problems.extend(expect.problems);
         self.audited = true;
