@@ -139,7 +139,8 @@ impl Differ {
             return Ok(());
         };
         if RunState::parse(&run.state) == Some(RunState::Applying) {
-            self.publish_changes(round, Lane::for_trigger(&run.trigger)).await?;
+            self.publish_changes(round, Lane::for_trigger(&run.trigger))
+                .await?;
         }
         Ok(())
     }

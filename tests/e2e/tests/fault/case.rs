@@ -262,9 +262,7 @@ impl Case {
     pub async fn finish_with(mut self, recover: Option<Duration>, expect: Expect) -> AuditReport {
         let mut removed = self.second_run().await;
         removed.extend(expect.removed.iter().cloned());
-        let mut report = self
-            .audit_expecting(&removed, AUDIT_SETTLE, &expect)
-            .await;
+        let mut report = self.audit_expecting(&removed, AUDIT_SETTLE, &expect).await;
         report.problems.extend(expect.problems);
         self.audited = true;
         let path = self.record(&report, recover, true).write();
