@@ -33,6 +33,17 @@ pub struct ProblemsBody {
     pub errors: Vec<FieldProblem>,
 }
 
+/// A refused body that may hold a tenant file: its problems by field, or why
+/// the body itself is not usable (a body of the wrong shape).
+/// Only the document uses it: [`ApiError`] writes both shapes.
+#[allow(dead_code)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RefusedBody {
+    Problems(ProblemsBody),
+    Unusable(ErrorBody),
+}
+
 #[derive(Debug)]
 pub enum ApiError {
     Plain {

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Caller,
-    error::{ApiError, ApiResult, ErrorBody, ProblemsBody},
+    error::{ApiError, ApiResult, ErrorBody, ProblemsBody, RefusedBody},
     AppState,
 };
 
@@ -487,7 +487,7 @@ pub struct PreviewAccepted {
         (status = 202, description = "started", body = PreviewAccepted),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 422, description = "the unsaved tenant file's problems, by field", body = ProblemsBody),
+        (status = 422, description = "the unsaved tenant file's problems, by field, or a body of the wrong shape", body = RefusedBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
     ))]
 pub async fn start_preview(
