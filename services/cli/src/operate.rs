@@ -56,11 +56,10 @@ pub async fn resync(store: &Store, id: &str, full: bool, wait: Option<Duration>)
     }
     let mut shown = None;
     loop {
-        let run = store
-            .run(run_id)
+        let (run, progress) = store
+            .run_with_progress(run_id)
             .await?
             .ok_or_else(|| anyhow!("run {run_id} disappeared"))?;
-        let progress = store.run_progress(run_id).await?;
         if shown != Some((run.state.clone(), progress)) {
             println!("{}", output::progress_line(&run, &progress));
             shown = Some((run.state.clone(), progress));

@@ -184,12 +184,11 @@ pub async fn run(store: &Store, tenant_id: &str, run_id: Uuid) -> AdminResult<Ru
         ))
     };
     let resolved = store.run_for_request(run_id).await?.ok_or_else(not_found)?;
-    let row = store
-        .run(resolved)
+    let (row, progress) = store
+        .run_with_progress(resolved)
         .await?
-        .filter(|row| row.tenant_id == tenant_id)
+        .filter(|(row, _)| row.tenant_id == tenant_id)
         .ok_or_else(not_found)?;
-    let progress = store.run_progress(resolved).await?;
     Ok(RunDetail {
         run: RunSummary::from(&row),
         requested_as: (resolved != run_id).then(|| run_id.to_string()),

@@ -225,28 +225,53 @@ impl Store {
         Ok(row.map(|row| row.get(0)))
     }
 
-    pub async fn run_progress(&self, run_id: Uuid) -> Result<RunProgress> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                // Changes from the run's batch counters: one row per 100 changes.
-                "SELECT (SELECT count(*) FROM round_pages WHERE run_id = $1) AS pages,
-                        b.planned, b.applied,
-                        coalesce((SELECT skipped::int8 FROM runs WHERE id = $1), 0) AS skipped,
-                        (SELECT count(*) FROM mails WHERE run_id = $1 AND state = 'sent') AS mails
-                 FROM (SELECT coalesce(sum(changes), 0)::int8 AS planned,
-                              coalesce(sum(changes - pending), 0)::int8 AS applied
-                       FROM run_batches WHERE run_id = $1) b",
+    /// The run and its progress read in one snapshot, so the counts and the
+    /// changes done always agree (two reads could straddle a batch's end).
+    pub async fn run_with_progress(&self, run_id: Uuid) -> Result<Option<(RunRow, RunProgress)>> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .context("starting a read of the run")?;
+        let Some(row) = tx
+            .query_opt(
+                &format!("SELECT {RUN_COLUMNS} FROM runs r {LIVE_COUNTS} WHERE r.id = $1"),
                 &[&run_id],
             )
             .await
-            .context("loading the run's progress")?;
-        Ok(RunProgress {
-            pages: row.get("pages"),
-            planned: row.get("planned"),
-            applied: row.get("applied"),
-            skipped: row.get("skipped"),
-            mails: row.get("mails"),
-        })
+            .context("loading the run")?
+        else {
+            return Ok(None);
+        };
+        let progress = progress_of(&tx, run_id).await?;
+        tx.commit().await.context("ending the read of the run")?;
+        Ok(Some((RunRow::from_row(&row), progress)))
     }
+}
+
+async fn progress_of(client: &deadpool_postgres::Transaction<'_>, run_id: Uuid) -> Result<RunProgress> {
+    let row = client
+        .query_one(
+            // Changes from the run's batch counters: one row per 100 changes.
+            "SELECT (SELECT count(*) FROM round_pages WHERE run_id = $1) AS pages,
+                    b.planned, b.applied,
+                    coalesce((SELECT skipped::int8 FROM runs WHERE id = $1), 0) AS skipped,
+                    (SELECT count(*) FROM mails WHERE run_id = $1 AND state = 'sent') AS mails
+             FROM (SELECT coalesce(sum(changes), 0)::int8 AS planned,
+                          coalesce(sum(changes - pending), 0)::int8 AS applied
+                   FROM run_batches WHERE run_id = $1) b",
+            &[&run_id],
+        )
+        .await
+        .context("loading the run's progress")?;
+    Ok(RunProgress {
+        pages: row.get("pages"),
+        planned: row.get("planned"),
+        applied: row.get("applied"),
+        skipped: row.get("skipped"),
+        mails: row.get("mails"),
+    })
 }

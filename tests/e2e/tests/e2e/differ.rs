@@ -76,12 +76,25 @@ async fn finished_after(stack: &Stack, previous: &Option<String>) -> Value {
     .await
 }
 
-/// Requests a resync and waits for its run; `last` tracks the previous run.
+/// Requests a resync and waits for the run that reads the directory for it
+/// (the one it started, joined, or was queued after); `last` becomes that run.
+/// Following the request, not the newest run: the scheduler's sweep of a due
+/// deletion may start a run of its own at any moment.
 async fn sync(stack: &Stack, last: &mut Option<String>) -> Value {
-    let (ok, _, stderr) = stack.cli(&["resync", "acme"], None).await;
-    assert!(ok, "resync failed: {stderr}");
-    let run = finished_after(stack, last).await;
-    *last = run["id"].as_str().map(str::to_owned);
+    let (_, stdout, stderr) = stack
+        .cli(&["resync", "acme", "--wait", "--timeout", "120"], None)
+        .await;
+    let id = stdout
+        .lines()
+        .find_map(|line| Some(line.strip_prefix("run ")?.split_once(" ended ")?.0.to_owned()))
+        .unwrap_or_else(|| panic!("resync --wait named no run that ended:\n{stdout}{stderr}"));
+    let runs = stack.cli_json(&["runs", "acme", "--json", "--limit", "20"]).await;
+    let run = runs
+        .as_array()
+        .and_then(|runs| runs.iter().find(|run| run["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("run {id} is not among the tenant's runs: {runs:#}"))
+        .clone();
+    *last = Some(id);
     run
 }
 
@@ -334,7 +347,17 @@ async fn a_mass_deletion_is_held_until_approved_while_creations_flow() {
     let (ok, stdout, stderr) = stack.cli(&["approve-deletions", "acme"], None).await;
     assert!(ok, "{stderr}");
     assert!(stdout.contains("12 held now"), "{stdout}");
-    // The approved deletions are due: the scheduler may sweep them first.
+    // The approved deletions are due: the scheduler's sweep may carry them out
+    // before the run asked for, or a sweep that read the hold may end first.
+    wait_for(
+        "the approved deletions to be made",
+        Duration::from_secs(120),
+        || async {
+            let deleted: i64 = deleted_since(&stack, &last).parse().unwrap_or(0);
+            (deleted >= 12).then_some(())
+        },
+    )
+    .await;
     finished_after(&stack, &last).await;
     assert_eq!(deleted_since(&stack, &last), "12");
     let pbx = pbx_users(&stack).await;
