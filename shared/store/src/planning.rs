@@ -305,15 +305,22 @@ impl Store {
         Ok(())
     }
 
-    /// The round the tenant's last planned run read: its filter-group members
-    /// say who is in scope for a dry run.
+    /// The round the tenant's last plan was made from: its filter-group
+    /// members say who is in scope for a dry run.
     pub async fn latest_round(&self, tenant_id: &str) -> Result<Option<Round>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT p.run_id, p.round_id FROM round_pages p JOIN runs r ON r.id = p.run_id
-                 WHERE r.tenant_id = $1 AND r.state NOT IN ('fetching', 'differing')
-                 ORDER BY r.started_at DESC, p.page DESC LIMIT 1",
+                // Plans recorded before V18 name no round: then the last page
+                // of the last run past reading.
+                "SELECT run_id, round_id FROM (
+                     SELECT 0 AS rank, run_id, round_id FROM tenant_plans
+                     WHERE tenant_id = $1 AND round_id IS NOT NULL
+                     UNION ALL
+                     (SELECT 1, p.run_id, p.round_id FROM round_pages p JOIN runs r ON r.id = p.run_id
+                      WHERE r.tenant_id = $1 AND r.state NOT IN ('fetching', 'differing')
+                      ORDER BY r.started_at DESC, p.page DESC LIMIT 1)) rounds
+                 ORDER BY rank LIMIT 1",
                 &[&tenant_id],
             )
             .await

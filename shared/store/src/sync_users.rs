@@ -285,11 +285,20 @@ impl Store {
         .await
         .context("moving the delta state")?;
         tx.execute(
-            "INSERT INTO tenant_plans AS p (tenant_id, basis, full_planned_at) VALUES ($1, md5($2), $3)
+            // The round planned is the tenant's current one: a stale round's end never gets here.
+            "INSERT INTO tenant_plans AS p (tenant_id, basis, full_planned_at, run_id, round_id)
+             VALUES ($1, md5($2), $3, $5, (SELECT round_id FROM tenant_rounds WHERE tenant_id = $1))
              ON CONFLICT (tenant_id) DO UPDATE
                SET basis = EXCLUDED.basis,
-                   full_planned_at = CASE WHEN $4 THEN EXCLUDED.full_planned_at ELSE p.full_planned_at END",
-            &[&tenant_id, &end.basis, &end.planned_at, &end.planned_everyone],
+                   full_planned_at = CASE WHEN $4 THEN EXCLUDED.full_planned_at ELSE p.full_planned_at END,
+                   run_id = EXCLUDED.run_id, round_id = EXCLUDED.round_id",
+            &[
+                &tenant_id,
+                &end.basis,
+                &end.planned_at,
+                &end.planned_everyone,
+                &run_id,
+            ],
         )
         .await
         .context("recording the plan's basis")?;

@@ -408,3 +408,40 @@ async fn a_page_recorded_while_a_round_starts_waits_before_it_holds_the_runs_row
     })
     .await;
 }
+
+/// A run resumed in a new round plans from that round: the dry run takes its
+/// scope from it, not from the superseded round with more pages.
+#[tokio::test]
+async fn the_last_plan_names_the_round_it_was_made_from() {
+    in_fresh_database(|url| async move {
+        let store = store_with_minimal_tenant(&url, "acme", 4).await;
+        assert_eq!(store.latest_round("acme").await.expect("reading"), None);
+        let run_id = new_run(&store).await;
+        let killed = begun_round(&store, run_id).await;
+        for (page, range) in [(0, 0..10), (1, 10..20), (2, 20..30)] {
+            store
+                .record_users_page(killed, "acme", page, &users(range, "old"))
+                .await
+                .expect("recording");
+        }
+        let resumed = begun_round(&store, run_id).await;
+        store
+            .record_users_page(resumed, "acme", 0, &users(0..30, "new"))
+            .await
+            .expect("recording");
+        let end = usersync_store::RoundEnd {
+            delta_link: "https://graph/users/delta?$deltatoken=1",
+            full_round: true,
+            paused: false,
+            basis: "basis",
+            planned_everyone: true,
+            planned_at: chrono::Utc::now(),
+        };
+        store
+            .complete_planning(run_id, "acme", &end)
+            .await
+            .expect("completing the planning");
+        assert_eq!(store.latest_round("acme").await.expect("reading"), Some(resumed));
+    })
+    .await;
+}
