@@ -58,6 +58,7 @@ async fn postgres_restarted_mid_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: scripts/fault-suite (CI's time goes to the restarts, which it shares its recovery path with)"]
 async fn postgres_refusing_connections_mid_run() {
     mid_run(
         "postgres_too_many_clients",

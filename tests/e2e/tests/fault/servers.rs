@@ -14,6 +14,7 @@ fn logs(name: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault suite: scripts/fault-suite (in CI, rabbitmq_restarted_mid_run restarts the private node mid-run)"]
 async fn a_private_rabbitmq_node_keeps_quorum_queue_messages_over_a_restart() {
     let mut rabbit = PrivateRabbit::start(&logs("servers-rabbit")).await;
     let api = format!("http://127.0.0.1:{}/api", rabbit.management_port);
