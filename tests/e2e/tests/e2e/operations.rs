@@ -59,11 +59,6 @@ async fn status(stack: &Stack, id: &str) -> Value {
     stack.cli_json(&["status", id, "--json"]).await[0].clone()
 }
 
-async fn apply(stack: &Stack, file: &str) {
-    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(file)).await;
-    assert!(ok, "{stderr}");
-}
-
 fn with_schedule(at: &str) -> String {
     let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();
     file["schedule"] = json!({"at": at, "timezone": "Europe/Stockholm"});
