@@ -396,22 +396,16 @@ async fn a_missed_lifecycle_event_runs_a_full_round() {
     assert_eq!(pbx_users(&stack).await.len() as u64, MEMBERS);
 }
 
-/// Moves the simulator's clock and the stack's by the same step.
-async fn advance_both(
-    stack: &Stack,
-    from: chrono::DateTime<chrono::Utc>,
-    days: i64,
-) -> chrono::DateTime<chrono::Utc> {
-    let to = from + chrono::TimeDelta::days(days);
+/// Moves the simulator's clock on by `days`.
+async fn advance_graph_clock(stack: &Stack, days: i64) {
+    let seconds = chrono::TimeDelta::days(days).num_seconds();
     graph(
         stack,
         Method::POST,
         "/advance-clock",
-        Some(json!({"seconds": chrono::TimeDelta::days(days).num_seconds()})),
+        Some(json!({ "seconds": seconds })),
     )
     .await;
-    stack.set_clock(&to.to_rfc3339());
-    to
 }
 
 fn expiry(subscription: &Value) -> chrono::DateTime<chrono::Utc> {
@@ -438,7 +432,9 @@ async fn the_scheduler_renews_a_subscription_and_recreates_it_once_it_expired() 
     );
 
     // 20 days on, less than 14 remain: the scheduler renews the same subscription.
-    let now = advance_both(&stack, start, 20).await;
+    advance_graph_clock(&stack, 20).await;
+    let now = start + chrono::TimeDelta::days(20);
+    stack.set_clock(&now.to_rfc3339());
     let renewed = wait_for("the renewal at Graph", DEADLINE, || async {
         let at_graph = sim_subscriptions(&stack).await;
         let live = active(&at_graph, "/users")?.clone();
@@ -456,9 +452,12 @@ async fn the_scheduler_renews_a_subscription_and_recreates_it_once_it_expired() 
     })
     .await;
 
-    // Past the renewed expiry Graph has dropped it: the renewal gets 404 and
-    // the scheduler creates a new one.
-    advance_both(&stack, now, 30).await;
+    // Graph drops it past its expiry while usersync's record still has 13
+    // days (as after a lost renewal): the renewal that is due gets 404 and the
+    // scheduler creates a new subscription. (Once the record itself says
+    // expired, the scheduler creates a new one without asking.)
+    advance_graph_clock(&stack, 30).await;
+    stack.set_clock(&(now + chrono::TimeDelta::days(16)).to_rfc3339());
     let recreated = wait_for("a new subscription at Graph", DEADLINE, || async {
         let at_graph = sim_subscriptions(&stack).await;
         let live = active(&at_graph, "/users")?.clone();
@@ -471,6 +470,11 @@ async fn the_scheduler_renews_a_subscription_and_recreates_it_once_it_expired() 
         .find(|s| s["id"] == created["id"])
         .expect("the old subscription is still listed");
     assert_eq!(old["status"], "expired", "{old:#}");
+    // Both subscriptions (users and groups) took that way; at least ours did.
+    assert!(
+        logged(&stack, "usersync-fetcher", "Graph no longer has the subscription") >= 1,
+        "the new subscription did not come from a renewal's 404 (see the fetcher's log)"
+    );
     wait_for("the new subscription in the status", DEADLINE, || async {
         let status = notification_status(&stack).await;
         let ours = status_of(&status, "/users")?;

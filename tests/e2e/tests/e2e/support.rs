@@ -158,3 +158,18 @@ pub fn recipients(mails: &[String]) -> BTreeMap<String, usize> {
     }
     counts
 }
+
+/// How many times a line containing `needle` was logged by a service's replicas.
+pub fn logged(stack: &Stack, service: &str, needle: &str) -> usize {
+    std::fs::read_dir(&stack.logs)
+        .expect("the log folder")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(service))
+        .map(|entry| {
+            std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        })
+        .sum()
+}
