@@ -11,6 +11,7 @@ use std::io::Read;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use usersync_admin as admin;
+use usersync_graph::{GraphClient, GraphConfig};
 use usersync_runtime::database_url;
 use usersync_store::{SecretKey, Store};
 
@@ -187,8 +188,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant {
             command: TenantCommand::Delete { id },
         } => {
-            let deleted = admin::tenants::delete(&store().await?, &id, None).await?;
+            let key = SecretKey::from_env()?;
+            let graph = GraphClient::new(GraphConfig::from_env().map_err(anyhow::Error::msg)?);
+            let deleted =
+                admin::tenants::delete_with_subscriptions(&store().await?, &key, &graph, &id, None).await?;
             println!("tenant {id} deleted: {}", deleted.effect);
+            for left in &deleted.subscriptions_left {
+                println!("  {left}");
+            }
             Ok(())
         }
         Command::Resync {

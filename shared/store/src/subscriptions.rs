@@ -316,4 +316,22 @@ impl Store {
             .context("reading the last change notification")?;
         Ok(row.and_then(|row| row.get(0)))
     }
+
+    /// When each tenant's last change notification arrived, of the tenants
+    /// that had one (every tenant, or only `tenant_id`).
+    pub async fn last_notifications(
+        &self,
+        tenant_id: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, last_notification_at FROM tenants
+                 WHERE last_notification_at IS NOT NULL AND ($1::text IS NULL OR id = $1)",
+                &[&tenant_id],
+            )
+            .await
+            .context("reading the last change notifications")?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
 }
