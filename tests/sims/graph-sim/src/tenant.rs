@@ -124,7 +124,10 @@ impl Tenant {
 
     /// Seconds on the simulated clock: real time since creation plus any advance.
     pub fn now_secs(&self) -> u64 {
-        self.started.elapsed().as_secs().saturating_add(self.clock_offset_secs)
+        self.started
+            .elapsed()
+            .as_secs()
+            .saturating_add(self.clock_offset_secs)
     }
 
     /// The simulated wall clock: real time plus any advance. Subscriptions
