@@ -124,14 +124,21 @@ impl Tenant {
 
     /// Seconds on the simulated clock: real time since creation plus any advance.
     pub fn now_secs(&self) -> u64 {
-        self.started.elapsed().as_secs() + self.clock_offset_secs
+        self.started
+            .elapsed()
+            .as_secs()
+            .saturating_add(self.clock_offset_secs)
     }
 
     /// The simulated wall clock: real time plus any advance. Subscriptions
     /// expire on it.
     pub fn now_utc(&self) -> DateTime<Utc> {
+        // A huge advance saturates instead of overflowing the date.
         let offset = i64::try_from(self.clock_offset_secs).unwrap_or(i64::MAX);
-        Utc::now() + chrono::Duration::try_seconds(offset).unwrap_or(chrono::TimeDelta::MAX)
+        let offset = chrono::Duration::try_seconds(offset).unwrap_or(chrono::TimeDelta::MAX);
+        Utc::now()
+            .checked_add_signed(offset)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// Queues change notifications for the tenant's live subscriptions.

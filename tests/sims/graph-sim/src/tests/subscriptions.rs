@@ -538,6 +538,15 @@ async fn a_subscription_expires_on_the_simulated_clock() {
     // subscription would have had its notification queued and counted.
     assert!(receiver.posts("/short").is_empty());
     assert_eq!(control_view(&sim, &short).await["delivered"], 0);
+
+    // An absurd advance saturates the clock rather than breaking it.
+    sim.ok(
+        Method::POST,
+        &tenant_path("/advance-clock"),
+        Some(json!({"seconds": u64::MAX})),
+    )
+    .await;
+    assert_eq!(control_view(&sim, &long).await["status"], "expired");
 }
 
 #[tokio::test]
