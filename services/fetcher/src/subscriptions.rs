@@ -598,3 +598,250 @@ mod tests {
         );
     }
 }
+
+/// Passes against a real PostgreSQL and a fake Graph that keeps subscriptions.
+#[cfg(test)]
+mod pass_tests {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{patch, post};
+    use axum::{Json, Router};
+    use serde_json::{json, Value};
+    use usersync_graph::{GraphConfig, RetryPolicy};
+    use usersync_store::testing::{in_fresh_database, TEST_KEY};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Graph {
+        created: u32,
+        live: HashSet<String>,
+        /// Answer creates with Graph's failed-validation error.
+        refuse_creates: bool,
+        /// (method, path, body) of every subscription call.
+        calls: Vec<(String, String, Value)>,
+    }
+
+    type Shared = Arc<Mutex<Graph>>;
+
+    async fn create(State(graph): State<Shared>, Json(body): Json<Value>) -> Response {
+        let mut graph = graph.lock().expect("graph");
+        graph
+            .calls
+            .push(("POST".into(), "/subscriptions".into(), body.clone()));
+        if graph.refuse_creates {
+            let error = json!({"error": {"code": "ValidationError", "message": "Subscription validation request failed. Response must exactly match validationToken query parameter."}});
+            return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+        }
+        graph.created += 1;
+        let id = format!("sub-{}", graph.created);
+        graph.live.insert(id.clone());
+        let answer =
+            json!({"id": id, "resource": body["resource"], "expirationDateTime": body["expirationDateTime"]});
+        (StatusCode::CREATED, Json(answer)).into_response()
+    }
+
+    async fn renew(State(graph): State<Shared>, Path(id): Path<String>, Json(body): Json<Value>) -> Response {
+        let mut graph = graph.lock().expect("graph");
+        graph
+            .calls
+            .push(("PATCH".into(), format!("/subscriptions/{id}"), body.clone()));
+        if !graph.live.contains(&id) {
+            let error = json!({"error": {"code": "ResourceNotFound", "message": "gone"}});
+            return (StatusCode::NOT_FOUND, Json(error)).into_response();
+        }
+        Json(json!({"id": id, "expirationDateTime": body["expirationDateTime"]})).into_response()
+    }
+
+    async fn delete(State(graph): State<Shared>, Path(id): Path<String>) -> StatusCode {
+        let mut graph = graph.lock().expect("graph");
+        graph
+            .calls
+            .push(("DELETE".into(), format!("/subscriptions/{id}"), Value::Null));
+        if graph.live.remove(&id) {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::NOT_FOUND
+        }
+    }
+
+    async fn token() -> Json<Value> {
+        Json(json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "token"}))
+    }
+
+    async fn fake_graph(graph: Shared) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/v1.0/subscriptions", post(create))
+            .route("/v1.0/subscriptions/{id}", patch(renew).delete(delete))
+            .with_state(graph);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    fn key() -> SecretKey {
+        SecretKey::from_base64(TEST_KEY).expect("a test key")
+    }
+
+    async fn set_tenant(store: &Store, notifications: bool, member_of: &[&str]) {
+        let document = json!({
+            "id": "acme", "name": "Acme AB", "type": "ad_sync", "mode": "user_sync",
+            "change_notifications": notifications,
+            "provider_settings": {"tenant_id": "t-acme", "client_id": "c", "client_secret": "s",
+                                  "user_filter": {"memberOf": member_of}},
+            "pbx_company_id": "acme", "field_mapping": {}
+        });
+        let tenant = usersync_core::parse_tenant_file(&document.to_string()).expect("a tenant file");
+        store
+            .upsert_tenant(&tenant, &key())
+            .await
+            .expect("saving the tenant");
+    }
+
+    async fn rows(store: &Store) -> Vec<GraphSubscription> {
+        store
+            .graph_subscriptions(Some("acme"), Some(&key()))
+            .await
+            .expect("rows")
+    }
+
+    fn calls(graph: &Shared) -> Vec<(String, String)> {
+        let graph = graph.lock().expect("graph");
+        graph
+            .calls
+            .iter()
+            .map(|(method, path, _)| (method.clone(), path.clone()))
+            .collect()
+    }
+
+    fn call(method: &str, path: &str) -> (String, String) {
+        (method.to_owned(), path.to_owned())
+    }
+
+    #[tokio::test]
+    async fn passes_create_renew_recreate_delete_and_back_off() {
+        in_fresh_database(|url| async move {
+            let store = Store::connect(&url, 4).await.expect("store");
+            let graph: Shared = Arc::default();
+            let base = fake_graph(Arc::clone(&graph)).await;
+            let client = GraphClient::new(GraphConfig {
+                graph_base_url: format!("{base}/v1.0"),
+                login_base_url: base.clone(),
+                retry: RetryPolicy {
+                    max_attempts: 2,
+                    min_delay: Duration::from_millis(5),
+                    max_delay: Duration::from_millis(10),
+                    max_total_wait: Duration::from_secs(2),
+                },
+            });
+            let manager = Manager {
+                store: store.clone(),
+                graph: client,
+                key: key(),
+                public_url: Some("https://sync.example.com".into()),
+            };
+            let stop = CancellationToken::new();
+
+            // Turned on, scoped by a group: /users and /groups are created.
+            set_tenant(&store, true, &["Telephony"]).await;
+            let before = clock::now();
+            manager.pass(&stop).await.expect("pass");
+            let created = rows(&store).await;
+            let resources: Vec<&str> = created.iter().map(|r| r.resource.as_str()).collect();
+            assert_eq!(resources, ["/groups", "/users"]);
+            for row in &created {
+                assert!(row.subscription_id.is_some(), "{row:?}");
+                let state = row.client_state.as_deref().expect("a clientState");
+                assert_eq!(URL_SAFE_NO_PAD.decode(state).expect("base64url").len(), 32);
+                let left = row.expires_at.expect("an expiry") - before;
+                // Asked for at the pass's now, sent to the millisecond.
+                let asked = LONGEST_EXPIRY - TimeDelta::milliseconds(1)..LONGEST_EXPIRY + TimeDelta::minutes(1);
+                assert!(asked.contains(&left), "{left}");
+            }
+            {
+                let graph = graph.lock().expect("graph");
+                let (_, _, body) = &graph.calls[0];
+                assert_eq!(body["notificationUrl"], "https://sync.example.com/graph/notifications");
+                assert_eq!(body["lifecycleNotificationUrl"], "https://sync.example.com/graph/lifecycle");
+                assert_eq!(body["changeType"], "updated,deleted");
+            }
+
+            // Nothing due: a pass calls Graph for nothing.
+            manager.pass(&stop).await.expect("pass");
+            assert_eq!(calls(&graph).len(), 2);
+
+            // /users due for renewal, but Graph lost it: recreated in the same pass.
+            let users_id = created[1].subscription_id.clone().expect("an id");
+            graph.lock().expect("graph").live.remove(&users_id);
+            store
+                .graph_subscription_renewed("acme", "/users", clock::now() + TimeDelta::days(2))
+                .await
+                .expect("renewed");
+            manager.pass(&stop).await.expect("pass");
+            assert_eq!(
+                calls(&graph)[2..],
+                [call("PATCH", &format!("/subscriptions/{users_id}")), call("POST", "/subscriptions")]
+            );
+            let users = rows(&store).await.into_iter().find(|r| r.resource == "/users").expect("/users");
+            assert_eq!(users.subscription_id.as_deref(), Some("sub-3"));
+            assert_ne!(users.client_state, created[1].client_state, "a fresh clientState");
+
+            // memberOf no longer names groups: /groups is deleted at Graph and forgotten.
+            set_tenant(&store, true, &[""]).await;
+            manager.pass(&stop).await.expect("pass");
+            let groups_id = created[0].subscription_id.clone().expect("an id");
+            assert_eq!(calls(&graph)[4..], [call("DELETE", &format!("/subscriptions/{groups_id}"))]);
+            let resources: Vec<String> = rows(&store).await.into_iter().map(|r| r.resource).collect();
+            assert_eq!(resources, ["/users"]);
+
+            // Turned off: /users is deleted too.
+            set_tenant(&store, false, &[""]).await;
+            manager.pass(&stop).await.expect("pass");
+            assert_eq!(calls(&graph)[5..], [call("DELETE", "/subscriptions/sub-3")]);
+            assert!(rows(&store).await.is_empty());
+
+            // On again while Graph cannot validate the URL: the failure is
+            // recorded with the reason and a minute's backoff, and not retried before.
+            graph.lock().expect("graph").refuse_creates = true;
+            set_tenant(&store, true, &[""]).await;
+            let failed_at = clock::now();
+            manager.pass(&stop).await.expect("pass");
+            let failed = rows(&store).await.into_iter().next().expect("a row");
+            let reason = failed.last_error.clone().expect("a reason");
+            assert!(
+                reason.starts_with("Graph could not validate the notification URL https://sync.example.com/graph/notifications: Subscription validation request failed."),
+                "{reason}"
+            );
+            assert!(reason.contains("USERSYNC_PUBLIC_URL"), "{reason}");
+            let wait = failed.next_attempt_at.expect("a next attempt") - failed_at;
+            assert!(wait >= TimeDelta::seconds(59) && wait <= TimeDelta::seconds(61), "{wait}");
+            assert_eq!((failed.attempts, failed.subscription_id.clone()), (1, None));
+            assert_eq!(run_warning(&failed).as_deref().map(|w| w.contains(&reason)), Some(true));
+            let posts = calls(&graph).len();
+            manager.pass(&stop).await.expect("pass");
+            assert_eq!(calls(&graph).len(), posts, "backing off");
+
+            // No public URL: the failure says which variable to set.
+            store
+                .graph_subscription_failed("acme", "/users", "x", failed_at, failed_at)
+                .await
+                .expect("due again");
+            let without_url = Manager { public_url: None, ..manager };
+            without_url.pass(&stop).await.expect("pass");
+            let failed = rows(&store).await.into_iter().next().expect("a row");
+            assert_eq!(
+                failed.last_error.as_deref(),
+                Some("USERSYNC_PUBLIC_URL is not set: set it to the https address Graph reaches usersync-api at")
+            );
+            assert_eq!(failed.attempts, 3);
+            assert_eq!(calls(&graph).len(), posts, "Graph is not asked without a URL");
+        })
+        .await;
+    }
+}
