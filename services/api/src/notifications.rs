@@ -33,7 +33,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::error::{ApiError, ErrorBody};
 
-/// Longest validation token echoed; Graph's are about 100 characters.
+/// Longest validation token echoed, in characters; Graph's are about 100.
 pub const VALIDATION_TOKEN_LIMIT: usize = 1024;
 /// Request bodies waiting for the coalescer; beyond it Graph is asked to
 /// redeliver (503), which bounds the memory a storm takes.
@@ -199,7 +199,7 @@ pub fn router() -> OpenApiRouter<Intake> {
     responses(
         (status = 200, description = "the validation token, as sent", body = String, content_type = "text/plain"),
         (status = 202, description = "queued; checked and coalesced in the background"),
-        (status = 400, description = "the body is not a notification collection, or the validation token is over 1024 bytes", body = ErrorBody),
+        (status = 400, description = "the body is not a notification collection, or the validation token is over 1024 characters", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 503, description = "the queue is full (`Retry-After`; Graph redelivers) or USERSYNC_SECRET_KEY is not set",
          body = ErrorBody, headers(("Retry-After" = u64))),
@@ -226,7 +226,7 @@ pub async fn notifications(
     responses(
         (status = 200, description = "the validation token, as sent", body = String, content_type = "text/plain"),
         (status = 202, description = "queued; checked and acted on in the background"),
-        (status = 400, description = "the body is not a lifecycle notification collection, or the validation token is over 1024 bytes", body = ErrorBody),
+        (status = 400, description = "the body is not a lifecycle notification collection, or the validation token is over 1024 characters", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 503, description = "the queue is full (`Retry-After`; Graph redelivers) or USERSYNC_SECRET_KEY is not set",
          body = ErrorBody, headers(("Retry-After" = u64))),
@@ -250,14 +250,6 @@ fn receive<T: DeserializeOwned, F: FnOnce(T) -> Vec<Item>>(
     if let Some(token) = query.validation_token {
         return echo(token);
     }
-    let Some(sender) = &intake.sender else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_secret_key",
-            "USERSYNC_SECRET_KEY is not set for usersync-api, so no clientState can be checked; the operator sets it",
-        )
-        .into_response();
-    };
     // axum's JSON reading names the path of a wrong field (`value[0].subscriptionId: ...`).
     let parsed = match Json::<T>::from_bytes(body) {
         Ok(Json(parsed)) => parsed,
@@ -272,6 +264,15 @@ fn receive<T: DeserializeOwned, F: FnOnce(T) -> Vec<Item>>(
             )
             .into_response()
         }
+    };
+    // After the shape check: a malformed body is a 400 whatever the setup.
+    let Some(sender) = &intake.sender else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_secret_key",
+            "USERSYNC_SECRET_KEY is not set for usersync-api, so no clientState can be checked; the operator sets it",
+        )
+        .into_response();
     };
     match sender.try_send(items(parsed)) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
@@ -295,14 +296,15 @@ fn receive<T: DeserializeOwned, F: FnOnce(T) -> Vec<Item>>(
 /// Graph's validation: the decoded token, as `text/plain` only, so it can
 /// never be read as a page.
 fn echo(token: String) -> Response {
-    if token.len() > VALIDATION_TOKEN_LIMIT {
+    // Characters, as the document's maxLength counts them.
+    let length = token.chars().count();
+    if length > VALIDATION_TOKEN_LIMIT {
         // The token is not repeated in the refusal.
         return ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_validation_token",
             format!(
-                "validationToken is {} bytes, over the {VALIDATION_TOKEN_LIMIT} echoed; Graph's tokens are far shorter",
-                token.len()
+                "validationToken is {length} characters, over the {VALIDATION_TOKEN_LIMIT} echoed; Graph's tokens are far shorter"
             ),
         )
         .into_response();
@@ -398,6 +400,15 @@ pub struct Coalescer<P> {
 
 impl<P: ResyncPublisher> Coalescer<P> {
     pub fn new(store: Store, key: SecretKey, publisher: P, window: Duration) -> Coalescer<P> {
+        // Every outcome is on /metrics from the start, so a rate of 0 shows as 0.
+        for outcome in [
+            Outcome::Accepted,
+            Outcome::WrongClientState,
+            Outcome::UnknownSubscription,
+            Outcome::LookupFailed,
+        ] {
+            metrics::counter!("usersync_api_notifications_total", "outcome" => outcome.as_str()).increment(0);
+        }
         Coalescer {
             store,
             key,

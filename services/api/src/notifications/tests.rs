@@ -340,7 +340,7 @@ async fn the_validation_token_is_echoed_decoded_as_plain_text_only() {
 #[tokio::test]
 async fn a_validation_token_over_the_limit_is_refused_without_repeating_it() {
     let (intake, _bodies) = Intake::channel(4);
-    // `<script>`, 200 times: 1600 bytes decoded.
+    // `<script>`, 200 times: 1600 characters decoded.
     let token = "%3Cscript%3E".repeat(200);
     let (status, headers, body) = post(
         routes(intake),
@@ -354,7 +354,7 @@ async fn a_validation_token_over_the_limit_is_refused_without_repeating_it() {
         .unwrap()
         .starts_with("application/json"));
     assert!(!body.contains("script"), "{body}");
-    assert!(body.contains("validationToken is 1600 bytes"), "{body}");
+    assert!(body.contains("validationToken is 1600 characters"), "{body}");
 }
 
 #[tokio::test]
@@ -440,6 +440,8 @@ async fn a_full_queue_asks_graph_to_redeliver() {
 
 #[tokio::test]
 async fn without_a_secret_key_notifications_are_refused_but_validation_works() {
+    let (status, _, _) = post(routes(Intake::without_key()), "/graph/notifications", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the shape is checked first");
     let body = r#"{"value":[{"subscriptionId":"s","clientState":"c"}]}"#;
     let (status, _, text) = post(routes(Intake::without_key()), "/graph/notifications", body).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
