@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::SecondsFormat;
 use serde::Serialize;
 use serde_json::Value;
 use usersync_core::{parse_tenant_file, tenant::MASK, Problem, TenantConfig};
@@ -272,7 +273,7 @@ pub async fn delete_with_subscriptions(
                 "subscription {subscription_id} on {} is being renewed by the scheduler right now and was \
                  not deleted at Graph; Graph drops it by {}",
                 row.resource,
-                expires_at.to_rfc3339()
+                expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
             ));
             continue;
         }
@@ -292,7 +293,7 @@ pub async fn delete_with_subscriptions(
         left.push(format!(
             "subscription {subscription_id} on {} could not be deleted at Graph ({reason}); Graph drops it by {}",
             row.resource,
-            expires_at.to_rfc3339()
+            expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
         ));
     }
     let mut deleted = delete(store, id, expected_version).await?;
