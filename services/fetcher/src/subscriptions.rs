@@ -106,7 +106,11 @@ fn new_client_state() -> String {
 
 /// `USERSYNC_PUBLIC_URL` without its trailing slash.
 pub fn public_url_from_env() -> Option<String> {
-    usersync_runtime::env_opt(PUBLIC_URL_VAR).map(|url| url.trim().trim_end_matches('/').to_owned())
+    usersync_runtime::env_opt(PUBLIC_URL_VAR).map(|url| public_url(&url))
+}
+
+fn public_url(raw: &str) -> String {
+    raw.trim().trim_end_matches('/').to_owned()
 }
 
 pub struct Manager {
@@ -562,6 +566,18 @@ mod tests {
         for (case, wanted, row, expected) in cases {
             assert_eq!(decide(wanted, row.as_ref(), now()), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn the_public_url_loses_its_trailing_slash() {
+        assert_eq!(
+            public_url("https://sync.example.com/ "),
+            "https://sync.example.com"
+        );
+        assert_eq!(
+            public_url("https://sync.example.com/usersync//"),
+            "https://sync.example.com/usersync"
+        );
     }
 
     #[test]
