@@ -1,14 +1,16 @@
 //! usersync-api: the HTTP API (and web page) of the company admin's AD Sync
 //! settings, over the same PostgreSQL and RabbitMQ as the services. Stateless:
-//! any number of replicas; only the per-token rate buckets live in memory.
+//! any number of replicas; only the per-token rate buckets and the change
+//! notifications of the open coalescing window live in memory.
 
 mod auth;
 mod docs;
 mod error;
+mod notifications;
 mod page;
 mod routes;
 
-use std::{net::SocketAddr, num::NonZeroU32, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -72,9 +74,15 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The `/v1` routes and the OpenAPI document generated from them.
-fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The `/v1` routes, Graph's notification routes (no token, no rate limit:
+/// their own state) and the OpenAPI document generated from both.
+fn api() -> (
+    Router<Arc<AppState>>,
+    Router<notifications::Intake>,
+    utoipa::openapi::OpenApi,
+) {
+    let (graph, graph_document) = notifications::router().split_for_parts();
+    let (v1, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::list_tenants))
         .routes(routes!(
             routes::get_tenant,
@@ -93,16 +101,24 @@ fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::approve_deletions))
         .routes(routes!(routes::start_preview))
         .routes(routes!(routes::get_preview))
-        .split_for_parts()
+        .split_for_parts();
+    document.merge(graph_document);
+    (v1, graph, document)
 }
 
 /// The OpenAPI document as served (also what the reference page renders).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api().1
+    api().2
 }
 
-fn app(state: Arc<AppState>, health: Health, metrics: metrics_exporter::Handle, body_limit: usize) -> Router {
-    let (v1, document) = api();
+fn app(
+    state: Arc<AppState>,
+    intake: notifications::Intake,
+    health: Health,
+    metrics: metrics_exporter::Handle,
+    body_limit: usize,
+) -> Router {
+    let (v1, graph, document) = api();
     let document = Arc::new(document);
     let v1 = v1.layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let json_document = document.clone();
@@ -125,6 +141,7 @@ fn app(state: Arc<AppState>, health: Health, metrics: metrics_exporter::Handle, 
             )
         })
         .with_state(state)
+        .merge(graph.with_state(intake))
         .merge(metrics_router(metrics, health))
         .layer(RequestBodyLimitLayer::new(body_limit))
         // Outside the limit, so its plain-text 413 is rewritten too.
@@ -210,8 +227,19 @@ async fn main() -> anyhow::Result<()> {
     let bus = Bus::start(&amqp_url(), "usersync-api", &health).await?;
     let key = SecretKey::from_env().ok();
     if key.is_none() {
-        tracing::warn!("USERSYNC_SECRET_KEY is not set: tenant writes are refused until it is");
+        tracing::warn!(
+            "USERSYNC_SECRET_KEY is not set: tenant writes and change notifications are refused until it is"
+        );
     }
+    let window = Duration::from_millis(nonzero_env("USERSYNC_NOTIFICATION_WINDOW_MS", 500)?.get().into());
+    let (intake, coalescer) = match &key {
+        Some(key) => {
+            let (intake, bodies) = notifications::Intake::channel(notifications::QUEUE_CAPACITY);
+            let coalescer = notifications::Coalescer::new(store.clone(), key.clone(), bus.clone(), window);
+            (intake, Some(tokio::spawn(coalescer.run(bodies))))
+        }
+        None => (notifications::Intake::without_key(), None),
+    };
     let state = Arc::new(AppState {
         store,
         bus: bus.clone(),
@@ -231,10 +259,19 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding API_ADDR {addr}"))?;
     tracing::info!(%addr, "serving the API, the page, /openapi.json, /docs, /metrics and /healthz");
-    axum::serve(listener, app(state, health, metrics, body_limit))
+    axum::serve(listener, app(state, intake, health, metrics, body_limit))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the API")?;
+    // The server dropped the intake: the coalescer flushes its last window and ends.
+    if let Some(coalescer) = coalescer {
+        if tokio::time::timeout(Duration::from_secs(10), coalescer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last window of change notifications was not published within 10 s");
+        }
+    }
     bus.close().await;
     Ok(())
 }

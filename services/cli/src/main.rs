@@ -11,6 +11,7 @@ use std::io::Read;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use usersync_admin as admin;
+use usersync_graph::{GraphClient, GraphConfig};
 use usersync_runtime::database_url;
 use usersync_store::{SecretKey, Store};
 
@@ -187,8 +188,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant {
             command: TenantCommand::Delete { id },
         } => {
-            let deleted = admin::tenants::delete(&store().await?, &id, None).await?;
+            let store = store().await?;
+            // The tenant's Graph subscriptions are deleted with its credentials,
+            // which only the key decrypts; without it they lapse at their expiry.
+            let deleted = match SecretKey::from_env() {
+                Ok(key) => {
+                    let graph = GraphClient::new(GraphConfig::from_env().map_err(anyhow::Error::msg)?);
+                    admin::tenants::delete_with_subscriptions(&store, &key, &graph, &id, None).await?
+                }
+                Err(err) => {
+                    let mut deleted = admin::tenants::delete(&store, &id, None).await?;
+                    deleted.subscriptions_left.push(format!(
+                        "its change-notification subscriptions, if any, were not deleted at Graph ({err}); \
+                         Graph drops them when they expire (at most 29 days)"
+                    ));
+                    deleted
+                }
+            };
             println!("tenant {id} deleted: {}", deleted.effect);
+            for left in &deleted.subscriptions_left {
+                println!("  {left}");
+            }
             Ok(())
         }
         Command::Resync {

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use usersync_admin::status::{Counts, RunSummary, StatusLine};
+use usersync_admin::status::{ChangeNotifications, Counts, RunSummary, StatusLine};
 use usersync_admin::tenants::TenantLine;
 use usersync_admin::tokens::{NewToken, TokenInfo};
 use usersync_bus::DeadLetter;
@@ -115,7 +115,37 @@ pub fn status_detail(line: &StatusLine, json: bool) -> anyhow::Result<()> {
     }
     println!("  pending deletions: {}", line.pending_deletions);
     println!("  next scheduled run: {}", time(line.next_run_at));
+    println!("  {}", notifications_text(&line.change_notifications));
     Ok(())
+}
+
+/// `change notifications: on, subscriptions /users until <t>, …; last notification <t>`,
+/// or `off`; a failing subscription shows its error and next attempt instead of its expiry.
+pub fn notifications_text(notifications: &ChangeNotifications) -> String {
+    if !notifications.enabled {
+        return "change notifications: off".to_owned();
+    }
+    let subscriptions: Vec<String> = notifications
+        .subscriptions
+        .iter()
+        .map(|s| match (&s.last_error, s.expires_at) {
+            (Some(error), _) => format!(
+                "{} failing: {error} (next attempt {})",
+                s.resource,
+                time(s.next_attempt_at)
+            ),
+            (None, Some(until)) => format!("{} until {}", s.resource, time(Some(until))),
+            (None, None) => format!("{} not created yet", s.resource),
+        })
+        .collect();
+    let last = match notifications.last_notification_at {
+        Some(at) => time(Some(at)),
+        None => "none yet".to_owned(),
+    };
+    format!(
+        "change notifications: on, subscriptions {}; last notification {last}",
+        subscriptions.join(", ")
+    )
 }
 
 /// What `resync --wait` prints whenever a run moves on: the counts so far
@@ -253,6 +283,58 @@ pub fn runs(runs: &[RunRow], json: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use usersync_admin::status::SubscriptionStatus;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("a date")
+            .with_timezone(&Utc)
+    }
+
+    fn subscription(
+        resource: &str,
+        expires_at: Option<&str>,
+        last_error: Option<&str>,
+    ) -> SubscriptionStatus {
+        SubscriptionStatus {
+            resource: resource.into(),
+            subscription_id: expires_at.map(|_| "sub".into()),
+            expires_at: expires_at.map(at),
+            last_error: last_error.map(Into::into),
+            next_attempt_at: last_error.map(|_| at("2026-12-02T07:00:00Z")),
+        }
+    }
+
+    #[test]
+    fn the_notifications_line_says_off_expiries_errors_and_the_last_notification() {
+        assert_eq!(
+            notifications_text(&ChangeNotifications::default()),
+            "change notifications: off"
+        );
+        let on = ChangeNotifications {
+            enabled: true,
+            last_notification_at: Some(at("2026-12-02T06:30:00Z")),
+            subscriptions: vec![
+                subscription("/users", Some("2026-12-30T06:00:00Z"), None),
+                subscription("/groups", Some("2026-12-29T06:00:00Z"), None),
+            ],
+        };
+        assert_eq!(
+            notifications_text(&on),
+            "change notifications: on, subscriptions /users until 2026-12-30 06:00:00 UTC, \
+             /groups until 2026-12-29 06:00:00 UTC; last notification 2026-12-02 06:30:00 UTC"
+        );
+        let failing = ChangeNotifications {
+            enabled: true,
+            last_notification_at: None,
+            subscriptions: vec![subscription("/users", None, Some("consent missing"))],
+        };
+        assert_eq!(
+            notifications_text(&failing),
+            "change notifications: on, subscriptions /users failing: consent missing \
+             (next attempt 2026-12-02 07:00:00 UTC); last notification none yet"
+        );
+    }
 
     #[test]
     fn ages_read_in_the_largest_sensible_unit() {

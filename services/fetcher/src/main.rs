@@ -3,6 +3,7 @@
 mod groups;
 mod round;
 mod schedule;
+mod subscriptions;
 
 use usersync_bus::ConsumeOptions;
 use usersync_contract::topology::Stage;
@@ -17,9 +18,16 @@ async fn main() -> anyhow::Result<()> {
     let key = SecretKey::from_env()?;
     let service = Service::start("usersync-fetcher", 8).await?;
     let graph = GraphClient::new(GraphConfig::from_env().map_err(anyhow::Error::msg)?);
+    let manager = subscriptions::Manager {
+        store: service.store.clone(),
+        graph: graph.clone(),
+        key: key.clone(),
+        public_url: subscriptions::public_url_from_env(),
+    };
     let scheduler = tokio::spawn(schedule::run(
         service.store.clone(),
         service.bus.clone(),
+        manager,
         service.stop.clone(),
     ));
     let fetcher = round::Fetcher {

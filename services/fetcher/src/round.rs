@@ -131,6 +131,7 @@ impl Fetcher {
         if full {
             self.store.drop_delta_state(&tenant.config.id).await?;
         }
+        self.warn_of_failing_subscriptions(run_id, &tenant.config).await?;
         let mut delta_link = tenant.delta_link.filter(|_| !full);
         let mut restarts = 0;
         loop {
@@ -142,6 +143,21 @@ impl Fetcher {
                 other => return other,
             }
         }
+    }
+
+    /// While a subscription of a tenant with notifications on cannot be created
+    /// or renewed, every run says so (the digest at level `warning` names it).
+    async fn warn_of_failing_subscriptions(&self, run_id: Uuid, tenant: &TenantConfig) -> anyhow::Result<()> {
+        if !tenant.change_notifications {
+            return Ok(());
+        }
+        for row in self.store.graph_subscriptions(Some(&tenant.id), None).await? {
+            if let Some(warning) = crate::subscriptions::run_warning(&row) {
+                tracing::warn!(%warning);
+                self.store.add_run_warning(run_id, &warning).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `delta_link`: where the users delta goes on from; none for a full round.

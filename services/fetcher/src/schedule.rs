@@ -4,7 +4,10 @@
 //! Every fetcher replica runs it; a due run is claimed in PostgreSQL
 //! (compare-and-swap on its due time, or on a follow-up's start request
 //! count), so it fires once however many replicas run. A run missed while
-//! nothing was running is due at once when a replica starts.
+//! nothing was running is due at once when a replica starts. Beside it, on
+//! its own interval, the subscription manager keeps the tenants' Graph
+//! change-notification subscriptions (see `subscriptions.rs`): a slow Graph
+//! never delays a nightly run.
 
 use std::time::Duration;
 
@@ -16,14 +19,30 @@ use usersync_runtime::{clock, env_or, CancellationToken};
 use usersync_store::{RunEnd, RunEnds, Store};
 
 use crate::round::follow_up_message_id;
+use crate::subscriptions;
 
-/// Runs until `stop` is cancelled; a failed poll is logged and tried again.
-pub async fn run(store: Store, bus: Bus, stop: CancellationToken) {
-    let poll = env_or("USERSYNC_SCHEDULE_POLL_SECS", "5")
+/// Seconds from the variable `name`, or `default` when unset or not a positive number.
+fn interval_from_env(name: &str, default: u64) -> Duration {
+    env_or(name, &default.to_string())
         .parse::<f64>()
         .ok()
         .filter(|secs| *secs > 0.0)
-        .map_or(Duration::from_secs(5), Duration::from_secs_f64);
+        .map_or(Duration::from_secs(default), Duration::from_secs_f64)
+}
+
+/// Runs until `stop` is cancelled; a failed poll is logged and tried again.
+/// The subscription manager runs beside it and is waited for at the end.
+pub async fn run(store: Store, bus: Bus, manager: subscriptions::Manager, stop: CancellationToken) {
+    let every = interval_from_env("USERSYNC_SUBSCRIPTION_POLL_SECS", 60);
+    let manager = tokio::spawn(subscriptions::run(manager, every, stop.clone()));
+    schedule(store, bus, stop).await;
+    if let Err(err) = manager.await {
+        tracing::warn!(error = %err, "the subscription manager ended abnormally");
+    }
+}
+
+async fn schedule(store: Store, bus: Bus, stop: CancellationToken) {
+    let poll = interval_from_env("USERSYNC_SCHEDULE_POLL_SECS", 5);
     tracing::info!(poll_s = poll.as_secs_f64(), "scheduler started");
     let mut ticks = tokio::time::interval(poll);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,10 +1,13 @@
 //! Status, run history and one run with its live counts.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use usersync_contract::RunCounts;
-use usersync_core::{schedule::next_due, Schedule};
-use usersync_store::{RunProgress, RunRow, RunState, Store, TenantOverview};
+use usersync_core::{schedule::next_due, Schedule, TenantConfig};
+use usersync_graph::subscription_resources;
+use usersync_store::{GraphSubscription, RunProgress, RunRow, RunState, Store, TenantOverview};
 use uuid::Uuid;
 
 use crate::{no_tenant, require_tenant, AdminError, AdminResult};
@@ -22,6 +25,72 @@ pub struct StatusLine {
     pub queued_run: Option<String>,
     pub pending_deletions: i64,
     pub next_run_at: Option<DateTime<Utc>>,
+    pub change_notifications: ChangeNotifications,
+}
+
+/// The tenant's Graph change notifications.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct ChangeNotifications {
+    /// The tenant file's `change_notifications`.
+    pub enabled: bool,
+    pub last_notification_at: Option<DateTime<Utc>>,
+    /// One per resource subscribed (or to subscribe, or still to delete).
+    pub subscriptions: Vec<SubscriptionStatus>,
+}
+
+/// One subscription of the tenant.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SubscriptionStatus {
+    /// `/users` or `/groups`.
+    pub resource: String,
+    /// Graph's id; null until created.
+    pub subscription_id: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Why the last create or renewal failed; null while it works.
+    pub last_error: Option<String>,
+    /// When the scheduler tries again after a failure.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl ChangeNotifications {
+    /// From the tenant file, the recorded subscriptions and the last
+    /// notification; a resource wanted but not recorded yet is listed empty.
+    pub fn new(
+        tenant: Option<&TenantConfig>,
+        recorded: &[GraphSubscription],
+        last_notification_at: Option<DateTime<Utc>>,
+    ) -> ChangeNotifications {
+        let enabled = tenant.is_some_and(|t| t.change_notifications);
+        let mut subscriptions: Vec<SubscriptionStatus> = recorded
+            .iter()
+            .map(|row| SubscriptionStatus {
+                resource: row.resource.clone(),
+                subscription_id: row.subscription_id.clone(),
+                expires_at: row.expires_at,
+                last_error: row.last_error.clone(),
+                next_attempt_at: row.next_attempt_at,
+            })
+            .collect();
+        if let (true, Some(tenant)) = (enabled, tenant) {
+            for resource in subscription_resources(tenant) {
+                if !subscriptions.iter().any(|s| s.resource == resource) {
+                    subscriptions.push(SubscriptionStatus {
+                        resource: resource.to_owned(),
+                        subscription_id: None,
+                        expires_at: None,
+                        last_error: None,
+                        next_attempt_at: None,
+                    });
+                }
+            }
+        }
+        subscriptions.sort_by(|a, b| b.resource.cmp(&a.resource)); // `/users` first
+        ChangeNotifications {
+            enabled,
+            last_notification_at,
+            subscriptions,
+        }
+    }
 }
 
 /// Counts of what a run did (so far, while it goes).
@@ -83,7 +152,12 @@ impl From<&RunRow> for RunSummary {
 
 impl StatusLine {
     /// `schedule` is the tenant's schedule, for a tenant the scheduler has not seen yet.
-    pub fn new(tenant: TenantOverview, schedule: Option<&Schedule>, now: DateTime<Utc>) -> StatusLine {
+    pub fn new(
+        tenant: TenantOverview,
+        schedule: Option<&Schedule>,
+        change_notifications: ChangeNotifications,
+        now: DateTime<Utc>,
+    ) -> StatusLine {
         let state = match (&tenant.last_run, tenant.queued_run) {
             (Some(run), _) if run.finished_at.is_none() => run.state.clone(),
             // The run it waited for has ended; the scheduler starts it next.
@@ -101,6 +175,7 @@ impl StatusLine {
             last_run: tenant.last_run.as_ref().map(RunSummary::from),
             queued_run: tenant.queued_run.map(|id| id.to_string()),
             pending_deletions: tenant.pending_deletions,
+            change_notifications,
         }
     }
 }
@@ -111,19 +186,30 @@ pub async fn status(store: &Store, id: Option<&str>) -> AdminResult<Vec<StatusLi
     if let (Some(id), true) = (id, tenants.is_empty()) {
         return Err(no_tenant(id));
     }
-    // Tenants the scheduler has not seen yet: their next run from their schedule.
-    let schedules: std::collections::HashMap<String, Schedule> = store
+    // Tenant files: the next run of a tenant the scheduler has not seen yet
+    // (from its schedule), and whether it has change notifications on.
+    let configs: HashMap<String, TenantConfig> = store
         .tenants()
         .await?
         .into_iter()
-        .map(|t| (t.config.id, t.config.schedule))
+        .map(|t| (t.config.id.clone(), t.config))
         .collect();
+    let mut subscriptions: HashMap<String, Vec<GraphSubscription>> = HashMap::new();
+    for row in store.graph_subscriptions(id, None).await? {
+        subscriptions.entry(row.tenant_id.clone()).or_default().push(row);
+    }
+    let last_notifications = store.last_notifications(id).await?;
     let now = usersync_runtime::clock::now();
     Ok(tenants
         .into_iter()
         .map(|t| {
-            let schedule = schedules.get(&t.tenant_id);
-            StatusLine::new(t, schedule, now)
+            let config = configs.get(&t.tenant_id);
+            let notifications = ChangeNotifications::new(
+                config,
+                subscriptions.get(&t.tenant_id).map_or(&[], Vec::as_slice),
+                last_notifications.get(&t.tenant_id).copied(),
+            );
+            StatusLine::new(t, config.map(|c| &c.schedule), notifications, now)
         })
         .collect())
 }

@@ -1,9 +1,13 @@
 //! The tenant ("AD Sync template"): create or replace from the tenant file,
 //! show it masked, list, delete.
 
+use std::time::Duration;
+
+use chrono::SecondsFormat;
 use serde::Serialize;
 use serde_json::Value;
 use usersync_core::{parse_tenant_file, tenant::MASK, Problem, TenantConfig};
+use usersync_graph::{credentials_of, GraphClient, GraphError};
 use usersync_store::{SecretKey, Store, TenantWrite};
 
 use crate::{no_tenant, plan::after_apply_note, AdminError, AdminResult};
@@ -208,20 +212,93 @@ pub struct Deleted {
     pub deleted: bool,
     /// What happens now, to the sync and to the company's PBX users.
     pub effect: String,
+    /// Change-notification subscriptions that could not be deleted at Graph,
+    /// each with the reason and when Graph drops it on its own.
+    pub subscriptions_left: Vec<String>,
 }
 
+/// How long deleting one subscription at Graph may take before the tenant
+/// is deleted anyway (Graph drops the subscription when it expires).
+const GRAPH_DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keeps the subscription manager off the tenant's rows while it is deleted.
+const DELETE_CLAIM: Duration = Duration::from_secs(300);
+
+/// Deletes the tenant, without touching Graph: its change-notification
+/// subscriptions there lapse when they expire. See [`delete_with_subscriptions`].
 pub async fn delete(store: &Store, id: &str, expected_version: Option<i64>) -> AdminResult<Deleted> {
     if store.delete_tenant(id, expected_version).await? {
         return Ok(Deleted {
             id: id.to_owned(),
             deleted: true,
             effect: DELETE_EFFECT.to_owned(),
+            subscriptions_left: Vec::new(),
         });
     }
     match (store.tenant(id, None).await?, expected_version) {
         (Some(_), Some(_)) => Err(stale(id)),
         _ => Err(no_tenant(id)),
     }
+}
+
+/// Deletes the tenant after deleting its change-notification subscriptions
+/// at Graph, best effort: one that cannot be deleted is named in
+/// `subscriptions_left` with the reason and its expiry, and the delete goes on.
+pub async fn delete_with_subscriptions(
+    store: &Store,
+    key: &SecretKey,
+    graph: &GraphClient,
+    id: &str,
+    expected_version: Option<i64>,
+) -> AdminResult<Deleted> {
+    let tenant = store.tenant(id, Some(key)).await?.ok_or_else(|| no_tenant(id))?;
+    if expected_version.is_some_and(|version| version != tenant.version) {
+        return Err(stale(id));
+    }
+    let now = usersync_runtime::clock::now();
+    let creds = credentials_of(&tenant.config);
+    let mut left = Vec::new();
+    for row in store.graph_subscriptions(Some(id), None).await? {
+        let (Some(subscription_id), Some(expires_at)) = (&row.subscription_id, row.expires_at) else {
+            continue;
+        };
+        if expires_at <= now {
+            continue; // Graph has dropped it already
+        }
+        // Claimed, so the scheduler does not renew or recreate it meanwhile.
+        if !store
+            .claim_graph_subscription(id, &row.resource, now, DELETE_CLAIM)
+            .await?
+        {
+            left.push(format!(
+                "subscription {subscription_id} on {} is being renewed by the scheduler right now and was \
+                 not deleted at Graph; Graph drops it by {}",
+                row.resource,
+                expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
+            continue;
+        }
+        let reason = match tokio::time::timeout(
+            GRAPH_DELETE_TIMEOUT,
+            graph.delete_subscription(&creds, subscription_id),
+        )
+        .await
+        {
+            Ok(Ok(()) | Err(GraphError::SubscriptionNotFound { .. })) => continue,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!(
+                "Microsoft Graph did not answer within {} s",
+                GRAPH_DELETE_TIMEOUT.as_secs()
+            ),
+        };
+        left.push(format!(
+            "subscription {subscription_id} on {} could not be deleted at Graph ({reason}); Graph drops it by {}",
+            row.resource,
+            expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ));
+    }
+    let mut deleted = delete(store, id, expected_version).await?;
+    deleted.subscriptions_left = left;
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The Graph client: tokens, delta pages, groups and members.
+//! The Graph client: tokens, delta pages, groups and members (subscriptions
+//! in `subscriptions.rs`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -158,9 +159,8 @@ impl GraphClient {
         Ok(MembersPage::from(page))
     }
 
-    /// GET of a collection page with retries, and the request's path (for
-    /// messages: the query may carry a delta token); a 401 means the token went
-    /// stale early, so it is dropped and the request tried once more with a fresh one.
+    /// GET of a collection page with retries and token refresh, and the
+    /// request's path (for messages: the query may carry a delta token).
     async fn get<T: DeserializeOwned>(
         &self,
         creds: &Credentials,
@@ -168,15 +168,9 @@ impl GraphClient {
         consistency: Consistency,
     ) -> Result<(Collection<T>, String), GraphError> {
         let url = urls::trusted_link(&self.inner.config.graph_base_url, link)?;
-        let attempt = || self.get_once(creds, &url, consistency);
-        let page = match self.with_retries(attempt).await {
-            Err(GraphError::Http { status: 401, .. }) => {
-                tracing::info!(tenant_id = %creds.tenant_id, "Graph rejected the access token; fetching a new one");
-                self.inner.tokens.forget(&TokenKey::of(creds));
-                self.with_retries(attempt).await
-            }
-            outcome => outcome,
-        }?;
+        let page = self
+            .with_fresh_token(creds, || self.get_once(creds, &url, consistency))
+            .await?;
         Ok((page, url.path().to_owned()))
     }
 
@@ -191,6 +185,19 @@ impl GraphClient {
         if consistency == Consistency::Eventual {
             request = request.header("ConsistencyLevel", "eventual");
         }
+        let sent = self.timed_send(request).await?;
+        response::read_page(&self.inner.config.graph_base_url, url, sent).await
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Sends a request, counted and timed in the Graph request metrics.
+    pub(crate) async fn timed_send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AttemptError> {
         let started = std::time::Instant::now();
         let sent = request.send().await;
         let status = match &sent {
@@ -200,8 +207,28 @@ impl GraphClient {
         metrics::counter!("usersync_graph_requests_total", "status" => status).increment(1);
         metrics::histogram!("usersync_graph_request_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        let graph_base_url = &self.inner.config.graph_base_url;
-        response::read_page(graph_base_url, url, sent.map_err(transport_error)?).await
+        sent.map_err(transport_error)
+    }
+
+    /// `attempt` with retries; a 401 means the token went stale early, so it
+    /// is dropped and the request tried once more with a fresh one.
+    pub(crate) async fn with_fresh_token<T, F, Fut>(
+        &self,
+        creds: &Credentials,
+        mut attempt: F,
+    ) -> Result<T, GraphError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AttemptError>>,
+    {
+        match self.with_retries(&mut attempt).await {
+            Err(GraphError::Http { status: 401, .. }) => {
+                tracing::info!(tenant_id = %creds.tenant_id, "Graph rejected the access token; fetching a new one");
+                self.inner.tokens.forget(&TokenKey::of(creds));
+                self.with_retries(attempt).await
+            }
+            outcome => outcome,
+        }
     }
 
     async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, GraphError>

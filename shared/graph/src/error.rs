@@ -43,6 +43,22 @@ pub enum GraphError {
     )]
     GroupNotFound { name: String },
 
+    /// 404 on a subscription: Graph no longer has it (expired or removed);
+    /// create it again.
+    #[error("Microsoft Graph has no subscription {subscription_id} (HTTP 404: {message}): it expired or was removed; it is created again")]
+    SubscriptionNotFound {
+        subscription_id: String,
+        message: String,
+    },
+
+    /// 400 `ValidationError` creating a subscription: Graph's validation
+    /// request to the notification URL failed or timed out.
+    #[error(
+        "Graph could not validate the notification URL {url}: {message}; check that \
+         USERSYNC_PUBLIC_URL reaches usersync-api from the internet"
+    )]
+    NotificationUrlRejected { url: String, message: String },
+
     /// A success answer whose body is not what Graph documents.
     #[error("unexpected response from Microsoft Graph: {reason}")]
     InvalidResponse { reason: String },
@@ -69,6 +85,8 @@ impl GraphError {
             GraphError::GroupNotFound { .. } => "graph.group_not_found".to_owned(),
             GraphError::InvalidResponse { .. } => "graph.invalid_response".to_owned(),
             GraphError::InvalidLink { .. } => "graph.invalid_link".to_owned(),
+            GraphError::SubscriptionNotFound { .. } => "graph.subscription_not_found".to_owned(),
+            GraphError::NotificationUrlRejected { .. } => "graph.notification_url_rejected".to_owned(),
         }
     }
 }

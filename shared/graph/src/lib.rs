@@ -1,5 +1,6 @@
 //! Microsoft Graph client for usersync: client-credentials tokens, users delta
-//! rounds, group lookups and transitive group members — with throttling, outages
+//! rounds, group lookups, transitive group members and change-notification
+//! subscriptions — with throttling, outages
 //! and expired delta state handled the way Microsoft documents them.
 
 mod client;
@@ -8,6 +9,7 @@ mod pages;
 pub mod parse;
 mod response;
 mod retry;
+mod subscriptions;
 mod tenant;
 mod token;
 mod urls;
@@ -18,6 +20,9 @@ pub use client::GraphClient;
 pub use error::{AuthFailure, AuthFailureKind, GraphError};
 pub use pages::{DeltaPage, GroupDelta, GroupsDeltaPage, MemberChange, MembersPage, PageLink, ResolvedGroup};
 pub use retry::{RetryEvent, RetryHook, RetryPolicy};
+pub use subscriptions::{
+    subscription_resources, NewSubscription, Subscription, GROUPS_RESOURCE, USERS_RESOURCE,
+};
 pub use tenant::{credentials_of, select_list, FilterGroups, STANDARD_PROPERTIES};
 
 /// Microsoft's global Graph endpoint, API version 1.0.

@@ -98,7 +98,12 @@ fn bad_body(status: StatusCode, reason: String) -> AttemptError {
     })
 }
 
-fn failure(request_url: &Url, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> AttemptError {
+pub(crate) fn failure(
+    request_url: &Url,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> AttemptError {
     let detail = serde_json::from_slice::<ErrorBody>(body)
         .unwrap_or_default()
         .error;

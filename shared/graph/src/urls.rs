@@ -73,6 +73,14 @@ pub(crate) fn groups_delta_start(graph_base_url: &str) -> String {
     )
 }
 
+/// `/subscriptions`, or `/subscriptions/{id}{tail}` (e.g. `/reauthorize`).
+pub(crate) fn subscription(graph_base_url: &str, id: Option<&str>, tail: &str) -> String {
+    match id {
+        Some(id) => format!("{}/subscriptions/{}{tail}", trimmed(graph_base_url), encode(id)),
+        None => format!("{}/subscriptions", trimmed(graph_base_url)),
+    }
+}
+
 /// Parses a link and checks it points at the configured Graph host, so the access
 /// token is never sent anywhere else.
 pub(crate) fn trusted_link(graph_base_url: &str, link: &str) -> Result<Url, GraphError> {

@@ -21,6 +21,7 @@ mod previews;
 mod rounds;
 mod run_ends;
 mod runs;
+mod subscriptions;
 mod sync_users;
 mod tenants;
 pub mod testing;
@@ -43,6 +44,7 @@ pub use run_ends::{RunEnd, RunEnds};
 pub use runs::{
     DueFollowUp, RunRow, RunStart, RunState, DEFAULT_STALE_RUN_MINUTES, FOLLOW_UP_REPUBLISH_SECS,
 };
+pub use subscriptions::{GraphSubscription, SubscriptionAction};
 pub use sync_users::{ChangeRecord, PlannedUser, RoundEnd, SyncRow};
 pub use tenants::{StoredTenant, TenantSummary, TenantWrite};
 

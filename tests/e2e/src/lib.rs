@@ -326,7 +326,13 @@ impl Stack {
 
     /// Like [`Stack::start_api`], with more environment variables (`API_BODY_LIMIT`, …).
     pub async fn start_api_with(&mut self, extra_env: &[(&str, &str)]) -> Api {
-        let port = free_port();
+        self.start_api_at(free_port(), extra_env).await
+    }
+
+    /// Like [`Stack::start_api_with`], on a port chosen before the stack
+    /// started: the fetcher must know the API's address (`USERSYNC_PUBLIC_URL`)
+    /// from its start, to register it with Graph.
+    pub async fn start_api_at(&mut self, port: u16, extra_env: &[(&str, &str)]) -> Api {
         let url = format!("http://127.0.0.1:{port}");
         let index = self.services.get_mut().expect("the services' lock").len();
         let log =

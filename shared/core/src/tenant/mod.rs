@@ -67,6 +67,10 @@ pub struct TenantConfig {
     /// How hard the applier may drive this company's PBX.
     #[serde(default)]
     pub pbx_limits: PbxLimits,
+    /// Graph change notifications start a delta round when the directory
+    /// changes (the nightly run stays the safety net).
+    #[serde(default)]
+    pub change_notifications: bool,
 }
 
 pub(crate) const DEFAULT_DELETE_AFTER_DAYS: u32 = 7;

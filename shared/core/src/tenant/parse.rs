@@ -42,6 +42,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "allowed_country_prefixes",
     "adopt_match",
     "pbx_limits",
+    "change_notifications",
 ];
 
 const PROVIDER_SETTINGS_EXAMPLE: &str =
@@ -132,6 +133,7 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
         f.choice(&names, out)
     });
     let pbx_limits = root.optional("pbx_limits").map(|f| read_pbx_limits(&f, out));
+    let change_notifications = root.optional("change_notifications").map(|f| f.boolean(out));
 
     Some(TenantConfig {
         id: id?,
@@ -157,6 +159,7 @@ fn read_tenant(root: &Obj, out: &mut Problems) -> Option<TenantConfig> {
             .unwrap_or(Some(default_allowed_country_prefixes()))?,
         adopt_match: adopt_match.unwrap_or(Some(AdoptMatch::default()))?,
         pbx_limits: pbx_limits.unwrap_or(Some(PbxLimits::default()))?,
+        change_notifications: change_notifications.unwrap_or(Some(false))?,
     })
 }
 

@@ -5,5 +5,6 @@ mod bad_answers;
 mod delta;
 mod groups;
 mod retries;
+mod subscriptions;
 mod support;
 mod token;

@@ -130,6 +130,11 @@ pub fn scripted_post(replies: Vec<Reply>) -> MethodRouter {
     in_order(MethodFilter::POST, replies)
 }
 
+/// Like [`scripted`], for any method (PATCH, DELETE, …).
+pub fn scripted_on(method: MethodFilter, replies: Vec<Reply>) -> MethodRouter {
+    in_order(method, replies)
+}
+
 fn in_order(method: MethodFilter, replies: Vec<Reply>) -> MethodRouter {
     let queue = Arc::new(Mutex::new(VecDeque::from(replies)));
     on(method, move || {

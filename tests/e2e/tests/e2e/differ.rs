@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use usersync_e2e::{wait_for, Stack};
 
-use crate::support::{graph_users, pbx_users, CALLER_ID, CLIENT_ID, CLIENT_SECRET, ENTRA_TENANT};
+use crate::support::{apply, graph_users, pbx_users, CALLER_ID, CLIENT_ID, CLIENT_SECRET, ENTRA_TENANT};
 
 /// A tenant syncing every user of the directory, with `edit` applied.
 fn tenant(edit: impl FnOnce(&mut Value)) -> String {
@@ -58,11 +58,6 @@ async fn stack_with(test: &str, users: u64, file: &str) -> Stack {
         .await;
     apply(&stack, file).await;
     stack
-}
-
-async fn apply(stack: &Stack, file: &str) {
-    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(file)).await;
-    assert!(ok, "tenant apply failed: {stderr}");
 }
 
 /// The newest run of acme once it has finished, when it is not `previous`.

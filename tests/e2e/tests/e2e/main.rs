@@ -4,6 +4,7 @@ mod api;
 mod applier;
 mod differ;
 mod fetcher;
+mod notifications;
 mod notifier;
 mod operations;
 mod operator;

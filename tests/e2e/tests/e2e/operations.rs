@@ -40,28 +40,8 @@ fn small_pools() -> (&'static str, String) {
     ("DATABASE_POOL_SIZE", "3".to_owned())
 }
 
-/// How many times a line containing `needle` was logged by a service's replicas.
-fn logged(stack: &Stack, service: &str, needle: &str) -> usize {
-    std::fs::read_dir(&stack.logs)
-        .expect("the log folder")
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(service))
-        .map(|entry| {
-            std::fs::read_to_string(entry.path())
-                .unwrap_or_default()
-                .matches(needle)
-                .count()
-        })
-        .sum()
-}
-
 async fn status(stack: &Stack, id: &str) -> Value {
     stack.cli_json(&["status", id, "--json"]).await[0].clone()
-}
-
-async fn apply(stack: &Stack, file: &str) {
-    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(file)).await;
-    assert!(ok, "{stderr}");
 }
 
 fn with_schedule(at: &str) -> String {

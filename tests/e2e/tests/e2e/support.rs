@@ -44,13 +44,18 @@ pub fn tenant_file_with(client_secret: &str) -> String {
 }
 
 pub async fn seed(stack: &Stack) -> Value {
+    seed_sized(stack, 200, 120).await
+}
+
+/// The sample directory with `users` users, `members` of them in Telephony, and the PBX company.
+pub async fn seed_sized(stack: &Stack, users: u64, members: u64) -> Value {
     stack
         .graph_call(
             Method::POST,
             "/_sim/tenants",
             Some(json!({
                 "tenant_id": ENTRA_TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                "seed": 7, "users": 200, "groups": [{"name": "Telephony", "members": 120}], "page_size": 60
+                "seed": 7, "users": users, "groups": [{"name": "Telephony", "members": members}], "page_size": 60
             })),
         )
         .await;
@@ -64,6 +69,12 @@ pub async fn seed(stack: &Stack) -> Value {
             })),
         )
         .await
+}
+
+/// Applies a tenant file with `usersync tenant apply`; fails the test when it is refused.
+pub async fn apply(stack: &Stack, file: &str) {
+    let (ok, _, stderr) = stack.cli(&["tenant", "apply", "-"], Some(file)).await;
+    assert!(ok, "tenant apply failed: {stderr}");
 }
 
 pub async fn pbx_users(stack: &Stack) -> BTreeMap<String, Value> {
@@ -146,4 +157,19 @@ pub fn recipients(mails: &[String]) -> BTreeMap<String, usize> {
         *counts.entry(to).or_insert(0) += 1;
     }
     counts
+}
+
+/// How many times a line containing `needle` was logged by a service's replicas.
+pub fn logged(stack: &Stack, service: &str, needle: &str) -> usize {
+    std::fs::read_dir(&stack.logs)
+        .expect("the log folder")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(service))
+        .map(|entry| {
+            std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .matches(needle)
+                .count()
+        })
+        .sum()
 }

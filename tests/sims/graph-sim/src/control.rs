@@ -1,5 +1,7 @@
 //! The control API under `/_sim`: create tenants, change the directory,
 //! inject faults, read counters. JSON in and out, no authentication.
+//! Every directory change also notifies the tenant's subscriptions (see
+//! `subscriptions`, whose own hooks are merged in here).
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use crate::directory::{DirError, Directory, Props, SeedGroup};
 use crate::faults::{FaultQueue, FaultSpec};
 use crate::seed::{guid, looks_like_guid, seeded_users, IdStream};
 use crate::server::{lock, Sim, TenantHandle};
+use crate::subscriptions::{self, ChangeKind, DirectoryChange};
 use crate::tenant::{ExpiryStyle, Tenant, TenantSettings, DEFAULT_TOKEN_MAX_AGE_SECS};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -48,10 +51,11 @@ pub fn routes() -> Router<Arc<Sim>> {
         )
         .route(&format!("{tenant}/advance-clock"), post(advance_clock))
         .route(&format!("{tenant}/revoke-tokens"), post(revoke_tokens))
+        .merge(subscriptions::control::routes())
 }
 
 /// A control API failure: `{"error": message}` with a status.
-pub struct ControlError(StatusCode, String);
+pub struct ControlError(pub StatusCode, pub String);
 
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
@@ -73,9 +77,9 @@ fn invalid(message: impl Into<String>) -> ControlError {
     ControlError(StatusCode::BAD_REQUEST, message.into())
 }
 
-type Reply = Result<Response, ControlError>;
+pub type Reply = Result<Response, ControlError>;
 
-fn tenant_handle(sim: &Sim, id: &str) -> Result<TenantHandle, ControlError> {
+pub fn tenant_handle(sim: &Sim, id: &str) -> Result<TenantHandle, ControlError> {
     sim.tenant(id)
         .ok_or_else(|| ControlError(StatusCode::NOT_FOUND, format!("tenant {id} not found")))
 }
@@ -262,7 +266,9 @@ async fn create_user(
         props.insert("id".into(), json!(guid(tenant.seed, IdStream::User, index)));
         tenant.next_user_index += 1;
     }
-    let user = tenant.directory.create_user(props)?;
+    let user = tenant.directory.create_user(props)?.clone();
+    let id = user.get("id").and_then(Value::as_str).unwrap_or_default();
+    tenant.publish(&[DirectoryChange::user(id, ChangeKind::Created)]);
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
@@ -273,7 +279,8 @@ async fn patch_user(
 ) -> Reply {
     let handle = tenant_handle(&sim, &tenant)?;
     let mut tenant = lock(&handle);
-    let user = tenant.directory.patch_user(&id, patch)?;
+    let user = tenant.directory.patch_user(&id, patch)?.clone();
+    tenant.publish(&[DirectoryChange::user(&id, ChangeKind::Updated)]);
     Ok(Json(user).into_response())
 }
 
@@ -290,18 +297,33 @@ async fn delete_user(
 ) -> Reply {
     let handle = tenant_handle(&sim, &tenant)?;
     let mut tenant = lock(&handle);
+    // Read before the deletion: a hard delete forgets the memberships.
+    let groups = tenant.directory.groups_containing(&id);
     if options.hard {
         tenant.directory.hard_delete_user(&id)?;
     } else {
         tenant.directory.soft_delete_user(&id)?;
     }
+    tenant.publish(&user_and_group_changes(&id, ChangeKind::Deleted, &groups));
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A change to a user, and the membership change it is to each of its groups.
+fn user_and_group_changes(id: &str, kind: ChangeKind, groups: &[String]) -> Vec<DirectoryChange> {
+    let groups = groups
+        .iter()
+        .map(|g| DirectoryChange::group(g, ChangeKind::Updated));
+    std::iter::once(DirectoryChange::user(id, kind))
+        .chain(groups)
+        .collect()
 }
 
 async fn restore_user(State(sim): State<Arc<Sim>>, Path((tenant, id)): Path<(String, String)>) -> Reply {
     let handle = tenant_handle(&sim, &tenant)?;
     let mut tenant = lock(&handle);
-    let user = tenant.directory.restore_user(&id)?;
+    let user = tenant.directory.restore_user(&id)?.clone();
+    let groups = tenant.directory.groups_containing(&id);
+    tenant.publish(&user_and_group_changes(&id, ChangeKind::Updated, &groups));
     Ok(Json(user).into_response())
 }
 
@@ -333,6 +355,7 @@ async fn create_group(
     tenant
         .directory
         .create_group(group_id.clone(), body.name.clone())?;
+    tenant.publish(&[DirectoryChange::group(&group_id, ChangeKind::Created)]);
     let reply = json!({"id": group_id, "name": body.name});
     Ok((StatusCode::CREATED, Json(reply)).into_response())
 }
@@ -348,7 +371,9 @@ async fn add_member(
     Json(body): Json<NewMember>,
 ) -> Reply {
     let handle = tenant_handle(&sim, &tenant)?;
-    lock(&handle).directory.add_member(&group, &body.id)?;
+    let mut tenant = lock(&handle);
+    tenant.directory.add_member(&group, &body.id)?;
+    tenant.publish(&[DirectoryChange::group(&group, ChangeKind::Updated)]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -357,7 +382,9 @@ async fn remove_member(
     Path((tenant, group, id)): Path<(String, String, String)>,
 ) -> Reply {
     let handle = tenant_handle(&sim, &tenant)?;
-    lock(&handle).directory.remove_member(&group, &id)?;
+    let mut tenant = lock(&handle);
+    tenant.directory.remove_member(&group, &id)?;
+    tenant.publish(&[DirectoryChange::group(&group, ChangeKind::Updated)]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -454,7 +454,7 @@ impl Directory {
         Ok(())
     }
 
-    fn groups_containing(&self, member: &str) -> Vec<String> {
+    pub fn groups_containing(&self, member: &str) -> Vec<String> {
         self.groups
             .iter()
             .filter(|(_, g)| g.members.contains_key(member))

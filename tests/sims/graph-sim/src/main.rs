@@ -1,7 +1,9 @@
 //! Simulator of Microsoft Graph and Entra ID for usersync's end-to-end tests,
 //! demo and benchmarks. One server answers the token endpoint, the Graph
-//! endpoints under `/v1.0` and a control API under `/_sim`; all state lives
-//! in memory, keyed by tenant id.
+//! endpoints under `/v1.0` (directory reads, and change-notification
+//! subscriptions that call the subscriber back) and a control API under
+//! `/_sim`; all state lives in memory, keyed by tenant id. README.md lists
+//! the endpoints.
 
 mod connection;
 mod control;
@@ -15,6 +17,7 @@ mod odata;
 mod rounds;
 mod seed;
 mod server;
+mod subscriptions;
 mod sync_token;
 mod tenant;
 mod user_view;

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::connection::{KillSwitch, KillableListener};
 use crate::errors::GraphError;
 use crate::faults::{fault_response, transform};
+use crate::subscriptions::graph as subscriptions;
 use crate::tenant::Tenant;
 use crate::{control, entra, groups, groups_delta, users_delta};
 
@@ -36,6 +37,8 @@ pub struct Sim {
     pub base_url: String,
     tenants: RwLock<HashMap<String, TenantHandle>>,
     access_tokens: Mutex<HashMap<String, AccessGrant>>,
+    /// Outbound calls to subscribers (validation, notifications).
+    pub http: reqwest::Client,
 }
 
 impl Sim {
@@ -44,6 +47,12 @@ impl Sim {
             base_url: base_url.trim_end_matches('/').to_owned(),
             tenants: RwLock::default(),
             access_tokens: Mutex::default(),
+            // A proxy from the environment must not stand between the
+            // simulator and a local subscriber.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("an HTTP client with the default TLS setup always builds"),
         })
     }
 
@@ -99,6 +108,20 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route(
             "/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user",
             get(groups::transitive_members),
+        )
+        .route(
+            "/v1.0/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/v1.0/subscriptions/{id}",
+            get(subscriptions::get_one)
+                .patch(subscriptions::renew)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/v1.0/subscriptions/{id}/reauthorize",
+            post(subscriptions::reauthorize),
         )
         .route_layer(middleware::from_fn_with_state(sim.clone(), graph_gate));
     Router::new()

@@ -1,12 +1,15 @@
 //! One simulated Entra tenant: credentials, behaviour flags, directory,
-//! injected faults, request counters and a simulated clock.
+//! injected faults, request counters, change-notification subscriptions and
+//! a simulated clock.
 
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::directory::Directory;
 use crate::faults::FaultQueue;
+use crate::subscriptions::{DirectoryChange, Subscriptions};
 use crate::sync_token::Stamp;
 
 /// Graph lets directory delta tokens live seven days.
@@ -45,6 +48,7 @@ pub struct RequestCounts {
     pub groups: u64,
     pub members: u64,
     pub groups_delta: u64,
+    pub subscriptions: u64,
 }
 
 #[derive(Serialize, Default, Clone, Debug)]
@@ -65,6 +69,8 @@ impl Stats {
             counts.groups_delta += 1;
         } else if path.contains("/transitiveMembers") {
             counts.members += 1;
+        } else if path.contains("/subscriptions") {
+            counts.subscriptions += 1;
         } else {
             counts.groups += 1;
         }
@@ -88,6 +94,7 @@ pub struct Tenant {
     pub directory: Directory,
     pub faults: FaultQueue,
     pub stats: Stats,
+    pub subscriptions: Subscriptions,
     /// Index of the next user created through the control API (ids stay deterministic).
     pub next_user_index: u64,
     pub next_group_index: u64,
@@ -106,6 +113,7 @@ impl Tenant {
             directory,
             faults: FaultQueue::default(),
             stats: Stats::default(),
+            subscriptions: Subscriptions::default(),
             next_user_index: 0,
             next_group_index: 0,
             token_generation: 0,
@@ -116,7 +124,26 @@ impl Tenant {
 
     /// Seconds on the simulated clock: real time since creation plus any advance.
     pub fn now_secs(&self) -> u64 {
-        self.started.elapsed().as_secs() + self.clock_offset_secs
+        self.started
+            .elapsed()
+            .as_secs()
+            .saturating_add(self.clock_offset_secs)
+    }
+
+    /// The simulated wall clock: real time plus any advance. Subscriptions
+    /// expire on it.
+    pub fn now_utc(&self) -> DateTime<Utc> {
+        // A huge advance saturates instead of overflowing the date.
+        let offset = i64::try_from(self.clock_offset_secs).unwrap_or(i64::MAX);
+        let offset = chrono::Duration::try_seconds(offset).unwrap_or(chrono::TimeDelta::MAX);
+        Utc::now()
+            .checked_add_signed(offset)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Queues change notifications for the tenant's live subscriptions.
+    pub fn publish(&self, changes: &[DirectoryChange]) {
+        self.subscriptions.publish(&self.id, self.now_utc(), changes);
     }
 
     pub fn advance_clock(&mut self, secs: u64) {

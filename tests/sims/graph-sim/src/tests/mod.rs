@@ -5,6 +5,7 @@ mod faults;
 mod groups;
 mod scale;
 mod sdk;
+mod subscriptions;
 mod token;
 mod users_delta;
 
