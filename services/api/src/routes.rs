@@ -175,9 +175,16 @@ pub async fn delete_tenant(
 ) -> ApiResult<Json<Deleted>> {
     caller.check(&id)?;
     let expected = if_match(&headers)?;
-    Ok(Json(
-        usersync_admin::tenants::delete(&state.store, &id, expected).await?,
-    ))
+    // With the key its subscriptions are deleted at Graph first; without it
+    // (no tenant could have been written) there are none to delete.
+    let deleted = match &state.key {
+        Some(key) => {
+            usersync_admin::tenants::delete_with_subscriptions(&state.store, key, &state.graph, &id, expected)
+                .await?
+        }
+        None => usersync_admin::tenants::delete(&state.store, &id, expected).await?,
+    };
+    Ok(Json(deleted))
 }
 
 /// A resync request's body; an empty body is `{"full": false}`.
