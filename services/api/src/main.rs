@@ -167,7 +167,15 @@ async fn json_refusals(request: Request, next: Next, body_limit: usize) -> Respo
         return response;
     }
     match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(body_limit).into_response(),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            // The body was left unread, so the connection cannot carry another
+            // request: say so, or a client reusing it gets a closed socket.
+            let mut refused = ApiError::too_large(body_limit).into_response();
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            refused
+        }
         StatusCode::METHOD_NOT_ALLOWED => {
             let allow = response.headers().get(header::ALLOW).cloned();
             let mut refused = ApiError::new(

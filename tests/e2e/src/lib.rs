@@ -133,6 +133,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A local port nothing listens on, held while this lives: the socket is bound
+/// but never listens, so a connection there is refused, and it has no
+/// SO_REUSEADDR, so no other socket (another test's server) is given the port.
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn reserve() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("an address"))
+            .expect("a free port");
+        let port = socket.local_addr().expect("its address").port();
+        Self {
+            port,
+            _socket: socket,
+        }
+    }
+}
+
 /// A running simulator and its base URL.
 pub struct Sim {
     pub url: String,

@@ -119,7 +119,7 @@ async fn the_api_creates_syncs_and_reports_a_tenant_through_every_endpoint() {
     assert!(body["errors"][0]["message"].is_string(), "{body}");
     // Oversized: 413 JSON.
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(400 * 1024));
-    let (status, _, body) = call(
+    let (status, headers, body) = call(
         &stack,
         &api,
         token,
@@ -131,6 +131,9 @@ async fn the_api_creates_syncs_and_reports_a_tenant_through_every_endpoint() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_error(&body, "too_large");
+    // Its body was left unread: the server closes the connection and says so,
+    // so the next request does not go out on a dead socket.
+    assert_eq!(headers["connection"], "close", "{headers:?}");
 
     // Create (id from the path, provider settings as the pasted string), read back masked.
     let mut file: Value = serde_json::from_str(&tenant_file()).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use usersync_e2e::{free_port, poll_until, wait_for, Api, Stack};
+use usersync_e2e::{free_port, poll_until, wait_for, Api, ClosedPort, Stack};
 
 use crate::support::*;
 
@@ -509,7 +509,8 @@ async fn turning_notifications_off_deletes_the_subscriptions_at_graph() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_whose_address_cannot_be_validated_syncs_nightly_and_the_error_address_is_warned() {
     // Nobody listens on this port: Graph's validation request fails.
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed_port = ClosedPort::reserve();
+    let closed = format!("http://127.0.0.1:{}", closed_port.port);
     let (stack, _api) = notified_stack(
         "notify_unreachable",
         Some(closed),

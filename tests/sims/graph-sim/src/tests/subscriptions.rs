@@ -332,10 +332,11 @@ async fn creation_validates_both_urls_with_an_encoded_token() {
 async fn failed_validation_refuses_the_subscription() {
     let sim = TestSim::start().await;
     let (_, token) = tenant_with_token(&sim, 1, json!({})).await;
-    // A port that was free a moment ago: nothing listens there.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Bound but not listening, and held: a connection there is refused, and no
+    // server started meanwhile (the receivers below) can be given the port.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let unreachable = format!("http://{}/notify", closed.local_addr().unwrap());
-    drop(closed);
     let wrong = Receiver::start(Validation::WrongBody).await;
     let good = Receiver::start(Validation::Echo).await;
     let mut bad_lifecycle = subscription_body("/users", "updated", &good.url("/notify"));
