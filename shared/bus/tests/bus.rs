@@ -907,12 +907,15 @@ async fn dead_letters_are_listed_with_their_reason_and_replayed_to_work() {
 // Outages: a lost connection, a lost database, bad configuration
 // ---------------------------------------------------------------------------
 
-/// A port on which nothing listens (bound, then let go).
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free local port")
-        .port()
+/// A port on which nothing listens, held while the socket lives: bound but not
+/// listening (a connection is refused) and without SO_REUSEADDR (no server
+/// started meanwhile is given the port).
+fn closed_port() -> (u16, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("a free local port");
+    (socket.local_addr().expect("its address").port(), socket)
 }
 
 #[tokio::test]
@@ -1032,7 +1035,7 @@ async fn a_lost_connection_is_reconnected_and_every_message_is_handled_once_it_i
 async fn a_database_outage_neither_uses_attempts_nor_dead_letters_a_message() {
     in_fresh_vhost(|vhost| async move {
         // A real "connection refused" from PostgreSQL, as a handler sees it.
-        let port = closed_port();
+        let (port, _held) = closed_port();
         let database_down = move || async move {
             let config = format!("host=127.0.0.1 port={port} user=postgres connect_timeout=5");
             let err = tokio_postgres::connect(&config, tokio_postgres::NoTls)
@@ -1233,7 +1236,8 @@ async fn a_bad_amqp_url_stops_at_start_and_an_unreachable_broker_is_waited_for()
         }
 
         // Nothing listens: the bus keeps trying and /healthz says why.
-        let refused = format!("amqp://guest:guest@127.0.0.1:{}/%2f", closed_port());
+        let (port, _held) = closed_port();
+        let refused = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
         let waiting = tokio::time::timeout(
             Duration::from_millis(1500),
             Bus::start(&refused, "bus-test-refused", &health),
