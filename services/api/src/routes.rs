@@ -104,6 +104,7 @@ pub async fn get_tenant(
         (status = 413, body = ErrorBody),
         (status = 422, description = "every problem, by field; nothing saved", body = ProblemsBody),
         (status = 429, body = ErrorBody),
+        (status = 503, description = "USERSYNC_SECRET_KEY is not set (`no_secret_key`)", body = ErrorBody),
     ))]
 pub async fn put_tenant(
     State(state): AppStateRef,

@@ -83,14 +83,7 @@ impl Store {
         users: &[Value],
     ) -> Result<PageOutcome> {
         let entries = fold_page(users);
-        let mut ids = Vec::with_capacity(entries.len());
-        let mut removed = Vec::with_capacity(entries.len());
-        let mut sources = Vec::with_capacity(entries.len());
-        for (id, entry) in entries {
-            ids.push(id);
-            removed.push(entry.removed);
-            sources.push(Json(Value::Object(entry.attributes)));
-        }
+        let ids: Vec<&str> = entries.keys().map(String::as_str).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The tenant's directory lock first, then the page, the users in id
@@ -113,66 +106,68 @@ impl Store {
         .await
         .context("adding the page's new users")?;
         // By key, user after user: the cost is the page's, never the tenant's.
-        tx.execute(
-            "SELECT 1 FROM unnest($2::text[]) AS u(id)
-             CROSS JOIN LATERAL (SELECT 1 FROM directory_users
-                                 WHERE tenant_id = $1 AND object_id = u.id FOR UPDATE) d",
-            &[&tenant_id, &ids],
-        )
-        .await
-        .context("locking the page's users")?;
-        // The discovered fields move by what the page changed: the fields its
-        // users had count down, those they have now count up. The tenant's
-        // counts are locked in order first, so pages recorded at once take
-        // turns here instead of deadlocking.
+        let stored = tx
+            .query(
+                "SELECT d.object_id, d.source, d.removed FROM unnest($2::text[]) AS u(id)
+                 CROSS JOIN LATERAL (SELECT object_id, source, removed FROM directory_users
+                                     WHERE tenant_id = $1 AND object_id = u.id FOR UPDATE) d",
+                &[&tenant_id, &ids],
+            )
+            .await
+            .context("locking the page's users")?;
+        let mut before: BTreeMap<String, (bool, Map<String, Value>)> = stored
+            .iter()
+            .map(|row| {
+                let Json(source): Json<Value> = row.get("source");
+                let source = match source {
+                    Value::Object(map) => map,
+                    _ => Map::new(),
+                };
+                (row.get("object_id"), (row.get("removed"), source))
+            })
+            .collect();
+        // What the page makes of each user (attributes replace key by key,
+        // as Graph's delta sends only what changed), and how the discovered
+        // fields move: the fields the users had count down, those they have
+        // now count up. Worked out here rather than in SQL: a page's fields
+        // are thousands of small values, cheap in memory and slow as rows.
+        let mut moves = FieldMoves::default();
+        let mut sources = Vec::with_capacity(entries.len());
+        let mut removed = Vec::with_capacity(entries.len());
+        for (id, entry) in entries.iter() {
+            let (was_removed, mut source) = before.remove(id).unwrap_or((true, Map::new()));
+            if !was_removed {
+                moves.count_down(&source);
+            }
+            for (key, value) in &entry.attributes {
+                source.insert(key.clone(), value.clone());
+            }
+            if !entry.removed {
+                moves.count_up(&source);
+            }
+            sources.push(Json(Value::Object(source)));
+            removed.push(entry.removed);
+        }
+        // The tenant's counts are locked in order first, so pages recorded
+        // at once take turns here instead of deadlocking.
         tx.execute(
             "SELECT 1 FROM tenant_fields WHERE tenant_id = $1 ORDER BY field FOR UPDATE",
             &[&tenant_id],
         )
         .await
         .context("locking the discovered fields")?;
-        // OFFSET 0 keeps each user a lookup by key (not a join over the tenant).
         tx.execute(
-            "WITH before AS (
-               SELECT f.field, count(DISTINCT d.object_id)::int4 AS users
-               FROM unnest($2::text[]) AS u(id)
-               CROSS JOIN LATERAL (SELECT object_id, source FROM directory_users
-                                   WHERE tenant_id = $1 AND object_id = u.id AND NOT removed
-                                   OFFSET 0) d
-               CROSS JOIN LATERAL source_fields(d.source) f
-               GROUP BY f.field
-             )
-             UPDATE tenant_fields t SET users = t.users - b.users, updated_at = now()
-             FROM before b WHERE t.tenant_id = $1 AND t.field = b.field",
-            &[&tenant_id, &ids],
-        )
-        .await
-        .context("counting down the fields the page's users had")?;
-        tx.execute(
-            "WITH recorded AS (
-               INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
-               SELECT $1, u.id, u.source, u.removed, $2, now()
-               FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
-               ON CONFLICT (tenant_id, object_id) DO UPDATE
-                 SET source = d.source || EXCLUDED.source, removed = EXCLUDED.removed,
-                     seen_round = EXCLUDED.seen_round, updated_at = now()
-               RETURNING d.object_id, d.source, d.removed
-             ), after AS (
-               SELECT f.field, count(DISTINCT r.object_id)::int4 AS users,
-                      (array_agg(f.value ORDER BY r.object_id))[1] AS example
-               FROM recorded r, source_fields(r.source) f
-               WHERE NOT r.removed
-               GROUP BY f.field
-             )
-             INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
-             SELECT $1, field, users, example, now() FROM after ORDER BY field
-             ON CONFLICT (tenant_id, field) DO UPDATE
-               SET users = t.users + EXCLUDED.users, example = EXCLUDED.example, updated_at = now()",
+            "INSERT INTO directory_users AS d (tenant_id, object_id, source, removed, seen_round, updated_at)
+             SELECT $1, u.id, u.source, u.removed, $2, now()
+             FROM unnest($3::text[], $4::jsonb[], $5::bool[]) AS u(id, source, removed)
+             ON CONFLICT (tenant_id, object_id) DO UPDATE
+               SET source = EXCLUDED.source, removed = EXCLUDED.removed,
+                   seen_round = EXCLUDED.seen_round, updated_at = now()",
             &[&tenant_id, &round.round_id, &ids, &sources, &removed],
         )
         .await
         .context("recording a page of users")?;
-        forget_unused_fields(&tx, tenant_id).await?;
+        moves.store(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(PageOutcome::Recorded)
     }
@@ -399,6 +394,92 @@ impl ReconcileRow {
             sync: has_sync_row.then(|| SyncRow::from_row(row)),
         }
     }
+}
+
+/// How one page moves the tenant's discovered fields: users per field, and
+/// the value of the page's first user (by object id) that has it now.
+#[derive(Default)]
+struct FieldMoves {
+    moves: BTreeMap<String, (i32, Option<Value>)>,
+}
+
+impl FieldMoves {
+    fn count_down(&mut self, source: &Map<String, Value>) {
+        for (field, _) in source_fields(source) {
+            self.moves.entry(field).or_default().0 -= 1;
+        }
+    }
+
+    fn count_up(&mut self, source: &Map<String, Value>) {
+        for (field, value) in source_fields(source) {
+            let (users, example) = self.moves.entry(field).or_default();
+            *users += 1;
+            example.get_or_insert_with(|| value.clone());
+        }
+    }
+
+    /// Writes the moves (fields in name order, as they were locked) and
+    /// drops the fields no user has any more.
+    async fn store(self, tx: &deadpool_postgres::Transaction<'_>, tenant_id: &str) -> Result<()> {
+        // Fields users have after the page (with an example), and fields
+        // only counted down (known ones: they have a row).
+        let (mut had, mut has) = (Vec::new(), Vec::new());
+        for (field, (moved, example)) in self.moves {
+            match example {
+                Some(example) => has.push((field, moved, Json(example))),
+                None if moved != 0 => had.push((field, moved)),
+                None => {}
+            }
+        }
+        let (fields, users): (Vec<String>, Vec<i32>) = had.into_iter().unzip();
+        tx.execute(
+            "UPDATE tenant_fields t SET users = t.users + m.users, updated_at = now()
+             FROM unnest($2::text[], $3::int4[]) AS m(field, users)
+             WHERE t.tenant_id = $1 AND t.field = m.field",
+            &[&tenant_id, &fields, &users],
+        )
+        .await
+        .context("counting down the fields the page's users had")?;
+        let fields: Vec<&str> = has.iter().map(|(field, _, _)| field.as_str()).collect();
+        let users: Vec<i32> = has.iter().map(|(_, moved, _)| *moved).collect();
+        let examples: Vec<&Json<Value>> = has.iter().map(|(_, _, example)| example).collect();
+        tx.execute(
+            "INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
+             SELECT $1, m.field, m.users, m.example, now()
+             FROM unnest($2::text[], $3::int4[], $4::jsonb[]) AS m(field, users, example)
+             ORDER BY m.field
+             ON CONFLICT (tenant_id, field) DO UPDATE
+               SET users = t.users + EXCLUDED.users, example = EXCLUDED.example, updated_at = now()",
+            &[&tenant_id, &fields, &users, &examples],
+        )
+        .await
+        .context("counting up the fields the page's users have")?;
+        forget_unused_fields(tx, tenant_id).await
+    }
+}
+
+/// A source's discoverable fields, as the database's `source_fields` names
+/// them: a plain value by its key, an object's values as `key.name` and an
+/// array's elements as `key[i]` (one level down), nulls left out.
+fn source_fields(source: &Map<String, Value>) -> impl Iterator<Item = (String, &Value)> {
+    source.iter().flat_map(|(key, value)| {
+        let nested: Vec<(String, &Value)> = match value {
+            Value::Null => Vec::new(),
+            Value::Object(inner) => inner
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(name, v)| (format!("{key}.{name}"), v))
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(i, v)| (format!("{key}[{i}]"), v))
+                .collect(),
+            plain => vec![(key.clone(), plain)],
+        };
+        nested
+    })
 }
 
 /// Drops the discovered fields no user has any more.

@@ -282,3 +282,54 @@ async fn run_warnings_ride_on_the_run_finished_event_once_each() {
     })
     .await;
 }
+
+/// The counts kept page by page are the ones the database's own
+/// `source_fields` gives over the stored directory (a full round's removals
+/// count down with it), for values of every kind, after a first page and
+/// after a page of changes.
+#[tokio::test]
+async fn counts_kept_page_by_page_match_the_stored_directory_flattened_by_the_database() {
+    in_fresh_database(|url| async move {
+        let store = store_with_tenant(&url).await;
+        let round = new_round(&store).await;
+        let first = [
+            json!({"id": "u1", "n": 1, "f": 1.5, "b": false, "s": "x", "o": {"k": {"deep": 1}, "z": null, "e": []},
+                   "a": [null, {"q": 1}, [2], "t"], "empty": {}, "none": [], "gone": null}),
+            json!({"id": "u2", "s": "y", "a": ["only"], "o": {"k": 2}}),
+            json!({"id": "u3", "s": "z", "@odata.type": "#microsoft.graph.user"}),
+        ];
+        store
+            .record_users_page(round, "acme", 0, &first)
+            .await
+            .expect("recording");
+        let later = later_round(&store, round).await;
+        let changes = [
+            json!({"id": "u1", "a": null, "o": {"k": 3}, "s": null}),
+            json!({"id": "u2", "@removed": {"reason": "changed"}}),
+            json!({"id": "u4", "s": "w", "n": 0, "a": [null, "v", {"r": 1}], "o": {"k": [1], "m": "x"}}),
+        ];
+        store
+            .record_users_page(later, "acme", 0, &changes)
+            .await
+            .expect("recording changes");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connecting");
+        tokio::spawn(connection);
+        let recomputed: Vec<(String, i64)> = client
+            .query(
+                "SELECT f.field, count(*) FROM directory_users d, source_fields(d.source) f
+                 WHERE d.tenant_id = 'acme' AND NOT d.removed GROUP BY f.field ORDER BY f.field",
+                &[],
+            )
+            .await
+            .expect("recomputing")
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let kept: Vec<(String, i64)> = fields_of(&store).await.into_iter().map(|(f, n, _)| (f, n)).collect();
+        assert!(recomputed.len() >= 5, "a directory with fields: {recomputed:?}");
+        assert_eq!(kept, recomputed);
+    })
+    .await;
+}
