@@ -30,12 +30,23 @@ fn aiosmtpd_available() -> bool {
         .is_ok_and(|status| status.success())
 }
 
+/// A port free now and not given to another test of this binary: tests
+/// run at once, and the kernel may hand a just-released port out again, so
+/// one test's server could fail to bind and the test talk to another's.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it yields a value or the deadline passes.

@@ -126,11 +126,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A port free now and never handed out before in this process. The
+/// kernel may give a just-released port to the next `bind(0)`, so two
+/// tests starting servers at once could otherwise both be given it: one
+/// server fails to bind, and its test talks to the other test's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A local port nothing listens on, held while this lives: the socket is bound
