@@ -83,7 +83,7 @@ impl Store {
         users: &[Value],
     ) -> Result<PageOutcome> {
         let entries = fold_page(users);
-        let ids: Vec<&str> = entries.keys().map(String::as_str).collect();
+        let ids: Vec<String> = entries.keys().cloned().collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The tenant's directory lock first, then the page, the users in id
@@ -134,14 +134,12 @@ impl Store {
         let mut moves = FieldMoves::default();
         let mut sources = Vec::with_capacity(entries.len());
         let mut removed = Vec::with_capacity(entries.len());
-        for (id, entry) in entries.iter() {
-            let (was_removed, mut source) = before.remove(id).unwrap_or((true, Map::new()));
+        for (id, entry) in entries {
+            let (was_removed, mut source) = before.remove(&id).unwrap_or((true, Map::new()));
             if !was_removed {
                 moves.count_down(&source);
             }
-            for (key, value) in &entry.attributes {
-                source.insert(key.clone(), value.clone());
-            }
+            source.extend(entry.attributes);
             if !entry.removed {
                 moves.count_up(&source);
             }
@@ -431,30 +429,39 @@ impl FieldMoves {
                 None => {}
             }
         }
-        let (fields, users): (Vec<String>, Vec<i32>) = had.into_iter().unzip();
-        tx.execute(
-            "UPDATE tenant_fields t SET users = t.users + m.users, updated_at = now()
-             FROM unnest($2::text[], $3::int4[]) AS m(field, users)
-             WHERE t.tenant_id = $1 AND t.field = m.field",
-            &[&tenant_id, &fields, &users],
-        )
-        .await
-        .context("counting down the fields the page's users had")?;
-        let fields: Vec<&str> = has.iter().map(|(field, _, _)| field.as_str()).collect();
-        let users: Vec<i32> = has.iter().map(|(_, moved, _)| *moved).collect();
-        let examples: Vec<&Json<Value>> = has.iter().map(|(_, _, example)| example).collect();
-        tx.execute(
-            "INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
-             SELECT $1, m.field, m.users, m.example, now()
-             FROM unnest($2::text[], $3::int4[], $4::jsonb[]) AS m(field, users, example)
-             ORDER BY m.field
-             ON CONFLICT (tenant_id, field) DO UPDATE
-               SET users = t.users + EXCLUDED.users, example = EXCLUDED.example, updated_at = now()",
-            &[&tenant_id, &fields, &users, &examples],
-        )
-        .await
-        .context("counting up the fields the page's users have")?;
-        forget_unused_fields(tx, tenant_id).await
+        // Only a field nobody on the page has now can reach 0 users.
+        let counted_down = !had.is_empty();
+        if counted_down {
+            let (fields, users): (Vec<String>, Vec<i32>) = had.into_iter().unzip();
+            tx.execute(
+                "UPDATE tenant_fields t SET users = t.users + m.users, updated_at = now()
+                 FROM unnest($2::text[], $3::int4[]) AS m(field, users)
+                 WHERE t.tenant_id = $1 AND t.field = m.field",
+                &[&tenant_id, &fields, &users],
+            )
+            .await
+            .context("counting down the fields the page's users had")?;
+        }
+        if !has.is_empty() {
+            let fields: Vec<&str> = has.iter().map(|(field, _, _)| field.as_str()).collect();
+            let users: Vec<i32> = has.iter().map(|(_, moved, _)| *moved).collect();
+            let examples: Vec<&Json<Value>> = has.iter().map(|(_, _, example)| example).collect();
+            tx.execute(
+                "INSERT INTO tenant_fields AS t (tenant_id, field, users, example, updated_at)
+                 SELECT $1, m.field, m.users, m.example, now()
+                 FROM unnest($2::text[], $3::int4[], $4::jsonb[]) AS m(field, users, example)
+                 ORDER BY m.field
+                 ON CONFLICT (tenant_id, field) DO UPDATE
+                   SET users = t.users + EXCLUDED.users, example = EXCLUDED.example, updated_at = now()",
+                &[&tenant_id, &fields, &users, &examples],
+            )
+            .await
+            .context("counting up the fields the page's users have")?;
+        }
+        if counted_down {
+            forget_unused_fields(tx, tenant_id).await?;
+        }
+        Ok(())
     }
 }
 
