@@ -230,6 +230,11 @@ impl Handler<ChangeBatch> for Applier {
         if let Some(err) = broken {
             return Err(err.into());
         }
+        // Also when this batch wrote nothing (redelivered after its last
+        // commit): the run may have ended with it.
+        if later.is_empty() {
+            self.finish_if_done(batch.run_id).await?;
+        }
         // Changes still to write bring the batch back, whatever else became
         // of it; neither a pause nor a failure within the bound is an attempt.
         if let Some(after) = later.iter().map(|(after, _)| *after).min() {
@@ -463,15 +468,26 @@ impl Applier {
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;
         }
-        let finished = Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends).await?;
-        if let Some(event) = &finished {
-            self.bus.send(Stage::Notifier, event, &event.message_id()).await?;
-        }
+        Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends).await?;
         tx.commit().await.context("recording the changes")?;
-        if finished.is_some() {
-            self.store.forget_unowned(ctx.run_id).await?;
-        }
         Ok(step)
+    }
+
+    /// Ends the run when none of its changes is pending any more, after the
+    /// batch's steps committed (see [`Store::finish_if_done`]); the finish
+    /// event goes out before the end is committed.
+    async fn finish_if_done(&self, run_id: Uuid) -> anyhow::Result<()> {
+        let mut client = self.store.client().await?;
+        let tx = Store::begin_step(&mut client).await?;
+        let Some(event) = Store::finish_if_done(&tx, run_id).await? else {
+            return Ok(());
+        };
+        self.bus
+            .send(Stage::Notifier, &event, &event.message_id())
+            .await?;
+        tx.commit().await.context("ending the run")?;
+        self.store.forget_unowned(run_id).await?;
+        Ok(())
     }
 
     /// A change's end to record, its event added to the step's; a failure

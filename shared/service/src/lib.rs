@@ -15,6 +15,22 @@ use usersync_runtime::{
 };
 use usersync_store::Store;
 
+/// Every stage allocates with jemalloc, in one arena, handing freed pages
+/// back to the system after a second (a background thread does it). With
+/// glibc's malloc a stage's peak memory grew with the tenant, as the freed
+/// buffers of page bodies and statements stayed spread over the threads'
+/// arenas: the differ peaked at 39 MB for 1,000 users and 89 MB for 100,000.
+/// jemalloc with its defaults (an arena per thread, pages kept ten seconds)
+/// kept as much. `_RJEM_MALLOC_CONF` in the environment overrides this.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc reads its options from this symbol at start (a C string).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static u8> =
+    Some(&b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
+
 /// A started stage: its connections, its health and its stop signal.
 pub struct Service {
     pub store: Store,

@@ -230,17 +230,18 @@ impl Store {
 
     /// Records how changes ended, in one statement: the users' applied state,
     /// the changes' outcomes (only those still pending), and their counts on
-    /// their batches' rows. The run's row is touched only when a batch's last
-    /// change is counted; when that was the run's last, ends the run and
-    /// returns its finish event (publish it before committing).
+    /// their batches' rows. Whether the run ended with them is for
+    /// [`Store::finish_if_done`] to find, after this step's commit: the run's
+    /// row is not touched here, so the steps of one run never wait for one
+    /// another's commits.
     pub async fn record_changes(
         tx: &deadpool_postgres::Transaction<'_>,
         run_id: Uuid,
         tenant_id: &str,
         ends: &[ChangeEnd<'_>],
-    ) -> Result<Option<Event>> {
+    ) -> Result<()> {
         if ends.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let ids: Vec<&str> = ends.iter().map(|e| e.object_id).collect();
         let versions: Vec<i64> = ends.iter().map(|e| e.desired_version).collect();
@@ -265,9 +266,38 @@ impl Store {
             unnumbered == 0,
             "{unnumbered} change(s) of run {run_id} have no batch"
         );
-        let open: Option<i32> = row.get("batches_pending");
-        let state: Option<String> = row.get("state");
-        if open != Some(0) || state.as_deref() != Some(RunState::Applying.as_str()) {
+        Ok(())
+    }
+
+    /// Ends run `run_id` when it is applying and no batch of it has a change
+    /// pending; returns its finish event (publish it before committing `tx`).
+    /// Call it after a step's commit, and again for a batch redelivered with
+    /// nothing left to write: of the steps that finish a run's last batches,
+    /// the last to commit finds none pending, whatever the order. Batches
+    /// still pending are looked for before any lock is taken, so a run's
+    /// row is locked only by the steps that may end it.
+    pub async fn finish_if_done(
+        tx: &deadpool_postgres::Transaction<'_>,
+        run_id: Uuid,
+    ) -> Result<Option<Event>> {
+        const OPEN: &str = "SELECT EXISTS (SELECT 1 FROM run_batches WHERE run_id = $1 AND pending > 0)";
+        if tx
+            .query_one(OPEN, &[&run_id])
+            .await
+            .context("looking for the run's open batches")?
+            .get::<_, bool>(0)
+        {
+            return Ok(None);
+        }
+        let applying = tx
+            .query_opt(
+                "SELECT 1 FROM runs WHERE id = $1 AND state = 'applying' FOR UPDATE",
+                &[&run_id],
+            )
+            .await
+            .context("locking the run to end it")?
+            .is_some();
+        if !applying {
             return Ok(None);
         }
         Ok(Some(finish_run(tx, run_id, RunState::Succeeded).await?))
@@ -316,16 +346,10 @@ const RECORD_CHANGES: &str = "WITH e AS NOT MATERIALIZED (
                      CROSS JOIN LATERAL (SELECT ctid FROM run_batches
                                          WHERE run_id = $1 AND batch = n.batch OFFSET 0) found
                      WHERE b.ctid = found.ctid
-                     RETURNING b.pending),
-                 run AS (
-                     UPDATE runs SET batches_pending = batches_pending
-                                     - (SELECT count(*) FROM counted WHERE pending = 0)::int
-                     WHERE id = $1 AND EXISTS (SELECT 1 FROM counted WHERE pending = 0)
-                     RETURNING batches_pending, state)
+                     RETURNING b.pending)
                  SELECT (SELECT count(*) FROM ended WHERE batch IS NULL) AS unnumbered,
                         (SELECT count(*) FROM applied) AS applied,
-                        run.batches_pending, run.state
-                 FROM (SELECT 1) one LEFT JOIN run ON true";
+                        (SELECT count(*) FROM counted) AS counted";
 
 /// What a change's end writes to its user's sync row.
 struct Applied<'a> {

@@ -235,7 +235,7 @@ impl Store {
             return Ok(());
         }
         tx.execute(
-            "UPDATE runs SET skipped = 0, batches = 0, batches_pending = 0, changes_pending = 0 WHERE id = $1",
+            "UPDATE runs SET skipped = 0, batches = 0, changes_pending = 0 WHERE id = $1",
             &[&run_id],
         )
         .await
@@ -306,8 +306,7 @@ impl Store {
             .await
             .context("forgetting whom the run decided")?;
         tx.execute(
-            "UPDATE runs SET state = 'applying', changes_pending = $2, batches = $3,
-                    batches_pending = $3, full_round = $4
+            "UPDATE runs SET state = 'applying', changes_pending = $2, batches = $3, full_round = $4
              WHERE id = $1",
             &[&run_id, &pending, &batches, &end.full_round],
         )

@@ -445,17 +445,23 @@ async fn a_batch_is_locked_and_recorded_in_one_statement_each_and_the_last_ends_
                     },
                 })
                 .collect();
-            finished.extend(
-                Store::record_changes(&tx, run, "acme", &ends)
-                    .await
-                    .expect("recording"),
-            );
+            Store::record_changes(&tx, run, "acme", &ends)
+                .await
+                .expect("recording");
             // Recorded again (a redelivered batch): nothing is counted twice.
-            assert_eq!(
-                Store::record_changes(&tx, run, "acme", &ends).await.expect("recording again"),
-                None
-            );
+            Store::record_changes(&tx, run, "acme", &ends)
+                .await
+                .expect("recording again");
             tx.commit().await.expect("committing");
+            // After each step's commit, as the applier does; twice, as a
+            // redelivered batch does: the run ends once, with its last batch.
+            for _ in 0..2 {
+                let tx = Store::begin_step(&mut client).await.expect("a transaction");
+                let event = Store::finish_if_done(&tx, run).await.expect("ending the run");
+                assert!(event.is_none() || batch == 0, "ended before its last batch");
+                finished.extend(event);
+                tx.commit().await.expect("committing");
+            }
         }
         println!(
             "{batches} batches locked and recorded in {:.2} s",
@@ -482,4 +488,96 @@ async fn a_batch_is_locked_and_recorded_in_one_statement_each_and_the_last_ends_
         assert!(!analysed(&store, "sync_users").await && !analysed(&store, "run_changes").await);
     })
     .await;
+}
+
+/// Records one batch's changes (all deleted) in `tx`, as a step does.
+async fn record_batch(tx: &deadpool_postgres::Transaction<'_>, run: Uuid, changes: &[Change]) {
+    let ends: Vec<ChangeEnd> = changes
+        .iter()
+        .map(|c| ChangeEnd {
+            object_id: &c.object_id,
+            desired_version: c.desired_version,
+            record: ChangeRecord::Deleted,
+        })
+        .collect();
+    Store::record_changes(tx, run, "acme", &ends)
+        .await
+        .expect("recording");
+}
+
+#[tokio::test]
+async fn of_two_steps_ending_a_runs_last_batches_at_once_exactly_one_ends_it_in_any_order() {
+    for both_commit_first in [false, true] {
+        let label = if both_commit_first {
+            "both steps commit, then both look at once"
+        } else {
+            "one step commits and looks while the other has not committed"
+        };
+        with_run(move |store, run| async move {
+            let users: Vec<PlannedUser> = (0..200).map(planned_delete).collect();
+            store
+                .save_plan(run, "acme", &users, 0)
+                .await
+                .expect("saving the plan");
+            complete_planning(&store, run).await;
+            assert_eq!(store.batch_count(run).await.expect("counting"), 2);
+            let batch = [
+                store.pending_batch(run, 0).await.expect("a batch"),
+                store.pending_batch(run, 1).await.expect("a batch"),
+            ];
+            let mut ended = Vec::new();
+            {
+                let mut first = store.client().await.expect("a connection");
+                let mut second = store.client().await.expect("a connection");
+                let a = Store::begin_step(&mut first).await.expect("a transaction");
+                let b = Store::begin_step(&mut second).await.expect("a transaction");
+                record_batch(&a, run, &batch[0]).await;
+                record_batch(&b, run, &batch[1]).await;
+                a.commit().await.expect("committing");
+                if both_commit_first {
+                    b.commit().await.expect("committing");
+                    // The first look holds the run's row; the second waits for
+                    // it, then finds the run ended.
+                    let mut looking = store.client().await.expect("a connection");
+                    let look = Store::begin_step(&mut looking).await.expect("a transaction");
+                    ended.extend(Store::finish_if_done(&look, run).await.expect("looking"));
+                    let waiting = tokio::spawn({
+                        let store = store.clone();
+                        async move {
+                            let mut client = store.client().await.expect("a connection");
+                            let tx = Store::begin_step(&mut client).await.expect("a transaction");
+                            let event = Store::finish_if_done(&tx, run).await.expect("looking");
+                            tx.commit().await.expect("committing");
+                            event
+                        }
+                    });
+                    look.commit().await.expect("committing");
+                    ended.extend(waiting.await.expect("the second look"));
+                } else {
+                    let mut looking = store.client().await.expect("a connection");
+                    let look = Store::begin_step(&mut looking).await.expect("a transaction");
+                    ended.extend(Store::finish_if_done(&look, run).await.expect("looking"));
+                    assert!(ended.is_empty(), "{label}: the other batch is still open");
+                    look.commit().await.expect("committing");
+                    b.commit().await.expect("committing");
+                    // The other step looks after its commit, as the applier does.
+                    let look = Store::begin_step(&mut looking).await.expect("a transaction");
+                    ended.extend(Store::finish_if_done(&look, run).await.expect("looking"));
+                    look.commit().await.expect("committing");
+                }
+            }
+            // A redelivered batch looks again: nothing more.
+            let mut again = store.client().await.expect("a connection");
+            let tx = Store::begin_step(&mut again).await.expect("a transaction");
+            ended.extend(Store::finish_if_done(&tx, run).await.expect("looking again"));
+            tx.commit().await.expect("committing");
+            let [usersync_contract::Event::RunFinished { outcome, counts, .. }] = ended.as_slice() else {
+                panic!("{label}: one finish event, got {ended:?}");
+            };
+            assert_eq!((outcome.as_str(), counts.deleted), ("succeeded", 200), "{label}");
+            let state = store.run(run).await.expect("the run").expect("recorded").state;
+            assert_eq!(state, "succeeded", "{label}");
+        })
+        .await;
+    }
 }

@@ -868,7 +868,7 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
                 "INSERT INTO sync_users (tenant_id, object_id, state, desired_version) VALUES ('acme', 'obj-1', 'active', 1);
                  INSERT INTO run_changes (run_id, object_id, desired_version, action, batch) VALUES ('{run}', 'obj-1', 1, '\"None\"', 0);
                  INSERT INTO run_batches (run_id, batch, changes, pending) VALUES ('{run}', 0, 1, 1);
-                 UPDATE runs SET batches = 1, batches_pending = 1 WHERE id = '{run}';
+                 UPDATE runs SET batches = 1 WHERE id = '{run}';
                  INSERT INTO directory_users (tenant_id, object_id, source, removed) VALUES
                    ('acme', 'obj-2', '{{\"mailNickname\": \"bo.ek\"}}', false),
                    ('acme', 'obj-3', '{{\"mailNickname\": \"gone\"}}', true);"
