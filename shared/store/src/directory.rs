@@ -94,17 +94,12 @@ impl Store {
         if !claim_page(&tx, round, page).await? {
             return Ok(PageOutcome::AlreadyRecorded);
         }
-        // Every user of the page gets a row (a new one as removed: counted
-        // nowhere yet) and is locked, in id order, so what the page changes
-        // is read and written with no other page in between.
-        tx.execute(
-            "INSERT INTO directory_users (tenant_id, object_id, removed)
-             SELECT $1, id, true FROM unnest($2::text[]) AS id
-             ON CONFLICT DO NOTHING",
-            &[&tenant_id, &ids],
-        )
-        .await
-        .context("adding the page's new users")?;
+        // The page's stored users are locked, in id order, so what the page
+        // changes is read and written with no other page in between. A new
+        // user has no row to lock and needs none: every writer of the
+        // tenant's directory holds its round row (above), so no other can
+        // insert it meanwhile; it is written once, by the upsert below, and
+        // counts as removed before (counted nowhere yet).
         // By key, user after user: the cost is the page's, never the tenant's.
         let stored = tx
             .query(
