@@ -2,7 +2,8 @@
 //! separate processes, each test in its own database and RabbitMQ vhost.
 //!
 //! Needs PostgreSQL, RabbitMQ with the management plugin, Debian's
-//! `python3-aiosmtpd`, and the workspace binaries built (`cargo build --workspace --bins`);
+//! `python3-aiosmtpd` (Postfix's `smtp-sink` for a stack of [`MailServer::SmtpSink`]),
+//! and the workspace binaries built (`cargo build --workspace --bins`);
 //! `scripts/test` provides all of them.
 
 use std::{
@@ -31,6 +32,7 @@ pub mod inject;
 pub mod maildir;
 pub mod private_postgres;
 pub mod private_rabbit;
+pub mod sink;
 
 pub use audit::{Audit, AuditReport, CaseRecord};
 pub use private_postgres::PrivatePostgres;
@@ -208,6 +210,17 @@ pub struct Api {
     pub token: String,
 }
 
+/// The SMTP server a [`Stack`]'s notifier sends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailServer {
+    /// Debian's aiosmtpd, storing into a Maildir: what the tests read
+    /// ([`Stack::mails`], [`Stack::decoded_mails`], the scripted handlers of tests/smtp).
+    Aiosmtpd,
+    /// Postfix's smtp-sink, for mail in bulk (see [`sink`]): read its dump
+    /// with [`sink::DumpCounter`] and [`sink::stored_mails`].
+    SmtpSink,
+}
+
 /// A whole stack: simulators, SMTP server, the four services, own database and vhost.
 pub struct Stack {
     pub name: String,
@@ -217,6 +230,9 @@ pub struct Stack {
     pub graph: Sim,
     pub pbx: Sim,
     pub smtp_port: u16,
+    pub mail_server: MailServer,
+    /// Where the SMTP server stores what it receives: aiosmtpd's Maildir, or
+    /// smtp-sink's dump folder.
     pub maildir: PathBuf,
     pub logs: PathBuf,
     pub http: reqwest::Client,
@@ -245,6 +261,21 @@ impl Stack {
     /// A stack on other PostgreSQL and RabbitMQ servers (a [`PrivatePostgres`],
     /// a [`PrivateRabbit`]), whose processes all get `extra_env` too.
     pub async fn start_on(test: &str, backends: Backends, extra_env: Vec<(&'static str, String)>) -> Stack {
+        Stack::start_serving(test, backends, extra_env, MailServer::Aiosmtpd).await
+    }
+
+    /// Like [`Stack::start_with`], with Postfix's smtp-sink as its SMTP server
+    /// instead of aiosmtpd (see [`MailServer::SmtpSink`]).
+    pub async fn start_with_sink(test: &str, extra_env: Vec<(&'static str, String)>) -> Stack {
+        Stack::start_serving(test, Backends::shared(), extra_env, MailServer::SmtpSink).await
+    }
+
+    async fn start_serving(
+        test: &str,
+        backends: Backends,
+        extra_env: Vec<(&'static str, String)>,
+        mail_server: MailServer,
+    ) -> Stack {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let name = format!("{test}_{suffix}");
         let tmp = tempfile::tempdir().expect("a temp dir");
@@ -253,9 +284,19 @@ impl Stack {
         let http = reqwest::Client::new();
         let vhost = format!("usersync-e2e-{name}");
         create_vhost_on(&http, &backends.rabbitmq_api, &vhost).await;
-        let maildir = tmp.path().join("Maildir");
         let smtp_port = free_port();
-        let smtp = start_smtp(smtp_port, &maildir, &logs).await;
+        let (maildir, smtp) = match mail_server {
+            MailServer::Aiosmtpd => {
+                let maildir = tmp.path().join("Maildir");
+                let smtp = start_smtp(smtp_port, &maildir, &logs).await;
+                (maildir, smtp)
+            }
+            MailServer::SmtpSink => {
+                let dump = tmp.path().join("dump");
+                let smtp = sink::start(smtp_port, &dump, &logs.join("smtp.log")).await;
+                (dump, smtp)
+            }
+        };
         let graph = Sim::start("usersync-graph-sim", &[], &logs).await;
         let pbx = Sim::start("usersync-pbx-sim", &["--token", PBX_TOKEN], &logs).await;
         let mut stack = Stack {
@@ -266,6 +307,7 @@ impl Stack {
             graph,
             pbx,
             smtp_port,
+            mail_server,
             maildir,
             logs,
             http,
@@ -458,9 +500,9 @@ impl Stack {
         call(&self.http, method, &format!("{}{path}", self.pbx.url), body).await
     }
 
-    /// Every message the SMTP server has received, raw.
+    /// Every message the SMTP server has received, raw (aiosmtpd only).
     pub fn mails(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+        let Ok(entries) = std::fs::read_dir(self.aiosmtpd_maildir().join("new")) else {
             return Vec::new();
         };
         entries
@@ -470,6 +512,17 @@ impl Stack {
 }
 
 impl Stack {
+    /// aiosmtpd's Maildir; a stack on smtp-sink has none (read its dump with [`sink`]).
+    pub fn aiosmtpd_maildir(&self) -> &Path {
+        assert_eq!(
+            self.mail_server,
+            MailServer::Aiosmtpd,
+            "stack {} sends to smtp-sink: read its dump with usersync_e2e::sink",
+            self.name
+        );
+        &self.maildir
+    }
+
     /// SIGKILLs the service process started `index`-th (the four of
     /// [`SERVICES`] are 0 to 3, replicas follow) and waits until it is gone.
     pub async fn kill_service(&mut self, index: usize) {

@@ -15,7 +15,7 @@ impl Stack {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../smtp/read_maildir.py");
         let output = std::process::Command::new("python3")
             .arg(&script)
-            .arg(&self.maildir)
+            .arg(self.aiosmtpd_maildir())
             .output()
             .unwrap_or_else(|err| panic!("running {}: {err}", script.display()));
         assert!(

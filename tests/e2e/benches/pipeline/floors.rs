@@ -1,14 +1,23 @@
 //! The floors: what a plain client does with the same simulators and the same
-//! SMTP server, with none of usersync's bookkeeping, at the same concurrency.
+//! SMTP server (for mail, a second smtp-sink started alike), with none of
+//! usersync's bookkeeping, at the same concurrency.
 
-use std::{path::Path, time::Instant};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
 
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{stream, TryStreamExt};
 use lettre::{
-    address::Envelope, transport::smtp::PoolConfig, Address, AsyncSmtpTransport, AsyncTransport,
-    Tokio1Executor,
+    address::Envelope,
+    transport::smtp::{client::AsyncSmtpConnection, extension::ClientId},
+    Address,
 };
 use serde_json::{json, Value};
+use usersync_e2e::sink::StoredMail;
 
 /// A Graph simulator tenant's credentials, as the tenant file names them.
 pub struct GraphTenant<'a> {
@@ -143,46 +152,43 @@ fn new_pbx_user(user: &Value) -> Value {
     })
 }
 
-/// Sends every message stored in `maildir/new` again, as received (envelope
-/// from aiosmtpd's `X-MailFrom`/`X-RcptTo` headers), to the SMTP server on
-/// `port`, over a pool of `connections`; returns the seconds it took.
-pub async fn smtp(maildir: &Path, port: u16, connections: usize) -> anyhow::Result<(f64, usize)> {
-    let mut messages = Vec::new();
-    for entry in std::fs::read_dir(maildir.join("new"))? {
-        messages.push(stored_message(&std::fs::read_to_string(entry?.path())?)?);
+/// Sends `mails` again as smtp-sink stored them (the same envelope, the same
+/// message) to the SMTP server on `port`: `connections` sessions, each with a
+/// send in flight, as the notifier's pool has. lettre's own connections, on
+/// TCP sockets without Nagle's delay as the notifier's are (lettre writes the
+/// final dot apart from the data). Returns how many it sent.
+pub async fn smtp(mails: &[StoredMail], port: u16, connections: usize) -> anyhow::Result<usize> {
+    let mut messages = Vec::with_capacity(mails.len());
+    for mail in mails {
+        let from = mail.from.as_deref().map(str::parse::<Address>).transpose()?;
+        let to = mail
+            .to
+            .iter()
+            .map(|to| to.parse::<Address>())
+            .collect::<Result<Vec<_>, _>>()?;
+        messages.push((Envelope::new(from, to)?, mail.message.clone().into_bytes()));
     }
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(port)
-        .pool_config(PoolConfig::new().max_size(connections as u32))
-        .build();
-    let count = messages.len();
-    let started = Instant::now();
-    stream::iter(messages)
-        .map(|(envelope, body)| {
-            let transport = &transport;
-            async move { transport.send_raw(&envelope, &body).await.map(drop) }
+    let messages = Arc::new(messages);
+    let next = Arc::new(AtomicUsize::new(0));
+    let sessions: Vec<_> = (0..connections)
+        .map(|_| {
+            let (messages, next) = (Arc::clone(&messages), Arc::clone(&next));
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                stream.set_nodelay(true)?;
+                let mut session =
+                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &ClientId::default())
+                        .await?;
+                while let Some((envelope, message)) = messages.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    session.send(envelope, message).await?;
+                }
+                session.quit().await?;
+                anyhow::Ok(())
+            })
         })
-        .buffer_unordered(connections)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok((started.elapsed().as_secs_f64(), count))
-}
-
-/// A Maildir message: its envelope and its text without aiosmtpd's headers, in CRLF lines.
-fn stored_message(text: &str) -> anyhow::Result<(Envelope, Vec<u8>)> {
-    let (mut from, mut to) = (None, Vec::new());
-    let mut body = String::with_capacity(text.len() + text.len() / 20);
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix("X-MailFrom: ") {
-            from = Some(value.trim().parse::<Address>()?);
-        } else if let Some(value) = line.strip_prefix("X-RcptTo: ") {
-            for rcpt in value.split(',') {
-                to.push(rcpt.trim().parse::<Address>()?);
-            }
-        } else if !line.starts_with("X-Peer: ") {
-            body.push_str(line);
-            body.push_str("\r\n");
-        }
+        .collect();
+    for session in sessions {
+        session.await??;
     }
-    Ok((Envelope::new(from, to)?, body.into_bytes()))
+    Ok(messages.len())
 }

@@ -11,6 +11,8 @@ pub struct Row {
     pub target: String,
     /// None: printed for context, no target.
     pub pass: Option<bool>,
+    /// `--quick` fails when `ratio` is above this.
+    pub guard: f64,
 }
 
 impl Row {
@@ -22,6 +24,7 @@ impl Row {
             ratio: None,
             target: target.into(),
             pass: None,
+            guard: crate::QUICK_GUARD,
         }
     }
 
