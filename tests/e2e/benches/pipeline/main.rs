@@ -102,7 +102,7 @@ impl Config {
             page_size: env_or("BENCH_PAGE_SIZE", 999),
             pbx_in_flight: env_or("BENCH_PBX_IN_FLIGHT", 8),
             smtp_connections: env_or("BENCH_SMTP_CONNECTIONS", 32),
-            figure_cap: Duration::from_secs(env_or("BENCH_FIGURE_CAP_SECS", if quick { 60 } else { 150 })),
+            figure_cap: Duration::from_secs(env_or("BENCH_FIGURE_CAP_SECS", if quick { 60 } else { 360 })),
             budget_end: Instant::now() + Duration::from_secs(budget),
             only: std::env::var("BENCH_ONLY").ok().map(|parts| {
                 let parts: Vec<String> = parts.split(',').map(|part| part.trim().to_owned()).collect();
