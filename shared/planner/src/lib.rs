@@ -23,8 +23,10 @@ mod lines;
 mod user;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::stream::{FuturesUnordered, StreamExt};
 use usersync_core::conflict::losers;
 use usersync_core::{resolve_conflicts, Action, Conflict, Problem, Scope, TenantConfig};
 use usersync_store::{ClaimSession, PlannedUser, ReconcileRow, Round, Store};
@@ -35,6 +37,12 @@ pub use user::{applied_of, decision_label, mapped_fields, plan_user, scope_of, O
 
 /// Users read per page.
 pub const PLAN_PAGE: i64 = 500;
+
+/// Pages of a plan stored at once, each in its own transaction (and on its
+/// own database connection), while the next page is read and decided. A
+/// page's statements keep one PostgreSQL backend busy; one at a time, the
+/// database used one core of two while the rest waited on it.
+pub const SAVES_AT_ONCE: usize = 2;
 
 /// The longest a tenant goes without a run that decides everyone: a
 /// safety net for anything that changed outside what planning tracks.
@@ -164,6 +172,13 @@ impl Planner<'_> {
     /// The second pass of run `run_id`: decides the users of `survey` page by
     /// page and stores each page's verdicts with its changes numbered into
     /// batches. `decided` hears each decision's label.
+    ///
+    /// Pages are stored while the next ones are read and decided, up to
+    /// [`SAVES_AT_ONCE`] at a time, each in its own transaction: a page's
+    /// changes are numbered on from the changes decided before it, which is
+    /// known as soon as those pages are decided. Every save has ended when
+    /// this returns, also on an error, so a plan started again after a
+    /// failure never meets a save of the failed attempt still going on.
     pub async fn store_plan(
         &self,
         run_id: Uuid,
@@ -172,25 +187,54 @@ impl Planner<'_> {
         mut decided: impl FnMut(&'static str),
     ) -> anyhow::Result<StoredPlan> {
         let mut stored = StoredPlan::default();
-        let mut after = String::new();
-        loop {
-            let page = self.plan_page(survey, hold, &after).await?;
-            let Some(last) = page.last() else { break };
-            after = last.row.object_id.clone();
-            let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
-            for user in &planned {
-                let decision = decision_label(user);
-                stored.held += u64::from(decision == "held");
-                decided(decision);
+        let mut saves = FuturesUnordered::new();
+        let outcome = async {
+            let mut after = String::new();
+            loop {
+                let page = until_done(self.plan_page(survey, hold, &after), &mut saves).await?;
+                let Some(last) = page.last() else { break };
+                after = last.row.object_id.clone();
+                let planned: Vec<_> = page.into_iter().map(|p| p.user).collect();
+                for user in &planned {
+                    let decision = decision_label(user);
+                    stored.held += u64::from(decision == "held");
+                    decided(decision);
+                }
+                stored.users += planned.len() as u64;
+                // Changes decided so far: this page's are numbered on from there.
+                let numbered = stored.changes;
+                stored.changes += planned.iter().filter(|user| user.change.is_some()).count() as u64;
+                while saves.len() >= SAVES_AT_ONCE {
+                    saves.next().await.expect("saves are in flight")?;
+                }
+                saves.push(self.save_page(run_id, planned, numbered));
             }
-            stored.users += planned.len() as u64;
-            // Changes stored so far: this page's are numbered on from there.
-            stored.changes += self
-                .store
-                .save_plan(run_id, &self.tenant.id, &planned, stored.changes)
-                .await?;
+            anyhow::Ok(())
         }
-        Ok(stored)
+        .await;
+        // On an error too: the saves in flight end before this returns.
+        let mut failure = outcome.err();
+        while let Some(saved) = saves.next().await {
+            if let Err(err) = saved {
+                failure.get_or_insert(err);
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(stored),
+        }
+    }
+
+    async fn save_page(&self, run_id: Uuid, planned: Vec<PlannedUser>, numbered: u64) -> anyhow::Result<()> {
+        let changes = self
+            .store
+            .save_plan(run_id, &self.tenant.id, &planned, numbered)
+            .await?;
+        debug_assert_eq!(
+            changes,
+            planned.iter().filter(|user| user.change.is_some()).count() as u64
+        );
+        Ok(())
     }
 
     /// The verdict on one user, with the tenant-wide facts of `survey`.
@@ -206,6 +250,21 @@ impl Planner<'_> {
         self.store
             .reconcile_rows(&self.tenant.id, chosen, after, PLAN_PAGE)
             .await
+    }
+}
+
+/// Awaits `work` while the saves in flight go on; the first save that
+/// fails ends it with that save's error.
+async fn until_done<T>(
+    work: impl Future<Output = anyhow::Result<T>>,
+    saves: &mut FuturesUnordered<impl Future<Output = anyhow::Result<()>>>,
+) -> anyhow::Result<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            Some(saved) = saves.next(), if !saves.is_empty() => saved?,
+        }
     }
 }
 

@@ -117,6 +117,80 @@ async fn a_conflict_across_pages_is_found_and_the_lowest_object_id_wins() {
     .await;
 }
 
+/// Pages are stored while the next ones are decided, several at once: the
+/// stored plan must be the one a page-at-a-time save would make. Users
+/// skipped here and there make the pages' change counts differ, so a page
+/// numbered from the wrong offset shows.
+#[tokio::test]
+async fn a_plan_stored_pages_at_once_numbers_every_change_in_object_id_order() {
+    in_fresh_database(|url| async move {
+        let count = 4 * usize::try_from(PLAN_PAGE).unwrap() + 37;
+        let users: Vec<Value> = (0..count)
+            .map(|i| {
+                let mut user = user(i, &format!("user{i}"));
+                if i % 7 == 3 || (600..640).contains(&i) {
+                    // No fixed number: skipped, no change.
+                    user["businessPhones"] = json!([]);
+                }
+                user
+            })
+            .collect();
+        let skipped = (0..count).filter(|i| i % 7 == 3 || (600..640).contains(i)).count();
+        let (store, round) = recorded(&url, &users).await;
+        let tenant = tenant();
+        let planner = planner(&store, &tenant, round);
+        let survey = planner.survey().await.expect("survey");
+        let stored = planner
+            .store_plan(round.run_id, &survey, None, |_| {})
+            .await
+            .expect("storing the plan");
+        assert_eq!(stored.users, count as u64);
+        assert_eq!(stored.changes, (count - skipped) as u64);
+
+        let client = store.client().await.expect("connection");
+        let changes = client
+            .query(
+                "SELECT object_id, batch FROM run_changes WHERE run_id = $1 ORDER BY object_id",
+                &[&round.run_id],
+            )
+            .await
+            .expect("changes");
+        assert_eq!(changes.len(), count - skipped);
+        let batch_size = usize::try_from(usersync_store::BATCH_SIZE).unwrap();
+        for (position, row) in changes.iter().enumerate() {
+            let batch: i32 = row.get("batch");
+            assert_eq!(
+                usize::try_from(batch).unwrap(),
+                position / batch_size,
+                "change {position} ({}) is in the wrong batch",
+                row.get::<_, String>("object_id")
+            );
+        }
+        let batches = client
+            .query(
+                "SELECT b.batch, b.changes, b.pending, (SELECT count(*) FROM run_changes c
+                                                        WHERE c.run_id = b.run_id AND c.batch = b.batch) AS held
+                 FROM run_batches b WHERE run_id = $1 ORDER BY batch",
+                &[&round.run_id],
+            )
+            .await
+            .expect("batches");
+        assert_eq!(batches.len(), (count - skipped).div_ceil(batch_size));
+        for row in &batches {
+            let held: i64 = row.get("held");
+            assert_eq!(i64::from(row.get::<_, i32>("changes")), held, "batch {}", row.get::<_, i32>("batch"));
+            assert_eq!(i64::from(row.get::<_, i32>("pending")), held, "batch {}", row.get::<_, i32>("batch"));
+        }
+        let run_skipped: i32 = client
+            .query_one("SELECT skipped FROM runs WHERE id = $1", &[&round.run_id])
+            .await
+            .expect("run")
+            .get(0);
+        assert_eq!(usize::try_from(run_skipped).unwrap(), skipped);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_guard_holds_a_mass_deletion_and_an_approval_lets_one_run_through() {
     in_fresh_database(|url| async move {
