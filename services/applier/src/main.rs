@@ -15,8 +15,10 @@ use usersync_store::SecretKey;
 
 /// Database connections of one applier replica.
 const POOL_SIZE: usize = 16;
-/// Change batches in hand at once per replica.
-const PREFETCH: u16 = 4;
+/// Change batches in hand at once per replica: a whole dispatch window, so
+/// one run's batches overlap their database work (4 left PostgreSQL waiting:
+/// 100,000 creates took 15.2-16.5 s with 4 in hand, 13.9 s with 8).
+const PREFETCH: u16 = 8;
 /// Tries of a change batch that fails on our side (database, broker) or in
 /// the PBX pre-check before it is parked; the PBX's throttling and a change's
 /// own failures within its bound are not counted.

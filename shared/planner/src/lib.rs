@@ -42,7 +42,7 @@ pub const PLAN_PAGE: i64 = 500;
 /// own database connection), while the next page is read and decided. A
 /// page's statements keep one PostgreSQL backend busy; one at a time, the
 /// database used one core of two while the rest waited on it.
-pub const SAVES_AT_ONCE: usize = 2;
+pub const SAVES_AT_ONCE: usize = 3;
 
 /// The longest a tenant goes without a run that decides everyone: a
 /// safety net for anything that changed outside what planning tracks.

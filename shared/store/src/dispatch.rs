@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{Result, Store};
 
 /// Batches of one run in the applier's queue (or in hand) at once.
-pub const DISPATCH_WINDOW: u32 = 4;
+pub const DISPATCH_WINDOW: u32 = 8;
 
 /// Changes per batch: batch `n` of a run holds its changes `n * BATCH_SIZE`
 /// to `(n + 1) * BATCH_SIZE - 1` in object-id order, numbered as the plan is
