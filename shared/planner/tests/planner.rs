@@ -117,25 +117,76 @@ async fn a_conflict_across_pages_is_found_and_the_lowest_object_id_wins() {
     .await;
 }
 
+/// Users over four plan pages and a bit, some skipped here and there (no
+/// fixed number: no change), so the pages' change counts differ and a page
+/// numbered from the wrong offset shows. Returns them and how many are skipped.
+fn scattered_skips() -> (Vec<Value>, usize) {
+    let count = 4 * usize::try_from(PLAN_PAGE).unwrap() + 37;
+    let skips = |i: usize| i % 7 == 3 || (600..640).contains(&i);
+    let users = (0..count)
+        .map(|i| {
+            let mut user = user(i, &format!("user{i}"));
+            if skips(i) {
+                user["businessPhones"] = json!([]);
+            }
+            user
+        })
+        .collect();
+    (users, (0..count).filter(|i| skips(*i)).count())
+}
+
+/// The stored plan is the one a page-at-a-time save would make: every
+/// change in its batch by object-id order, each batch's counts, the run's skips.
+async fn assert_numbered(store: &Store, run_id: Uuid, count: usize, skipped: usize) {
+    let client = store.client().await.expect("connection");
+    let changes = client
+        .query(
+            "SELECT object_id, batch FROM run_changes WHERE run_id = $1 ORDER BY object_id",
+            &[&run_id],
+        )
+        .await
+        .expect("changes");
+    assert_eq!(changes.len(), count - skipped);
+    let batch_size = usize::try_from(usersync_store::BATCH_SIZE).unwrap();
+    for (position, row) in changes.iter().enumerate() {
+        let batch: i32 = row.get("batch");
+        assert_eq!(
+            usize::try_from(batch).unwrap(),
+            position / batch_size,
+            "change {position} ({}) is in the wrong batch",
+            row.get::<_, String>("object_id")
+        );
+    }
+    let batches = client
+        .query(
+            "SELECT b.batch, b.changes, b.pending, (SELECT count(*) FROM run_changes c
+                                                    WHERE c.run_id = b.run_id AND c.batch = b.batch) AS held
+             FROM run_batches b WHERE run_id = $1 ORDER BY batch",
+            &[&run_id],
+        )
+        .await
+        .expect("batches");
+    assert_eq!(batches.len(), (count - skipped).div_ceil(batch_size));
+    for row in &batches {
+        let held: i64 = row.get("held");
+        let batch: i32 = row.get("batch");
+        assert_eq!(i64::from(row.get::<_, i32>("changes")), held, "batch {batch}");
+        assert_eq!(i64::from(row.get::<_, i32>("pending")), held, "batch {batch}");
+    }
+    let run_skipped: i32 = client
+        .query_one("SELECT skipped FROM runs WHERE id = $1", &[&run_id])
+        .await
+        .expect("run")
+        .get(0);
+    assert_eq!(usize::try_from(run_skipped).unwrap(), skipped);
+}
+
 /// Pages are stored while the next ones are decided, several at once: the
-/// stored plan must be the one a page-at-a-time save would make. Users
-/// skipped here and there make the pages' change counts differ, so a page
-/// numbered from the wrong offset shows.
+/// stored plan must be the one a page-at-a-time save would make.
 #[tokio::test]
 async fn a_plan_stored_pages_at_once_numbers_every_change_in_object_id_order() {
     in_fresh_database(|url| async move {
-        let count = 4 * usize::try_from(PLAN_PAGE).unwrap() + 37;
-        let users: Vec<Value> = (0..count)
-            .map(|i| {
-                let mut user = user(i, &format!("user{i}"));
-                if i % 7 == 3 || (600..640).contains(&i) {
-                    // No fixed number: skipped, no change.
-                    user["businessPhones"] = json!([]);
-                }
-                user
-            })
-            .collect();
-        let skipped = (0..count).filter(|i| i % 7 == 3 || (600..640).contains(i)).count();
+        let (users, skipped) = scattered_skips();
         let (store, round) = recorded(&url, &users).await;
         let tenant = tenant();
         let planner = planner(&store, &tenant, round);
@@ -144,49 +195,81 @@ async fn a_plan_stored_pages_at_once_numbers_every_change_in_object_id_order() {
             .store_plan(round.run_id, &survey, None, |_| {})
             .await
             .expect("storing the plan");
-        assert_eq!(stored.users, count as u64);
-        assert_eq!(stored.changes, (count - skipped) as u64);
+        assert_eq!(stored.users, users.len() as u64);
+        assert_eq!(stored.changes, (users.len() - skipped) as u64);
+        assert_numbered(&store, round.run_id, users.len(), skipped).await;
+    })
+    .await;
+}
 
+/// One page's save fails while others are in flight: the error comes back
+/// only once no save of the plan is still going on (none of the store's
+/// connections is left in a transaction), and the plan started again from
+/// the beginning is whole and numbered as if the first attempt never was.
+#[tokio::test]
+async fn a_save_failing_mid_plan_ends_every_save_and_the_plan_started_again_is_whole() {
+    in_fresh_database(|url| async move {
+        let (users, skipped) = scattered_skips();
+        let (store, round) = recorded(&url, &users).await;
         let client = store.client().await.expect("connection");
-        let changes = client
-            .query(
-                "SELECT object_id, batch FROM run_changes WHERE run_id = $1 ORDER BY object_id",
-                &[&round.run_id],
+        // The third page's save fails; the pages around it are saved at once.
+        client
+            .batch_execute(
+                "CREATE FUNCTION refuse_u1234() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.object_id = 'u1234' THEN RAISE EXCEPTION 'refused for the test'; END IF;
+                   RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse_u1234 BEFORE INSERT ON run_changes
+                   FOR EACH ROW EXECUTE FUNCTION refuse_u1234();",
             )
             .await
-            .expect("changes");
-        assert_eq!(changes.len(), count - skipped);
-        let batch_size = usize::try_from(usersync_store::BATCH_SIZE).unwrap();
-        for (position, row) in changes.iter().enumerate() {
-            let batch: i32 = row.get("batch");
-            assert_eq!(
-                usize::try_from(batch).unwrap(),
-                position / batch_size,
-                "change {position} ({}) is in the wrong batch",
-                row.get::<_, String>("object_id")
-            );
-        }
-        let batches = client
-            .query(
-                "SELECT b.batch, b.changes, b.pending, (SELECT count(*) FROM run_changes c
-                                                        WHERE c.run_id = b.run_id AND c.batch = b.batch) AS held
-                 FROM run_batches b WHERE run_id = $1 ORDER BY batch",
-                &[&round.run_id],
+            .expect("the failing trigger");
+        let tenant = tenant();
+        let planner = planner(&store, &tenant, round);
+        let survey = planner.survey().await.expect("survey");
+        let failed = planner
+            .store_plan(round.run_id, &survey, None, |_| {})
+            .await
+            .expect_err("a page's save fails");
+        assert!(
+            format!("{failed:#}").contains("refused for the test"),
+            "{failed:#}"
+        );
+        let in_transaction: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND xact_start IS NOT NULL",
+                &[],
             )
             .await
-            .expect("batches");
-        assert_eq!(batches.len(), (count - skipped).div_ceil(batch_size));
-        for row in &batches {
-            let held: i64 = row.get("held");
-            assert_eq!(i64::from(row.get::<_, i32>("changes")), held, "batch {}", row.get::<_, i32>("batch"));
-            assert_eq!(i64::from(row.get::<_, i32>("pending")), held, "batch {}", row.get::<_, i32>("batch"));
-        }
-        let run_skipped: i32 = client
-            .query_one("SELECT skipped FROM runs WHERE id = $1", &[&round.run_id])
-            .await
-            .expect("run")
+            .expect("sessions")
             .get(0);
-        assert_eq!(usize::try_from(run_skipped).unwrap(), skipped);
+        assert_eq!(
+            in_transaction, 0,
+            "a save still going on after store_plan returned"
+        );
+        let kept: i64 = client
+            .query_one(
+                "SELECT count(*) FROM run_changes WHERE run_id = $1",
+                &[&round.run_id],
+            )
+            .await
+            .expect("changes")
+            .get(0);
+        assert!(kept > 0, "the pages before the failing one were stored");
+
+        client
+            .batch_execute("DROP TRIGGER refuse_u1234 ON run_changes")
+            .await
+            .expect("dropping the trigger");
+        store.restart_plan(round.run_id).await.expect("planning again");
+        planner
+            .store_plan(round.run_id, &survey, None, |_| {})
+            .await
+            .expect("storing the plan again");
+        assert_numbered(&store, round.run_id, users.len(), skipped).await;
     })
     .await;
 }
