@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::types::Type;
 
 use crate::db::pooled;
 use crate::mail_locks::MAIL_LOCKS;
@@ -144,7 +145,8 @@ async fn write_alone(pool: &deadpool_postgres::Pool, mark: Mark) -> Result<bool>
 /// scan), and PostgreSQL keeps it however large the table grows, as nothing
 /// analyses it here. In a 200,000-mail first sync the marks then took 20 ms
 /// each, more and more as the outbox grew; planned per run they are index
-/// look-ups.
+/// look-ups. Sent typed, as one unnamed statement: parse, plan and run in one
+/// round trip, not a prepare's round trip first, on every send's path.
 async fn write_marks(pool: &deadpool_postgres::Pool, marks: &[&Mark]) -> Result<HashSet<String>> {
     let client = pooled(pool).await?;
     let ids: Vec<&str> = marks.iter().map(|mark| mark.id.as_str()).collect();
@@ -160,7 +162,7 @@ async fn write_marks(pool: &deadpool_postgres::Pool, marks: &[&Mark]) -> Result<
         // The lock is checked in the same statement: a claim whose session
         // ended (its locks with it) may not start transmitting.
         client
-            .query(
+            .query_typed(
                 "UPDATE mails SET state = 'transmitting'
                  FROM unnest($1::text[], $2::int4[], $3::int4[]) AS mark (id, attempt, pid)
                  WHERE mails.id = mark.id AND mails.state = 'sending' AND mails.attempts = mark.attempt
@@ -169,7 +171,12 @@ async fn write_marks(pool: &deadpool_postgres::Pool, marks: &[&Mark]) -> Result<
                        WHERE locktype = 'advisory' AND granted AND objsubid = 2
                          AND classid = $4::int4::oid)
                  RETURNING mails.id",
-                &[&ids, &attempts, &pids, &MAIL_LOCKS],
+                &[
+                    (&ids, Type::TEXT_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                    (&pids, Type::INT4_ARRAY),
+                    (&MAIL_LOCKS, Type::INT4),
+                ],
             )
             .await
             .context("marking mails transmitting")?
@@ -194,7 +201,7 @@ async fn write_marks(pool: &deadpool_postgres::Pool, marks: &[&Mark]) -> Result<
         // one made `uncertain` because this attempt's session was lost
         // mid-send gets the outcome this attempt saw.
         client
-            .query(
+            .query_typed(
                 "UPDATE mails SET state = mark.state, reply = coalesce(mark.reply, mails.reply),
                                   sent_at = mark.sent_at
                  FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[])
@@ -202,7 +209,13 @@ async fn write_marks(pool: &deadpool_postgres::Pool, marks: &[&Mark]) -> Result<
                  WHERE mails.id = mark.id AND mails.attempts = mark.attempt
                    AND mails.state IN ('sending', 'transmitting', 'uncertain')
                  RETURNING mails.id",
-                &[&ids, &attempts, &states, &replies, &sent_at],
+                &[
+                    (&ids, Type::TEXT_ARRAY),
+                    (&attempts, Type::INT4_ARRAY),
+                    (&states, Type::TEXT_ARRAY),
+                    (&replies, Type::TEXT_ARRAY),
+                    (&sent_at, Type::TIMESTAMPTZ_ARRAY),
+                ],
             )
             .await
             .context("settling mails")?
