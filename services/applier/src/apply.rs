@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::{stream, StreamExt};
+use futures::{stream::FuturesUnordered, StreamExt};
 use usersync_bus::{Bus, Failure, Handler, Incoming};
 use usersync_contract::{
     topology::{Lane, Stage},
@@ -373,19 +373,29 @@ impl Applier {
         let locked = Store::lock_users(&tx, ctx.run_id, &ctx.tenant.id, &users).await?;
         // A change not in the run, or done already (another replica, or an
         // earlier try of this batch), has nothing left to write.
-        let mut tries = Vec::new();
-        for &change in changes {
-            match locked.get(&change.object_id) {
-                Some(user) if user.outcome == "pending" => {
-                    tries.push(self.try_change(ctx, &tx, change, user))
-                }
-                _ => {}
+        // Each try is made as a slot frees up, not all at once: a try is a
+        // few kilobytes of state (its PBX request's among them), and a whole
+        // batch's of them for every batch in hand was the most of the
+        // applier's peak memory.
+        let pending: Vec<(&Change, &LockedUser)> = changes
+            .iter()
+            .filter_map(|&change| {
+                let user = locked.get(&change.object_id)?;
+                (user.outcome == "pending").then_some((change, user))
+            })
+            .collect();
+        let mut pending = pending.into_iter();
+        let mut trying = FuturesUnordered::new();
+        let mut tried: Vec<anyhow::Result<Tried>> = Vec::with_capacity(pending.len());
+        loop {
+            while trying.len() < ctx.gate.max_in_flight() {
+                let Some((change, user)) = pending.next() else { break };
+                trying.push(self.try_change(ctx, &tx, change, user));
             }
+            let Some(done) = trying.next().await else { break };
+            tried.push(done);
         }
-        let tried: Vec<anyhow::Result<Tried>> = stream::iter(tries)
-            .buffer_unordered(ctx.gate.max_in_flight())
-            .collect()
-            .await;
+        drop(trying);
 
         let mut step = Step::default();
         let mut ends = Vec::new();

@@ -386,13 +386,23 @@ async fn open(uri: &AMQPUri, service: &str, generation: u64) -> anyhow::Result<L
     })
 }
 
+/// The largest AMQP frame asked for when `AMQP_URL` names none
+/// (`?frame_max=`). The client keeps a send and a receive buffer of 32 frames
+/// each: at the broker's default (128 KiB) that is 8 MiB a connection, which
+/// a service fills up only as a big tenant's traffic goes through, so its
+/// peak memory grew with the tenant. A message bigger than a frame goes as
+/// several, as before.
+const FRAME_MAX: u32 = 32 * 1024;
+
 fn parse_url(url: &str) -> anyhow::Result<AMQPUri> {
-    url.parse::<AMQPUri>().map_err(|err| {
+    let mut uri = url.parse::<AMQPUri>().map_err(|err| {
         anyhow::anyhow!(
             "AMQP_URL={:?} is not an AMQP URL ({err}): set it to e.g. amqp://user:password@host:5672/%2f",
             redact(url)
         )
-    })
+    })?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(uri)
 }
 
 fn connect_failed(url: &str) -> String {
@@ -467,6 +477,14 @@ mod tests {
         assert_eq!(retry_tier(Duration::from_secs_f64(2.128)), 5);
         assert_eq!(retry_tier(Duration::from_secs(30)), 30);
         assert_eq!(retry_tier(Duration::from_secs(3600)), 300);
+    }
+
+    #[test]
+    fn frames_are_small_unless_the_url_names_a_size() {
+        let uri = parse_url("amqp://guest:guest@127.0.0.1:5672/%2f").expect("a URL");
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        let uri = parse_url("amqp://127.0.0.1/%2f?frame_max=131072").expect("a URL");
+        assert_eq!(uri.query.frame_max, Some(131_072));
     }
 
     #[test]
