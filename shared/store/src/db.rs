@@ -208,6 +208,11 @@ async fn open(config: &tokio_postgres::Config, pool_size: usize) -> Result<Store
     );
     let pool = Pool::builder(manager)
         .max_size(pool_size_cap(pool_size))
+        // The connection used last goes out first: each keeps buffers as big
+        // as the biggest statement it sent, and handed out in turn every one
+        // grew to a big tenant's page in the end (the differ's peak grew with
+        // the tenant). The ones idle meanwhile stay small.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(5)))
