@@ -85,15 +85,32 @@ pub async fn serve_metrics(health: Health) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the Prometheus recorder (once per process) and returns what renders it.
+/// How often the recorder folds the histogram samples recorded since into
+/// its buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder (once per process) and returns what renders
+/// it. Must be called within the Tokio runtime: it starts the recorder's upkeep.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         // Buckets make every `*_duration_seconds` a Prometheus histogram (so
         // `histogram_quantile` works across replicas), not a summary.
         .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".to_owned()), DURATION_BUCKETS)
         .context("setting the histogram buckets")?
         .install_recorder()
-        .context("installing the metrics recorder")
+        .context("installing the metrics recorder")?;
+    // Each histogram sample is kept until it is folded into the buckets: a
+    // scrape folds them, and so does this, or a service nobody scrapes would
+    // keep every sample it ever recorded.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// `/metrics` and `/healthz`, for a service that serves them on its own
