@@ -389,7 +389,9 @@ impl Applier {
         let mut tried: Vec<anyhow::Result<Tried>> = Vec::with_capacity(pending.len());
         loop {
             while trying.len() < ctx.gate.max_in_flight() {
-                let Some((change, user)) = pending.next() else { break };
+                let Some((change, user)) = pending.next() else {
+                    break;
+                };
                 trying.push(self.try_change(ctx, &tx, change, user));
             }
             let Some(done) = trying.next().await else { break };
@@ -462,7 +464,6 @@ impl Applier {
                 }
             }
         }
-        Store::record_create_answers(&tx, &ctx.tenant.id, &answered).await?;
         // Events go out before the commit: if the commit fails the changes are
         // redone, and the events' deterministic ids keep the mails single. They
         // go out before the batch's and the run's rows are locked to count the
@@ -478,7 +479,7 @@ impl Applier {
                 .send(Stage::Notifier, &event, &event.message_id())
                 .await?;
         }
-        Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends).await?;
+        Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends, &answered).await?;
         tx.commit().await.context("recording the changes")?;
         Ok(step)
     }

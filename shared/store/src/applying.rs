@@ -3,7 +3,7 @@
 //! recorded in one statement, all in one transaction per recording step
 //! ([`Store::begin_step`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -230,19 +230,38 @@ impl Store {
 
     /// Records how changes ended, in one statement: the users' applied state,
     /// the changes' outcomes (only those still pending), and their counts on
-    /// their batches' rows. Whether the run ended with them is for
-    /// [`Store::finish_if_done`] to find, after this step's commit: the run's
-    /// row is not touched here, so the steps of one run never wait for one
-    /// another's commits.
+    /// their batches' rows; and the PBX's answers to the step's creates
+    /// (`answered`, see [`Store::record_create_answers`]). Whether the run
+    /// ended with them is for [`Store::finish_if_done`] to find, after this
+    /// step's commit: the run's row is not touched here, so the steps of one
+    /// run never wait for one another's commits.
     pub async fn record_changes(
         tx: &deadpool_postgres::Transaction<'_>,
         run_id: Uuid,
         tenant_id: &str,
         ends: &[ChangeEnd<'_>],
+        answered: &[CreateAnswers<'_>],
     ) -> Result<()> {
+        // A user linked by its create has its answers counted on the same row
+        // version as its applied state; the others' answers take a statement
+        // of their own (a failed or retried create, a conflict to re-check).
+        let linked: HashSet<&str> = ends
+            .iter()
+            .filter(|e| Applied::of(&e.record).effect == Some("linked"))
+            .map(|e| e.object_id)
+            .collect();
+        let (folded, apart): (Vec<&CreateAnswers<'_>>, Vec<&CreateAnswers<'_>>) =
+            answered.iter().partition(|a| linked.contains(a.object_id));
+        let apart: Vec<CreateAnswers<'_>> = apart.into_iter().cloned().collect();
+        Self::record_create_answers(tx, tenant_id, &apart).await?;
         if ends.is_empty() {
             return Ok(());
         }
+        let answers_of: HashMap<&str, i64> = folded.iter().map(|a| (a.object_id, a.answers)).collect();
+        let answers: Vec<i64> = ends
+            .iter()
+            .map(|e| answers_of.get(e.object_id).copied().unwrap_or(0))
+            .collect();
         let ids: Vec<&str> = ends.iter().map(|e| e.object_id).collect();
         let versions: Vec<i64> = ends.iter().map(|e| e.desired_version).collect();
         let outcomes: Vec<&str> = ends.iter().map(|e| e.record.outcome()).collect();
@@ -257,6 +276,7 @@ impl Store {
                 RECORD_CHANGES,
                 &[
                     &run_id, &tenant_id, &ids, &versions, &outcomes, &effects, &pbx_ids, &applied, &details,
+                    &answers,
                 ],
             )
             .await
@@ -307,8 +327,8 @@ impl Store {
 /// Records a step's change ends: see [`Store::record_changes`].
 const RECORD_CHANGES: &str = "WITH e AS NOT MATERIALIZED (
                      SELECT * FROM unnest($3::text[], $4::int8[], $5::text[], $6::text[], $7::text[],
-                                          $8::jsonb[], $9::text[])
-                         AS e(object_id, version, outcome, effect, pbx_id, applied, detail)),
+                                          $8::jsonb[], $9::text[], $10::int8[])
+                         AS e(object_id, version, outcome, effect, pbx_id, applied, detail, answers)),
                  ended AS (
                      UPDATE run_changes c SET outcome = e.outcome, detail = e.detail
                      FROM e CROSS JOIN LATERAL (SELECT ctid FROM run_changes
@@ -325,6 +345,7 @@ const RECORD_CHANGES: &str = "WITH e AS NOT MATERIALIZED (
                          state = CASE e.effect WHEN 'linked' THEN 'active' WHEN 'deleted' THEN 'deleted'
                                  ELSE s.state END,
                          create_conflict = CASE e.effect WHEN 'linked' THEN NULL ELSE s.create_conflict END,
+                         create_generation = s.create_generation + e.answers,
                          pending_delete_at = CASE e.effect WHEN 'deleted' THEN NULL
                                              ELSE s.pending_delete_at END,
                          updated_at = now()

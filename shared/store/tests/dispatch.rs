@@ -134,7 +134,7 @@ async fn a_change_counts_its_own_failed_tries_until_its_outcome_is_recorded() {
             desired_version: 1,
             record: ChangeRecord::Deleted,
         };
-        Store::record_changes(&tx, run, "acme", &[deleted])
+        Store::record_changes(&tx, run, "acme", &[deleted], &[])
             .await
             .expect("recording the outcome");
         assert!(
@@ -445,11 +445,11 @@ async fn a_batch_is_locked_and_recorded_in_one_statement_each_and_the_last_ends_
                     },
                 })
                 .collect();
-            Store::record_changes(&tx, run, "acme", &ends)
+            Store::record_changes(&tx, run, "acme", &ends, &[])
                 .await
                 .expect("recording");
             // Recorded again (a redelivered batch): nothing is counted twice.
-            Store::record_changes(&tx, run, "acme", &ends)
+            Store::record_changes(&tx, run, "acme", &ends, &[])
                 .await
                 .expect("recording again");
             tx.commit().await.expect("committing");
@@ -500,7 +500,7 @@ async fn record_batch(tx: &deadpool_postgres::Transaction<'_>, run: Uuid, change
             record: ChangeRecord::Deleted,
         })
         .collect();
-    Store::record_changes(tx, run, "acme", &ends)
+    Store::record_changes(tx, run, "acme", &ends, &[])
         .await
         .expect("recording");
 }

@@ -925,7 +925,8 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
             );
         }
 
-        // Created at last: nothing left to re-check.
+        // Created at last, answered once more in the same step: the answer
+        // counts on the row that links the user, and nothing is left to re-check.
         let fields = usersync_core::SyncedFields {
             alias: "asa".into(),
             first_name: "Åsa".into(),
@@ -943,7 +944,12 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
             desired_version: 1,
             record: created,
         };
-        Store::record_changes(&tx, run, "acme", &[end]).await.unwrap();
+        let answers = CreateAnswers {
+            object_id: "obj-1",
+            answers: 1,
+            conflict: None,
+        };
+        Store::record_changes(&tx, run, "acme", &[end], &[answers]).await.unwrap();
         tx.commit().await.unwrap();
         let row = client
             .query_one(
@@ -952,7 +958,7 @@ async fn a_create_key_moves_on_only_with_a_committed_answer_and_a_conflict_is_ke
             )
             .await
             .unwrap();
-        assert_eq!(row.get::<_, i64>(0), 1);
+        assert_eq!(row.get::<_, i64>(0), 2);
         assert!(row.get::<_, bool>(1), "the conflict is forgotten once created");
         assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("p-1"));
     })
