@@ -242,30 +242,37 @@ impl Store {
         ends: &[ChangeEnd<'_>],
         answered: &[CreateAnswers<'_>],
     ) -> Result<()> {
+        let columns: Vec<Applied<'_>> = ends.iter().map(|e| Applied::of(&e.record)).collect();
         // A user linked by its create has its answers counted on the same row
         // version as its applied state; the others' answers take a statement
         // of their own (a failed or retried create, a conflict to re-check).
         let linked: HashSet<&str> = ends
             .iter()
-            .filter(|e| Applied::of(&e.record).effect == Some("linked"))
-            .map(|e| e.object_id)
+            .zip(&columns)
+            .filter(|(_, c)| c.effect == Some("linked"))
+            .map(|(e, _)| e.object_id)
             .collect();
-        let (folded, apart): (Vec<&CreateAnswers<'_>>, Vec<&CreateAnswers<'_>>) =
-            answered.iter().partition(|a| linked.contains(a.object_id));
-        let apart: Vec<CreateAnswers<'_>> = apart.into_iter().cloned().collect();
+        let apart: Vec<CreateAnswers<'_>> = answered
+            .iter()
+            .filter(|a| !linked.contains(a.object_id))
+            .cloned()
+            .collect();
         Self::record_create_answers(tx, tenant_id, &apart).await?;
         if ends.is_empty() {
             return Ok(());
         }
-        let answers_of: HashMap<&str, i64> = folded.iter().map(|a| (a.object_id, a.answers)).collect();
+        let folded: HashMap<&str, i64> = answered
+            .iter()
+            .filter(|a| linked.contains(a.object_id))
+            .map(|a| (a.object_id, a.answers))
+            .collect();
         let answers: Vec<i64> = ends
             .iter()
-            .map(|e| answers_of.get(e.object_id).copied().unwrap_or(0))
+            .map(|e| folded.get(e.object_id).copied().unwrap_or(0))
             .collect();
         let ids: Vec<&str> = ends.iter().map(|e| e.object_id).collect();
         let versions: Vec<i64> = ends.iter().map(|e| e.desired_version).collect();
         let outcomes: Vec<&str> = ends.iter().map(|e| e.record.outcome()).collect();
-        let columns: Vec<Applied<'_>> = ends.iter().map(|e| Applied::of(&e.record)).collect();
         let effects: Vec<Option<&str>> = columns.iter().map(|c| c.effect).collect();
         let pbx_ids: Vec<Option<&str>> = columns.iter().map(|c| c.pbx_id).collect();
         let applied: Vec<Option<Json<&usersync_core::SyncedFields>>> =
