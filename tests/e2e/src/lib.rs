@@ -723,8 +723,19 @@ impl Stack {
 
     /// Moves the clock of every process of the stack to `rfc3339`.
     pub fn set_clock(&self, rfc3339: &str) {
-        std::fs::write(self.clock_file(), rfc3339).expect("writing the clock file");
+        write_clock_file(&self.clock_file(), rfc3339);
     }
+}
+
+/// Sets the instant in a clock file (see `usersync_runtime::clock`) in one
+/// step: written beside it and renamed over it. A file truncated and then
+/// written could be read empty in between, and a process that reads no
+/// instant takes the system's time, years away from the test's.
+pub fn write_clock_file(path: &Path, rfc3339: &str) {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".part");
+    std::fs::write(&partial, rfc3339).expect("writing the clock file");
+    std::fs::rename(&partial, path).expect("placing the clock file");
 }
 
 /// A RabbitMQ vhost for a test that starts only some services itself (the

@@ -200,7 +200,7 @@ impl Mailroom {
     }
 
     fn set_clock(&self, at: DateTime<Utc>) {
-        std::fs::write(&self.clock_file, at.to_rfc3339()).expect("writing the clock file");
+        usersync_e2e::write_clock_file(&self.clock_file, &at.to_rfc3339());
     }
 
     fn mails(&self) -> Vec<Mail> {

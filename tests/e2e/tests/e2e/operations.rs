@@ -20,7 +20,7 @@ impl Clock {
     }
 
     fn set(&self, instant: &str) {
-        std::fs::write(&self.0, instant).expect("writing the clock file");
+        usersync_e2e::write_clock_file(&self.0, instant);
     }
 
     fn env(&self) -> (&'static str, String) {
