@@ -464,22 +464,27 @@ impl Applier {
                 }
             }
         }
-        // Events go out before the commit: if the commit fails the changes are
-        // redone, and the events' deterministic ids keep the mails single. They
-        // go out before the batch's and the run's rows are locked to count the
-        // changes, so those locks are held for database work only.
-        if !events.is_empty() {
-            let event = Event::Batch {
-                tenant_id: ctx.tenant.id.clone(),
-                run_id: ctx.run_id,
-                batch: ctx.batch.into(),
-                events,
-            };
-            self.bus
-                .send(Stage::Notifier, &event, &event.message_id())
-                .await?;
-        }
-        Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends, &answered).await?;
+        // Events are confirmed before the commit: if the commit fails the
+        // changes are redone, and the events' deterministic ids keep the mails
+        // single. The broker's confirm and the database's recording are
+        // waited for together, so the users' locks and the connection are held
+        // for the longer of the two, not both.
+        let event = (!events.is_empty()).then(|| Event::Batch {
+            tenant_id: ctx.tenant.id.clone(),
+            run_id: ctx.run_id,
+            batch: ctx.batch.into(),
+            events,
+        });
+        let publish = async {
+            match &event {
+                Some(event) => self.bus.send(Stage::Notifier, event, &event.message_id()).await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(
+            publish,
+            Store::record_changes(&tx, ctx.run_id, &ctx.tenant.id, &ends, &answered)
+        )?;
         tx.commit().await.context("recording the changes")?;
         Ok(step)
     }
