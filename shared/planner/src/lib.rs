@@ -24,11 +24,14 @@ mod user;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use usersync_core::conflict::losers;
-use usersync_core::{resolve_conflicts, Action, Conflict, Problem, Scope, TenantConfig};
+use usersync_core::{resolve_conflicts, Action, Claim, Conflict, Problem, Scope, TenantConfig};
 use usersync_store::{ClaimSession, PlannedUser, ReconcileRow, Round, Store};
 use uuid::Uuid;
 
@@ -131,17 +134,36 @@ impl Planner<'_> {
     }
 
     /// The first pass over the users run `chosen` decides (everyone when `None`).
+    ///
+    /// Each page is mapped in a task of its own while the next page is read:
+    /// in turn, the database and the differ each waited for the other.
     async fn survey_of(&self, chosen: Option<Uuid>) -> anyhow::Result<Survey> {
         let mut pass = SurveyPass::start(self, chosen).await?;
-        let mut after = String::new();
-        loop {
-            let rows = pass
+        let tenant = Arc::new(self.tenant.clone());
+        let mut rows = pass
+            .claims
+            .reconcile_rows(&self.tenant.id, chosen, "", PLAN_PAGE)
+            .await?;
+        while let Some(last) = rows.last() {
+            let after = last.object_id.clone();
+            let (scoped, now) = (self.scoped, self.now);
+            let tenant = Arc::clone(&tenant);
+            let mapping = tokio::spawn(async move {
+                let context = PlanContext {
+                    tenant: &tenant,
+                    scoped,
+                    now,
+                };
+                survey_page(&rows, &context)
+            });
+            let next = pass
                 .claims
                 .reconcile_rows(&self.tenant.id, chosen, &after, PLAN_PAGE)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.object_id.clone();
-            pass.add(&rows).await?;
+                .await;
+            // Awaited whatever the read gave, so no mapping outlives the pass.
+            let page = mapping.await.context("mapping a page of the survey")?;
+            rows = next?;
+            pass.add_page(page).await?;
         }
         pass.finish().await
     }
@@ -294,19 +316,15 @@ impl<'a> SurveyPass<'a> {
 
     /// One page of rows, in object id order.
     pub async fn add(&mut self, rows: &[ReconcileRow]) -> anyhow::Result<()> {
-        let context = &self.context;
-        let mut page_claims = Vec::new();
-        for row in rows {
-            let (scope, mapped) = mapped_fields(row, context);
-            let applied = applied_of(row);
-            self.survey.synced += u64::from(applied.is_some());
-            page_claims.extend(user::claims(row, mapped.as_ref(), applied.as_ref(), context));
-            if context.writes() && scope != Scope::In {
-                let decision = user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), context);
-                self.survey.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
-            }
-        }
-        self.claims.add(&page_claims).await
+        let page = survey_page(rows, &self.context);
+        self.add_page(page).await
+    }
+
+    /// One page's findings (see [`survey_page`]).
+    async fn add_page(&mut self, page: SurveyedPage) -> anyhow::Result<()> {
+        self.survey.synced += page.synced;
+        self.survey.deletions += page.deletions;
+        self.claims.add(&page.claims).await
     }
 
     /// The tenant-wide facts, once every row was added.
@@ -326,6 +344,37 @@ impl<'a> SurveyPass<'a> {
         survey.guard_trips = self.tenant.deletion_guard.trips(survey.deletions, survey.synced);
         Ok(survey)
     }
+}
+
+/// What the survey finds in one page of rows.
+struct SurveyedPage {
+    claims: Vec<Claim>,
+    /// Users with a PBX account.
+    synced: u64,
+    /// Deletions the run would make.
+    deletions: u64,
+}
+
+/// Maps one page of rows for the survey: their claims on unique values and
+/// the deletions due among them.
+fn survey_page(rows: &[ReconcileRow], context: &PlanContext<'_>) -> SurveyedPage {
+    let mut page = SurveyedPage {
+        claims: Vec::new(),
+        synced: 0,
+        deletions: 0,
+    };
+    for row in rows {
+        let (scope, mapped) = mapped_fields(row, context);
+        let applied = applied_of(row);
+        page.synced += u64::from(applied.is_some());
+        page.claims
+            .extend(user::claims(row, mapped.as_ref(), applied.as_ref(), context));
+        if context.writes() && scope != Scope::In {
+            let decision = user::own_decision(row, scope, mapped.as_ref(), applied.as_ref(), context);
+            page.deletions += u64::from(matches!(decision.action, Action::Delete { .. }));
+        }
+    }
+    page
 }
 
 impl Survey {
