@@ -198,11 +198,11 @@ pub struct StandingError {
     pub last_error: Option<String>,
 }
 
-/// States whose mails a digest reports.
-const REPORTED_STATES: &str = "('failed', 'uncertain', 'no_address')";
 /// States of a mail not settled yet, which a digest names without taking.
 const UNSETTLED_STATES: &str = "('sending', 'transmitting', 'pending')";
 /// Only mails to users are reported; a refused digest is logged, not mailed to the same address.
+/// (The states reported are the column `to_report`: not reported yet, and
+/// `failed`, `uncertain` or `no_address`; V21.)
 const REPORTED_KINDS: &str = "('welcome', 'welcome_copy')";
 
 impl Store {
@@ -271,8 +271,7 @@ impl Store {
             tx.execute(
                 &format!(
                     "UPDATE mails SET reported_in = $2
-                     WHERE tenant_id = $1 AND reported_in IS NULL
-                       AND state IN {REPORTED_STATES} AND kind IN {REPORTED_KINDS}"
+                     WHERE tenant_id = $1 AND to_report AND kind IN {REPORTED_KINDS}"
                 ),
                 &[&mail.tenant_id, &mail.id],
             )
@@ -321,7 +320,7 @@ impl Store {
         let client = self.client().await?;
         problems_where(
             &client,
-            &format!("tenant_id = $1 AND reported_in IS NULL AND state IN {REPORTED_STATES} AND kind IN {REPORTED_KINDS}"),
+            &format!("tenant_id = $1 AND to_report AND kind IN {REPORTED_KINDS}"),
             &[&tenant_id],
         )
         .await

@@ -598,6 +598,49 @@ async fn one_session_holds_the_claims_of_every_mail_in_flight() {
     .await;
 }
 
+/// A mail that goes out is written three times (claimed, `transmitting`,
+/// its outcome). Those writes can be made in place (HOT updates, no index
+/// entries) only while no index of the table reads `state`, in its columns
+/// or its predicate, and the pages have room (V21). An index that read it
+/// again would quietly double the database's work per mail.
+#[tokio::test]
+async fn no_index_of_mails_reads_the_state_a_send_changes() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let client = store.client().await.unwrap();
+        let reading: Vec<String> = client
+            .query(
+                "SELECT i.indexrelid::regclass::text FROM pg_index i
+                 WHERE i.indrelid = 'mails'::regclass
+                   AND (EXISTS (SELECT 1 FROM pg_attribute a
+                                WHERE a.attrelid = i.indrelid AND a.attname = 'state'
+                                  AND a.attnum = ANY (i.indkey))
+                        OR coalesce(pg_get_expr(i.indpred, i.indrelid), '') ~ '\\mstate\\M'
+                        OR coalesce(pg_get_expr(i.indexprs, i.indrelid), '') ~ '\\mstate\\M')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert!(
+            reading.is_empty(),
+            "indexes of mails reading its state: {reading:?}"
+        );
+        let options: Vec<String> = client
+            .query_one(
+                "SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = 'mails'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(options, ["fillfactor=50"]);
+    })
+    .await;
+}
+
 /// A batch's chunk of mails is claimed in two statements, and each mail is
 /// found as a claim of its own would find it; the sends of the chunk then
 /// mark and settle their mails at once, together.
