@@ -4,7 +4,7 @@
 -- in every index of the table. The predicate now reads a stored column that
 -- changes only when a mail becomes (or stops being) a problem to report, and
 -- half-full pages leave room for the new versions beside the old: the writes
--- of a mail that goes out are HOT updates, with no index entries.
+-- of a mail that goes out can be HOT updates, with no index entries.
 -- Adding the column rewrites the table once.
 ALTER TABLE mails ADD COLUMN to_report boolean
     GENERATED ALWAYS AS (reported_in IS NULL AND state IN ('failed', 'uncertain', 'no_address')) STORED;
