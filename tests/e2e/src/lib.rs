@@ -246,6 +246,8 @@ pub struct Stack {
     services: std::sync::Mutex<Vec<Child>>,
     _smtp: Child,
     _tmp: tempfile::TempDir,
+    /// smtp-sink's dump, when it is not under `_tmp` (see [`sink::dump_folder`]).
+    _dump: Option<tempfile::TempDir>,
 }
 
 impl Stack {
@@ -285,16 +287,17 @@ impl Stack {
         let vhost = format!("usersync-e2e-{name}");
         create_vhost_on(&http, &backends.rabbitmq_api, &vhost).await;
         let smtp_port = free_port();
-        let (maildir, smtp) = match mail_server {
+        let (maildir, smtp, dump_folder) = match mail_server {
             MailServer::Aiosmtpd => {
                 let maildir = tmp.path().join("Maildir");
                 let smtp = start_smtp(smtp_port, &maildir, &logs).await;
-                (maildir, smtp)
+                (maildir, smtp, None)
             }
             MailServer::SmtpSink => {
-                let dump = tmp.path().join("dump");
+                let folder = sink::dump_folder();
+                let dump = folder.path().join("dump");
                 let smtp = sink::start(smtp_port, &dump, &logs.join("smtp.log")).await;
-                (dump, smtp)
+                (dump, smtp, Some(folder))
             }
         };
         let graph = Sim::start("usersync-graph-sim", &[], &logs).await;
@@ -317,6 +320,7 @@ impl Stack {
             services: std::sync::Mutex::new(Vec::new()),
             _smtp: smtp,
             _tmp: tmp,
+            _dump: dump_folder,
         };
         for service in SERVICES {
             stack.start_service(service).await;
