@@ -63,14 +63,12 @@ impl SmtpSink {
 }
 
 /// A new folder for a dump: in memory (`/dev/shm`) where the machine has
-/// one, else a temporary folder. smtp-sink writes each mail to a file of its
-/// own; on the disk PostgreSQL commits to, those writes made the commits'
-/// flushes wait behind them (the file system flushes its journal's data
-/// together), so a figure measured how one disk serves two writers, not the
-/// notifier or the SMTP server. A mail server of its own would not share
-/// the database's disk.
-/// A `/dev/shm` smaller than [`SHM_NEEDED`] (a container's is 64 MB by
-/// default) is passed over for the disk.
+/// one with [`SHM_NEEDED`] free (a container's is 64 MB by default), else a
+/// temporary folder. smtp-sink writes each mail to a file of its own, so on
+/// the disk its speed followed the disk's (the floor 3,700 to 19,100 mails/s
+/// in one day's runs, up to half the CPU time waiting for I/O), and its
+/// writes shared the disk with the database's commits. A mail server of its
+/// own would not share the database's disk.
 pub fn dump_folder() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if free_bytes(shm).is_some_and(|free| free >= SHM_NEEDED) {
