@@ -244,10 +244,14 @@ pub struct Stack {
     pub backends: Backends,
     /// Behind a mutex only so [`Stack::exited_services`] can look from `&self` (inside a wait).
     services: std::sync::Mutex<Vec<Child>>,
-    _smtp: Child,
+    _smtp: SmtpProcess,
     _tmp: tempfile::TempDir,
-    /// smtp-sink's dump, when it is not under `_tmp` (see [`sink::dump_folder`]).
-    _dump: Option<tempfile::TempDir>,
+}
+
+/// The stack's SMTP server, stopped when dropped.
+enum SmtpProcess {
+    Aiosmtpd { _child: Child },
+    SmtpSink { _sink: sink::SmtpSink },
 }
 
 impl Stack {
@@ -287,17 +291,15 @@ impl Stack {
         let vhost = format!("usersync-e2e-{name}");
         create_vhost_on(&http, &backends.rabbitmq_api, &vhost).await;
         let smtp_port = free_port();
-        let (maildir, smtp, dump_folder) = match mail_server {
+        let (maildir, smtp) = match mail_server {
             MailServer::Aiosmtpd => {
                 let maildir = tmp.path().join("Maildir");
                 let smtp = start_smtp(smtp_port, &maildir, &logs).await;
-                (maildir, smtp, None)
+                (maildir, SmtpProcess::Aiosmtpd { _child: smtp })
             }
             MailServer::SmtpSink => {
-                let folder = sink::dump_folder();
-                let dump = folder.path().join("dump");
-                let smtp = sink::start(smtp_port, &dump, &logs.join("smtp.log")).await;
-                (dump, smtp, Some(folder))
+                let sink = sink::SmtpSink::start_on(smtp_port, &logs.join("smtp.log")).await;
+                (sink.dump.clone(), SmtpProcess::SmtpSink { _sink: sink })
             }
         };
         let graph = Sim::start("usersync-graph-sim", &[], &logs).await;
@@ -320,7 +322,6 @@ impl Stack {
             services: std::sync::Mutex::new(Vec::new()),
             _smtp: smtp,
             _tmp: tmp,
-            _dump: dump_folder,
         };
         for service in SERVICES {
             stack.start_service(service).await;

@@ -35,8 +35,8 @@ const MAX_SESSIONS: &str = "256";
 /// mails: its second is over.
 const SETTLED: Duration = Duration::from_secs(2);
 
-/// A running smtp-sink of its own (the stacks start theirs with
-/// [`crate::MailServer::SmtpSink`]), killed when dropped.
+/// A running smtp-sink (a stack of [`crate::MailServer::SmtpSink`] holds
+/// one too), killed when dropped.
 pub struct SmtpSink {
     pub port: u16,
     /// Where it stores what it receives (see [`stored_mails`], [`DumpCounter`]).
@@ -49,9 +49,13 @@ impl SmtpSink {
     /// Starts smtp-sink on a free port, storing into a new temporary folder
     /// and logging to `log`; returns once it listens.
     pub async fn start(log: &Path) -> SmtpSink {
+        SmtpSink::start_on(free_port(), log).await
+    }
+
+    /// As [`SmtpSink::start`], on `port`.
+    pub async fn start_on(port: u16, log: &Path) -> SmtpSink {
         let tmp = dump_folder();
         let dump = tmp.path().join("dump");
-        let port = free_port();
         let child = start(port, &dump, log).await;
         SmtpSink {
             port,
@@ -69,7 +73,7 @@ impl SmtpSink {
 /// in one day's runs, up to half the CPU time waiting for I/O), and its
 /// writes shared the disk with the database's commits. A mail server of its
 /// own would not share the database's disk.
-pub fn dump_folder() -> tempfile::TempDir {
+fn dump_folder() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if free_bytes(shm).is_some_and(|free| free >= SHM_NEEDED) {
         if let Ok(folder) = tempfile::Builder::new().prefix("usersync-sink").tempdir_in(shm) {
@@ -112,7 +116,7 @@ fn binary() -> (PathBuf, Option<PathBuf>) {
 /// (created) and logging to `log`; returns once it listens. As root it
 /// runs as `nobody` (smtp-sink insists), so `dump` is made writable by
 /// anyone and its parent (a temp dir, 0700) passable.
-pub(crate) async fn start(port: u16, dump: &Path, log: &Path) -> Child {
+async fn start(port: u16, dump: &Path, log: &Path) -> Child {
     let (program, libraries) = binary();
     std::fs::create_dir_all(dump).expect("the sink's dump folder");
     // SAFETY: geteuid(2) only reads the process's effective user id.
