@@ -6,7 +6,8 @@ Start with the tests/smtp folder on PYTHONPATH:
     python3 -m aiosmtpd -n -l 127.0.0.1:2525 -c usersync_smtp.Gated MAILDIR ADMIT HOLD
 
 `Scripted` stores every accepted message in MAILDIR like aiosmtpd's own
-`Mailbox` handler, and answers as a real relay does for some recipients
+`Mailbox` handler, offers PIPELINING (aiosmtpd reads commands in order
+however they arrive, but does not say so), and answers as a real relay does for some recipients
 (chosen by the start of the address's local part):
 
 - `bounce...`: refused at RCPT with 550 (no such user): a permanent failure;
@@ -39,6 +40,11 @@ class Scripted(Mailbox):
         super().__init__(mail_dir)
         self.defer_times = int(defer_times)
         self.deferred = {}
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # This form of the hook takes over what plain aiosmtpd does itself.
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if local_part(address).startswith("bounce"):

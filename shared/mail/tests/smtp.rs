@@ -69,7 +69,7 @@ fn mailer_with_server() -> (ServerProcess, tempfile::TempDir, Mailer) {
     );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = start_aiosmtpd(port, &dir.path().join("Maildir"));
+    let server = start_aiosmtpd(port, "aiosmtpd.handlers.Mailbox", &dir.path().join("Maildir"));
     let mailer = Mailer::new(&MailConfig {
         smtp_url: format!("smtp://127.0.0.1:{port}"),
         from: FROM.into(),
@@ -79,11 +79,15 @@ fn mailer_with_server() -> (ServerProcess, tempfile::TempDir, Mailer) {
     (server, dir, mailer)
 }
 
-fn start_aiosmtpd(port: u16, maildir: &Path) -> ServerProcess {
+/// aiosmtpd with `handler`, aiosmtpd's own or one of the project's
+/// (`tests/smtp/usersync_smtp.py`).
+fn start_aiosmtpd(port: u16, handler: &str, maildir: &Path) -> ServerProcess {
+    let project_handlers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/smtp");
     let child = Command::new(PYTHON)
+        .env("PYTHONPATH", project_handlers)
         .args(["-m", "aiosmtpd", "-n", "-l"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .args(["-c", handler])
         .arg(maildir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -267,5 +271,163 @@ async fn a_transaction_dropped_before_its_data_sends_nothing_and_is_not_reused()
         Some("<created:acme:u2@usersync>"),
         "{raw}"
     );
+    assert_eq!(delivered_files(&maildir).len(), 1);
+}
+
+/// How a scripted peer saw the envelope of the one mail it took.
+#[derive(Debug)]
+struct EnvelopeSeen {
+    /// MAIL FROM, RCPT TO and DATA, in the order they came.
+    commands: Vec<String>,
+    /// Whether a command arrived while one before it was still unanswered.
+    sent_ahead: bool,
+}
+
+/// A peer that speaks just enough SMTP to show how a client sends the
+/// envelope of one mail. Offering PIPELINING, it answers MAIL FROM and RCPT
+/// TO only once DATA has come too, so a client that waits for an answer
+/// before its next command never gets one.
+fn envelope_peer(offer_pipelining: bool) -> (u16, std::thread::JoinHandle<EnvelopeSeen>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream.write_all(b"220 peer ESMTP\r\n").unwrap();
+        let mut seen = EnvelopeSeen {
+            commands: Vec::new(),
+            sent_ahead: false,
+        };
+        let mut unanswered = Vec::new();
+        let mut buffer = Vec::new();
+        let mut in_data = false;
+        loop {
+            let mut chunk = [0; 4096];
+            let read = stream.read(&mut chunk).unwrap();
+            assert!(read > 0, "the client closed the session mid-mail: {seen:?}");
+            buffer.extend_from_slice(&chunk[..read]);
+            if in_data {
+                if buffer.ends_with(b"\r\n.\r\n") {
+                    stream.write_all(b"250 2.0.0 queued\r\n").unwrap();
+                    return seen;
+                }
+                continue;
+            }
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(buffer.drain(..end + 2).collect()).unwrap();
+                let verb = line[..4.min(line.len())].to_ascii_uppercase();
+                if !unanswered.is_empty() || (!offer_pipelining && !buffer.is_empty()) {
+                    seen.sent_ahead = true;
+                }
+                match verb.as_str() {
+                    "EHLO" if offer_pipelining => stream
+                        .write_all(b"250-peer\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                        .unwrap(),
+                    "EHLO" => stream.write_all(b"250-peer\r\n250 8BITMIME\r\n").unwrap(),
+                    "MAIL" | "RCPT" => {
+                        seen.commands.push(line.trim_end().to_owned());
+                        if offer_pipelining {
+                            unanswered.push("250 2.1.0 ok\r\n");
+                        } else {
+                            stream.write_all(b"250 2.1.0 ok\r\n").unwrap();
+                        }
+                    }
+                    "DATA" => {
+                        seen.commands.push(line.trim_end().to_owned());
+                        for answer in unanswered.drain(..) {
+                            stream.write_all(answer.as_bytes()).unwrap();
+                        }
+                        stream.write_all(b"354 go ahead\r\n").unwrap();
+                        in_data = true;
+                    }
+                    _ => stream.write_all(b"502 5.5.2 not here\r\n").unwrap(),
+                }
+            }
+        }
+    });
+    (port, peer)
+}
+
+fn mailer_for(port: u16) -> Mailer {
+    Mailer::new(&MailConfig {
+        smtp_url: format!("smtp://127.0.0.1:{port}"),
+        from: FROM.into(),
+        connections: 1,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_server_that_offers_pipelining_gets_the_envelope_in_one_write() {
+    let (port, peer) = envelope_peer(true);
+    let mailer = mailer_for(port);
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        mailer.send(&welcome_mail("asa@acme.example")),
+    )
+    .await
+    .expect("the client waited for an answer to MAIL FROM before sending RCPT TO and DATA")
+    .unwrap();
+    let seen = peer.join().unwrap();
+    assert_eq!(
+        seen.commands,
+        [
+            "MAIL FROM:<noreply@localhost>",
+            "RCPT TO:<asa@acme.example>",
+            "DATA"
+        ],
+        "{seen:?}"
+    );
+    assert!(seen.sent_ahead, "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_offer_pipelining_gets_one_command_at_a_time() {
+    let (port, peer) = envelope_peer(false);
+    let mailer = mailer_for(port);
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        mailer.send(&welcome_mail("asa@acme.example")),
+    )
+    .await
+    .expect("the send did not end")
+    .unwrap();
+    let seen = peer.join().unwrap();
+    assert_eq!(seen.commands.len(), 3, "{seen:?}");
+    assert!(
+        !seen.sent_ahead,
+        "a command came before the answer to the one before: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pipelined_envelope_with_a_refused_recipient_fails_for_good_and_the_next_mail_goes_out() {
+    assert!(
+        aiosmtpd_available(),
+        "python3-aiosmtpd is not installed: run scripts/services-up (or apt-get install -y python3-aiosmtpd)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("Maildir");
+    let port = free_port();
+    // Offers PIPELINING, and refuses `bounce...` at RCPT TO.
+    let _server = start_aiosmtpd(port, "usersync_smtp.Scripted", &maildir);
+    let mailer = mailer_for(port);
+
+    let refused = mailer
+        .send(&welcome_mail("bounce@acme.example"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, MailError::Permanent(ref why) if why.contains("550")),
+        "{refused:?}"
+    );
+    mailer.send(&welcome_mail("asa@acme.example")).await.unwrap();
+
+    let file = wait_for("the message in Maildir/new", Duration::from_secs(10), || {
+        delivered_files(&maildir).pop()
+    });
+    let raw = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(header(&raw, "To").as_deref(), Some("asa@acme.example"), "{raw}");
     assert_eq!(delivered_files(&maildir).len(), 1);
 }
