@@ -19,9 +19,10 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use anyhow::{anyhow, Context};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Statement};
 
 use crate::Result;
@@ -29,6 +30,8 @@ use crate::Result;
 /// Names the mail claims among PostgreSQL's advisory locks (the two-key form,
 /// keyed by a hash of the mail's id).
 pub(crate) const MAIL_LOCKS: i32 = 0x6d61_696c;
+/// Mails unlocked in one statement at most.
+const MAX_UNLOCKS: usize = 512;
 
 /// The claims of one process (one [`crate::Store`] and its clones).
 pub(crate) struct MailLocks {
@@ -48,8 +51,17 @@ struct LockSession {
     /// Its backend, for checking in SQL that a lock is still held.
     pid: i32,
     lock: Statement,
-    unlock: Statement,
+    /// Mails to unlock, for the session's unlocker: every mail waiting goes
+    /// in one statement, so a send costs the session no statement of its
+    /// own to end its claim (200,000 mails took 200,000 unlock statements).
+    unlocks: mpsc::UnboundedSender<Unlock>,
     lost: AtomicBool,
+}
+
+/// A mail to unlock, and its waiter.
+struct Unlock {
+    id: String,
+    done: oneshot::Sender<()>,
 }
 
 impl MailLocks {
@@ -128,7 +140,7 @@ impl MailLocks {
         };
         // While PostgreSQL is unreachable this fails (an outage error), and
         // the next claim tries again.
-        let session = Arc::new(LockSession::connect(&self.config).await?);
+        let session = LockSession::connect(&self.config).await?;
         if replaced {
             tracing::info!(
                 pid = session.pid,
@@ -141,7 +153,7 @@ impl MailLocks {
 }
 
 impl LockSession {
-    async fn connect(config: &tokio_postgres::Config) -> Result<LockSession> {
+    async fn connect(config: &tokio_postgres::Config) -> Result<Arc<LockSession>> {
         let (client, connection) = config
             .connect(NoTls)
             .await
@@ -161,7 +173,10 @@ impl LockSession {
                 )
                 .await?;
             let unlock = client
-                .prepare("SELECT pg_advisory_unlock($1, hashtext($2))")
+                .prepare(
+                    "SELECT mail.id, pg_advisory_unlock($1, hashtext(mail.id))
+                     FROM unnest($2::text[]) WITH ORDINALITY AS mail (id, n) ORDER BY n",
+                )
                 .await?;
             Ok::<_, tokio_postgres::Error>((pid, lock, unlock))
         };
@@ -172,14 +187,17 @@ impl LockSession {
                 return Err(anyhow!(err).context("preparing the session holding mail claims"));
             }
         };
-        Ok(LockSession {
+        let (unlocks, waiting) = mpsc::unbounded_channel();
+        let session = Arc::new(LockSession {
             client,
             connection,
             pid,
             lock,
-            unlock,
+            unlocks,
             lost: AtomicBool::new(false),
-        })
+        });
+        tokio::spawn(unlock_groups(Arc::downgrade(&session), unlock, waiting));
+        Ok(session)
     }
 
     fn is_lost(&self) -> bool {
@@ -198,16 +216,40 @@ impl LockSession {
     }
 
     /// Never fails: a session that cannot unlock is closed, which unlocks.
-    async fn unlock(&self, id: &str) {
+    async fn unlock(&self, statement: &Statement, group: &[Unlock]) {
         if self.is_lost() {
             return;
         }
-        match self.client.query_one(&self.unlock, &[&MAIL_LOCKS, &id]).await {
-            Ok(row) if !row.get::<_, bool>(0) => {
-                tracing::warn!(mail = id, "a mail's claim was not held when it was released");
+        let ids: Vec<&str> = group.iter().map(|unlock| unlock.id.as_str()).collect();
+        match self.client.query(statement, &[&MAIL_LOCKS, &ids]).await {
+            Ok(rows) => {
+                for row in rows.iter().filter(|row| !row.get::<_, bool>(1)) {
+                    tracing::warn!(
+                        mail = row.get::<_, &str>(0),
+                        "a mail's claim was not held when it was released"
+                    );
+                }
             }
-            Ok(_) => {}
             Err(err) => self.lose(&err),
+        }
+    }
+}
+
+/// Unlocks every mail waiting in one statement, then the next group, until
+/// the session is gone (its sender with it).
+async fn unlock_groups(
+    session: Weak<LockSession>,
+    statement: Statement,
+    mut waiting: mpsc::UnboundedReceiver<Unlock>,
+) {
+    let mut group = Vec::new();
+    while waiting.recv_many(&mut group, MAX_UNLOCKS).await > 0 {
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        session.unlock(&statement, &group).await;
+        for unlock in group.drain(..) {
+            let _ = unlock.done.send(());
         }
     }
 }
@@ -231,26 +273,31 @@ impl HeldLock {
         self.session.is_lost()
     }
 
+    /// Waits until the lock is released (or its session closed).
     pub(crate) async fn release(mut self) {
-        if let Some(task) = self.unlock() {
-            // Only a panic fails the task; the lock is released either way
-            // (or the session closed).
-            let _ = task.await;
+        if let Some(unlocked) = self.unlock() {
+            // An error too means done: the unlocker went with its session,
+            // which closed and so holds no locks.
+            let _ = unlocked.await;
         }
     }
 
-    /// Spawned, so the unlock runs once and to its end even if the caller is
-    /// cancelled. The in-process entry goes at once: should this process
-    /// claim the mail again before the unlock runs, the re-entrant lock is
-    /// taken twice and released once, so the new claim still holds it.
-    fn unlock(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+    /// Handed to the session's unlocker, so the unlock runs once and to its
+    /// end even if the caller is cancelled. The in-process entry goes at
+    /// once: should this process claim the mail again before the unlock
+    /// runs, the re-entrant lock is taken twice and released once, so the
+    /// new claim still holds it.
+    fn unlock(&mut self) -> Option<oneshot::Receiver<()>> {
         let entry = self.entry.take()?;
-        let session = Arc::clone(&self.session);
-        let id = entry.id.clone();
+        let (done, unlocked) = oneshot::channel();
+        let unlock = Unlock {
+            id: entry.id.clone(),
+            done,
+        };
         drop(entry);
-        // Without a runtime the process is ending, and its session with it.
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(runtime.spawn(async move { session.unlock(&id).await }))
+        // Without its unlocker the session is gone, and its locks with it.
+        self.session.unlocks.send(unlock).ok()?;
+        Some(unlocked)
     }
 }
 

@@ -604,6 +604,45 @@ async fn one_session_holds_the_claims_of_every_mail_in_flight() {
 /// or its predicate, and the pages have room (V21). An index that read it
 /// again would quietly double the database's work per mail.
 #[tokio::test]
+async fn claims_ended_together_are_all_released_the_cancelled_ones_too() {
+    in_fresh_database(|url| async move {
+        let store = connect_store(&url).await;
+        let ids: Vec<String> = (0..40).map(|i| format!("welcome:acme:pbx-6{i}")).collect();
+        let mails: Vec<NewMail<'_>> = ids
+            .iter()
+            .map(|id| outgoing(id, "welcome", "max@acme.example"))
+            .collect();
+        let mut claims = Vec::new();
+        for mail in &mails {
+            claims.push(claim_to_send(&store, mail).await);
+        }
+        assert_eq!(claim_locks_by_session(&store).await, [40]);
+
+        // Ten sends cancelled (their claims dropped unsettled) while thirty
+        // record their outcomes at once: the session's unlocker takes them
+        // in the order they came, so once the last outcome is back every
+        // claim is released.
+        let cancelled = claims.split_off(30);
+        drop(cancelled);
+        let outcomes =
+            futures::future::join_all(claims.into_iter().map(|claim| claim.sent(chrono::Utc::now()))).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert!(
+            claim_locks_by_session(&store).await.is_empty(),
+            "every claim released"
+        );
+
+        // A cancelled send's mail is claimed again at once and sent once.
+        let again = claim_to_send(&store, &mails[35]).await;
+        assert_eq!(again.attempt(), 2);
+        assert!(next_transmits(again).await);
+        assert_eq!(claim_state(&store, &mails[35]).await, "sent");
+        assert_eq!(claim_state(&store, &mails[5]).await, "sent");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn no_index_of_mails_reads_the_state_a_send_changes() {
     in_fresh_database(|url| async move {
         let store = connect_store(&url).await;
