@@ -420,7 +420,8 @@ async fn stepwise_open(
 /// MAIL FROM, RCPT TO and DATA in one write (RFC 2920: DATA ends the group),
 /// then their answers in order. A refused recipient fails the send as in
 /// [`stepwise_open`]; the server has refused the DATA too (no valid
-/// recipient), and the session is closed before anything else is written.
+/// recipient), and the session is closed: one that took the DATA anyway
+/// gets no final dot, so it keeps nothing.
 async fn pipelined_open(
     smtp: &mut AsyncSmtpConnection,
     mail: Mail,
