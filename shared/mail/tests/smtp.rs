@@ -62,8 +62,8 @@ fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<
 }
 
 /// A fresh aiosmtpd with `handler` (see [`start_aiosmtpd`]) writing to a
-/// Maildir in a temp dir, and a mailer sending to it.
-fn mailer_with_server(handler: &str) -> (ServerProcess, tempfile::TempDir, Mailer) {
+/// Maildir in a temp dir, and a mailer with `connections` sending to it.
+fn mailer_with_server(handler: &str, connections: usize) -> (ServerProcess, tempfile::TempDir, Mailer) {
     assert!(
         aiosmtpd_available(),
         "python3-aiosmtpd is not installed: run scripts/services-up (or apt-get install -y python3-aiosmtpd)"
@@ -74,7 +74,7 @@ fn mailer_with_server(handler: &str) -> (ServerProcess, tempfile::TempDir, Maile
     let mailer = Mailer::new(&MailConfig {
         smtp_url: format!("smtp://127.0.0.1:{port}"),
         from: FROM.into(),
-        connections: DEFAULT_SMTP_CONNECTIONS,
+        connections,
     })
     .unwrap();
     (server, dir, mailer)
@@ -160,7 +160,7 @@ fn welcome_mail(to: &str) -> OutgoingMail {
 
 #[tokio::test]
 async fn sends_a_complete_message_to_a_real_smtp_server() {
-    let (_server, dir, mailer) = mailer_with_server("aiosmtpd.handlers.Mailbox");
+    let (_server, dir, mailer) = mailer_with_server("aiosmtpd.handlers.Mailbox", DEFAULT_SMTP_CONNECTIONS);
     let maildir = dir.path().join("Maildir");
 
     mailer
@@ -252,7 +252,7 @@ async fn debug_output_hides_smtp_credentials() {
 
 #[tokio::test]
 async fn a_transaction_dropped_before_its_data_sends_nothing_and_is_not_reused() {
-    let (_server, dir, mailer) = mailer_with_server("aiosmtpd.handlers.Mailbox");
+    let (_server, dir, mailer) = mailer_with_server("aiosmtpd.handlers.Mailbox", DEFAULT_SMTP_CONNECTIONS);
     let maildir = dir.path().join("Maildir");
     // Up to the server's 354: the session waits for data that never comes.
     drop(mailer.prepare(&welcome_mail("asa@acme.example")).await.unwrap());
@@ -398,8 +398,10 @@ async fn a_server_that_does_not_offer_pipelining_gets_one_command_at_a_time() {
 
 #[tokio::test]
 async fn a_pipelined_envelope_with_a_refused_recipient_fails_for_good_and_the_next_mail_goes_out() {
-    // Offers PIPELINING, and refuses `bounce...` at RCPT TO.
-    let (_server, dir, mailer) = mailer_with_server("usersync_smtp.Scripted");
+    // Offers PIPELINING, and refuses `bounce...` at RCPT TO. One connection:
+    // the next mail goes out only once the refused one's session has left
+    // the pool.
+    let (_server, dir, mailer) = mailer_with_server("usersync_smtp.Scripted", 1);
     let maildir = dir.path().join("Maildir");
 
     let refused = mailer
@@ -410,7 +412,13 @@ async fn a_pipelined_envelope_with_a_refused_recipient_fails_for_good_and_the_ne
         matches!(refused, MailError::Permanent(ref why) if why.contains("550")),
         "{refused:?}"
     );
-    mailer.send(&welcome_mail("asa@acme.example")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        mailer.send(&welcome_mail("asa@acme.example")),
+    )
+    .await
+    .expect("the next mail waited for the refused one's connection")
+    .unwrap();
 
     let file = wait_for("the message in Maildir/new", Duration::from_secs(10), || {
         delivered_files(&maildir).pop()
