@@ -7,12 +7,12 @@ use usersync_contract::topology::Stage;
 use usersync_runtime::init_tracing;
 use usersync_service::Service;
 
-/// Bytes of pages decoded and recorded at once, per lane. A full page of a
-/// big tenant (999 users) is over it and so is handled alone: one tenant's
-/// pages take turns on its directory lock anyway, so more in hand would only
-/// add memory (with 2 MiB, a 100,000-user first sync peaked at 98 MB; with
-/// this, 76 MB, both with jemalloc's defaults). Small tenants' pages still go
-/// several at once.
+/// Bytes of pages decoded and recorded at once, per lane. A full page message
+/// of a big tenant (250 users, see the fetcher) takes most of it and so is
+/// handled about alone: one tenant's pages take turns on its directory lock
+/// anyway, so more in hand would only add memory (with 2 MiB and 999-user
+/// pages, a 100,000-user first sync peaked at 98 MB; with this, 76 MB, both
+/// with jemalloc's defaults). Small tenants' pages still go several at once.
 const PAGE_BYTES_IN_HAND: usize = 256 * 1024;
 
 #[tokio::main]
