@@ -402,17 +402,15 @@ impl RoundPublisher<'_> {
 /// [`USERS_PER_MESSAGE`] users each, in Graph's order; an empty page is one
 /// empty message. A page that lists a user twice goes whole, as the differ
 /// folds a later entry over an earlier one only within a message.
-fn page_messages(mut users: Vec<Value>) -> Vec<Vec<Value>> {
+fn page_messages(users: Vec<Value>) -> Vec<Vec<Value>> {
     if users.len() <= USERS_PER_MESSAGE || lists_a_user_twice(&users) {
         return vec![users];
     }
-    let mut messages = Vec::with_capacity(users.len().div_ceil(USERS_PER_MESSAGE));
-    while users.len() > USERS_PER_MESSAGE {
-        let rest = users.split_off(USERS_PER_MESSAGE);
-        messages.push(std::mem::replace(&mut users, rest));
-    }
-    messages.push(users);
-    messages
+    let count = users.len().div_ceil(USERS_PER_MESSAGE);
+    let mut users = users.into_iter();
+    (0..count)
+        .map(|_| users.by_ref().take(USERS_PER_MESSAGE).collect())
+        .collect()
 }
 
 fn lists_a_user_twice(users: &[Value]) -> bool {

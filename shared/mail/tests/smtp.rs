@@ -351,6 +351,18 @@ fn envelope_peer(offer_pipelining: bool) -> (u16, std::thread::JoinHandle<Envelo
     (port, peer)
 }
 
+/// Sends a welcome mail to asa@acme.example; `stuck` says why it did not
+/// end within 15 s.
+async fn send_within_15_s(mailer: &Mailer, stuck: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        mailer.send(&welcome_mail("asa@acme.example")),
+    )
+    .await
+    .expect(stuck)
+    .unwrap();
+}
+
 /// Sends one mail to an [`envelope_peer`] and returns what it saw; the send
 /// must end within 15 s.
 async fn send_to_envelope_peer(offer_pipelining: bool) -> EnvelopeSeen {
@@ -361,13 +373,11 @@ async fn send_to_envelope_peer(offer_pipelining: bool) -> EnvelopeSeen {
         connections: 1,
     })
     .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        mailer.send(&welcome_mail("asa@acme.example")),
+    send_within_15_s(
+        &mailer,
+        "the send did not end: with PIPELINING offered, the client waited for an answer to MAIL FROM before sending RCPT TO and DATA",
     )
-    .await
-    .expect("the send did not end: with PIPELINING offered, the client waited for an answer to MAIL FROM before sending RCPT TO and DATA")
-    .unwrap();
+    .await;
     peer.join().unwrap()
 }
 
@@ -412,13 +422,7 @@ async fn a_pipelined_envelope_with_a_refused_recipient_fails_for_good_and_the_ne
         matches!(refused, MailError::Permanent(ref why) if why.contains("550")),
         "{refused:?}"
     );
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        mailer.send(&welcome_mail("asa@acme.example")),
-    )
-    .await
-    .expect("the next mail waited for the refused one's connection")
-    .unwrap();
+    send_within_15_s(&mailer, "the next mail waited for the refused one's connection").await;
 
     let file = wait_for("the message in Maildir/new", Duration::from_secs(10), || {
         delivered_files(&maildir).pop()

@@ -154,20 +154,38 @@ mod tests {
         );
     }
 
+    /// Countries with a code of their own go through the DFAs, valid and
+    /// invalid numbers alike.
     #[test]
-    fn agrees_with_libphonenumber_elsewhere() {
+    fn agrees_with_libphonenumber_in_other_single_region_countries() {
+        let mut valid = 0;
         for raw in [
-            "+47 22 12 34 56",
-            "+47 22 12 34 5",
             "+45 33 12 34 56",
-            "+358 9 1234 567",
+            "+45 33 12 34 5",
             "+49 30 123456",
-            "+44 20 7946 0018",
-            "+44 1481 256789",
-            "+1 425 555 0109",
-            "+1 201 555 0123",
+            "+49 30 1",
             "+800 1234 5678",
+            "+800 1234 567",
         ] {
+            let number = phonenumber::parse(None, raw).expect(raw);
+            assert!(ranges_for(number.code().value()).is_some(), "{raw}: no DFAs");
+            let expected = phonenumber::is_valid(&number);
+            assert_eq!(is_valid(&number), expected, "{raw}");
+            valid += usize::from(expected);
+        }
+        assert_eq!(valid, 3, "one valid and one invalid number per country");
+    }
+
+    /// Codes shared by several regions are left to libphonenumber, which
+    /// picks the region first.
+    #[test]
+    fn leaves_shared_country_codes_to_libphonenumber() {
+        for (code, raw) in [
+            (1, "+1 425 555 0109"),
+            (44, "+44 1481 256789"),
+            (47, "+47 22 12 34 56"),
+        ] {
+            assert!(ranges_for(code).is_none(), "+{code}");
             let number = phonenumber::parse(None, raw).expect(raw);
             assert_eq!(is_valid(&number), phonenumber::is_valid(&number), "{raw}");
         }
