@@ -190,6 +190,21 @@ impl Case {
         self.stack.mails().len() as u64
     }
 
+    /// Waits until the first sync's welcome mails and admin copies have all
+    /// arrived (they go on after the run has ended).
+    pub async fn wait_mails(&self) {
+        let all = 2 * self.members;
+        wait_for(
+            &format!("{all} welcome mails and copies"),
+            RUN_DEADLINE,
+            || async {
+                self.assert_alive();
+                (self.mails() >= all).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Waits until `progress` exceeds `at`: the first sign of work after a
     /// fault. A run can also finish while the fault lasts (a service works
     /// through what it holds while the broker is away), leaving nothing to

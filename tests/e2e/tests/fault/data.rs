@@ -45,6 +45,8 @@ async fn the_secrets_appear_nowhere_but_encrypted_in_their_column() {
     read_cli(&case, "mid-run", &mut places).await;
     case.wait_runs_ended().await;
     read_cli(&case, "after the run", &mut places).await;
+    // Every mail is searched, however far the notifier had got when the run ended.
+    case.wait_mails().await;
 
     for message in case.stack.drain_captured(CAPTURE).await {
         let place = format!("message {} on {}", message.kind(), message.routing_key);
