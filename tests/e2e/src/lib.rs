@@ -514,6 +514,12 @@ impl Stack {
             .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
             .collect()
     }
+
+    /// How many mails the SMTP server has received, without reading them
+    /// (aiosmtpd moves a mail into `new/` whole, once written).
+    pub fn mail_count(&self) -> u64 {
+        std::fs::read_dir(self.aiosmtpd_maildir().join("new")).map_or(0, |entries| entries.count() as u64)
+    }
 }
 
 impl Stack {

@@ -187,7 +187,7 @@ impl Case {
 
     /// Welcome mails and copies received so far.
     pub fn mails(&self) -> u64 {
-        self.stack.mails().len() as u64
+        self.stack.mail_count()
     }
 
     /// Waits until the first sync's welcome mails and admin copies have all
